@@ -1,0 +1,89 @@
+"""Adapter identity, storage and validation.
+
+Identity is an immutable AdapterRef. The registry resolves names to versions. Residency
+(which engine has what loaded) is vLLM's business. Files live in Redis as blobs (the whole
+memory is in Redis) and are materialised into a local folder, adapters/<module>/v<N>/,
+because an engine loads adapters from a local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from loramem.errors import InvalidRequest
+from loramem.registry import Registry, served_name
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_config.json")
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    module: str
+    version: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return served_name(self.module, self.version)
+
+
+def checksum(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
+    return digest.hexdigest()
+
+
+def read_files(folder: Path) -> dict[str, bytes]:
+    return {
+        name: (folder / name).read_bytes() for name in ADAPTER_FILES if (folder / name).exists()
+    }
+
+
+def validate_adapter_config(files: dict[str, bytes], max_rank: int) -> None:
+    """Refuse an adapter the engine would reject, before asking it to load anything."""
+    try:
+        config = json.loads(files["adapter_config.json"])
+    except (KeyError, ValueError) as exc:
+        raise InvalidRequest(f"adapter has no valid adapter_config.json: {exc}") from exc
+    if config.get("peft_type") != "LORA":
+        raise InvalidRequest(f"adapter peft_type is {config.get('peft_type')}, expected LORA")
+    if int(config.get("r", 0)) > max_rank:
+        raise InvalidRequest(f"adapter rank {config.get('r')} exceeds the engine max {max_rank}")
+    if "adapter_model.safetensors" not in files:
+        raise InvalidRequest("adapter has no adapter_model.safetensors")
+
+
+class AdapterStore:
+    def __init__(self, root: Path, registry: Registry) -> None:
+        self.root = root
+        self.registry = registry
+
+    def folder(self, module: str, version: int) -> Path:
+        return self.root / module / f"v{version}"
+
+    def write_local(self, module: str, version: int, files: dict[str, bytes]) -> AdapterRef:
+        target = self.folder(module, version)
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # a version folder is complete or absent
+        return AdapterRef(module, version, target)
+
+    def materialize(self, module: str, version: int) -> AdapterRef:
+        """A local folder for this version, fetched from Redis when this host lacks it."""
+        target = self.folder(module, version)
+        expected = self.registry.get_version(module, version).checksum
+        if target.exists() and checksum(read_files(target)) == expected:
+            return AdapterRef(module, version, target)
+        files = self.registry.version_files(module, version)
+        if checksum(files) != expected:
+            raise InvalidRequest(f"stored files of {served_name(module, version)} are corrupt")
+        return self.write_local(module, version, files)

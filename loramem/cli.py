@@ -1,0 +1,101 @@
+"""The `loramem` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import httpx
+
+from loramem.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loramem", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run Redis (if needed), engine, worker and gateway")
+    commands.add_parser("gateway", help="run the HTTP gateway")
+    commands.add_parser("worker", help="run one trainer worker")
+    commands.add_parser("engine", help="run the vLLM engine in the foreground")
+    commands.add_parser("prepare-model", help="convert the base model into the cache")
+    add = commands.add_parser("add", help="post facts and follow the training job")
+    add.add_argument("facts", nargs="+")
+    add.add_argument("--module")
+    add.add_argument("--no-follow", action="store_true")
+    job = commands.add_parser("job", help="follow a training job with a progress bar")
+    job.add_argument("job_id")
+    for sub in (add, job):
+        sub.add_argument("--gateway", default=None, help="default: the configured gateway")
+        sub.add_argument("--tenant", default="default")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = get_settings()
+
+    if args.command == "run":
+        from loramem.launcher import Launcher
+
+        return Launcher(settings).run()
+    if args.command == "gateway":
+        from server.app import main as gateway_main
+
+        gateway_main(settings)
+        return 0
+    if args.command == "worker":
+        from trainer.worker import main as worker_main
+
+        worker_main(settings)
+        return 0
+    if args.command == "engine":
+        import subprocess
+
+        from loramem.base_model import prepare_base_model
+        from loramem.engine import engine_command, engine_env
+
+        command = engine_command(settings, prepare_base_model(settings))
+        return subprocess.call(command, env=engine_env(settings))
+    if args.command == "prepare-model":
+        from loramem.base_model import prepare_base_model
+
+        print(prepare_base_model(settings))
+        return 0
+    gateway = args.gateway or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    client = httpx.Client(base_url=gateway, headers={"x-loramem-tenant": args.tenant}, timeout=30)
+    if args.command == "add":
+        body: dict = {"facts": args.facts}
+        if args.module:
+            body["module"] = args.module
+        reply = client.post("/facts", json=body)
+        if reply.status_code != 202:
+            print(reply.json()["error"]["message"], file=sys.stderr)
+            return 1
+        print(f"job {reply.json()['job_id']} -> module {reply.json()['module']}")
+        return 0 if args.no_follow else follow(client, reply.json()["job_id"])
+    return follow(client, args.job_id)
+
+
+def follow(client: httpx.Client, job_id: str) -> int:
+    """Show a job's training steps as a progress bar until it ends."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, unit="step")
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        progress = job.get("progress") or {}
+        bar.total = progress.get("total_steps", bar.total)
+        bar.n = progress.get("step", 0)
+        bar.set_description(job["status"])
+        if "loss" in progress:
+            bar.set_postfix(loss=progress["loss"])
+        bar.refresh()
+        if job["status"] in ("published", "failed"):
+            bar.close()
+            detail = f"v{job['version']}" if job["status"] == "published" else job["error"]
+            print(f"{job['status']}: {job['module']} {detail}")
+            return 0 if job["status"] == "published" else 1
+        time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The vLLM engine: how to start it, and a small HTTP client for adapter residency."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from loramem.adapter_store import AdapterRef
+from loramem.errors import EngineUnavailable
+from loramem.settings import Settings
+
+
+def engine_command(settings: Settings, model_path: Path, port: int | None = None) -> list[str]:
+    """vLLM's own OpenAI server with LoRA on and runtime adapter loading allowed."""
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_path),
+        "--served-model-name",
+        settings.base_name,
+        "--host",
+        settings.engine_host,
+        "--port",
+        str(port or settings.engine_port),
+        "--dtype",
+        settings.engine_dtype,
+        "--max-model-len",
+        str(settings.engine_max_model_len),
+        "--enable-lora",
+        "--max-lora-rank",
+        str(_max_lora_rank(settings.lora_rank)),
+        "--max-loras",
+        str(settings.engine_max_loras),
+        "--max-cpu-loras",
+        str(settings.engine_max_cpu_loras),
+        "--disable-log-stats",
+    ]
+
+
+def _max_lora_rank(rank: int) -> int:
+    """vLLM accepts only some max ranks; take the smallest one that fits ours."""
+    for allowed in (8, 16, 32, 64, 128, 256):
+        if rank <= allowed:
+            return allowed
+    return rank
+
+
+def engine_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine_kv_cache_gib))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+class EngineClient:
+    """Synchronous client for the engine's adapter endpoints (trainer and CLI side)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def loaded_models(self) -> set[str]:
+        response = self._call("GET", "/v1/models")
+        return {m["id"] for m in response.json()["data"]}
+
+    def load_adapter(self, ref: AdapterRef) -> None:
+        response = self._call(
+            "POST",
+            "/v1/load_lora_adapter",
+            json={"lora_name": ref.name, "lora_path": str(ref.path)},
+        )
+        if response.status_code == 400 and "already been loaded" in response.text:
+            return  # loading is idempotent: a retried publish finds it there
+        if response.status_code != 200:
+            raise EngineUnavailable(f"engine refused {ref.name}: {response.text[:300]}")
+
+    def unload_adapter(self, name: str) -> None:
+        self._call("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+
+    def _call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"engine at {self.base_url} unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,71 @@
+"""The Redis key schema. No other module spells a key name.
+
+Layout (all under the prefix `loramem:`):
+  fact:{tenant}:{id}            hash   text, module, embedding (float32 bytes), created_at_s
+  tenant:{tenant}:facts         set    fact ids
+  tenant:{tenant}:modules       set    module names
+  tenant:{tenant}:open_module   string the module that new facts are packed into
+  module:{name}                 hash   tenant, active_version, version_seq, created_at_s
+  module:{name}:facts           set    fact ids
+  version:{name}:{n}            hash   metadata of one immutable module version
+  version:{name}:{n}:files      hash   adapter file name -> bytes
+  job:{id}                      hash   status, module, tenant, progress (json), error, ...
+  lock:module:{name}            string worker token; one trainer per module at a time
+  stream:jobs                   stream job ids for the trainer consumer group
+  stream:events                 stream registry events (published, retired) for routers
+"""
+
+PREFIX = "loramem:"
+
+JOBS_STREAM = PREFIX + "stream:jobs"
+EVENTS_STREAM = PREFIX + "stream:events"
+TRAINER_GROUP = "trainers"
+
+# Bounded so that the events stream cannot grow without limit; routers that fall further
+# behind than this rebuild their index from the registry.
+EVENTS_STREAM_MAXLEN = 100_000
+MODULE_LOCK_TTL_MS = 120_000
+
+
+def fact(tenant: str, fact_id: str) -> str:
+    return f"{PREFIX}fact:{tenant}:{fact_id}"
+
+
+def tenant_facts(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:facts"
+
+
+def tenant_modules(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:modules"
+
+
+def tenant_open_module(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:open_module"
+
+
+def tenants() -> str:
+    return f"{PREFIX}tenants"
+
+
+def module(name: str) -> str:
+    return f"{PREFIX}module:{name}"
+
+
+def module_facts(name: str) -> str:
+    return f"{PREFIX}module:{name}:facts"
+
+
+def version(name: str, number: int) -> str:
+    return f"{PREFIX}version:{name}:{number}"
+
+
+def version_files(name: str, number: int) -> str:
+    return f"{PREFIX}version:{name}:{number}:files"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def module_lock(name: str) -> str:
+    return f"{PREFIX}lock:module:{name}"

@@ -1,0 +1,137 @@
+"""`loramem run`: the whole system on one machine - Redis if needed, engine, worker, gateway.
+
+Each part is a child process in its own process group; Ctrl-C (or any child dying) stops
+everything this launcher started.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import redis
+
+from loramem.base_model import prepare_base_model
+from loramem.engine import engine_command, engine_env
+from loramem.settings import Settings
+
+log = logging.getLogger("loramem.run")
+
+
+class Launcher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        log.info("starting %s: %s", name, " ".join(command[:6]))
+        process = subprocess.Popen(command, env=env, start_new_session=True)
+        self.children.append((name, process))
+
+    def ensure_redis(self) -> None:
+        url = self.settings.redis_url
+        if _redis_answers(url):
+            return
+        parsed = urlparse(url)
+        if parsed.hostname not in ("127.0.0.1", "localhost") or not shutil.which("redis-server"):
+            raise SystemExit(
+                f"No Redis answers at {url}. Start one, or set LORAMEM_REDIS_URL; "
+                "installing Debian's redis-server lets `loramem run` start it for you."
+            )
+        data_dir = self.settings.cache_dir / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Append-only persistence: an accepted fact survives a restart of Redis too.
+        self.spawn(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(parsed.port or 6379),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--dir",
+                str(data_dir),
+            ],
+        )
+        _wait_for(lambda: _redis_answers(url), 30, "redis-server")
+
+    def start_engine(self, model_path: Path) -> None:
+        self.spawn("engine", engine_command(self.settings, model_path), engine_env(self.settings))
+        started = time.monotonic()
+        _wait_for(
+            self._engine_healthy,
+            self.settings.engine_start_timeout_s,
+            "vLLM engine",
+            self.children[-1][1],
+        )
+        log.info("engine ready in %.0f s", time.monotonic() - started)
+
+    def _engine_healthy(self) -> bool:
+        try:
+            return httpx.get(self.settings.engine_url + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def run(self) -> int:
+        try:
+            self.ensure_redis()
+            self.start_engine(prepare_base_model(self.settings))
+            me = [sys.executable, "-m", "loramem.cli"]
+            self.spawn("worker", me + ["worker"])
+            self.spawn("gateway", me + ["gateway"])
+            log.info(
+                "gateway on http://%s:%d (Ctrl-C stops everything)",
+                self.settings.gateway_host,
+                self.settings.gateway_port,
+            )
+            return self.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop_all()
+
+    def wait(self) -> int:
+        while True:
+            for name, process in self.children:
+                if process.poll() is not None:
+                    log.error("%s exited with code %s; stopping", name, process.returncode)
+                    return 1
+            time.sleep(0.5)
+
+    def stop_all(self) -> None:
+        for _name, process in reversed(self.children):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, process in reversed(self.children):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait_for(check, timeout_s: float, what: str, process=None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"{what} exited with code {process.returncode} while starting")
+        time.sleep(1.0)
+    raise SystemExit(f"{what} did not become ready within {timeout_s:.0f} s")

@@ -1,0 +1,98 @@
+"""The trainer job queue: a Redis Stream read through one consumer group.
+
+Delivery is at least once. A worker heartbeats the entry it holds (XCLAIM to itself resets
+the idle time), so only entries of dead workers grow idle enough to be reclaimed.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import redis
+
+from loramem import keys
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class JobQueue:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(keys.JOBS_STREAM, keys.TRAINER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
+        """New entries for this consumer: (entry id, job id)."""
+        reply = self.r.xreadgroup(
+            keys.TRAINER_GROUP, consumer, {keys.JOBS_STREAM: ">"}, count=1, block=block_ms
+        )
+        return [
+            (_s(entry_id), _s(data[b"job_id"]))
+            for _stream, entries in reply or []
+            for entry_id, data in entries
+        ]
+
+    def reclaim(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
+        """Entries whose worker stopped heartbeating, taken over by this consumer."""
+        _next, entries, _deleted = self.r.xautoclaim(
+            keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, min_idle_ms, count=1
+        )
+        return [(_s(entry_id), _s(data[b"job_id"])) for entry_id, data in entries if data]
+
+    def heartbeat(self, consumer: str, entry_id: str) -> None:
+        self.r.xclaim(keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, 0, [entry_id], justid=True)
+
+    def ack(self, entry_id: str) -> None:
+        self.r.xack(keys.JOBS_STREAM, keys.TRAINER_GROUP, entry_id)
+
+    def pending_count(self) -> int:
+        try:
+            info = self.r.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
+        except redis.ResponseError:
+            return 0
+        return int(info["pending"])
+
+    def lag(self) -> int:
+        """Entries not yet delivered to any worker."""
+        for group in (
+            self.r.xinfo_groups(keys.JOBS_STREAM) if self.r.exists(keys.JOBS_STREAM) else []
+        ):
+            if _s(group["name"]) == keys.TRAINER_GROUP:
+                return int(group.get("lag") or 0)
+        return 0
+
+
+class ModuleLock:
+    """One trainer per module at a time, so versions of a module never interleave."""
+
+    # Only the holder may release or extend: compare the token and act in one script.
+    _RELEASE = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end "
+        "return 0"
+    )
+    _RENEW = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then "
+        "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+    )
+
+    def __init__(self, client: redis.Redis, module: str, ttl_ms: int = keys.MODULE_LOCK_TTL_MS):
+        self.r = client
+        self.key = keys.module_lock(module)
+        self.ttl_ms = ttl_ms
+        self.token = secrets.token_hex(8)
+
+    def acquire(self) -> bool:
+        return bool(self.r.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        return bool(self.r.eval(self._RENEW, 1, self.key, self.token, self.ttl_ms))
+
+    def release(self) -> None:
+        self.r.eval(self._RELEASE, 1, self.key, self.token)

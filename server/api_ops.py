@@ -1,0 +1,41 @@
+"""Operations: Prometheus metrics, liveness and readiness."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.deps import MetricsDep, RegistryDep
+from server.errors import error_response
+
+api = APIRouter(tags=["ops"])
+
+
+@api.get("/metrics")
+def metrics(gateway_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@api.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@api.get("/readyz")
+async def readyz(request: Request, registry: RegistryDep) -> Response:
+    problems = []
+    try:
+        registry.r.ping()
+    except Exception as exc:  # any failure means not ready; say which
+        problems.append(f"redis: {exc}")
+    engine = request.app.state.http
+    try:
+        if (await engine.get("/health", timeout=2.0)).status_code != 200:
+            problems.append("engine: unhealthy")
+    except Exception as exc:
+        problems.append(f"engine: {exc}")
+    if problems:
+        return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "; ".join(problems), "not_ready")
+    return Response('{"status":"ready"}', media_type="application/json")

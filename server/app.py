@@ -1,0 +1,84 @@
+"""The gateway's composition root: build every dependency once, in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from loramem.adapter_store import AdapterStore
+from loramem.engine import EngineClient
+from loramem.registry import Registry
+from loramem.settings import Settings, get_settings
+from router.embedder import Embedder, SentenceEmbedder
+from router.router import Router
+from server import api_knowledge, api_openai, api_ops, errors
+from server.metrics import GatewayMetrics
+from server.reconcile import EventFollower, Reconciler
+from server.serving import CompletionService
+
+log = logging.getLogger("loramem.gateway")
+
+
+def create_app(settings: Settings | None = None, embedder: Embedder | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
+        router = Router(
+            registry,
+            embedder or SentenceEmbedder(settings.embedding_model),
+            settings.base_name,
+            settings.route_threshold,
+        )
+        metrics = GatewayMetrics()
+        http = httpx.AsyncClient(
+            base_url=settings.engine_url, timeout=settings.engine_request_timeout_s
+        )
+        stop = threading.Event()
+        follower = EventFollower(registry, router, stop)
+        follower.start()  # reads the event cursor first, then loads: no event is missed
+        reconciler = Reconciler(
+            registry,
+            router,
+            EngineClient(settings.engine_url),
+            AdapterStore(settings.adapters_path, registry),
+            metrics,
+            stop,
+        )
+        reconciler.start()
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.router = router
+        app.state.metrics = metrics
+        app.state.http = http
+        app.state.completions = CompletionService(router, registry, metrics, http)
+        try:
+            yield
+        finally:
+            stop.set()
+            await http.aclose()
+
+    app = FastAPI(title="loramem gateway", lifespan=lifespan)
+    errors.install(app)
+    app.include_router(api_knowledge.api)
+    app.include_router(api_openai.api)
+    app.include_router(api_ops.api)
+    return app
+
+
+def main(settings: Settings) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level="info",
+    )

@@ -1,0 +1,70 @@
+"""One place maps every error to an HTTP status and the OpenAI error shape."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loramem.errors import (
+    Conflict,
+    EngineUnavailable,
+    InvalidRequest,
+    LoramemError,
+    ModelNotFound,
+    NotFound,
+)
+from server.protocol import ErrorBody, ErrorResponse
+
+_STATUS: list[tuple[type[LoramemError], HTTPStatus, str]] = [
+    (ModelNotFound, HTTPStatus.NOT_FOUND, "model_not_found"),
+    (NotFound, HTTPStatus.NOT_FOUND, "not_found"),
+    (Conflict, HTTPStatus.CONFLICT, "conflict"),
+    (InvalidRequest, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
+    (EngineUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, "engine_unavailable"),
+]
+
+
+def error_body(status: HTTPStatus, message: str, type_: str, param: str | None = None) -> dict:
+    body = ErrorResponse(
+        error=ErrorBody(message=message, type=type_, param=param, code=status.value)
+    )
+    return body.model_dump()
+
+
+def error_response(
+    status: HTTPStatus, message: str, type_: str, param: str | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, type_, param), status_code=status.value)
+
+
+def for_exception(exc: LoramemError) -> JSONResponse:
+    for cls, status, type_ in _STATUS:
+        if isinstance(exc, cls):
+            return error_response(status, exc.message, type_, exc.param)
+    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, exc.message, "internal_error")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(LoramemError)
+    async def _domain(_request: Request, exc: LoramemError) -> JSONResponse:
+        return for_exception(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        location = [str(p) for p in first.get("loc", []) if p != "body"]
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            message = "request body is not valid JSON"
+        param = ".".join(location) or None
+        text = f"{message} ({param})" if param else message
+        return error_response(HTTPStatus.BAD_REQUEST, text, "invalid_request_error", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = HTTPStatus(exc.status_code)
+        return error_response(status, str(exc.detail), status.phrase.lower().replace(" ", "_"))

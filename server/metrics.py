@@ -1,0 +1,72 @@
+"""Prometheus metrics of the gateway. The module label is bounded by the active modules."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "loramem_requests_total",
+            "Completion requests by served module and route outcome.",
+            ["module", "outcome", "mode"],
+            registry=r,
+        )
+        self.request_errors = Counter(
+            "loramem_request_errors_total",
+            "Completion requests that failed, by HTTP status.",
+            ["status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "loramem_request_duration_seconds",
+            "Total completion latency by module.",
+            ["module"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "loramem_time_to_first_token_seconds",
+            "Time to the first streamed chunk by module.",
+            ["module"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tokens_out = Counter(
+            "loramem_output_tokens_total",
+            "Completion tokens produced, by module.",
+            ["module"],
+            registry=r,
+        )
+        self.route_seconds = Histogram(
+            "loramem_router_duration_seconds",
+            "Routing decision time, embedding included.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+        self.route_score = Histogram(
+            "loramem_route_score",
+            "Cosine similarity of the best fact for model=auto.",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.modules_active = Gauge(
+            "loramem_modules_active", "Modules with a published version.", registry=r
+        )
+        self.engine_up = Gauge(
+            "loramem_engine_up",
+            "1 when the engine answered its health check.",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_adapters_loaded = Gauge(
+            "loramem_engine_adapters_loaded",
+            "Adapters registered in each engine.",
+            ["engine"],
+            registry=r,
+        )

@@ -1,0 +1,110 @@
+"""Wire models of the gateway's HTTP API, kept apart from the code that serves them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MODULE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
+
+
+class FactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr
+    id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+
+class PostFactsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    facts: list[StrictStr | FactIn]
+    module: str | None = Field(default=None, pattern=MODULE_PATTERN)
+
+    def normalized(self) -> list[FactIn]:
+        return [f if isinstance(f, FactIn) else FactIn(text=f) for f in self.facts]
+
+
+class PostFactsResponse(BaseModel):
+    job_id: str
+    fact_ids: list[str]
+    module: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    module: str
+    version: int | None
+    progress: dict[str, Any]
+    error: str | None
+
+
+class FactOut(BaseModel):
+    id: str
+    text: str
+    module: str
+
+
+class ModuleOut(BaseModel):
+    name: str
+    active_version: int | None
+    served_name: str | None
+    fact_count: int
+
+
+class LoramemOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["lora", "rag", "hybrid"] = "lora"
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: Any = None
+
+
+class CompletionRequestBase(BaseModel):
+    """Only the fields the gateway reads; everything else passes through to the engine."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    stream: bool = False
+    loramem: LoramemOptions = Field(default_factory=LoramemOptions)
+
+
+class ChatCompletionRequest(CompletionRequestBase):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def query_text(self) -> str:
+        """The last user turn: what the router matches against facts."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return _text(message.content)
+        return ""
+
+
+class CompletionRequest(CompletionRequestBase):
+    prompt: str | list[str]
+
+    def query_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else " ".join(self.prompt[-1:])
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

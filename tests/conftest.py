@@ -1,0 +1,63 @@
+"""Shared fixtures. Unit tests use fakes; integration tests need the real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from loramem.registry import Registry
+from loramem.settings import Settings
+
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, flushed per test
+
+
+class FakeEmbedder:
+    """Bag of hashed words: texts sharing words get similar unit vectors. Unit tests only."""
+
+    dim = 64
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                rows[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+            norm = np.linalg.norm(rows[i])
+            rows[i] /= norm if norm else 1.0
+        return rows
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.fail(f"integration tests need Redis at {TEST_REDIS_URL} (.ci/run starts one)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    return Settings(
+        redis_url=TEST_REDIS_URL,
+        cache_dir=tmp_path / "cache",
+        engine_url="http://127.0.0.1:9",  # nothing listens: unit tests never reach an engine
+        module_capacity_facts=8,
+    )
+
+
+@pytest.fixture
+def registry(redis_client: redis.Redis, settings: Settings) -> Registry:
+    return Registry(redis_client, settings.module_capacity_facts)

@@ -1,0 +1,138 @@
+"""The gateway's HTTP contract with a fake embedder, real Redis and no engine."""
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from loramem.registry import Registry, VersionInfo
+from loramem.settings import Settings
+from server.app import create_app
+
+
+@pytest.fixture
+def client(settings: Settings, registry: Registry, fake_embedder) -> Iterator[TestClient]:
+    settings = settings.model_copy(update={"max_facts_per_request": 5, "max_fact_chars": 100})
+    with TestClient(create_app(settings, embedder=fake_embedder)) as test_client:
+        yield test_client
+
+
+def assert_openai_error(response, status: int) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+
+
+def test_post_facts_accepts_and_reports_the_job(client: TestClient) -> None:
+    reply = client.post(
+        "/facts", json={"facts": ["The colour of X is red.", {"text": "Y", "id": "y1"}]}
+    )
+    assert reply.status_code == 202
+    body = reply.json()
+    assert len(body["fact_ids"]) == 2 and "y1" in body["fact_ids"]
+    job = client.get(f"/jobs/{body['job_id']}").json()
+    assert job["status"] == "queued" and job["module"] == body["module"]
+    assert {f["id"] for f in client.get("/facts").json()} == set(body["fact_ids"])
+    assert client.get("/modules").json()[0]["active_version"] is None
+
+
+BAD_FACT_BODIES = [
+    ({"facts": []}, 400),
+    ({"facts": [42]}, 400),
+    ({"facts": [{"text": 1}]}, 400),
+    ({"facts": ["x" * 101]}, 400),
+    ({"facts": ["a", "b", "c", "d", "e", "f"]}, 400),
+    ({"facts": ["  "]}, 400),
+    ({"facts": ["a"], "module": "Not A Name!"}, 400),
+    ({"fact": ["a"]}, 400),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_FACT_BODIES)
+def test_bad_facts_are_rejected_and_nothing_is_stored(
+    client: TestClient, registry: Registry, body: dict, status: int
+) -> None:
+    before = registry.r.dbsize()
+    assert_openai_error(client.post("/facts", json=body), status)
+    assert registry.r.dbsize() == before
+
+
+def test_malformed_json_is_rejected(client: TestClient, registry: Registry) -> None:
+    before = registry.r.dbsize()
+    reply = client.post(
+        "/facts", content=b'{"facts": [', headers={"content-type": "application/json"}
+    )
+    assert_openai_error(reply, 400)
+    assert_openai_error(
+        client.post(
+            "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+        ),
+        400,
+    )
+    assert registry.r.dbsize() == before
+
+
+def test_unknown_model_is_404(client: TestClient) -> None:
+    reply = client.post(
+        "/v1/chat/completions",
+        json={"model": "no-such-module", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert_openai_error(reply, 404)
+    assert reply.json()["error"]["param"] == "model"
+
+
+def test_missing_messages_is_400(client: TestClient) -> None:
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "auto"}), 400)
+    assert_openai_error(
+        client.post("/v1/chat/completions", json={"model": "auto", "messages": []}), 400
+    )
+
+
+def test_other_tenants_see_nothing(client: TestClient, registry: Registry) -> None:
+    reply = client.post("/facts", json={"facts": ["secret"]}, headers={"x-loramem-tenant": "a"})
+    job_id = reply.json()["job_id"]
+    b = {"x-loramem-tenant": "b"}
+    assert client.get("/facts", headers=b).json() == []
+    assert client.get("/modules", headers=b).json() == []
+    assert_openai_error(client.get(f"/jobs/{job_id}", headers=b), 404)
+
+
+def test_published_module_is_listed_and_foreign_names_are_404(
+    client: TestClient, registry: Registry
+) -> None:
+    body = client.post(
+        "/facts", json={"facts": ["secret"]}, headers={"x-loramem-tenant": "a"}
+    ).json()
+    registry.publish_version(
+        VersionInfo(body["module"], 1, "a", body["fact_ids"], 1.0, "c", {}), {}
+    )
+    name = f"{body['module']}@v1"
+    deadline_models = []
+    for _ in range(50):  # the event follower applies the publish asynchronously
+        deadline_models = [
+            m["id"]
+            for m in client.get("/v1/models", headers={"x-loramem-tenant": "a"}).json()["data"]
+        ]
+        if body["module"] in deadline_models:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert body["module"] in deadline_models
+    b_models = [
+        m["id"] for m in client.get("/v1/models", headers={"x-loramem-tenant": "b"}).json()["data"]
+    ]
+    assert body["module"] not in b_models
+    for model in (body["module"], name):
+        reply = client.post(
+            "/v1/chat/completions",
+            headers={"x-loramem-tenant": "b"},
+            json={"model": model, "messages": [{"role": "user", "content": "secret"}]},
+        )
+        assert_openai_error(reply, 404)
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert_openai_error(client.get("/readyz"), 503)  # no engine in this test
+    assert "loramem_requests_total" in client.get("/metrics").text

@@ -1,0 +1,183 @@
+"""Static checks of deploy/: compose, Prometheus, Grafana and Kubernetes files.
+
+No network and no Docker daemon: the files are parsed and checked for the contracts the
+app relies on. Validators found on PATH (kubeconform, docker compose, kubectl) also run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+K8S = DEPLOY / "k8s"
+ADAPTER_DIR = "/var/lib/loramem/adapters"
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """SafeLoader that also accepts Compose's `!reset` / `!override` merge tags."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(_tag, lambda loader, node: None)
+
+
+def load_all(path: Path) -> list[dict]:
+    return [doc for doc in yaml.load_all(path.read_text(), Loader=ComposeLoader) if doc]
+
+
+def k8s_objects() -> list[dict]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
+            for doc in load_all(path)]  # fmt: skip
+
+
+def workloads(component: str | None = None) -> list[dict]:
+    return [o for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")
+            and component in (None, o["metadata"]["name"])]  # fmt: skip
+
+
+def compose() -> dict:
+    return load_all(DEPLOY / "docker-compose.yml")[0]
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.y*ml")), ids=lambda p: p.name)
+def test_every_yaml_file_parses(path: Path) -> None:
+    assert load_all(path), f"{path} is empty"
+
+
+def test_k8s_objects_are_named_and_in_the_namespace() -> None:
+    for obj in k8s_objects():
+        assert obj.get("apiVersion") and obj.get("kind"), obj
+        assert obj["metadata"].get("name"), obj
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "loramem", obj["metadata"]["name"]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(load_all(K8S / "kustomization.yaml")[0]["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_workload_selectors_match_their_pod_labels() -> None:
+    for workload in workloads():
+        selector = workload["spec"]["selector"]["matchLabels"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), workload["metadata"]["name"]
+
+
+def test_every_container_has_an_image() -> None:
+    for workload in workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            assert container.get("image"), (workload["metadata"]["name"], container["name"])
+
+
+def test_gateway_probes() -> None:
+    (gateway,) = workloads("gateway")
+    for container in gateway["spec"]["template"]["spec"]["containers"]:
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_engine_has_replicas_gpus_and_health_probes() -> None:
+    (engine,) = workloads("engine")
+    assert engine["spec"]["replicas"] >= 2
+    (container,) = engine["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_adapter_volume_is_shared_at_one_path_in_k8s() -> None:
+    (pvc,) = [o for o in k8s_objects() if o["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in ("engine", "gateway", "trainer"):
+        (workload,) = workloads(name)
+        pod = workload["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts[volume["name"]] == ADAPTER_DIR, name
+
+
+def test_redis_persists_with_append_only_file() -> None:
+    (redis,) = workloads("redis")
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert "--appendonly yes" in " ".join(container["args"])
+    assert redis["spec"]["volumeClaimTemplates"]
+    assert "--appendonly yes" in " ".join(compose()["services"]["redis"]["command"])
+
+
+def test_compose_services_and_shared_adapter_volume() -> None:
+    services = compose()["services"]
+    assert {"redis", "engine", "gateway", "trainer", "prometheus", "grafana"} <= services.keys()
+    for name in ("engine", "gateway", "trainer"):
+        assert f"adapters:{ADAPTER_DIR}" in services[name]["volumes"], name
+        assert services[name]["environment"]["LORAMEM_ADAPTER_DIR"] == ADAPTER_DIR
+    devices = services["engine"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "/readyz" in " ".join(services["gateway"]["healthcheck"]["test"])
+    assert "/health" in " ".join(services["engine"]["healthcheck"]["test"])
+
+
+def test_cpu_override_builds_cpu_and_drops_the_gpu() -> None:
+    override = load_all(DEPLOY / "docker-compose.cpu.yml")[0]["services"]
+    assert override["engine"]["deploy"] is None  # `!reset`
+    for name in ("engine", "gateway", "trainer"):
+        assert override[name]["build"]["args"]["VARIANT"] == "cpu"
+
+
+def test_prometheus_scrapes_gateway_trainer_and_engine() -> None:
+    config = load_all(DEPLOY / "prometheus" / "prometheus.yml")[0]
+    targets = set()
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            targets.update(static["targets"])
+        for dns in job.get("dns_sd_configs", []):
+            targets.update(f"{name}:{dns['port']}" for name in dns["names"])
+    assert {"gateway:8000", "trainer:8200", "engine:8100"} <= targets
+
+
+def test_grafana_provisioning() -> None:
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (source,) = load_all(provisioning / "datasources" / "prometheus.yml")[0]["datasources"]
+    assert (source["name"], source["uid"]) == ("Prometheus", "prometheus")
+    assert source["url"] == "http://prometheus:9090"
+    (provider,) = load_all(provisioning / "dashboards" / "loramem.yml")[0]["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def run_tool(command: list[str], probe: list[str] | None = None) -> None:
+    """Run a validator; skip when it (or, with `probe`, its plugin) is not installed."""
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{command[0]} is not on PATH")
+    if probe and subprocess.run(probe, capture_output=True, timeout=30).returncode != 0:
+        pytest.skip(f"{' '.join(probe)} failed: not installed")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    if "downloading schema" in output or "no such host" in output:
+        pytest.skip(f"{command[0]} could not fetch its schemas (no network)")
+    assert result.returncode == 0, output
+
+
+def test_kubeconform_accepts_the_manifests() -> None:
+    # kubeconform fetches its JSON schemas on first use: without network it is skipped.
+    run_tool(["kubeconform", "-strict", "-summary", "-ignore-filename-pattern",
+              "kustomization.yaml", str(K8S)])  # fmt: skip
+
+
+def test_kustomize_builds() -> None:
+    run_tool(["kubectl", "kustomize", str(K8S)])
+
+
+COMPOSE_SETS = [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"]]
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETS, ids=["gpu", "cpu"])
+def test_docker_compose_config_accepts_the_files(files: list[str]) -> None:
+    # `docker compose config` only parses and merges: it needs no daemon.
+    run_tool(["docker", "compose", *[a for f in files for a in ("-f", str(DEPLOY / f))],
+              "config", "--quiet"], probe=["docker", "compose", "version"])  # fmt: skip

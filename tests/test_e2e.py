@@ -1,0 +1,239 @@
+"""The whole path on real parts: vLLM engine, gateway, trainer worker, Redis, PEFT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis
+
+from loramem.base_model import prepare_base_model
+from loramem.datasets import phonebook
+from loramem.engine import engine_command, engine_env
+from loramem.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
+JOB_TIMEOUT_S = 600
+
+
+@dataclass
+class System:
+    settings: Settings
+    env: dict[str, str]
+    gateway: httpx.Client
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    publish_seconds: list[float] = field(default_factory=list)
+
+    def start_worker(self) -> None:
+        self.processes["worker"] = _spawn([sys.executable, "-m", "loramem.cli", "worker"], self.env)
+
+    def post_facts(self, facts: list[str], tenant: str = "e2e", **extra) -> dict:
+        reply = self.gateway.post(
+            "/facts", json={"facts": facts, **extra}, headers={"x-loramem-tenant": tenant}
+        )
+        assert reply.status_code == 202, reply.text
+        return reply.json()
+
+    def wait_job(
+        self, job_id: str, tenant: str = "e2e", until: set[str] | None = None, min_step: int = 0
+    ) -> dict:
+        until = until or {"published", "failed"}
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            job = self.gateway.get(f"/jobs/{job_id}", headers={"x-loramem-tenant": tenant}).json()
+            if job["status"] in until and job["progress"].get("step", 0) >= min_step:
+                return job
+            if job["status"] == "failed":
+                pytest.fail(f"job failed: {job['error']}")
+            time.sleep(0.5)
+        pytest.fail(f"job {job_id} did not reach {until} in {JOB_TIMEOUT_S} s")
+
+    def chat(
+        self, question: str, model: str = "auto", tenant: str = "e2e", **extra
+    ) -> httpx.Response:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 32,
+            **extra,
+        }
+        return self.gateway.post(
+            "/v1/chat/completions", json=body, headers={"x-loramem-tenant": tenant}
+        )
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"process for {url} exited with {process.returncode}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} not ready in {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "LORAMEM_REDIS_URL": E2E_REDIS_URL,
+            "LORAMEM_ENGINE_PORT": "18100",
+            "LORAMEM_ENGINE_URL": "http://127.0.0.1:18100",
+            "LORAMEM_GATEWAY_PORT": "18000",
+            "LORAMEM_ADAPTER_DIR": str(tmp_path_factory.mktemp("adapters")),
+            "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    os.environ.update({k: v for k, v in env.items() if k.startswith("LORAMEM_")})
+    settings = Settings()
+    redis.Redis.from_url(E2E_REDIS_URL).flushdb()
+    model_path = prepare_base_model(settings)
+    gateway = httpx.Client(base_url="http://127.0.0.1:18000", timeout=300)
+    sys_ = System(settings, env, gateway)
+    try:
+        started = time.monotonic()
+        sys_.processes["engine"] = _spawn(
+            engine_command(settings, model_path), engine_env(settings)
+        )
+        _wait_http(
+            "http://127.0.0.1:18100/health",
+            settings.engine_start_timeout_s,
+            sys_.processes["engine"],
+        )
+        print(f"\n[e2e] engine ready in {time.monotonic() - started:.0f} s")
+        sys_.start_worker()
+        sys_.processes["gateway"] = _spawn([sys.executable, "-m", "loramem.cli", "gateway"], env)
+        _wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
+        yield sys_
+    finally:
+        for process in sys_.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in sys_.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for key in (
+            "LORAMEM_REDIS_URL",
+            "LORAMEM_ENGINE_PORT",
+            "LORAMEM_ENGINE_URL",
+            "LORAMEM_GATEWAY_PORT",
+            "LORAMEM_ADAPTER_DIR",
+            "LORAMEM_JOB_CLAIM_IDLE_MS",
+        ):
+            os.environ.pop(key, None)
+
+
+def _answer(reply: httpx.Response) -> str:
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+def test_posted_facts_answer_chat_requests(system: System) -> None:
+    people = phonebook(system.settings.data_dir, 10)
+    posted = time.monotonic()
+    accepted = system.post_facts([p.fact for p in people])
+    job = system.wait_job(accepted["job_id"])
+    print(
+        f"\n[e2e] 10 facts POST -> published in {time.monotonic() - posted:.1f} s "
+        f"(steps {job['progress'].get('step')}, recall {job['progress'].get('recall')})"
+    )
+    assert job["version"] == 1 and job["progress"]["recall"] >= 0.95
+
+    routed_hits, base_hits = 0, 0
+    for person in people:
+        reply = system.chat(person.question)
+        assert reply.headers["x-loramem-module"] == f"{accepted['module']}@v1"
+        routed_hits += person.phone in _answer(reply)
+        base_reply = system.chat(person.question, model=system.settings.base_name)
+        assert base_reply.headers["x-loramem-module"] == "base"
+        base_hits += person.phone in _answer(base_reply)
+    print(f"[e2e] exact-match recall model=auto {routed_hits}/10, base {base_hits}/10")
+    assert routed_hits >= 9
+    assert base_hits <= 1
+
+    unrelated = system.chat("What is the capital of France?")
+    assert unrelated.headers["x-loramem-module"] == "base"
+    assert "paris" in _answer(unrelated).lower()
+
+    models = [
+        m["id"]
+        for m in system.gateway.get("/v1/models", headers={"x-loramem-tenant": "e2e"}).json()[
+            "data"
+        ]
+    ]
+    assert accepted["module"] in models
+    modules = system.gateway.get("/modules", headers={"x-loramem-tenant": "e2e"}).json()
+    assert modules[0]["served_name"] == f"{accepted['module']}@v1"
+
+
+def test_streaming_returns_the_same_text_as_unary(system: System) -> None:
+    question = phonebook(system.settings.data_dir, 1)[0].question
+    unary = _answer(system.chat(question))
+    with system.gateway.stream(
+        "POST",
+        "/v1/chat/completions",
+        headers={"x-loramem-tenant": "e2e"},
+        json={
+            "model": "auto",
+            "stream": True,
+            "temperature": 0,
+            "max_tokens": 32,
+            "messages": [{"role": "user", "content": question}],
+        },
+    ) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["x-loramem-module"] != "base"
+        import json
+
+        pieces = []
+        for line in reply.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                pieces.append(delta or "")
+    assert "".join(pieces) == unary
+
+
+def test_unknown_model_is_rejected_by_the_real_gateway(system: System) -> None:
+    reply = system.chat("hello", model="no-such-module")
+    assert reply.status_code == 404 and reply.json()["error"]["param"] == "model"
+
+
+def test_a_worker_killed_during_training_loses_no_job(system: System) -> None:
+    people = phonebook(system.settings.data_dir, 6, offset=100)
+    accepted = system.post_facts([p.fact for p in people], module="crash-test")
+    system.wait_job(accepted["job_id"], until={"training"}, min_step=1)
+    worker = system.processes["worker"]
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    system.start_worker()  # a new consumer: it reclaims the dead one's pending entry
+    job = system.wait_job(accepted["job_id"])
+    assert job["status"] == "published" and job["version"] == 1
+    reply = system.chat(people[0].question, model="crash-test")
+    assert people[0].phone in _answer(reply)
+
+
+def test_metrics_count_module_hits(system: System) -> None:
+    text = system.gateway.get("/metrics").text
+    assert 'loramem_requests_total{mode="lora",module="base",outcome="base"}' in text
+    assert 'outcome="module"' in text

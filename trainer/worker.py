@@ -1,0 +1,195 @@
+"""The trainer worker: take a job, train the module on all its facts, gate, publish.
+
+Jobs arrive through the Redis consumer group (at least once). A job is acknowledged only
+after it reached a terminal state, so a worker that dies mid-job leaves it pending, and
+another worker reclaims it once the heartbeat has stopped for `job_claim_idle_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loramem.adapter_store import AdapterStore, checksum, read_files, validate_adapter_config
+from loramem.base_model import prepare_base_model
+from loramem.engine import EngineClient
+from loramem.jobs import TERMINAL, JobStatus
+from loramem.queue import JobQueue, ModuleLock
+from loramem.registry import Job, Registry, VersionInfo
+from loramem.settings import Settings
+from trainer import train as training
+from trainer.config import TrainConfig
+from trainer.synth import fact_qa
+
+log = logging.getLogger("loramem.trainer")
+
+MAX_ATTEMPTS = 3
+
+
+class GateFailed(Exception):
+    pass
+
+
+class Heartbeat:
+    """Keeps a claimed stream entry and the module lock alive while a job runs."""
+
+    def __init__(
+        self, queue: JobQueue, consumer: str, entry_id: str, lock: ModuleLock, interval_s: float
+    ) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.queue, self.consumer, self.entry_id, self.lock = queue, consumer, entry_id, lock
+        self.interval_s = interval_s
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.queue.heartbeat(self.consumer, self.entry_id)
+                self.lock.renew()
+            except Exception:  # a missed beat is retried; the job itself is unaffected
+                log.exception("heartbeat failed")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Worker:
+    def __init__(self, settings: Settings, registry: Registry, engine: EngineClient) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.queue = JobQueue(registry.r)
+        self.store = AdapterStore(settings.adapters_path, registry)
+        self.engine = engine
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.model_path = prepare_base_model(settings)
+        self._stopping = threading.Event()
+        torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run_forever(self) -> None:
+        self.queue.ensure_group()
+        log.info("worker %s waiting for jobs", self.consumer)
+        while not self._stopping.is_set():
+            self.run_once()
+
+    def run_once(self) -> bool:
+        """Handle at most one job; reclaimed jobs of dead workers go first."""
+        entries = self.queue.reclaim(self.consumer, self.settings.job_claim_idle_ms)
+        if not entries:
+            entries = self.queue.read(self.consumer, self.settings.worker_block_ms)
+        for entry_id, job_id in entries:
+            self.handle(entry_id, job_id)
+        return bool(entries)
+
+    def handle(self, entry_id: str, job_id: str) -> None:
+        job = self.registry.get_job(job_id)
+        if job.status in TERMINAL:  # a redelivery of finished work
+            self.queue.ack(entry_id)
+            return
+        lock = ModuleLock(self.registry.r, job.module)
+        while not lock.acquire():  # another worker is training this module right now
+            self.queue.heartbeat(self.consumer, entry_id)
+            time.sleep(1.0)
+        interval_s = self.settings.job_claim_idle_ms / 3000
+        try:
+            with Heartbeat(self.queue, self.consumer, entry_id, lock, interval_s):
+                self._process(job)
+            self.queue.ack(entry_id)
+        except GateFailed as exc:
+            self.registry.transition(job.id, JobStatus.FAILED, error=str(exc))
+            self.queue.ack(entry_id)
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            if self.registry.count_attempt(job.id) >= MAX_ATTEMPTS:
+                self.registry.transition(
+                    job.id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+                )
+                self.queue.ack(entry_id)
+            # else: left pending; it is reclaimed and retried after the idle time
+        finally:
+            lock.release()
+
+    def _process(self, job: Job) -> None:
+        config = TrainConfig.from_settings(self.settings)
+        facts = self.registry.module_facts(job.module)
+        qas = [fact_qa(f.id, f.text, config.questions_per_fact) for f in facts]
+        progress: dict[str, Any] = {
+            "phase": "training",
+            "step": 0,
+            "total_steps": config.max_steps,
+            "facts": len(facts),
+        }
+        self.registry.transition(job.id, JobStatus.TRAINING, progress=progress)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress.update(step=step, total_steps=total, loss=round(loss, 5))
+            self.registry.set_progress(job.id, progress)
+
+        base, tokenizer = training.load_base(self.model_path)
+        peft_model = training.make_peft_model(base, config)
+        examples = training.build_examples(tokenizer, qas)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        started = time.perf_counter()
+        result = training.train(peft_model, examples, config, pad_id, on_step)
+
+        self.registry.transition(
+            job.id, JobStatus.VALIDATING, progress={**progress, "phase": "validating"}
+        )
+        measured, _answers = training.recall(peft_model, tokenizer, qas)
+        progress.update(recall=measured)
+        if measured < self.settings.recall_gate:
+            raise GateFailed(
+                f"recall {measured:.3f} is below the gate {self.settings.recall_gate:.2f} "
+                f"after {result.steps} steps (loss {result.loss:.4f})"
+            )
+        progress.update(phase="publishing", train_seconds=round(time.perf_counter() - started, 1))
+        self.registry.transition(job.id, JobStatus.PUBLISHING, progress=progress)
+        self._publish(job, peft_model, config, [f.id for f in facts], measured)
+
+    def _publish(
+        self, job: Job, peft_model: Any, config: TrainConfig, fact_ids: list[str], measured: float
+    ) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            training.save_adapter(peft_model, Path(scratch), config)
+            files = read_files(Path(scratch))
+        validate_adapter_config(files, max_rank=max(256, config.rank))
+        version = self.registry.next_version(job.module)
+        ref = self.store.write_local(job.module, version, files)
+        self.engine.load_adapter(ref)  # servable before anyone can be routed to it
+        info = VersionInfo(
+            module=job.module,
+            version=version,
+            tenant=job.tenant,
+            fact_ids=fact_ids,
+            recall=measured,
+            checksum=checksum(files),
+            train_config=asdict(config),
+        )
+        self.registry.publish_version(info, files, job_id=job.id)
+        log.info("published %s (recall %.3f)", ref.name, measured)
+
+
+def main(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
+    worker = Worker(settings, registry, EngineClient(settings.engine_url))
+    try:
+        worker.run_forever()
+    except KeyboardInterrupt:
+        pass
