@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--tenant", default="default")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll otherwise
     settings = get_settings()
 
     if args.command == "run":

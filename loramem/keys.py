@@ -24,7 +24,6 @@ TRAINER_GROUP = "trainers"
 # Bounded so that the events stream cannot grow without limit; routers that fall further
 # behind than this rebuild their index from the registry.
 EVENTS_STREAM_MAXLEN = 100_000
-MODULE_LOCK_TTL_MS = 120_000
 
 
 def fact(tenant: str, fact_id: str) -> str:

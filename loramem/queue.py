@@ -82,7 +82,7 @@ class ModuleLock:
         "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
     )
 
-    def __init__(self, client: redis.Redis, module: str, ttl_ms: int = keys.MODULE_LOCK_TTL_MS):
+    def __init__(self, client: redis.Redis, module: str, ttl_ms: int) -> None:
         self.r = client
         self.key = keys.module_lock(module)
         self.ttl_ms = ttl_ms

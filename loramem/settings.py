@@ -56,14 +56,15 @@ class Settings(BaseSettings):
     lora_rank: int = Field(default=8, ge=1, le=256)
     lora_alpha: float | None = None  # default: equal to rank, as in the paper
     lora_targets: TargetModules = "feed-forward"
-    learning_rate: float = Field(default=2e-3, gt=0)
+    learning_rate: float = Field(default=5e-3, gt=0)
     train_max_steps: int = Field(default=60, ge=1)
-    train_target_loss: float = Field(default=0.02, ge=0)
+    train_target_loss: float = Field(default=0.05, ge=0)
     train_batch_size: int = Field(default=16, ge=1)
     train_seed: int = 0
     train_threads: int | None = None  # torch threads; default: all cores
     questions_per_fact: int = Field(default=2, ge=1)
     recall_gate: float = Field(default=0.95, ge=0, le=1)
+    gate_extra_rounds: int = Field(default=2, ge=0)  # more training before a job fails
     module_capacity_facts: int = Field(default=64, ge=1)
     job_claim_idle_ms: int = Field(default=60_000, ge=1000)
     worker_block_ms: int = Field(default=2000, ge=10)

@@ -75,10 +75,10 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 def main(settings: Settings) -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level="info",
+        access_log=False,  # request counts and latencies are in /metrics
     )

@@ -82,7 +82,7 @@ def test_a_dead_workers_job_is_reclaimed_by_another(registry: Registry) -> None:
 
 
 def test_module_lock_is_exclusive(registry: Registry) -> None:
-    first, second = ModuleLock(registry.r, "m"), ModuleLock(registry.r, "m")
+    first, second = ModuleLock(registry.r, "m", 5000), ModuleLock(registry.r, "m", 5000)
     assert first.acquire() and not second.acquire()
     first.release()
     assert second.acquire()

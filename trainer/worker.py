@@ -13,7 +13,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,8 @@ class Worker:
         if job.status in TERMINAL:  # a redelivery of finished work
             self.queue.ack(entry_id)
             return
-        lock = ModuleLock(self.registry.r, job.module)
+        # The lock expires like a dead worker's claim does, so a crash frees the module too.
+        lock = ModuleLock(self.registry.r, job.module, ttl_ms=self.settings.job_claim_idle_ms)
         while not lock.acquire():  # another worker is training this module right now
             self.queue.heartbeat(self.consumer, entry_id)
             time.sleep(1.0)
@@ -132,13 +133,15 @@ class Worker:
         progress: dict[str, Any] = {
             "phase": "training",
             "step": 0,
-            "total_steps": config.max_steps,
+            "total_steps": config.max_steps * (1 + self.settings.gate_extra_rounds),
             "facts": len(facts),
         }
         self.registry.transition(job.id, JobStatus.TRAINING, progress=progress)
 
+        done_steps = 0  # steps of earlier rounds, so progress counts across rounds
+
         def on_step(step: int, total: int, loss: float) -> None:
-            progress.update(step=step, total_steps=total, loss=round(loss, 5))
+            progress.update(step=done_steps + step, loss=round(loss, 5))
             self.registry.set_progress(job.id, progress)
 
         base, tokenizer = training.load_base(self.model_path)
@@ -146,17 +149,24 @@ class Worker:
         examples = training.build_examples(tokenizer, qas)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         started = time.perf_counter()
-        result = training.train(peft_model, examples, config, pad_id, on_step)
-
-        self.registry.transition(
-            job.id, JobStatus.VALIDATING, progress={**progress, "phase": "validating"}
-        )
-        measured, _answers = training.recall(peft_model, tokenizer, qas)
-        progress.update(recall=measured)
-        if measured < self.settings.recall_gate:
+        round_config, measured = config, 0.0
+        for round_number in range(1 + self.settings.gate_extra_rounds):
+            if round_number:  # below the gate: train on, towards a lower loss
+                self.registry.transition(job.id, JobStatus.TRAINING, progress=progress)
+                round_config = replace(round_config, target_loss=round_config.target_loss / 4)
+            result = training.train(peft_model, examples, round_config, pad_id, on_step)
+            done_steps += result.steps
+            progress.update(phase="validating", step=done_steps)
+            self.registry.transition(job.id, JobStatus.VALIDATING, progress=progress)
+            measured, _answers = training.recall(peft_model, tokenizer, qas)
+            progress.update(recall=round(measured, 4), phase="training")
+            if measured >= self.settings.recall_gate:
+                break
+        else:
+            self.registry.set_progress(job.id, progress)
             raise GateFailed(
                 f"recall {measured:.3f} is below the gate {self.settings.recall_gate:.2f} "
-                f"after {result.steps} steps (loss {result.loss:.4f})"
+                f"after {done_steps} steps (loss {result.loss:.4f})"
             )
         progress.update(phase="publishing", train_seconds=round(time.perf_counter() - started, 1))
         self.registry.transition(job.id, JobStatus.PUBLISHING, progress=progress)
@@ -186,7 +196,6 @@ class Worker:
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
     worker = Worker(settings, registry, EngineClient(settings.engine_url))
     try:
