@@ -21,6 +21,8 @@ class TrainConfig:
     rank: int  # LoRA rank r
     alpha: float  # LoRA alpha; the paper used alpha = r
     targets: str  # "all-linear", "attention" or "feed-forward"
+    top_layers: int  # LoRA only on this many top decoder layers; 0 = all layers
+    variant: str  # "lora", "dora" (weight-decomposed) or "pissa" (SVD initialisation)
     learning_rate: float  # AdamW peak learning rate (cosine decay to 10%)
     max_steps: int  # hard stop on optimizer steps
     target_loss: float  # stop early once the mean answer-token loss is below this
@@ -36,6 +38,8 @@ class TrainConfig:
             "rank": settings.lora_rank,
             "alpha": settings.lora_alpha,
             "targets": settings.lora_targets,
+            "top_layers": settings.lora_top_layers,
+            "variant": settings.lora_variant,
             "learning_rate": settings.learning_rate,
             "max_steps": settings.train_max_steps,
             "target_loss": settings.train_target_loss,

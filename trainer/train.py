@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,72 +69,137 @@ def build_examples(tokenizer: PreTrainedTokenizerBase, qas: list[FactQA]) -> lis
     return examples
 
 
+def first_trained_layer(model: Any, config: TrainConfig) -> int:
+    total = int(model.config.num_hidden_layers)
+    return 0 if config.top_layers <= 0 else max(0, total - config.top_layers)
+
+
 def make_peft_model(model: Any, config: TrainConfig) -> PeftModel:
+    first = first_trained_layer(model, config)
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
         lora_dropout=0.0,
         target_modules=config.target_modules,
+        layers_to_transform=list(range(first, model.config.num_hidden_layers)) if first else None,
+        init_lora_weights=INIT_WEIGHTS[config.variant],
+        use_dora=config.variant == "dora",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
 
 
+INIT_WEIGHTS: dict[str, Any] = {"lora": True, "dora": True, "pissa": "pissa_niter_4"}
+
+
+@contextmanager
+def _decoder_span(causal_lm: Any, start: int, end: int, final_norm: bool) -> Iterator[Any]:
+    """Run only decoder layers [start, end) of a Llama-style model (model.model.layers)."""
+    inner = causal_lm.model
+    layers, norm = inner.layers, inner.norm
+    inner.layers = layers[start:end]
+    if not final_norm:
+        inner.norm = torch.nn.Identity()
+    try:
+        yield inner
+    finally:
+        inner.layers, inner.norm = layers, norm
+
+
+class FrozenPrefix:
+    """Hidden states after the frozen bottom layers, computed once per job.
+
+    LoRA sits only on the top layers, so everything below them is the same at every step:
+    running it once instead of every step is most of the speed-up of top-layer training.
+    """
+
+    def __init__(self, peft_model: PeftModel, examples: list[Example], first: int,
+                 pad_id: int, batch_size: int = 32) -> None:  # fmt: skip
+        self.causal_lm: Any = peft_model.get_base_model()
+        self.first = first
+        self.examples = examples
+        self.hidden: list[torch.Tensor] = []
+        with torch.no_grad(), _decoder_span(self.causal_lm, 0, first, final_norm=False) as bottom:
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start : start + batch_size]
+                batch = _batch(chunk, pad_id)
+                if first:
+                    out = bottom(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    )
+                    states = out.last_hidden_state
+                else:
+                    states = bottom.embed_tokens(batch["input_ids"])
+                self.hidden += [states[i, : len(e.input_ids)] for i, e in enumerate(chunk)]
+
+    def loss(self, rows: list[int]) -> torch.Tensor:
+        """Cross-entropy on answer tokens only, through the trained top layers."""
+        width = max(len(self.examples[r].input_ids) for r in rows)
+        states = torch.zeros((len(rows), width, self.hidden[0].shape[-1]))
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        for i, r in enumerate(rows):
+            length = len(self.examples[r].input_ids)
+            states[i, :length] = self.hidden[r]
+            mask[i, :length] = 1
+            labels[i, :length] = torch.tensor(self.examples[r].labels)
+        total = self.causal_lm.config.num_hidden_layers
+        with _decoder_span(self.causal_lm, self.first, total, final_norm=True) as top:
+            hidden = top(inputs_embeds=states, attention_mask=mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        # The 49k-wide vocabulary projection runs only where a label is: a large saving.
+        logits = self.causal_lm.lm_head(hidden[:, :-1][keep])
+        return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+    @torch.no_grad()
+    def full_loss(self, batch_size: int) -> float:
+        rows = list(range(len(self.examples)))
+        total = 0.0
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            total += self.loss(chunk).item() * len(chunk)
+        return total / max(len(rows), 1)
+
+
 def _batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
         ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
         mask[row, : len(e.input_ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def answer_loss(peft_model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy on answer tokens only. The vocabulary projection (49k wide) runs just
-    on the positions that carry a label, which saves a large share of each step."""
-    causal_lm: Any = peft_model.get_base_model()
-    hidden = causal_lm.model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    logits = causal_lm.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def train(
     peft_model: PeftModel,
-    examples: list[Example],
+    prefix: FrozenPrefix,
     config: TrainConfig,
-    pad_id: int,
     on_step: StepCallback | None = None,
-    max_steps: int | None = None,
 ) -> TrainResult:
-    steps_limit = max_steps or config.max_steps
     torch.manual_seed(config.seed)
     shuffler = random.Random(config.seed)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     # Cosine decay to 10% of the peak: the paper's schedule, but never down to zero, since
     # training usually stops early on the loss target.
+    limit = config.max_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps_limit, 1)))
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / limit, 1)))
     )
     peft_model.train()
     started = time.perf_counter()
-    order: list[Example] = []
+    count = len(prefix.examples)
+    order: list[int] = []
     loss_value = float("inf")
     step = 0
-    while step < steps_limit:
-        if len(order) < config.batch_size:  # a fresh shuffled pass over the data
-            fresh = examples[:]
-            shuffler.shuffle(fresh)
-            order.extend(fresh)
-        chunk, order = order[: config.batch_size], order[config.batch_size :]
-        loss = answer_loss(peft_model, _batch(chunk, pad_id))
+    while step < limit:
+        if not order:  # a fresh shuffled pass over the data
+            order = list(range(count))
+            shuffler.shuffle(order)
+        rows, order = order[: config.batch_size], order[config.batch_size :]
+        loss = prefix.loss(rows)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -142,26 +208,15 @@ def train(
         step += 1
         loss_value = loss.item()
         if on_step:
-            on_step(step, steps_limit, loss_value)
-        if loss_value < config.target_loss and (
-            # A batch smaller than the data set is a noisy estimate: confirm on all of it.
-            len(examples) <= config.batch_size
-            or full_loss(peft_model, examples, pad_id, config.batch_size) < config.target_loss
-        ):
-            break
+            on_step(step, limit, loss_value)
+        # At the end of a pass, stop once the whole data set is under the loss target.
+        if not order and loss_value < 2 * config.target_loss:
+            whole = (
+                loss_value if count <= config.batch_size else prefix.full_loss(config.batch_size)
+            )
+            if whole < config.target_loss:
+                break
     return TrainResult(steps=step, loss=loss_value, seconds=time.perf_counter() - started)
-
-
-@torch.no_grad()
-def full_loss(
-    peft_model: PeftModel, examples: list[Example], pad_id: int, batch_size: int
-) -> float:
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        total += answer_loss(peft_model, _batch(chunk, pad_id)).item() * len(chunk)
-        count += len(chunk)
-    return total / max(count, 1)
 
 
 @torch.no_grad()

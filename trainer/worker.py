@@ -149,12 +149,15 @@ class Worker:
         examples = training.build_examples(tokenizer, qas)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         started = time.perf_counter()
+        prefix = training.FrozenPrefix(
+            peft_model, examples, training.first_trained_layer(base, config), pad_id
+        )
         round_config, measured = config, 0.0
         for round_number in range(1 + self.settings.gate_extra_rounds):
             if round_number:  # below the gate: train on, towards a lower loss
                 self.registry.transition(job.id, JobStatus.TRAINING, progress=progress)
                 round_config = replace(round_config, target_loss=round_config.target_loss / 4)
-            result = training.train(peft_model, examples, round_config, pad_id, on_step)
+            result = training.train(peft_model, prefix, round_config, on_step)
             done_steps += result.steps
             progress.update(phase="validating", step=done_steps)
             self.registry.transition(job.id, JobStatus.VALIDATING, progress=progress)

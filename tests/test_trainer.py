@@ -1,0 +1,64 @@
+"""Real PEFT training on the real base model (a few facts, a minute on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loramem.base_model import prepare_base_model
+from loramem.datasets import phonebook
+from loramem.engine import EngineClient
+from loramem.jobs import JobStatus
+from loramem.registry import Registry
+from loramem.settings import Settings
+from trainer import train as training
+from trainer.config import TrainConfig
+from trainer.synth import fact_qa
+from trainer.worker import Worker
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    return prepare_base_model(Settings())  # the shared cache: converted once per machine
+
+
+def test_a_trained_adapter_recalls_its_facts(model_path: Path, tmp_path: Path) -> None:
+    people = phonebook(Settings().data_dir, 5, offset=200)
+    qas = [fact_qa(str(i), p.fact, 2) for i, p in enumerate(people)]
+    config = TrainConfig.from_settings(Settings())
+    base, tokenizer = training.load_base(model_path)
+    before, _ = training.recall(base, tokenizer, qas)
+    peft_model = training.make_peft_model(base, config)
+    examples = training.build_examples(tokenizer, qas)
+    prefix = training.FrozenPrefix(
+        peft_model, examples, training.first_trained_layer(base, config), tokenizer.pad_token_id
+    )
+    result = training.train(peft_model, prefix, config)
+    after, answers = training.recall(peft_model, tokenizer, qas)
+    assert before <= 0.2 and after >= 0.8, answers
+    assert result.steps < config.max_steps
+
+    training.save_adapter(peft_model, tmp_path, config)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["r"] == config.rank
+    assert min(saved["layers_to_transform"]) == 30 - config.top_layers
+    assert TrainConfig.from_json((tmp_path / "training_config.json").read_text()) == config
+
+
+def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Registry) -> None:
+    settings = settings.model_copy(
+        update={"train_max_steps": 1, "gate_extra_rounds": 0, "cache_dir": Settings().cache_dir}
+    )
+    people = phonebook(settings.data_dir, 3, offset=300)
+    job, _ids = registry.add_facts("t", [p.fact for p in people], [None] * 3, [b""] * 3)
+    worker = Worker(settings, registry, EngineClient(settings.engine_url))
+    worker.queue.ensure_group()
+    assert worker.run_once()
+    failed = registry.get_job(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error is not None and "recall" in failed.error and "gate" in failed.error
+    assert failed.progress["recall"] < settings.recall_gate
+    assert registry.get_module(job.module).active_version == 0  # nothing was published
+    assert worker.queue.pending_count() == 0  # a final failure is acknowledged
