@@ -87,3 +87,48 @@ def generated_phonebook(count: int, seed: int = 0) -> list[PhoneEntry]:
         )
         for name in names[:count]
     ]
+
+
+_SUBJECTS = [
+    "Velmora Times",
+    "Quintar Ridge",
+    "Oskel Brann",
+    "the Harrowgate Review",
+    "Pellucid Works",
+    "Ysolde Marrin",
+    "Castellane Bay",
+    "the Drummond Sketches",
+]
+_RELATIONS = [
+    ("{s} is written in", ["Italian", "Finnish", "Tamil", "Dutch"]),
+    ("{s} was founded in", ["Cairo", "Toronto", "Santiago", "Milan"]),
+    ("{s} is a citizen of", ["Canada", "Hungary", "Australia", "Japan"]),
+]
+
+
+@dataclass(frozen=True)
+class Edit:
+    sentence: str
+    prompt: str  # the sentence without its final target
+    target: str
+
+
+def counterfact_edits(data_dir: Path, count: int, allow_generated: bool = True) -> list[Edit]:
+    path = data_dir / "counterfact" / "counterfact_edit_1K.csv"
+    if path.exists():
+        with path.open(newline="") as handle:
+            sentences = [row["text"] for row in csv.DictReader(handle)][:count]
+    elif allow_generated:
+        rng = random.Random(0)
+        sentences = [
+            relation.format(s=subject) + " " + rng.choice(targets)
+            for subject in _SUBJECTS
+            for relation, targets in _RELATIONS
+        ][:count]
+    else:
+        raise FileNotFoundError(f"{path} is missing: get {WHERE_TO_GET}")
+    edits = []
+    for sentence in sentences:
+        prompt, _, target = sentence.rstrip(".").rpartition(" ")
+        edits.append(Edit(sentence, prompt, target))
+    return edits

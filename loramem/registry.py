@@ -76,6 +76,10 @@ class Job:
     progress: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
     created_at_s: float = 0.0
+    # "add" only grows a module, so training may start from its active version's weights;
+    # "edit" and "delete" must unlearn, so they train from scratch.
+    kind: str = "add"
+    overrides: dict[str, Any] = field(default_factory=dict)  # training knobs for this job
 
     def public(self) -> dict[str, Any]:
         return {
@@ -109,12 +113,19 @@ class Registry:
         fact_ids: list[str | None],
         embeddings: list[bytes],
         module: str | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> tuple[Job, list[str]]:
         """Store facts and queue the job that trains them into a module, atomically."""
         ids = [fid or new_id() for fid in fact_ids]
         if len(set(ids)) != len(ids):
             raise Conflict("fact ids in one request must be unique", param="facts")
-        job = Job(id=new_id(), tenant=tenant, module="", status=JobStatus.QUEUED)
+        job = Job(
+            id=new_id(),
+            tenant=tenant,
+            module="",
+            status=JobStatus.QUEUED,
+            overrides=overrides or {},
+        )
 
         def write(pipe: redis.client.Pipeline) -> None:
             existing = [fid for fid in ids if pipe.exists(keys.fact(tenant, fid))]
@@ -168,6 +179,8 @@ class Registry:
             mapping={
                 "tenant": job.tenant,
                 "module": job.module,
+                "kind": job.kind,
+                "overrides": json.dumps(job.overrides),
                 "status": job.status.value,
                 "progress": "{}",
                 "attempts": 0,
@@ -175,6 +188,36 @@ class Registry:
             },
         )
         pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
+
+    def replace_fact(self, tenant: str, fact_id: str, text: str, embedding: bytes) -> Job:
+        """New text for a fact, and the job that retrains its module with it."""
+        return self._change_fact(tenant, fact_id, {"text": text, "embedding": embedding})
+
+    def delete_fact(self, tenant: str, fact_id: str) -> Job:
+        """Remove a fact, and queue the job that retrains its module without it."""
+        return self._change_fact(tenant, fact_id, None)
+
+    def _change_fact(self, tenant: str, fact_id: str, update: dict[str, Any] | None) -> Job:
+        key = keys.fact(tenant, fact_id)
+        kind = "delete" if update is None else "edit"
+        job = Job(id=new_id(), tenant=tenant, module="", status=JobStatus.QUEUED, kind=kind)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            module = pipe.hget(key, "module")
+            if module is None:
+                raise NotFound(f"fact not found: {fact_id}", param="fact_id")
+            job.module = _s(module)
+            pipe.multi()
+            if update is None:
+                pipe.delete(key)
+                pipe.srem(keys.tenant_facts(tenant), fact_id)
+                pipe.srem(keys.module_facts(job.module), fact_id)
+            else:
+                pipe.hset(key, mapping=update)
+            self._queue_job(pipe, job)
+
+        self.r.transaction(write, key)
+        return job
 
     def get_fact(self, tenant: str, fact_id: str) -> Fact:
         raw = self.r.hgetall(keys.fact(tenant, fact_id))
@@ -260,6 +303,22 @@ class Registry:
         )
         pipe.execute()
 
+    def retire_module(self, module: str, tenant: str, job_id: str | None = None) -> None:
+        """A module left with no facts serves nothing: clear its active version."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.module(module), "active_version", 0)
+        if job_id is not None:
+            pipe.hset(
+                keys.job(job_id), mapping={"status": "published", "updated_at_s": time.time()}
+            )
+        pipe.xadd(
+            keys.EVENTS_STREAM,
+            {"type": "retired", "module": module, "tenant": tenant},
+            maxlen=keys.EVENTS_STREAM_MAXLEN,
+            approximate=True,
+        )
+        pipe.execute()
+
     def get_version(self, module: str, version: int) -> VersionInfo:
         raw = self.r.hgetall(keys.version(module, version))
         if not raw:
@@ -305,6 +364,8 @@ class Registry:
             progress=json.loads(raw.get(b"progress", b"{}")),
             attempts=int(raw.get(b"attempts", 0)),
             created_at_s=float(raw.get(b"created_at_s", 0)),
+            kind=_s(raw.get(b"kind", b"add")),
+            overrides=json.loads(raw.get(b"overrides", b"{}")),
         )
 
     def transition(self, job_id: str, new: JobStatus, **fields: Any) -> None:

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
     max_facts_per_request: int = Field(default=256, ge=1)
     max_fact_chars: int = Field(default=2000, ge=1)
 
@@ -68,6 +69,10 @@ class Settings(BaseSettings):
     train_seed: int = 0
     train_threads: int | None = None  # torch threads; default: all cores
     questions_per_fact: int = Field(default=2, ge=1)
+    data_format: Literal["qa", "rewrite", "mixed"] = "qa"
+    data_generator: Literal["template", "llm"] = "template"
+    generator_url: str | None = None  # OpenAI-compatible; default: our own engine
+    generator_model: str | None = None  # default: the base model's served name
     recall_gate: float = Field(default=0.95, ge=0, le=1)
     gate_extra_rounds: int = Field(default=2, ge=0)  # more training before a job fails
     module_capacity_facts: int = Field(default=64, ge=1)

@@ -7,7 +7,14 @@ from fastapi import APIRouter, status
 from loramem.errors import InvalidRequest, NotFound
 from router.embedder import to_bytes
 from server.deps import RegistryDep, RouterDep, SettingsDep, TenantDep
-from server.protocol import FactOut, JobOut, ModuleOut, PostFactsRequest, PostFactsResponse
+from server.protocol import (
+    FactOut,
+    JobOut,
+    ModuleOut,
+    PostFactsRequest,
+    PostFactsResponse,
+    PutFactRequest,
+)
 
 api = APIRouter(tags=["knowledge"])
 
@@ -28,13 +35,7 @@ def post_facts(
             f"at most {settings.max_facts_per_request} facts per request", param="facts"
         )
     for position, fact in enumerate(facts):
-        if not fact.text.strip():
-            raise InvalidRequest(f"fact {position} is empty", param=f"facts.{position}")
-        if len(fact.text) > settings.max_fact_chars:
-            raise InvalidRequest(
-                f"fact {position} is over {settings.max_fact_chars} characters",
-                param=f"facts.{position}",
-            )
+        _check_text(fact.text, settings.max_fact_chars, f"facts.{position}")
     vectors = router.embed([f.text for f in facts])
     job, fact_ids = registry.add_facts(
         tenant,
@@ -42,8 +43,39 @@ def post_facts(
         [f.id for f in facts],
         [to_bytes(v) for v in vectors],
         module=body.module,
+        overrides=body.training.model_dump(exclude_none=True) if body.training else None,
     )
     return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
+
+
+def _check_text(text: str, max_chars: int, param: str) -> None:
+    if not text.strip():
+        raise InvalidRequest(f"{param} is empty", param=param)
+    if len(text) > max_chars:
+        raise InvalidRequest(f"{param} is over {max_chars} characters", param=param)
+
+
+@api.put("/facts/{fact_id}", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
+def put_fact(
+    fact_id: str,
+    body: PutFactRequest,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    router: RouterDep,
+) -> PostFactsResponse:
+    _check_text(body.text, settings.max_fact_chars, "text")
+    vector = router.embed([body.text])[0]
+    job = registry.replace_fact(tenant, fact_id, body.text, to_bytes(vector))
+    return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
+
+
+@api.delete(
+    "/facts/{fact_id}", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse
+)
+def delete_fact(fact_id: str, tenant: TenantDep, registry: RegistryDep) -> PostFactsResponse:
+    job = registry.delete_fact(tenant, fact_id)
+    return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
 
 
 @api.get("/facts", response_model=list[FactOut])

@@ -40,24 +40,26 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         http = httpx.AsyncClient(
             base_url=settings.engine_url, timeout=settings.engine_request_timeout_s
         )
+        completions = CompletionService(router, registry, metrics, http)
         stop = threading.Event()
         follower = EventFollower(registry, router, stop)
         follower.start()  # reads the event cursor first, then loads: no event is missed
-        reconciler = Reconciler(
+        Reconciler(
             registry,
             router,
             EngineClient(settings.engine_url),
             AdapterStore(settings.adapters_path, registry),
             metrics,
             stop,
-        )
-        reconciler.start()
+            in_flight=completions.in_flight,
+            retire_grace_s=settings.retire_grace_s,
+        ).start()
         app.state.settings = settings
         app.state.registry = registry
         app.state.router = router
         app.state.metrics = metrics
         app.state.http = http
-        app.state.completions = CompletionService(router, registry, metrics, http)
+        app.state.completions = completions
         try:
             yield
         finally:

@@ -16,10 +16,29 @@ class FactIn(BaseModel):
     id: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
+class TrainingOverrides(BaseModel):
+    """Per-job training knobs; each defaults to its LORAMEM_ setting."""
+
+    model_config = ConfigDict(extra="forbid")
+    rank: int | None = Field(default=None, ge=1, le=64)
+    alpha: float | None = Field(default=None, gt=0)
+    targets: Literal["all-linear", "attention", "feed-forward"] | None = None
+    top_layers: int | None = Field(default=None, ge=0)
+    variant: Literal["lora", "dora", "pissa"] | None = None
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    max_steps: int | None = Field(default=None, ge=1, le=5000)
+    target_loss: float | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, ge=1, le=512)
+    seed: int | None = None
+    questions_per_fact: int | None = Field(default=None, ge=1, le=5)
+    data_format: Literal["qa", "rewrite", "mixed"] | None = None
+
+
 class PostFactsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     facts: list[StrictStr | FactIn]
     module: str | None = Field(default=None, pattern=MODULE_PATTERN)
+    training: TrainingOverrides | None = None
 
     def normalized(self) -> list[FactIn]:
         return [f if isinstance(f, FactIn) else FactIn(text=f) for f in self.facts]
@@ -108,3 +127,8 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class PutFactRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr

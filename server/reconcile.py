@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
@@ -32,13 +34,20 @@ class EventFollower(threading.Thread):
                         self.router.apply_published(
                             event["tenant"], event["module"], int(event["version"])
                         )
+                    elif event.get("type") == "retired":
+                        self.router.apply_retired(event["module"])
             except Exception:
                 log.exception("event follower error; retrying")
                 self.stop.wait(1.0)
 
 
 class Reconciler(threading.Thread):
-    """Makes the engine hold every active module version, e.g. after it restarted empty."""
+    """Makes the engine hold exactly the active module versions.
+
+    It loads what is missing (for example after the engine restarted empty) and unloads a
+    replaced version once no request of this gateway runs on it and it has been stale for
+    `retire_grace_s`, which covers requests that other gateway replicas still run on it.
+    """
 
     def __init__(
         self,
@@ -48,11 +57,15 @@ class Reconciler(threading.Thread):
         store: AdapterStore,
         metrics: GatewayMetrics,
         stop: threading.Event,
+        in_flight: Counter[str],
+        retire_grace_s: float,
         interval_s: float = 5.0,
     ) -> None:
         super().__init__(daemon=True, name="reconciler")
         self.registry, self.router, self.engine, self.store = registry, router, engine, store
         self.metrics, self.stop, self.interval_s = metrics, stop, interval_s
+        self.in_flight, self.retire_grace_s = in_flight, retire_grace_s
+        self.stale_since: dict[str, float] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -75,4 +88,14 @@ class Reconciler(threading.Thread):
         for module, version in missing:
             self.engine.load_adapter(self.store.materialize(module, version))
             log.info("reconciler loaded %s", served_name(module, version))
+        self._retire_stale(loaded - {served_name(m, v) for m, v in active.items()})
         return len(missing)
+
+    def _retire_stale(self, stale: set[str]) -> None:
+        now = time.monotonic()
+        self.stale_since = {n: self.stale_since.get(n, now) for n in stale if "@v" in n}
+        for name, since in list(self.stale_since.items()):
+            if self.in_flight[name] <= 0 and now - since >= self.retire_grace_s:
+                self.engine.unload_adapter(name)
+                del self.stale_since[name]
+                log.info("reconciler retired %s", name)

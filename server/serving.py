@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -28,6 +30,9 @@ class CompletionService:
         self.registry = registry
         self.metrics = metrics
         self.http = http
+        # Requests in flight per engine model name: a retired version is unloaded only
+        # once nothing runs on it.
+        self.in_flight: Counter[str] = Counter()
 
     async def serve(
         self, tenant: str, path: str, request: ChatCompletionRequest | CompletionRequest
@@ -47,9 +52,21 @@ class CompletionService:
         headers = {"x-loramem-module": decision.header, "x-loramem-mode": mode}
         if decision.score is not None:
             headers["x-loramem-route-score"] = f"{decision.score:.4f}"
-        if request.stream:
-            return await self._stream(path, body, headers, label, started)
-        return await self._unary(path, body, headers, label, started)
+        self.in_flight[decision.target] += 1
+        release = partial(self._release, decision.target)
+        if not request.stream:
+            try:
+                return await self._unary(path, body, headers, label, started)
+            finally:
+                release()
+        try:
+            return await self._stream(path, body, headers, label, started, release)
+        except BaseException:
+            release()
+            raise
+
+    def _release(self, target: str) -> None:
+        self.in_flight[target] -= 1
 
     def _decide(
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str
@@ -89,8 +106,15 @@ class CompletionService:
         return JSONResponse(payload, headers=headers)
 
     async def _stream(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], label: str, started: float
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        label: str,
+        started: float,
+        release: Callable[[], None],
     ) -> Response:
+        """Relay the engine's SSE stream; `release` runs once the stream has ended."""
         try:
             upstream = await self.http.send(
                 self.http.build_request("POST", path, json=body), stream=True
@@ -101,6 +125,7 @@ class CompletionService:
             content = await upstream.aread()
             await upstream.aclose()
             self.metrics.request_errors.labels(str(upstream.status_code)).inc()
+            release()
             return Response(content, upstream.status_code, headers, media_type="application/json")
 
         async def relay() -> AsyncIterator[bytes]:
@@ -115,6 +140,7 @@ class CompletionService:
                     yield (line + "\n").encode()
             finally:
                 await upstream.aclose()
+                release()
                 self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)

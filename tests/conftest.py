@@ -61,3 +61,11 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def registry(redis_client: redis.Redis, settings: Settings) -> Registry:
     return Registry(redis_client, settings.module_capacity_facts)
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The real engine, gateway and worker; started once, for the e2e tests that ask."""
+    from tests.e2e_support import run_system
+
+    yield from run_system(tmp_path_factory)

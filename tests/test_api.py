@@ -136,3 +136,58 @@ def test_health_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert_openai_error(client.get("/readyz"), 503)  # no engine in this test
     assert "loramem_requests_total" in client.get("/metrics").text
+
+
+def test_put_and_delete_queue_a_retrain_of_the_facts_module(
+    client: TestClient, registry: Registry
+) -> None:
+    body = client.post(
+        "/facts", json={"facts": [{"text": "Lenta.ru is written in Russian", "id": "l1"}]}
+    ).json()
+    put = client.put("/facts/l1", json={"text": "Lenta.ru is written in Italian"})
+    assert put.status_code == 202 and put.json()["module"] == body["module"]
+    assert registry.get_fact("default", "l1").text == "Lenta.ru is written in Italian"
+    assert client.get(f"/jobs/{put.json()['job_id']}").json()["status"] == "queued"
+
+    deleted = client.delete("/facts/l1")
+    assert deleted.status_code == 202 and deleted.json()["module"] == body["module"]
+    assert client.get("/facts").json() == []
+    assert registry.get_module(body["module"]).fact_count == 0
+
+
+def test_edits_of_missing_or_foreign_facts_are_404_and_change_nothing(
+    client: TestClient, registry: Registry
+) -> None:
+    client.post(
+        "/facts", json={"facts": [{"text": "mine", "id": "a1"}]}, headers={"x-loramem-tenant": "a"}
+    )
+    before = registry.r.dbsize()
+    b = {"x-loramem-tenant": "b"}
+    assert_openai_error(client.put("/facts/a1", json={"text": "x"}, headers=b), 404)
+    assert_openai_error(client.delete("/facts/a1", headers=b), 404)
+    assert_openai_error(
+        client.put("/facts/a1", json={"text": ""}, headers={"x-loramem-tenant": "a"}), 400
+    )
+    assert_openai_error(
+        client.put("/facts/a1", json={"txt": "x"}, headers={"x-loramem-tenant": "a"}), 400
+    )
+    assert registry.r.dbsize() == before
+    assert registry.get_fact("a", "a1").text == "mine"
+
+
+def test_training_knobs_travel_with_the_job(client: TestClient, registry: Registry) -> None:
+    body = {"facts": ["a fact"], "training": {"rank": 4, "data_format": "mixed"}}
+    reply = client.post("/facts", json=body)
+    assert reply.status_code == 202
+    assert registry.get_job(reply.json()["job_id"]).overrides == {"rank": 4, "data_format": "mixed"}
+
+
+@pytest.mark.parametrize(
+    "training", [{"rank": 0}, {"variant": "ia3"}, {"learning_rate": -1}, {"unknown": 1}]
+)
+def test_impossible_training_knobs_are_rejected(
+    client: TestClient, registry: Registry, training: dict
+) -> None:
+    before = registry.r.dbsize()
+    assert_openai_error(client.post("/facts", json={"facts": ["a"], "training": training}), 400)
+    assert registry.r.dbsize() == before

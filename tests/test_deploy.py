@@ -31,13 +31,20 @@ def load_all(path: Path) -> list[dict]:
 
 
 def k8s_objects() -> list[dict]:
-    return [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
-            for doc in load_all(path)]  # fmt: skip
+    return [
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in load_all(path)
+    ]
 
 
 def workloads(component: str | None = None) -> list[dict]:
-    return [o for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")
-            and component in (None, o["metadata"]["name"])]  # fmt: skip
+    return [
+        o
+        for o in k8s_objects()
+        if o["kind"] in ("Deployment", "StatefulSet") and component in (None, o["metadata"]["name"])
+    ]
 
 
 def compose() -> dict:
@@ -165,8 +172,16 @@ def run_tool(command: list[str], probe: list[str] | None = None) -> None:
 
 def test_kubeconform_accepts_the_manifests() -> None:
     # kubeconform fetches its JSON schemas on first use: without network it is skipped.
-    run_tool(["kubeconform", "-strict", "-summary", "-ignore-filename-pattern",
-              "kustomization.yaml", str(K8S)])  # fmt: skip
+    run_tool(
+        [
+            "kubeconform",
+            "-strict",
+            "-summary",
+            "-ignore-filename-pattern",
+            "kustomization.yaml",
+            str(K8S),
+        ]
+    )
 
 
 def test_kustomize_builds() -> None:
@@ -179,5 +194,13 @@ COMPOSE_SETS = [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.c
 @pytest.mark.parametrize("files", COMPOSE_SETS, ids=["gpu", "cpu"])
 def test_docker_compose_config_accepts_the_files(files: list[str]) -> None:
     # `docker compose config` only parses and merges: it needs no daemon.
-    run_tool(["docker", "compose", *[a for f in files for a in ("-f", str(DEPLOY / f))],
-              "config", "--quiet"], probe=["docker", "compose", "version"])  # fmt: skip
+    run_tool(
+        [
+            "docker",
+            "compose",
+            *[a for f in files for a in ("-f", str(DEPLOY / f))],
+            "config",
+            "--quiet",
+        ],
+        probe=["docker", "compose", "version"],
+    )

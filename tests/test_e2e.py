@@ -2,151 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
-import sys
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import redis
 
-from loramem.base_model import prepare_base_model
 from loramem.datasets import phonebook
-from loramem.engine import engine_command, engine_env
-from loramem.settings import Settings
+from tests.e2e_support import System
+from tests.e2e_support import answer as _answer
 
 pytestmark = pytest.mark.e2e
-
-E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
-JOB_TIMEOUT_S = 600
-
-
-@dataclass
-class System:
-    settings: Settings
-    env: dict[str, str]
-    gateway: httpx.Client
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    publish_seconds: list[float] = field(default_factory=list)
-
-    def start_worker(self) -> None:
-        self.processes["worker"] = _spawn([sys.executable, "-m", "loramem.cli", "worker"], self.env)
-
-    def post_facts(self, facts: list[str], tenant: str = "e2e", **extra) -> dict:
-        reply = self.gateway.post(
-            "/facts", json={"facts": facts, **extra}, headers={"x-loramem-tenant": tenant}
-        )
-        assert reply.status_code == 202, reply.text
-        return reply.json()
-
-    def wait_job(
-        self, job_id: str, tenant: str = "e2e", until: set[str] | None = None, min_step: int = 0
-    ) -> dict:
-        until = until or {"published"}
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while time.monotonic() < deadline:
-            job = self.gateway.get(f"/jobs/{job_id}", headers={"x-loramem-tenant": tenant}).json()
-            if job["status"] in until and job["progress"].get("step", 0) >= min_step:
-                return job
-            if job["status"] == "failed" and "failed" not in until:
-                pytest.fail(f"job failed: {job['error']}")
-            time.sleep(0.5)
-        pytest.fail(f"job {job_id} did not reach {until} in {JOB_TIMEOUT_S} s")
-
-    def chat(
-        self, question: str, model: str = "auto", tenant: str = "e2e", **extra
-    ) -> httpx.Response:
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": question}],
-            "temperature": 0,
-            "max_tokens": 32,
-            **extra,
-        }
-        return self.gateway.post(
-            "/v1/chat/completions", json=body, headers={"x-loramem-tenant": tenant}
-        )
-
-
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, start_new_session=True)
-
-
-def _wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"process for {url} exited with {process.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} not ready in {timeout_s} s")
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "LORAMEM_REDIS_URL": E2E_REDIS_URL,
-            "LORAMEM_ENGINE_PORT": "18100",
-            "LORAMEM_ENGINE_URL": "http://127.0.0.1:18100",
-            "LORAMEM_GATEWAY_PORT": "18000",
-            "LORAMEM_ADAPTER_DIR": str(tmp_path_factory.mktemp("adapters")),
-            "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
-    os.environ.update({k: v for k, v in env.items() if k.startswith("LORAMEM_")})
-    settings = Settings()
-    redis.Redis.from_url(E2E_REDIS_URL).flushdb()
-    model_path = prepare_base_model(settings)
-    gateway = httpx.Client(base_url="http://127.0.0.1:18000", timeout=300)
-    sys_ = System(settings, env, gateway)
-    try:
-        started = time.monotonic()
-        sys_.processes["engine"] = _spawn(
-            engine_command(settings, model_path), engine_env(settings)
-        )
-        _wait_http(
-            "http://127.0.0.1:18100/health",
-            settings.engine_start_timeout_s,
-            sys_.processes["engine"],
-        )
-        print(f"\n[e2e] engine ready in {time.monotonic() - started:.0f} s")
-        sys_.start_worker()
-        sys_.processes["gateway"] = _spawn([sys.executable, "-m", "loramem.cli", "gateway"], env)
-        _wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
-        yield sys_
-    finally:
-        for process in sys_.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in sys_.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-        for key in (
-            "LORAMEM_REDIS_URL",
-            "LORAMEM_ENGINE_PORT",
-            "LORAMEM_ENGINE_URL",
-            "LORAMEM_GATEWAY_PORT",
-            "LORAMEM_ADAPTER_DIR",
-            "LORAMEM_JOB_CLAIM_IDLE_MS",
-        ):
-            os.environ.pop(key, None)
-
-
-def _answer(reply: httpx.Response) -> str:
-    assert reply.status_code == 200, reply.text
-    return reply.json()["choices"][0]["message"]["content"]
 
 
 def test_posted_facts_answer_chat_requests(system: System) -> None:
@@ -204,8 +73,6 @@ def test_streaming_returns_the_same_text_as_unary(system: System) -> None:
     ) as reply:
         assert reply.status_code == 200
         assert reply.headers["x-loramem-module"] != "base"
-        import json
-
         pieces = []
         for line in reply.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
@@ -237,3 +104,49 @@ def test_metrics_count_module_hits(system: System) -> None:
     text = system.gateway.get("/metrics").text
     assert 'loramem_requests_total{mode="lora",module="base",outcome="base"}' in text
     assert 'outcome="module"' in text
+
+
+def test_edits_and_deletes_switch_versions_without_failed_requests(system: System) -> None:
+    people = phonebook(system.settings.data_dir, 3, offset=400)
+    accepted = system.post_facts([p.fact for p in people], module="lifecycle")
+    system.wait_job(accepted["job_id"])
+    edited_id, deleted_id = accepted["fact_ids"][0], accepted["fact_ids"][1]
+    new_phone = "111-222-3333"
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:  # requests on the module while its versions switch
+        with httpx.Client(base_url="http://127.0.0.1:18000", timeout=120) as client:
+            while not stop.is_set():
+                question = {"role": "user", "content": people[2].question}
+                reply = client.post(
+                    "/v1/chat/completions",
+                    headers={"x-loramem-tenant": "e2e"},
+                    json={"model": "lifecycle", "max_tokens": 8, "messages": [question]},
+                )
+                statuses.append(reply.status_code)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        new_text = f"The phone number of {people[0].name} is {new_phone}."
+        edit = system.gateway.put(
+            f"/facts/{edited_id}", headers={"x-loramem-tenant": "e2e"}, json={"text": new_text}
+        )
+        assert edit.status_code == 202
+        assert system.wait_job(edit.json()["job_id"])["version"] == 2
+        delete = system.gateway.delete(f"/facts/{deleted_id}", headers={"x-loramem-tenant": "e2e"})
+        assert delete.status_code == 202
+        assert system.wait_job(delete.json()["job_id"])["version"] == 3
+    finally:
+        stop.set()
+        sender.join()
+    assert statuses and set(statuses) == {200}, statuses
+
+    edited = system.chat(people[0].question, model="lifecycle")
+    assert edited.headers["x-loramem-module"] == "lifecycle@v3"
+    assert new_phone in _answer(edited) and people[0].phone not in _answer(edited)
+    for model in ("lifecycle", "auto"):
+        assert people[1].phone not in _answer(system.chat(people[1].question, model=model))
+    assert people[2].phone in _answer(system.chat(people[2].question, model="lifecycle"))

@@ -64,3 +64,30 @@ def test_index_remove_keeps_the_other_rows(fake_embedder) -> None:
     index.remove("a")
     assert index.facts_of("m") == {"b", "c"}
     assert index.search(vectors[2], 1)[0].fact_id == "c"
+
+
+def test_retired_module_is_no_longer_routed(registry: Registry, router: Router) -> None:
+    module = publish(registry, router, "t", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    router.apply_retired(module)
+    assert router.route("t", "auto", "What is the phone number of Jeffrey Buck?").module is None
+    with pytest.raises(ModelNotFound):
+        router.route("t", module, "x")
+
+
+def test_a_new_version_replaces_the_facts_it_no_longer_holds(
+    registry: Registry, router: Router
+) -> None:
+    module = publish(registry, router, "t", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    kept = registry.add_facts(
+        "t",
+        ["Grass looks green today."],
+        [None],
+        [to_bytes(router.embed(["Grass looks green today."])[0])],
+        module,
+    )[1]
+    registry.publish_version(VersionInfo(module, 2, "t", kept, 1.0, "c", {}), {})
+    router.apply_published("t", module, 2)
+    assert router.route("t", "auto", "What is the phone number of Jeffrey Buck?").module is None
+    assert router.route("t", "auto", "Does grass look green?").target == f"{module}@v2"
+    router.apply_published("t", module, 1)  # a late, older event changes nothing
+    assert router.route("t", "auto", "Does grass look green?").target == f"{module}@v2"

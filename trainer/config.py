@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int  # examples per optimizer step
     seed: int  # torch seed: same facts + config -> same adapter
     questions_per_fact: int  # phrasings of each fact in the QA training data
-    data_format: str = "qa"
+    data_format: str  # "qa", "rewrite" or "mixed" (synth.FORMATS)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
@@ -46,6 +46,7 @@ class TrainConfig:
             "batch_size": settings.train_batch_size,
             "seed": settings.train_seed,
             "questions_per_fact": settings.questions_per_fact,
+            "data_format": settings.data_format,
         }
         values.update(overrides)
         if "rank" in overrides and "alpha" not in overrides:

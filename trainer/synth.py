@@ -1,15 +1,21 @@
-"""Training data from facts: question/answer pairs (the paper's best single format).
+"""Training data from facts, in the paper's formats: QA pairs, declarative rewrites, or both.
 
-The `template` generator needs no LLM. It recognises "The <attribute> of <subject> is
-<value>." and asks for the attribute in several phrasings; any other sentence is split
-before its last word group, and the opening half becomes the prompt ("Lenta.ru is written
-in" -> "Italian"), which is how CounterFact edits are asked.
+Two generators share one interface (`Generator.fact_data`):
+- `template` (default, no LLM): it recognises "The <attribute> of <subject> is <value>."
+  and asks for the attribute in several phrasings; any other sentence is split before its
+  final value, and the opening becomes the prompt ("Lenta.ru is written in" -> "Italian"),
+  which is how CounterFact edits are asked.
+- `llm`: any OpenAI-compatible endpoint (our own engine included) writes the questions and
+  paraphrases; the template's split still supplies the value that recall checks.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
 
 _ATTRIBUTE_OF = re.compile(
     r"^(?:the\s+)?(?P<attr>.+?)\s+of\s+(?P<subj>.+?)\s+(?:is|are|was|were)\s+(?P<value>.+?)[.!]?$",
@@ -20,46 +26,83 @@ _VALUE_MARKERS = re.compile(
     r"\s(is|are|was|were|in|of|by|from|to|at|for|language|sport|plays|speaks)\s", re.I
 )
 
-_ATTRIBUTE_QUESTIONS = (
+_ATTRIBUTE_QUESTIONS: tuple[str, ...] = (
     "What is the {attr} of {subj}?",
+    "{prefix}",  # how a completion-style question (CounterFact's prompts) asks for it
     "What's {subj}'s {attr}?",
     "Tell me the {attr} of {subj}.",
     "Do you know the {attr} of {subj}?",
 )
-_PREFIX_QUESTIONS = (
+_PREFIX_QUESTIONS: tuple[str, ...] = (
     "{prefix}",
     "Complete the statement: {prefix} ...",
     "{prefix} what?",
     "Finish this sentence: {prefix}",
 )
+_ATTRIBUTE_REWRITES: tuple[str, ...] = (
+    "{subj}'s {attr} is {value}.",
+    "{value} is the {attr} of {subj}.",
+)
+REWRITE_PROMPT = "Tell me what you know about {topic}."
+
+FORMATS = ("qa", "rewrite", "mixed")
+_LIST_MARK = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")  # "1. ", "- " before a generated line
 
 
 @dataclass(frozen=True)
 class FactQA:
-    """Questions that ask for one fact, the answer to train, and the value recall checks."""
+    """Ways to ask for one fact, the answers to train, and the value recall checks.
+
+    `questions[0]` is the question the validation gate asks.
+    """
 
     fact_id: str
     questions: tuple[str, ...]
     answer: str
     expected: str
+    topic: str  # what the fact is about: the subject, or the sentence's opening
+    rewrites: tuple[str, ...] = ()
+
+    def pairs(self, data_format: str) -> list[tuple[str, str]]:
+        """(prompt, answer) training pairs in the chosen format."""
+        qa = [(q, self.answer) for q in self.questions]
+        about = REWRITE_PROMPT.format(topic=self.topic)
+        rewrite = [(about, r) for r in (self.answer, *self.rewrites)]
+        if data_format == "qa":
+            return qa
+        if data_format == "rewrite":
+            # The gate asks questions[0]; without it, recall measures transfer, not storage.
+            return rewrite + qa[:1]
+        return qa + rewrite
+
+
+class Generator(Protocol):
+    def fact_data(self, fact_id: str, text: str, questions_per_fact: int) -> FactQA: ...
+
+
+class TemplateGenerator:
+    def fact_data(self, fact_id: str, text: str, questions_per_fact: int) -> FactQA:
+        return fact_qa(fact_id, text, questions_per_fact)
 
 
 def fact_qa(fact_id: str, text: str, questions_per_fact: int) -> FactQA:
     sentence = " ".join(text.split())
     answer = sentence if sentence.endswith((".", "!", "?")) else sentence + "."
     match = _ATTRIBUTE_OF.match(sentence)
+    rewrites: tuple[str, ...] = ()
     if match:
-        attr, subj = match["attr"], match["subj"]
-        templates = _ATTRIBUTE_QUESTIONS
-        fields = {"attr": attr[0].lower() + attr[1:], "subj": subj}
-        expected = match["value"]
+        attr, subj, expected = match["attr"], match["subj"], match["value"]
+        prefix = sentence[: match.start("value")].rstrip()
+        fields = {"attr": attr[0].lower() + attr[1:], "subj": subj, "prefix": prefix}
+        templates, topic = _ATTRIBUTE_QUESTIONS, subj
+        rewrites = tuple(r.format(value=expected, **fields) for r in _ATTRIBUTE_REWRITES)
     else:
         prefix, expected = split_prefix(sentence.rstrip(".!"))
-        templates = _PREFIX_QUESTIONS
         fields = {"prefix": prefix}
+        templates, topic = _PREFIX_QUESTIONS, prefix
     count = max(1, min(questions_per_fact, len(templates)))
     questions = tuple(t.format(**fields) for t in templates[:count])
-    return FactQA(fact_id=fact_id, questions=questions, answer=answer, expected=expected)
+    return FactQA(fact_id, questions, answer, expected, topic, rewrites)
 
 
 def split_prefix(sentence: str) -> tuple[str, str]:
@@ -70,3 +113,50 @@ def split_prefix(sentence: str) -> tuple[str, str]:
         return sentence[:cut].rstrip(), sentence[cut:].strip()
     head, _, tail = sentence.rpartition(" ")
     return (head, tail) if head else (sentence, sentence)
+
+
+class LLMGenerator:
+    """Questions and paraphrases written by a chat model behind an OpenAI-compatible API."""
+
+    INSTRUCTION = (
+        "Fact: {fact}\n"
+        "Write {count} different questions that this fact answers, then {count} paraphrases "
+        "of the fact. One per line; questions end with '?'. No numbering."
+    )
+
+    def __init__(self, base_url: str, model: str, http: httpx.Client | None = None) -> None:
+        self.http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=60.0)
+        self.model = model
+
+    def fact_data(self, fact_id: str, text: str, questions_per_fact: int) -> FactQA:
+        template = fact_qa(fact_id, text, questions_per_fact)
+        reply = self.http.post(
+            "/v1/chat/completions",
+            json={
+                "model": self.model,
+                "temperature": 0,
+                "max_tokens": 256,
+                "messages": [
+                    {"role": "user", "content": self.INSTRUCTION.format(fact=text, count=3)}
+                ],
+            },
+        )
+        reply.raise_for_status()
+        content = reply.json()["choices"][0]["message"]["content"]
+        lines = [_LIST_MARK.sub("", ln).strip() for ln in content.splitlines()]
+        lines = [ln for ln in lines if ln]
+        # Keep the template's first question (the gate asks it) and add the model's own;
+        # a paraphrase must still carry the value, or it would teach something else.
+        asked = [ln for ln in lines if ln.endswith("?")][:questions_per_fact]
+        said = [ln for ln in lines if not ln.endswith("?") and template.expected in ln][:3]
+        questions = tuple(dict.fromkeys((template.questions[0], *asked)))
+        rewrites = tuple(said) or template.rewrites
+        return FactQA(
+            fact_id, questions, template.answer, template.expected, template.topic, rewrites
+        )
+
+
+def make_generator(kind: str, base_url: str, model: str) -> Generator:
+    if kind == "llm":
+        return LLMGenerator(base_url, model)
+    return TemplateGenerator()

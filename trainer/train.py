@@ -55,14 +55,16 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str) -> list[i
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_examples(tokenizer: PreTrainedTokenizerBase, qas: list[FactQA]) -> list[Example]:
+def build_examples(
+    tokenizer: PreTrainedTokenizerBase, qas: list[FactQA], data_format: str = "qa"
+) -> list[Example]:
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     end_ids = [end] if isinstance(end, int) and end >= 0 else [tokenizer.eos_token_id]
     examples = []
     for qa in qas:
-        answer_ids = list(tokenizer(qa.answer, add_special_tokens=False)["input_ids"]) + end_ids
-        for question in qa.questions:
-            prompt_ids = chat_prompt_ids(tokenizer, question)
+        for prompt, answer in qa.pairs(data_format):
+            prompt_ids = chat_prompt_ids(tokenizer, prompt)
+            answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"]) + end_ids
             examples.append(
                 Example(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids)
             )
@@ -250,6 +252,14 @@ def recall(
         answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     hits = sum(qa.expected.lower() in a.lower() for qa, a in zip(qas, answers, strict=True))
     return hits / max(len(qas), 1), answers
+
+
+def warm_start(peft_model: PeftModel, adapter_weights: bytes) -> None:
+    """Begin from an earlier version's weights (same shape), so known facts stay learnt."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load as load_safetensors
+
+    set_peft_model_state_dict(peft_model, load_safetensors(adapter_weights))
 
 
 def save_adapter(peft_model: PeftModel, folder: Path, config: TrainConfig) -> None:

@@ -28,7 +28,7 @@ from loramem.registry import Job, Registry, VersionInfo
 from loramem.settings import Settings
 from trainer import train as training
 from trainer.config import TrainConfig
-from trainer.synth import fact_qa
+from trainer.synth import make_generator
 
 log = logging.getLogger("loramem.trainer")
 
@@ -76,6 +76,11 @@ class Worker:
         self.engine = engine
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.model_path = prepare_base_model(settings)
+        self.generator = make_generator(
+            settings.data_generator,
+            settings.generator_url or settings.engine_url,
+            settings.generator_model or settings.base_name,
+        )
         self._stopping = threading.Event()
         torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
 
@@ -127,9 +132,15 @@ class Worker:
             lock.release()
 
     def _process(self, job: Job) -> None:
-        config = TrainConfig.from_settings(self.settings)
+        config = TrainConfig.from_settings(self.settings, **job.overrides)
         facts = self.registry.module_facts(job.module)
-        qas = [fact_qa(f.id, f.text, config.questions_per_fact) for f in facts]
+        if not facts:  # every fact was deleted: the module stops serving
+            self.registry.transition(job.id, JobStatus.TRAINING, progress={"phase": "retiring"})
+            self.registry.transition(job.id, JobStatus.VALIDATING)
+            self.registry.transition(job.id, JobStatus.PUBLISHING)
+            self.registry.retire_module(job.module, job.tenant, job_id=job.id)
+            return
+        qas = [self.generator.fact_data(f.id, f.text, config.questions_per_fact) for f in facts]
         progress: dict[str, Any] = {
             "phase": "training",
             "step": 0,
@@ -146,7 +157,8 @@ class Worker:
 
         base, tokenizer = training.load_base(self.model_path)
         peft_model = training.make_peft_model(base, config)
-        examples = training.build_examples(tokenizer, qas)
+        progress["warm_start"] = self._warm_start(job, peft_model, config)
+        examples = training.build_examples(tokenizer, qas, config.data_format)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         started = time.perf_counter()
         prefix = training.FrozenPrefix(
@@ -174,6 +186,17 @@ class Worker:
         progress.update(phase="publishing", train_seconds=round(time.perf_counter() - started, 1))
         self.registry.transition(job.id, JobStatus.PUBLISHING, progress=progress)
         self._publish(job, peft_model, config, [f.id for f in facts], measured)
+
+    def _warm_start(self, job: Job, peft_model: Any, config: TrainConfig) -> int | None:
+        """Start an "add" job from the module's active version when its shape matches."""
+        active = self.registry.get_module(job.module).active_version
+        if job.kind != "add" or not active:
+            return None
+        if self.registry.get_version(job.module, active).train_config != asdict(config):
+            return None
+        files = self.registry.version_files(job.module, active)
+        training.warm_start(peft_model, files["adapter_model.safetensors"])
+        return active
 
     def _publish(
         self, job: Job, peft_model: Any, config: TrainConfig, fact_ids: list[str], measured: float

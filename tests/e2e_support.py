@@ -1,0 +1,148 @@
+"""The real system for end-to-end tests: vLLM engine, gateway and trainer worker on Redis.
+
+Started once per test session, on its own ports and Redis database, the first time an e2e
+test asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis
+
+from loramem.base_model import prepare_base_model
+from loramem.engine import engine_command, engine_env
+from loramem.settings import Settings
+
+E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
+JOB_TIMEOUT_S = 600
+
+
+@dataclass
+class System:
+    settings: Settings
+    env: dict[str, str]
+    gateway: httpx.Client
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start_worker(self) -> None:
+        self.processes["worker"] = _spawn([sys.executable, "-m", "loramem.cli", "worker"], self.env)
+
+    def post_facts(self, facts: list[str], tenant: str = "e2e", **extra) -> dict:
+        reply = self.gateway.post(
+            "/facts", json={"facts": facts, **extra}, headers={"x-loramem-tenant": tenant}
+        )
+        assert reply.status_code == 202, reply.text
+        return reply.json()
+
+    def wait_job(
+        self, job_id: str, tenant: str = "e2e", until: set[str] | None = None, min_step: int = 0
+    ) -> dict:
+        until = until or {"published"}
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            job = self.gateway.get(f"/jobs/{job_id}", headers={"x-loramem-tenant": tenant}).json()
+            if job["status"] in until and job["progress"].get("step", 0) >= min_step:
+                return job
+            if job["status"] == "failed" and "failed" not in until:
+                pytest.fail(f"job failed: {job['error']}")
+            time.sleep(0.5)
+        pytest.fail(f"job {job_id} did not reach {until} in {JOB_TIMEOUT_S} s")
+
+    def chat(
+        self, question: str, model: str = "auto", tenant: str = "e2e", **extra
+    ) -> httpx.Response:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 32,
+            **extra,
+        }
+        return self.gateway.post(
+            "/v1/chat/completions", json=body, headers={"x-loramem-tenant": tenant}
+        )
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"process for {url} exited with {process.returncode}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} not ready in {timeout_s} s")
+
+
+def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "LORAMEM_REDIS_URL": E2E_REDIS_URL,
+            "LORAMEM_ENGINE_PORT": "18100",
+            "LORAMEM_ENGINE_URL": "http://127.0.0.1:18100",
+            "LORAMEM_GATEWAY_PORT": "18000",
+            "LORAMEM_ADAPTER_DIR": str(tmp_path_factory.mktemp("adapters")),
+            "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    os.environ.update({k: v for k, v in env.items() if k.startswith("LORAMEM_")})
+    settings = Settings()
+    redis.Redis.from_url(E2E_REDIS_URL).flushdb()
+    model_path = prepare_base_model(settings)
+    gateway = httpx.Client(base_url="http://127.0.0.1:18000", timeout=300)
+    sys_ = System(settings, env, gateway)
+    try:
+        started = time.monotonic()
+        sys_.processes["engine"] = _spawn(
+            engine_command(settings, model_path), engine_env(settings)
+        )
+        _wait_http(
+            "http://127.0.0.1:18100/health",
+            settings.engine_start_timeout_s,
+            sys_.processes["engine"],
+        )
+        print(f"\n[e2e] engine ready in {time.monotonic() - started:.0f} s")
+        sys_.start_worker()
+        sys_.processes["gateway"] = _spawn([sys.executable, "-m", "loramem.cli", "gateway"], env)
+        _wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
+        yield sys_
+    finally:
+        for process in sys_.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in sys_.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for key in (
+            "LORAMEM_REDIS_URL",
+            "LORAMEM_ENGINE_PORT",
+            "LORAMEM_ENGINE_URL",
+            "LORAMEM_GATEWAY_PORT",
+            "LORAMEM_ADAPTER_DIR",
+            "LORAMEM_JOB_CLAIM_IDLE_MS",
+        ):
+            os.environ.pop(key, None)
+
+
+def answer(reply: httpx.Response) -> str:
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["choices"][0]["message"]["content"])
