@@ -219,6 +219,26 @@ class Registry:
         self.r.transaction(write, key)
         return job
 
+    def split_module(self, module: str, fact_ids: list[str], overrides: dict[str, Any]) -> Job:
+        """Move facts into a new module of the same tenant and queue its training job."""
+        tenant = self.get_module(module).tenant
+        target = f"{module[:37]}-s{new_id()[:6]}"
+        job = Job(id=new_id(), tenant=tenant, module=target, status=JobStatus.QUEUED,
+                  overrides=overrides)  # fmt: skip
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            keys.module(target),
+            mapping={"tenant": tenant, "active_version": 0, "created_at_s": time.time()},
+        )
+        pipe.sadd(keys.tenant_modules(tenant), target)
+        pipe.srem(keys.module_facts(module), *fact_ids)
+        pipe.sadd(keys.module_facts(target), *fact_ids)
+        for fact_id in fact_ids:
+            pipe.hset(keys.fact(tenant, fact_id), "module", target)
+        self._queue_job(pipe, job)
+        pipe.execute()
+        return job
+
     def get_fact(self, tenant: str, fact_id: str) -> Fact:
         raw = self.r.hgetall(keys.fact(tenant, fact_id))
         if not raw:

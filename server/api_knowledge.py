@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from loramem.documents import split_document
 from loramem.errors import InvalidRequest, NotFound
+from loramem.registry import Registry
 from router.embedder import to_bytes
+from router.router import Router
 from server.deps import RegistryDep, RouterDep, SettingsDep, TenantDep
 from server.protocol import (
+    FactIn,
     FactOut,
     JobOut,
     ModuleOut,
+    PostDocumentRequest,
     PostFactsRequest,
     PostFactsResponse,
     PutFactRequest,
+    TrainingOverrides,
 )
 
 api = APIRouter(tags=["knowledge"])
@@ -36,14 +42,46 @@ def post_facts(
         )
     for position, fact in enumerate(facts):
         _check_text(fact.text, settings.max_fact_chars, f"facts.{position}")
+    return _store(facts, body.module, body.training, tenant, registry, router)
+
+
+@api.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
+def post_document(
+    body: PostDocumentRequest,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    router: RouterDep,
+) -> PostFactsResponse:
+    """A free-text document, stored as one fact per sentence."""
+    _check_text(body.text, settings.max_document_chars, "text")
+    sentences = split_document(body.text, settings.max_fact_chars)
+    if len(sentences) > settings.max_facts_per_request:
+        raise InvalidRequest(
+            f"the document has {len(sentences)} sentences; at most "
+            f"{settings.max_facts_per_request} per request",
+            param="text",
+        )
+    facts = [FactIn(text=s) for s in sentences]
+    return _store(facts, body.module, body.training, tenant, registry, router)
+
+
+def _store(
+    facts: list[FactIn],
+    module: str | None,
+    training: TrainingOverrides | None,
+    tenant: str,
+    registry: Registry,
+    router: Router,
+) -> PostFactsResponse:
     vectors = router.embed([f.text for f in facts])
     job, fact_ids = registry.add_facts(
         tenant,
         [f.text for f in facts],
         [f.id for f in facts],
         [to_bytes(v) for v in vectors],
-        module=body.module,
-        overrides=body.training.model_dump(exclude_none=True) if body.training else None,
+        module=module,
+        overrides=training.model_dump(exclude_none=True) if training else None,
     )
     return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
 

@@ -44,6 +44,13 @@ class PostFactsRequest(BaseModel):
         return [f if isinstance(f, FactIn) else FactIn(text=f) for f in self.facts]
 
 
+class PostDocumentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr
+    module: str | None = Field(default=None, pattern=MODULE_PATTERN)
+    training: TrainingOverrides | None = None
+
+
 class PostFactsResponse(BaseModel):
     job_id: str
     fact_ids: list[str]

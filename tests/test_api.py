@@ -191,3 +191,13 @@ def test_impossible_training_knobs_are_rejected(
     before = registry.r.dbsize()
     assert_openai_error(client.post("/facts", json={"facts": ["a"], "training": training}), 400)
     assert registry.r.dbsize() == before
+
+
+def test_a_document_is_stored_as_sentence_facts(client: TestClient) -> None:
+    text = "Planning with diffusion models is popular. They model trajectory distributions."
+    reply = client.post("/documents", json={"text": text})
+    assert reply.status_code == 202 and len(reply.json()["fact_ids"]) == 2
+    assert [f["text"] for f in client.get("/facts").json()] != []
+    assert_openai_error(client.post("/documents", json={"text": " "}), 400)
+    too_many = " ".join(f"Sentence number {i} is here." for i in range(6))
+    assert_openai_error(client.post("/documents", json={"text": too_many}), 400)

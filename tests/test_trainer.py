@@ -49,7 +49,12 @@ def test_a_trained_adapter_recalls_its_facts(model_path: Path, tmp_path: Path) -
 
 def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Registry) -> None:
     settings = settings.model_copy(
-        update={"train_max_steps": 1, "gate_extra_rounds": 0, "cache_dir": Settings().cache_dir}
+        update={
+            "train_max_steps": 1,
+            "gate_extra_rounds": 0,
+            "gate_split": False,
+            "cache_dir": Settings().cache_dir,
+        }
     )
     people = phonebook(settings.data_dir, 3, offset=300)
     job, _ids = registry.add_facts("t", [p.fact for p in people], [None] * 3, [b""] * 3)
@@ -62,3 +67,23 @@ def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Reg
     assert failed.progress["recall"] < settings.recall_gate
     assert registry.get_module(job.module).active_version == 0  # nothing was published
     assert worker.queue.pending_count() == 0  # a final failure is acknowledged
+
+
+def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry) -> None:
+    settings = settings.model_copy(
+        update={"train_max_steps": 1, "gate_extra_rounds": 0, "cache_dir": Settings().cache_dir}
+    )
+    people = phonebook(settings.data_dir, 2, offset=310)
+    job, ids = registry.add_facts("t", [p.fact for p in people], [None] * 2, [b""] * 2)
+    worker = Worker(settings, registry, EngineClient(settings.engine_url))
+    worker.queue.ensure_group()
+    assert worker.run_once()
+    failed = registry.get_job(job.id)  # one step cannot store even one fact: it still fails
+    assert failed.status is JobStatus.FAILED
+    [moved_to] = failed.progress["split_into"]
+    assert {f.id for f in registry.module_facts(job.module)} | {
+        f.id for f in registry.module_facts(moved_to)
+    } == set(ids)
+    assert registry.get_module(moved_to).fact_count == 1
+    follow_up = worker.queue.read("check", block_ms=10)  # the moved half has its own job
+    assert [registry.get_job(j).module for _e, j in follow_up] == [moved_to]

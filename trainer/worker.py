@@ -24,7 +24,7 @@ from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
 from loramem.jobs import TERMINAL, JobStatus
 from loramem.queue import JobQueue, ModuleLock
-from loramem.registry import Job, Registry, VersionInfo
+from loramem.registry import Fact, Job, Registry, VersionInfo
 from loramem.settings import Settings
 from trainer import train as training
 from trainer.config import TrainConfig
@@ -65,6 +65,64 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class TrainingRun:
+    """One job's training: rounds of training and the recall gate, with progress."""
+
+    def __init__(self, worker: Worker, job: Job, config: TrainConfig) -> None:
+        self.worker, self.job, self.config = worker, job, config
+        self.registry = worker.registry
+        self.done_steps = 0  # across rounds and splits, so progress only moves forward
+        self.last_loss = float("inf")
+        self.started = time.perf_counter()
+        self.peft_model: Any = None
+        extra = worker.settings.gate_extra_rounds
+        self.progress: dict[str, Any] = {
+            "phase": "training",
+            "step": 0,
+            "total_steps": config.max_steps * (1 + extra),
+        }
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
+
+    def on_step(self, step: int, _total: int, loss: float) -> None:
+        self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
+        self.registry.set_progress(self.job.id, self.progress)
+
+    def train_until_gate(self, facts: list[Fact], warm: bool) -> float:
+        """Train on `facts`, with extra rounds below the gate; return the measured recall."""
+        settings, config = self.worker.settings, self.config
+        qas = [
+            self.worker.generator.fact_data(f.id, f.text, config.questions_per_fact) for f in facts
+        ]
+        self.progress.update(facts=len(facts), phase="training")
+        self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+        base, tokenizer = training.load_base(self.worker.model_path)
+        self.peft_model = training.make_peft_model(base, config)
+        if warm:
+            self.progress["warm_start"] = self.worker.warm_start(self.job, self.peft_model, config)
+        examples = training.build_examples(tokenizer, qas, config.data_format)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        first = training.first_trained_layer(base, config)
+        prefix = training.FrozenPrefix(self.peft_model, examples, first, pad_id)
+        round_config, measured = config, 0.0
+        for round_number in range(1 + settings.gate_extra_rounds):
+            if round_number:  # below the gate: train on, towards a lower loss
+                self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+                round_config = replace(round_config, target_loss=round_config.target_loss / 4)
+            result = training.train(self.peft_model, prefix, round_config, self.on_step)
+            self.done_steps += result.steps
+            self.last_loss = result.loss
+            self.progress.update(phase="validating", step=self.done_steps)
+            self.registry.transition(self.job.id, JobStatus.VALIDATING, progress=self.progress)
+            measured, _answers = training.recall(self.peft_model, tokenizer, qas)
+            self.progress.update(recall=round(measured, 4))
+            self.registry.set_progress(self.job.id, self.progress)
+            if measured >= settings.recall_gate:
+                break
+        return measured
 
 
 class Worker:
@@ -140,57 +198,31 @@ class Worker:
             self.registry.transition(job.id, JobStatus.PUBLISHING)
             self.registry.retire_module(job.module, job.tenant, job_id=job.id)
             return
-        qas = [self.generator.fact_data(f.id, f.text, config.questions_per_fact) for f in facts]
-        progress: dict[str, Any] = {
-            "phase": "training",
-            "step": 0,
-            "total_steps": config.max_steps * (1 + self.settings.gate_extra_rounds),
-            "facts": len(facts),
-        }
-        self.registry.transition(job.id, JobStatus.TRAINING, progress=progress)
-
-        done_steps = 0  # steps of earlier rounds, so progress counts across rounds
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            progress.update(step=done_steps + step, loss=round(loss, 5))
-            self.registry.set_progress(job.id, progress)
-
-        base, tokenizer = training.load_base(self.model_path)
-        peft_model = training.make_peft_model(base, config)
-        progress["warm_start"] = self._warm_start(job, peft_model, config)
-        examples = training.build_examples(tokenizer, qas, config.data_format)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        started = time.perf_counter()
-        prefix = training.FrozenPrefix(
-            peft_model, examples, training.first_trained_layer(base, config), pad_id
-        )
-        round_config, measured = config, 0.0
-        for round_number in range(1 + self.settings.gate_extra_rounds):
-            if round_number:  # below the gate: train on, towards a lower loss
-                self.registry.transition(job.id, JobStatus.TRAINING, progress=progress)
-                round_config = replace(round_config, target_loss=round_config.target_loss / 4)
-            result = training.train(peft_model, prefix, round_config, on_step)
-            done_steps += result.steps
-            progress.update(phase="validating", step=done_steps)
-            self.registry.transition(job.id, JobStatus.VALIDATING, progress=progress)
-            measured, _answers = training.recall(peft_model, tokenizer, qas)
-            progress.update(recall=round(measured, 4), phase="training")
+        run = TrainingRun(self, job, config)
+        warm = job.kind == "add"
+        while True:
+            measured = run.train_until_gate(facts, warm)
             if measured >= self.settings.recall_gate:
                 break
-        else:
-            self.registry.set_progress(job.id, progress)
-            raise GateFailed(
-                f"recall {measured:.3f} is below the gate {self.settings.recall_gate:.2f} "
-                f"after {done_steps} steps (loss {result.loss:.4f})"
-            )
-        progress.update(phase="publishing", train_seconds=round(time.perf_counter() - started, 1))
-        self.registry.transition(job.id, JobStatus.PUBLISHING, progress=progress)
-        self._publish(job, peft_model, config, [f.id for f in facts], measured)
+            if len(facts) < 2 or not self.settings.gate_split:
+                raise GateFailed(
+                    f"recall {measured:.3f} is below the gate {self.settings.recall_gate:.2f} "
+                    f"after {run.done_steps} steps (loss {run.last_loss:.4f})"
+                )
+            # Too much for one module: move half of the facts to a new module (its own
+            # job) and train this one, from scratch, on the rest.
+            keep, move = facts[: len(facts) // 2], facts[len(facts) // 2 :]
+            moved = self.registry.split_module(job.module, [f.id for f in move], job.overrides)
+            run.progress.setdefault("split_into", []).append(moved.module)
+            facts, warm = keep, False
+        run.progress.update(phase="publishing", train_seconds=run.seconds())
+        self.registry.transition(job.id, JobStatus.PUBLISHING, progress=run.progress)
+        self._publish(job, run.peft_model, config, [f.id for f in facts], measured)
 
-    def _warm_start(self, job: Job, peft_model: Any, config: TrainConfig) -> int | None:
+    def warm_start(self, job: Job, peft_model: Any, config: TrainConfig) -> int | None:
         """Start an "add" job from the module's active version when its shape matches."""
         active = self.registry.get_module(job.module).active_version
-        if job.kind != "add" or not active:
+        if not active:
             return None
         if self.registry.get_version(job.module, active).train_config != asdict(config):
             return None
