@@ -21,7 +21,8 @@ run: $(VENV)/.installed
 	$(BIN)/loramem run
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check loramem server router trainer tests
+	scripts/test-services.sh
+	$(BIN)/ruff check loramem server router trainer tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -ra
 

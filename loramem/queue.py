@@ -59,14 +59,28 @@ class JobQueue:
             return 0
         return int(info["pending"])
 
-    def lag(self) -> int:
-        """Entries not yet delivered to any worker."""
-        for group in (
-            self.r.xinfo_groups(keys.JOBS_STREAM) if self.r.exists(keys.JOBS_STREAM) else []
-        ):
-            if _s(group["name"]) == keys.TRAINER_GROUP:
-                return int(group.get("lag") or 0)
-        return 0
+    def backlog(self) -> tuple[int, int | None]:
+        """(jobs waiting or running, creation time in ms of the oldest of them)."""
+        if not self.r.exists(keys.JOBS_STREAM):
+            return 0, None
+        groups = {_s(g["name"]): g for g in self.r.xinfo_groups(keys.JOBS_STREAM)}
+        group = groups.get(keys.TRAINER_GROUP)
+        if group is None:  # no worker has started yet: everything waits
+            first = self.r.xrange(keys.JOBS_STREAM, count=1)
+            return int(self.r.xlen(keys.JOBS_STREAM)), _entry_ms(first[0][0]) if first else None
+        summary = self.r.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
+        lag = int(group.get("lag") or 0)
+        oldest = [_entry_ms(summary["min"])] if summary["pending"] else []
+        if lag:
+            after = "(" + _s(group["last-delivered-id"])
+            first = self.r.xrange(keys.JOBS_STREAM, min=after, count=1)
+            oldest += [_entry_ms(first[0][0])] if first else []
+        return int(summary["pending"]) + lag, min(oldest) if oldest else None
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    """A stream entry id starts with its creation time in milliseconds."""
+    return int(_s(entry_id).split("-")[0])
 
 
 class ModuleLock:

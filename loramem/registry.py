@@ -317,6 +317,7 @@ class Registry:
                 "module": info.module,
                 "version": info.version,
                 "tenant": info.tenant,
+                "job_id": job_id or "",
             },
             maxlen=keys.EVENTS_STREAM_MAXLEN,
             approximate=True,

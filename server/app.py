@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
@@ -17,6 +18,7 @@ from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, SentenceEmbedder
 from router.router import Router
 from server import api_knowledge, api_openai, api_ops, errors
+from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.reconcile import EventFollower, Reconciler
 from server.serving import CompletionService
@@ -36,24 +38,30 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             settings.base_name,
             settings.route_threshold,
         )
-        metrics = GatewayMetrics()
-        http = httpx.AsyncClient(
-            base_url=settings.engine_url, timeout=settings.engine_request_timeout_s
-        )
-        completions = CompletionService(router, registry, metrics, http)
+        metrics = GatewayMetrics(max_modules=settings.metrics_max_modules)
+        http = httpx.AsyncClient(timeout=settings.engine_request_timeout_s)
+        pool = EnginePool(settings.engines, settings.engine_spill_in_flight)
         stop = threading.Event()
-        follower = EventFollower(registry, router, stop)
-        follower.start()  # reads the event cursor first, then loads: no event is missed
-        Reconciler(
+        reconciler = Reconciler(
             registry,
             router,
-            EngineClient(settings.engine_url),
+            pool,
+            {url: EngineClient(url) for url in pool.urls},
             AdapterStore(settings.adapters_path, registry),
             metrics,
             stop,
-            in_flight=completions.in_flight,
             retire_grace_s=settings.retire_grace_s,
-        ).start()
+        )
+
+        async def load_adapter(engine: str, name: str) -> bool:
+            return await run_in_threadpool(reconciler.load_into, engine, name)
+
+        completions = CompletionService(router, registry, metrics, http, pool, load_adapter)
+        reconciler.in_flight = completions.in_flight
+        follower = EventFollower(registry, router, stop)
+        follower.start()  # reads the event cursor first, then loads: no event is missed
+        reconciler.start()
+        app.state.pool = pool
         app.state.settings = settings
         app.state.registry = registry
         app.state.router = router

@@ -8,8 +8,13 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, max_modules: int = 100) -> None:
         self.registry = registry or CollectorRegistry()
+        # The module label is capped: the first `max_modules` modules seen keep their name,
+        # later ones count as "other", so a tenant creating thousands of modules cannot
+        # blow up Prometheus. Module names are otherwise stable (versions are not labels).
+        self.max_modules = max_modules
+        self._labelled: set[str] = set()
         r = self.registry
         self.requests = Counter(
             "loramem_requests_total",
@@ -70,3 +75,11 @@ class GatewayMetrics:
             ["engine"],
             registry=r,
         )
+
+    def module_label(self, module: str | None) -> str:
+        if module is None:
+            return "base"
+        if module in self._labelled or len(self._labelled) < self.max_modules:
+            self._labelled.add(module)
+            return module
+        return "other"

@@ -17,14 +17,17 @@ class FactIn(BaseModel):
 
 
 class TrainingOverrides(BaseModel):
-    """Per-job training knobs; each defaults to its LORAMEM_ setting."""
+    """Per-job training knobs; each defaults to its LORAMEM_ setting.
+
+    No `variant`: vLLM serves plain LoRA only, so DoRA and PiSSA are offered to the
+    in-process experiments (bench/), not to modules that must be served.
+    """
 
     model_config = ConfigDict(extra="forbid")
     rank: int | None = Field(default=None, ge=1, le=64)
     alpha: float | None = Field(default=None, gt=0)
     targets: Literal["all-linear", "attention", "feed-forward"] | None = None
     top_layers: int | None = Field(default=None, ge=0)
-    variant: Literal["lora", "dora", "pissa"] | None = None
     learning_rate: float | None = Field(default=None, gt=0, le=1)
     max_steps: int | None = Field(default=None, ge=1, le=5000)
     target_loss: float | None = Field(default=None, ge=0)

@@ -11,6 +11,7 @@ from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
 from loramem.registry import Registry, served_name
 from router.router import Router
+from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 
 log = logging.getLogger("loramem.gateway")
@@ -42,60 +43,76 @@ class EventFollower(threading.Thread):
 
 
 class Reconciler(threading.Thread):
-    """Makes the engine hold exactly the active module versions.
+    """Makes every engine hold exactly the active module versions.
 
-    It loads what is missing (for example after the engine restarted empty) and unloads a
-    replaced version once no request of this gateway runs on it and it has been stale for
-    `retire_grace_s`, which covers requests that other gateway replicas still run on it.
+    It loads what an engine is missing (for example after it restarted empty) and unloads
+    a replaced version once no request of this gateway runs on it and it has been stale
+    for `retire_grace_s`, which covers requests other gateway replicas still run on it.
+    It also keeps the pool's health marks current, so failed engines rejoin by themselves.
     """
 
     def __init__(
         self,
         registry: Registry,
         router: Router,
-        engine: EngineClient,
+        pool: EnginePool,
+        engines: dict[str, EngineClient],
         store: AdapterStore,
         metrics: GatewayMetrics,
         stop: threading.Event,
-        in_flight: Counter[str],
         retire_grace_s: float,
-        interval_s: float = 5.0,
+        interval_s: float = 2.0,
     ) -> None:
         super().__init__(daemon=True, name="reconciler")
-        self.registry, self.router, self.engine, self.store = registry, router, engine, store
-        self.metrics, self.stop, self.interval_s = metrics, stop, interval_s
-        self.in_flight, self.retire_grace_s = in_flight, retire_grace_s
-        self.stale_since: dict[str, float] = {}
+        self.registry, self.router, self.pool, self.engines = registry, router, pool, engines
+        self.store, self.metrics, self.stop, self.interval_s = store, metrics, stop, interval_s
+        self.retire_grace_s = retire_grace_s
+        self.in_flight: Counter[str] = Counter()  # replaced by the serving layer's counter
+        self.stale_since: dict[tuple[str, str], float] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
-            try:
-                self.reconcile_once()
-            except Exception as exc:
-                log.warning("reconcile failed: %s", exc)
+            for url in self.engines:
+                try:
+                    self.reconcile_engine(url)
+                except Exception as exc:
+                    log.warning("reconciling %s failed: %s", url, exc)
+            self.metrics.modules_active.set(len(self.router.all_active()))
             self.stop.wait(self.interval_s)
 
-    def reconcile_once(self) -> int:
-        active = self.router.all_active()
-        self.metrics.modules_active.set(len(active))
-        up = self.engine.healthy()
-        self.metrics.engine_up.labels(self.engine.base_url).set(1 if up else 0)
+    def reconcile_engine(self, url: str) -> int:
+        engine = self.engines[url]
+        up = engine.healthy()
+        self.pool.mark(url, up)
+        self.metrics.engine_up.labels(url).set(1 if up else 0)
         if not up:
             return 0
-        loaded = self.engine.loaded_models()
-        self.metrics.engine_adapters_loaded.labels(self.engine.base_url).set(len(loaded) - 1)
-        missing = [(m, v) for m, v in active.items() if served_name(m, v) not in loaded]
-        for module, version in missing:
-            self.engine.load_adapter(self.store.materialize(module, version))
-            log.info("reconciler loaded %s", served_name(module, version))
-        self._retire_stale(loaded - {served_name(m, v) for m, v in active.items()})
+        loaded = engine.loaded_models()
+        active = {served_name(m, v) for m, v in self.router.all_active().items()}
+        missing = active - loaded
+        for name in sorted(missing):
+            self.load_into(url, name)
+        self._retire_stale(url, {n for n in loaded - active if "@v" in n})
+        adapters = {n for n in loaded | missing if "@v" in n}
+        self.metrics.engine_adapters_loaded.labels(url).set(len(adapters))
         return len(missing)
 
-    def _retire_stale(self, stale: set[str]) -> None:
+    def load_into(self, url: str, name: str) -> bool:
+        """Materialise a module version from the registry and load it into one engine."""
+        module, _, version = name.rpartition("@v")
+        if not module or not version.isdigit():
+            return False
+        self.engines[url].load_adapter(self.store.materialize(module, int(version)))
+        log.info("loaded %s into %s", name, url)
+        return True
+
+    def _retire_stale(self, url: str, stale: set[str]) -> None:
         now = time.monotonic()
-        self.stale_since = {n: self.stale_since.get(n, now) for n in stale if "@v" in n}
-        for name, since in list(self.stale_since.items()):
+        for key in [k for k in self.stale_since if k[0] == url and k[1] not in stale]:
+            del self.stale_since[key]
+        for name in stale:
+            since = self.stale_since.setdefault((url, name), now)
             if self.in_flight[name] <= 0 and now - since >= self.retire_grace_s:
-                self.engine.unload_adapter(name)
-                del self.stale_since[name]
-                log.info("reconciler retired %s", name)
+                self.engines[url].unload_adapter(name)
+                del self.stale_since[(url, name)]
+                log.info("retired %s from %s", name, url)

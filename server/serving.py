@@ -1,11 +1,11 @@
-"""Completion serving: route, shape the prompt for the answer mode, forward to the engine."""
+"""Completion serving: route, shape the prompt for the answer mode, forward to an engine."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -16,20 +16,32 @@ from starlette.concurrency import run_in_threadpool
 from loramem.errors import EngineUnavailable
 from loramem.registry import Registry
 from router.router import RouteDecision, Router
+from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest
 
 RAG_INSTRUCTION = "Answer using these facts when they are relevant:\n"
 
+# Loads one module version into one engine (engine URL, served name); True when loaded.
+AdapterLoader = Callable[[str, str], Awaitable[bool]]
+
 
 class CompletionService:
     def __init__(
-        self, router: Router, registry: Registry, metrics: GatewayMetrics, http: httpx.AsyncClient
+        self,
+        router: Router,
+        registry: Registry,
+        metrics: GatewayMetrics,
+        http: httpx.AsyncClient,
+        pool: EnginePool,
+        load_adapter: AdapterLoader,
     ) -> None:
         self.router = router
         self.registry = registry
         self.metrics = metrics
         self.http = http
+        self.pool = pool
+        self.load_adapter = load_adapter
         # Requests in flight per engine model name: a retired version is unloaded only
         # once nothing runs on it.
         self.in_flight: Counter[str] = Counter()
@@ -47,23 +59,23 @@ class CompletionService:
         body["model"] = decision.target
         if mode != "lora" and decision.candidates:
             await run_in_threadpool(self._add_context, tenant, body, decision)
-        label = decision.module or "base"
+        label = self.metrics.module_label(decision.module)
         self.metrics.requests.labels(label, decision.outcome, mode).inc()
         headers = {"x-loramem-module": decision.header, "x-loramem-mode": mode}
         if decision.score is not None:
             headers["x-loramem-route-score"] = f"{decision.score:.4f}"
         self.in_flight[decision.target] += 1
         release = partial(self._release, decision.target)
-        if not request.stream:
-            try:
-                return await self._unary(path, body, headers, label, started)
-            finally:
-                release()
         try:
-            return await self._stream(path, body, headers, label, started, release)
+            engine, reply = await self._send(decision, path, body, stream=request.stream)
         except BaseException:
             release()
             raise
+        headers["x-loramem-engine"] = str(self.pool.urls.index(engine))
+        if not request.stream:
+            release()
+            return self._unary(reply, headers, label, started)
+        return await self._stream(reply, headers, label, started, release)
 
     def _release(self, target: str) -> None:
         self.in_flight[target] -= 1
@@ -87,13 +99,33 @@ class CompletionService:
         else:
             body["prompt"] = f"{context}\n\n{body['prompt']}"
 
-    async def _unary(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], label: str, started: float
+    async def _send(
+        self, decision: RouteDecision, path: str, body: dict[str, Any], stream: bool
+    ) -> tuple[str, httpx.Response]:
+        """Send to the preferred engine; fail over on a refused connection, and load a
+        module version the engine lacks (it restarted, or joined late) before retrying."""
+        for engine in self.pool.candidates(decision.target):
+            request = self.http.build_request("POST", engine + path, json=body)
+            self.pool.in_flight[engine] += 1
+            try:
+                reply = await self.http.send(request, stream=stream)
+                if reply.status_code == 404 and decision.module is not None:
+                    await reply.aclose()
+                    if await self.load_adapter(engine, decision.target):
+                        reply = await self.http.send(request, stream=stream)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                self.pool.mark(engine, healthy=False)  # nothing was generated: try another
+                continue
+            except httpx.HTTPError as exc:
+                raise EngineUnavailable(f"engine {engine} failed: {exc}") from exc
+            finally:
+                self.pool.in_flight[engine] -= 1
+            return engine, reply
+        raise EngineUnavailable("no engine is reachable")
+
+    def _unary(
+        self, reply: httpx.Response, headers: dict[str, str], label: str, started: float
     ) -> Response:
-        try:
-            reply = await self.http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"engine unreachable: {exc}") from exc
         self.metrics.latency.labels(label).observe(time.perf_counter() - started)
         if reply.status_code != 200:
             self.metrics.request_errors.labels(str(reply.status_code)).inc()
@@ -107,25 +139,18 @@ class CompletionService:
 
     async def _stream(
         self,
-        path: str,
-        body: dict[str, Any],
+        upstream: httpx.Response,
         headers: dict[str, str],
         label: str,
         started: float,
         release: Callable[[], None],
     ) -> Response:
         """Relay the engine's SSE stream; `release` runs once the stream has ended."""
-        try:
-            upstream = await self.http.send(
-                self.http.build_request("POST", path, json=body), stream=True
-            )
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"engine unreachable: {exc}") from exc
         if upstream.status_code != 200:
             content = await upstream.aread()
             await upstream.aclose()
-            self.metrics.request_errors.labels(str(upstream.status_code)).inc()
             release()
+            self.metrics.request_errors.labels(str(upstream.status_code)).inc()
             return Response(content, upstream.status_code, headers, media_type="application/json")
 
         async def relay() -> AsyncIterator[bytes]:

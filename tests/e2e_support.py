@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,11 +31,12 @@ JOB_TIMEOUT_S = 600
 class System:
     settings: Settings
     env: dict[str, str]
+    model_path: Path
     gateway: httpx.Client
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start_worker(self) -> None:
-        self.processes["worker"] = _spawn([sys.executable, "-m", "loramem.cli", "worker"], self.env)
+        self.processes["worker"] = spawn([sys.executable, "-m", "loramem.cli", "worker"], self.env)
 
     def post_facts(self, facts: list[str], tenant: str = "e2e", **extra) -> dict:
         reply = self.gateway.post(
@@ -72,11 +74,11 @@ class System:
         )
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
-def _wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
+def wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, f"process for {url} exited with {process.returncode}"
@@ -90,38 +92,34 @@ def _wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
 
 
 def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "LORAMEM_REDIS_URL": E2E_REDIS_URL,
-            "LORAMEM_ENGINE_PORT": "18100",
-            "LORAMEM_ENGINE_URL": "http://127.0.0.1:18100",
-            "LORAMEM_GATEWAY_PORT": "18000",
-            "LORAMEM_ADAPTER_DIR": str(tmp_path_factory.mktemp("adapters")),
-            "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
-    os.environ.update({k: v for k, v in env.items() if k.startswith("LORAMEM_")})
-    settings = Settings()
+    overrides = {
+        "LORAMEM_REDIS_URL": E2E_REDIS_URL,
+        "LORAMEM_ENGINE_PORT": "18100",
+        "LORAMEM_ENGINE_URL": "http://127.0.0.1:18100",
+        "LORAMEM_GATEWAY_PORT": "18000",
+        "LORAMEM_ADAPTER_DIR": str(tmp_path_factory.mktemp("adapters")),
+        "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
+        "LORAMEM_TRAINER_METRICS_PORT": "18200",
+        "LORAMEM_RETIRE_GRACE_S": "5",
+    }
+    env = {**os.environ, **overrides, "HF_HUB_OFFLINE": "1"}
+    settings = Settings(**{k.removeprefix("LORAMEM_").lower(): v for k, v in overrides.items()})
     redis.Redis.from_url(E2E_REDIS_URL).flushdb()
     model_path = prepare_base_model(settings)
     gateway = httpx.Client(base_url="http://127.0.0.1:18000", timeout=300)
-    sys_ = System(settings, env, gateway)
+    sys_ = System(settings, env, model_path, gateway)
     try:
         started = time.monotonic()
-        sys_.processes["engine"] = _spawn(
-            engine_command(settings, model_path), engine_env(settings)
-        )
-        _wait_http(
+        sys_.processes["engine"] = spawn(engine_command(settings, model_path), engine_env(settings))
+        wait_http(
             "http://127.0.0.1:18100/health",
             settings.engine_start_timeout_s,
             sys_.processes["engine"],
         )
         print(f"\n[e2e] engine ready in {time.monotonic() - started:.0f} s")
         sys_.start_worker()
-        sys_.processes["gateway"] = _spawn([sys.executable, "-m", "loramem.cli", "gateway"], env)
-        _wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
+        sys_.processes["gateway"] = spawn([sys.executable, "-m", "loramem.cli", "gateway"], env)
+        wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
         yield sys_
     finally:
         for process in sys_.processes.values():
@@ -132,15 +130,6 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-        for key in (
-            "LORAMEM_REDIS_URL",
-            "LORAMEM_ENGINE_PORT",
-            "LORAMEM_ENGINE_URL",
-            "LORAMEM_GATEWAY_PORT",
-            "LORAMEM_ADAPTER_DIR",
-            "LORAMEM_JOB_CLAIM_IDLE_MS",
-        ):
-            os.environ.pop(key, None)
 
 
 def answer(reply: httpx.Response) -> str:

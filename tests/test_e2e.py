@@ -150,3 +150,14 @@ def test_edits_and_deletes_switch_versions_without_failed_requests(system: Syste
     for model in ("lifecycle", "auto"):
         assert people[1].phone not in _answer(system.chat(people[1].question, model=model))
     assert people[2].phone in _answer(system.chat(people[2].question, model="lifecycle"))
+
+
+def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> None:
+    person = phonebook(system.settings.data_dir, 10)[3]  # taught by the first test
+    rag = system.chat(person.question, loramem={"mode": "rag"})
+    assert rag.headers["x-loramem-module"] == "base" and rag.headers["x-loramem-mode"] == "rag"
+    assert person.phone in _answer(rag)
+    hybrid = system.chat(person.question, loramem={"mode": "hybrid"})
+    assert hybrid.headers["x-loramem-module"].endswith("@v1")
+    assert hybrid.headers["x-loramem-mode"] == "hybrid"
+    assert person.phone in _answer(hybrid)

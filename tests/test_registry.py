@@ -86,3 +86,25 @@ def test_module_lock_is_exclusive(registry: Registry) -> None:
     assert first.acquire() and not second.acquire()
     first.release()
     assert second.acquire()
+
+
+def test_backlog_counts_waiting_and_running_jobs_and_their_age(registry: Registry) -> None:
+    from prometheus_client import generate_latest
+
+    from trainer.metrics import TrainerMetrics
+
+    queue = JobQueue(registry.r)
+    assert queue.backlog() == (0, None)
+    first, _ = add(registry, "t1", ["a"])
+    add(registry, "t1", ["b"])
+    count, oldest_ms = queue.backlog()
+    assert count == 2 and oldest_ms is not None
+    queue.ensure_group()
+    [(entry, _job)] = queue.read("w", block_ms=10)
+    assert queue.backlog() == (2, oldest_ms)  # one running, one waiting
+    queue.ack(entry)
+    count, newer_ms = queue.backlog()
+    assert count == 1 and newer_ms is not None and newer_ms >= oldest_ms
+    text = generate_latest(TrainerMetrics(queue).registry).decode()
+    assert "loramem_trainer_queue_depth 1.0" in text
+    assert 'loramem_trainer_jobs_total{status="failed"} 0.0' in text

@@ -58,7 +58,7 @@ def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Reg
     )
     people = phonebook(settings.data_dir, 3, offset=300)
     job, _ids = registry.add_facts("t", [p.fact for p in people], [None] * 3, [b""] * 3)
-    worker = Worker(settings, registry, EngineClient(settings.engine_url))
+    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
     worker.queue.ensure_group()
     assert worker.run_once()
     failed = registry.get_job(job.id)
@@ -75,7 +75,7 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
     )
     people = phonebook(settings.data_dir, 2, offset=310)
     job, ids = registry.add_facts("t", [p.fact for p in people], [None] * 2, [b""] * 2)
-    worker = Worker(settings, registry, EngineClient(settings.engine_url))
+    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
     worker.queue.ensure_group()
     assert worker.run_once()
     failed = registry.get_job(job.id)  # one step cannot store even one fact: it still fails
@@ -87,3 +87,19 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
     assert registry.get_module(moved_to).fact_count == 1
     follow_up = worker.queue.read("check", block_ms=10)  # the moved half has its own job
     assert [registry.get_job(j).module for _e, j in follow_up] == [moved_to]
+
+
+def test_a_job_whose_facts_are_already_published_is_not_retrained(
+    settings: Settings, registry: Registry
+) -> None:
+    from loramem.registry import VersionInfo
+
+    settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
+    job, ids = registry.add_facts("t", ["The colour of X is red."], [None], [b""])
+    registry.publish_version(VersionInfo(job.module, 1, "t", ids, 1.0, "c", {}), {})
+    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
+    worker.queue.ensure_group()
+    assert worker.run_once()
+    done = registry.get_job(job.id)
+    assert (done.status, done.version) == (JobStatus.PUBLISHED, 1)
+    assert done.progress == {"phase": "already published"}

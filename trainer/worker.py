@@ -19,15 +19,23 @@ from typing import Any
 
 import torch
 
-from loramem.adapter_store import AdapterStore, checksum, read_files, validate_adapter_config
+from loramem.adapter_store import (
+    AdapterRef,
+    AdapterStore,
+    checksum,
+    read_files,
+    validate_adapter_config,
+)
 from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
+from loramem.errors import EngineUnavailable
 from loramem.jobs import TERMINAL, JobStatus
 from loramem.queue import JobQueue, ModuleLock
 from loramem.registry import Fact, Job, Registry, VersionInfo
 from loramem.settings import Settings
 from trainer import train as training
 from trainer.config import TrainConfig
+from trainer.metrics import TrainerMetrics
 from trainer.synth import make_generator
 
 log = logging.getLogger("loramem.trainer")
@@ -88,6 +96,7 @@ class TrainingRun:
         return round(time.perf_counter() - self.started, 1)
 
     def on_step(self, step: int, _total: int, loss: float) -> None:
+        self.worker.metrics.steps.inc()
         self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
         self.registry.set_progress(self.job.id, self.progress)
 
@@ -112,12 +121,14 @@ class TrainingRun:
             if round_number:  # below the gate: train on, towards a lower loss
                 self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
                 round_config = replace(round_config, target_loss=round_config.target_loss / 4)
-            result = training.train(self.peft_model, prefix, round_config, self.on_step)
+            with self.worker.metrics.phase_seconds.labels("training").time():
+                result = training.train(self.peft_model, prefix, round_config, self.on_step)
             self.done_steps += result.steps
             self.last_loss = result.loss
             self.progress.update(phase="validating", step=self.done_steps)
             self.registry.transition(self.job.id, JobStatus.VALIDATING, progress=self.progress)
-            measured, _answers = training.recall(self.peft_model, tokenizer, qas)
+            with self.worker.metrics.phase_seconds.labels("validating").time():
+                measured, _answers = training.recall(self.peft_model, tokenizer, qas)
             self.progress.update(recall=round(measured, 4))
             self.registry.set_progress(self.job.id, self.progress)
             if measured >= settings.recall_gate:
@@ -126,12 +137,13 @@ class TrainingRun:
 
 
 class Worker:
-    def __init__(self, settings: Settings, registry: Registry, engine: EngineClient) -> None:
+    def __init__(self, settings: Settings, registry: Registry, engines: list[EngineClient]) -> None:
         self.settings = settings
         self.registry = registry
         self.queue = JobQueue(registry.r)
+        self.metrics = TrainerMetrics(self.queue)
         self.store = AdapterStore(settings.adapters_path, registry)
-        self.engine = engine
+        self.engines = engines
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.model_path = prepare_base_model(settings)
         self.generator = make_generator(
@@ -175,9 +187,11 @@ class Worker:
             with Heartbeat(self.queue, self.consumer, entry_id, lock, interval_s):
                 self._process(job)
             self.queue.ack(entry_id)
+            self.metrics.jobs.labels("published").inc()
         except GateFailed as exc:
             self.registry.transition(job.id, JobStatus.FAILED, error=str(exc))
             self.queue.ack(entry_id)
+            self.metrics.jobs.labels("failed").inc()
         except Exception as exc:
             log.exception("job %s failed", job.id)
             if self.registry.count_attempt(job.id) >= MAX_ATTEMPTS:
@@ -185,6 +199,7 @@ class Worker:
                     job.id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
                 )
                 self.queue.ack(entry_id)
+                self.metrics.jobs.labels("failed").inc()
             # else: left pending; it is reclaimed and retried after the idle time
         finally:
             lock.release()
@@ -193,10 +208,13 @@ class Worker:
         config = TrainConfig.from_settings(self.settings, **job.overrides)
         facts = self.registry.module_facts(job.module)
         if not facts:  # every fact was deleted: the module stops serving
-            self.registry.transition(job.id, JobStatus.TRAINING, progress={"phase": "retiring"})
-            self.registry.transition(job.id, JobStatus.VALIDATING)
-            self.registry.transition(job.id, JobStatus.PUBLISHING)
+            self._skip_to_publishing(job, "retiring")
             self.registry.retire_module(job.module, job.tenant, job_id=job.id)
+            return
+        covering = self._covering_version(job, facts)
+        if covering:  # an earlier job already trained these facts (posted back to back)
+            self._skip_to_publishing(job, "already published")
+            self.registry.transition(job.id, JobStatus.PUBLISHED, version=covering)
             return
         run = TrainingRun(self, job, config)
         warm = job.kind == "add"
@@ -217,7 +235,34 @@ class Worker:
             facts, warm = keep, False
         run.progress.update(phase="publishing", train_seconds=run.seconds())
         self.registry.transition(job.id, JobStatus.PUBLISHING, progress=run.progress)
-        self._publish(job, run.peft_model, config, [f.id for f in facts], measured)
+        with self.metrics.phase_seconds.labels("publishing").time():
+            self._publish(job, run.peft_model, config, [f.id for f in facts], measured)
+
+    def _skip_to_publishing(self, job: Job, reason: str) -> None:
+        self.registry.transition(job.id, JobStatus.TRAINING, progress={"phase": reason})
+        self.registry.transition(job.id, JobStatus.VALIDATING)
+        self.registry.transition(job.id, JobStatus.PUBLISHING)
+
+    def _covering_version(self, job: Job, facts: list[Fact]) -> int | None:
+        """The active version, when it was trained on every fact this "add" job sees."""
+        active = self.registry.get_module(job.module).active_version
+        if job.kind != "add" or not active or job.overrides:
+            return None
+        trained = set(self.registry.get_version(job.module, active).fact_ids)
+        return active if {f.id for f in facts} <= trained else None
+
+    def _load_everywhere(self, ref: AdapterRef) -> None:
+        """Load into every reachable engine; one that is down gets it from the gateway's
+        reconciler when it is back. No engine at all: the job is retried later."""
+        loaded = 0
+        for engine in self.engines:
+            try:
+                engine.load_adapter(ref)
+                loaded += 1
+            except EngineUnavailable as exc:
+                log.warning("could not load %s: %s", ref.name, exc)
+        if not loaded:
+            raise EngineUnavailable(f"no engine could load {ref.name}")
 
     def warm_start(self, job: Job, peft_model: Any, config: TrainConfig) -> int | None:
         """Start an "add" job from the module's active version when its shape matches."""
@@ -239,7 +284,7 @@ class Worker:
         validate_adapter_config(files, max_rank=max(256, config.rank))
         version = self.registry.next_version(job.module)
         ref = self.store.write_local(job.module, version, files)
-        self.engine.load_adapter(ref)  # servable before anyone can be routed to it
+        self._load_everywhere(ref)  # servable before anyone can be routed to it
         info = VersionInfo(
             module=job.module,
             version=version,
@@ -255,7 +300,8 @@ class Worker:
 
 def main(settings: Settings) -> None:
     registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
-    worker = Worker(settings, registry, EngineClient(settings.engine_url))
+    worker = Worker(settings, registry, [EngineClient(url) for url in settings.engines])
+    worker.metrics.serve(settings.trainer_metrics_port)
     try:
         worker.run_forever()
     except KeyboardInterrupt:

@@ -1,0 +1,183 @@
+"""Operations through the real path: Prometheus scraping the dashboard's metrics, two
+engines behind one gateway, two trainer workers sharing the job stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from loramem import keys
+from loramem.datasets import phonebook
+from loramem.engine import engine_command, engine_env
+from loramem.registry import Registry
+from server.engines import EnginePool
+from tests.e2e_support import E2E_REDIS_URL, System, answer, spawn, wait_http
+
+pytestmark = pytest.mark.e2e
+DASHBOARD = Path(__file__).parents[1] / "deploy" / "grafana" / "dashboards" / "loramem.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _panel_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_every_dashboard_panel_has_data_in_a_real_prometheus(system: System) -> None:
+    binary = shutil.which("prometheus")
+    assert binary, "install Debian's prometheus package (make test does, as root)"
+    # A module to hit: the suite's first test published one; make sure of it here too.
+    person = phonebook(system.settings.data_dir, 1, offset=500)[0]
+    system.wait_job(system.post_facts([person.fact], tenant="ops")["job_id"], tenant="ops")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: gateway\n    static_configs: [{targets: ['127.0.0.1:18000']}]\n"
+            "  - job_name: trainer\n    static_configs: [{targets: ['127.0.0.1:18200']}]\n"
+        )
+        prometheus = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder}/data",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{port}/-/ready", 60, prometheus)
+            deadline = time.monotonic() + 20  # routed and base traffic while it scrapes
+            while time.monotonic() < deadline:
+                system.chat(person.question, tenant="ops", max_tokens=4)
+                system.chat("What is the capital of France?", tenant="ops", max_tokens=4)
+                system.chat("Hi", model=system.settings.base_name, tenant="ops", max_tokens=4)
+            empty = []
+            for expr in _panel_expressions():
+                reply = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expr})
+                assert reply.status_code == 200, (expr, reply.text)
+                if not reply.json()["data"]["result"]:
+                    empty.append(expr)
+            assert not empty, f"panels without data: {empty}"
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+
+
+def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> None:
+    second = spawn(
+        [sys.executable, "-m", "loramem.cli", "worker"],
+        {**system.env, "LORAMEM_TRAINER_METRICS_PORT": "0"},
+    )
+    try:
+        people = phonebook(system.settings.data_dir, 6, offset=600)
+        jobs = [
+            system.post_facts([p.fact], module=f"pair-{i % 3}", tenant="workers")
+            for i, p in enumerate(people)
+        ]
+        finished = [system.wait_job(j["job_id"], tenant="workers") for j in jobs]
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)
+    versions = [(j["module"], j["version"]) for j in finished]
+    assert len(set(versions)) == 6  # no two jobs share a module version
+    for module in {m for m, _ in versions}:
+        assert sorted(v for m, v in versions if m == module) == [1, 2]  # monotonic per module
+    events = Registry.from_url(E2E_REDIS_URL).events_after("0-0", block_ms=10)
+    published = Counter(e["job_id"] for _id, e in events if e["type"] == "published")
+    assert all(published[j["job_id"]] == 1 for j in jobs)
+
+
+def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
+    extra_port = 18101
+    urls = ["http://127.0.0.1:18100", f"http://127.0.0.1:{extra_port}"]
+    person = phonebook(system.settings.data_dir, 8, offset=700)
+    # A module whose preferred engine is the extra one, so the suite's engine stays up.
+    pool = EnginePool(urls, spill_in_flight=8)
+    for url in urls:
+        pool.mark(url, True)
+    name = next(
+        f"affinity-{i}" for i in range(100) if pool.candidates(f"affinity-{i}@v1")[0] == urls[1]
+    )
+    system.wait_job(system.post_facts([person[0].fact], module=name)["job_id"])
+    settings = system.settings.model_copy(update={"engine_port": extra_port})
+    engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
+    gateway = spawn(
+        [sys.executable, "-m", "loramem.cli", "gateway"],
+        {**system.env, "LORAMEM_GATEWAY_PORT": "18001", "LORAMEM_ENGINE_URLS": ",".join(urls)},
+    )
+    client = httpx.Client(base_url="http://127.0.0.1:18001", timeout=300)
+    try:
+        wait_http(f"{urls[1]}/health", settings.engine_start_timeout_s, engine)
+        wait_http("http://127.0.0.1:18001/healthz", 120, gateway)
+        _wait_loaded(urls[1], f"{name}@v1")
+
+        def ask() -> httpx.Response:
+            body = {
+                "model": name,
+                "temperature": 0,
+                "max_tokens": 24,
+                "messages": [{"role": "user", "content": person[0].question}],
+            }
+            return client.post(
+                "/v1/chat/completions", json=body, headers={"x-loramem-tenant": "e2e"}
+            )
+
+        served_by = {ask().headers["x-loramem-engine"] for _ in range(4)}
+        assert served_by == {"1"}  # the same module sticks to the same engine
+
+        os.killpg(engine.pid, signal.SIGKILL)
+        engine.wait()
+        after_kill = [ask() for _ in range(3)]
+        assert all(r.status_code == 200 for r in after_kill)
+        assert {r.headers["x-loramem-engine"] for r in after_kill} == {"0"}
+        assert person[0].phone in answer(after_kill[0])
+
+        engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
+        wait_http(f"{urls[1]}/health", settings.engine_start_timeout_s, engine)
+        _wait_loaded(urls[1], f"{name}@v1")  # the reconciler refills the empty engine
+        deadline = time.monotonic() + 30
+        while ask().headers["x-loramem-engine"] != "1":
+            assert time.monotonic() < deadline, "affinity did not return to the restarted engine"
+            time.sleep(1)
+    finally:
+        for process in (gateway, engine):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+
+
+def _wait_loaded(engine_url: str, name: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        models = {m["id"] for m in httpx.get(f"{engine_url}/v1/models").json()["data"]}
+        if name in models:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{name} was not loaded into {engine_url} within {timeout_s} s")
+
+
+def test_the_jobs_stream_is_fully_acknowledged(system: System) -> None:
+    pending = redis.Redis.from_url(E2E_REDIS_URL).xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
+    assert pending["pending"] == 0
