@@ -35,7 +35,10 @@ class SentenceEmbedder:
 
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(model or packaged_model_path(), device="cpu")
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 384)
+        # sentence-transformers 6 renamed the method; keep working with the 3.x-5.x name too.
+        dimension = getattr(self.model, "get_embedding_dimension", None)
+        dimension = dimension or self.model.get_sentence_embedding_dimension
+        self.dim = int(dimension() or 384)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(

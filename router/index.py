@@ -1,10 +1,28 @@
-"""Fact-level vector index, one per tenant. Exact cosine search over unit vectors."""
+"""Fact-level vector indexes, one per tenant, over unit vectors (cosine = inner product).
+
+Two backends behind one interface (`FactIndex`), chosen by `LORAMEM_ROUTER_INDEX_BACKEND`:
+
+- `ExactIndex` ("exact", the default): one contiguous float32 matrix, brute-force inner
+  product. Always exact; a query costs O(facts x dim), a few ms per 100k facts here.
+- `HnswIndex` ("hnsw"): hnswlib's HNSW graph. Approximate (recall is set by ef_search);
+  a query costs well under a millisecond at 100k facts, at about 1.4x the memory.
+
+Both apply updates incrementally: an upsert or removal touches only its own rows, and the
+per-module bookkeeping (which facts a module holds) lives in the shared base class, so
+`facts_of` never scans the whole index.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
+IndexBackend = Literal["exact", "hnsw"]
 
 
 @dataclass(frozen=True)
@@ -14,53 +32,233 @@ class Hit:
     score: float
 
 
-class TenantIndex:
-    """Rows of (fact id, module, unit vector); updates touch only their rows."""
+class FactIndex(ABC):
+    """Rows of (fact id, module, unit vector) for one tenant. Not thread-safe: callers lock."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._vectors = np.zeros((0, dim), dtype=np.float32)
-        self._fact_ids: list[str] = []
-        self._modules: list[str] = []
-        self._row_of: dict[str, int] = {}
+        self._module_of: dict[str, str] = {}
+        self._by_module: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
-        return len(self._fact_ids)
+        return len(self._module_of)
+
+    def __contains__(self, fact_id: object) -> bool:
+        return fact_id in self._module_of
+
+    def facts_of(self, module: str) -> set[str]:
+        return set(self._by_module.get(module, ()))
 
     def upsert(self, fact_id: str, module: str, vector: np.ndarray) -> None:
-        row = self._row_of.get(fact_id)
-        if row is not None:
-            self._vectors[row] = vector
-            self._modules[row] = module
+        self.upsert_many([fact_id], [module], vector.reshape(1, self.dim))
+
+    def upsert_many(
+        self, fact_ids: Sequence[str], modules: Sequence[str], vectors: np.ndarray
+    ) -> None:
+        """Insert new facts and overwrite the vector and module of known ones."""
+        if not fact_ids:
             return
-        self._row_of[fact_id] = len(self._fact_ids)
-        self._fact_ids.append(fact_id)
-        self._modules.append(module)
-        self._vectors = np.vstack([self._vectors, vector.reshape(1, self.dim)])
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(fact_ids), self.dim)
+        if len(set(fact_ids)) != len(fact_ids) or len(modules) != len(fact_ids):
+            raise ValueError("upsert_many needs unique fact ids and one module per fact")
+        new = np.array([f not in self._module_of for f in fact_ids], dtype=bool)
+        for fact_id, module in zip(fact_ids, modules, strict=True):
+            self._forget_module(fact_id)
+            self._module_of[fact_id] = module
+            self._by_module.setdefault(module, set()).add(fact_id)
+        if (~new).any():
+            self._update([f for f, n in zip(fact_ids, new, strict=True) if not n], vectors[~new])
+        if new.any():
+            self._insert([f for f, n in zip(fact_ids, new, strict=True) if n], vectors[new])
 
     def remove(self, fact_id: str) -> None:
-        """Swap the last row into the hole, so removal is O(1) in rows moved."""
-        row = self._row_of.pop(fact_id, None)
-        if row is None:
+        if fact_id not in self._module_of:
             return
+        self._forget_module(fact_id)
+        del self._module_of[fact_id]
+        self._delete(fact_id)
+
+    def _forget_module(self, fact_id: str) -> None:
+        module = self._module_of.get(fact_id)
+        if module is None:
+            return
+        members = self._by_module[module]
+        members.discard(fact_id)
+        if not members:
+            del self._by_module[module]
+
+    def _hits(self, fact_ids: Sequence[str], scores: Sequence[float]) -> list[Hit]:
+        return [Hit(f, self._module_of[f], float(s)) for f, s in zip(fact_ids, scores, strict=True)]
+
+    @abstractmethod
+    def _insert(self, fact_ids: list[str], vectors: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _update(self, fact_ids: list[str], vectors: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _delete(self, fact_id: str) -> None: ...
+
+    @abstractmethod
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        """The k facts nearest to a unit query vector, best first."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of the vector structures in use. Spare capacity is left out: it is
+        allocated zeroed or uninitialised and stays off the resident set until written."""
+
+
+_blas = ThreadpoolController()  # scanning the loaded libraries is slow: once per process
+
+
+class ExactIndex(FactIndex):
+    """Brute-force inner product over a growable matrix; removal swaps the last row in.
+
+    The product runs on one BLAS thread: a matrix-vector product is memory-bound, and
+    OpenBLAS's spinning workers otherwise take the cores the query embedding (torch) needs
+    next; measured on 2 cores at 10k facts, that doubled the embedding's median time.
+    """
+
+    def __init__(self, dim: int, initial_capacity: int = 256) -> None:
+        super().__init__(dim)
+        self._vectors = np.zeros((initial_capacity, dim), dtype=np.float32)
+        self._fact_ids: list[str] = []  # row -> fact id
+        self._row_of: dict[str, int] = {}
+
+    def _insert(self, fact_ids: list[str], vectors: np.ndarray) -> None:
+        start, end = len(self._fact_ids), len(self._fact_ids) + len(fact_ids)
+        if end > len(self._vectors):  # grow geometrically: appends stay amortised O(1)
+            grown = np.zeros((max(end, 2 * len(self._vectors)), self.dim), dtype=np.float32)
+            grown[:start] = self._vectors[:start]
+            self._vectors = grown
+        self._vectors[start:end] = vectors
+        for offset, fact_id in enumerate(fact_ids):
+            self._row_of[fact_id] = start + offset
+        self._fact_ids.extend(fact_ids)
+
+    def _update(self, fact_ids: list[str], vectors: np.ndarray) -> None:
+        self._vectors[[self._row_of[f] for f in fact_ids]] = vectors
+
+    def _delete(self, fact_id: str) -> None:
+        row = self._row_of.pop(fact_id)
         last = len(self._fact_ids) - 1
         if row != last:
             self._vectors[row] = self._vectors[last]
             self._fact_ids[row] = self._fact_ids[last]
-            self._modules[row] = self._modules[last]
             self._row_of[self._fact_ids[row]] = row
-        self._vectors = self._vectors[:last]
         self._fact_ids.pop()
-        self._modules.pop()
-
-    def facts_of(self, module: str) -> set[str]:
-        return {f for f, m in zip(self._fact_ids, self._modules, strict=True) if m == module}
 
     def search(self, query: np.ndarray, k: int) -> list[Hit]:
-        if not self._fact_ids:
+        count = len(self._fact_ids)
+        k = min(k, count)
+        if k <= 0:
             return []
-        scores = self._vectors @ query
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        return [Hit(self._fact_ids[i], self._modules[i], float(scores[i])) for i in top]
+        with _blas.limit(limits=1, user_api="blas"):
+            scores = self._vectors[:count] @ np.asarray(query, dtype=np.float32)
+        top = np.argpartition(-scores, k - 1)[:k] if k < count else np.arange(count)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return self._hits([self._fact_ids[i] for i in top], scores[top].tolist())
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._fact_ids) * self.dim * self._vectors.itemsize
+
+
+class HnswIndex(FactIndex):
+    """hnswlib graph in inner-product space. Labels are never reused: a removed fact is
+    marked deleted and its slot is recycled for the next new fact (replace_deleted), so
+    churn does not grow the graph; the graph is resized (doubled) only when it is full."""
+
+    def __init__(
+        self,
+        dim: int,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        initial_capacity: int = 1024,
+    ) -> None:
+        import hnswlib  # optional dependency: only needed when this backend is chosen
+
+        super().__init__(dim)
+        self.m, self.ef_search = m, ef_search
+        self._graph = hnswlib.Index(space="ip", dim=dim)
+        self._graph.init_index(
+            max_elements=initial_capacity,
+            M=m,
+            ef_construction=ef_construction,
+            allow_replace_deleted=True,
+        )
+        self._graph.set_num_threads(1)  # one query per request thread; no pool hand-off
+        self._label_of: dict[str, int] = {}
+        self._fact_of: dict[int, str] = {}
+        self._next_label = 0
+        self._deleted = 0  # slots marked deleted and not yet recycled
+
+    def _insert(self, fact_ids: list[str], vectors: np.ndarray) -> None:
+        fresh_slots = max(0, len(fact_ids) - self._deleted)
+        needed = self._graph.get_current_count() + fresh_slots
+        capacity = self._graph.get_max_elements()
+        if needed > capacity:
+            self._graph.resize_index(max(needed, 2 * capacity))
+        labels = np.arange(self._next_label, self._next_label + len(fact_ids), dtype=np.uint64)
+        self._next_label += len(fact_ids)
+        # A module's worth of facts (start-up loads, publishes) is built on every core;
+        # single upserts stay on the caller's thread.
+        threads = -1 if len(fact_ids) >= 32 else 1
+        self._graph.add_items(vectors, labels, num_threads=threads, replace_deleted=True)
+        self._deleted -= len(fact_ids) - fresh_slots
+        for fact_id, label in zip(fact_ids, labels.tolist(), strict=True):
+            self._label_of[fact_id] = label
+            self._fact_of[label] = fact_id
+
+    def _update(self, fact_ids: list[str], vectors: np.ndarray) -> None:
+        # A live label re-added is updated in place (its links are repaired). This must not
+        # pass replace_deleted, which would put it in a recycled slot and leave the old one.
+        labels = np.array([self._label_of[f] for f in fact_ids], dtype=np.uint64)
+        self._graph.add_items(vectors, labels, num_threads=1)
+
+    def _delete(self, fact_id: str) -> None:
+        label = self._label_of.pop(fact_id)
+        del self._fact_of[label]
+        self._graph.mark_deleted(label)
+        self._deleted += 1
+
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        k = min(k, len(self))
+        if k <= 0:
+            return []
+        query = np.asarray(query, dtype=np.float32).reshape(1, self.dim)
+        ef = max(self.ef_search, k)
+        while True:
+            self._graph.set_ef(ef)
+            try:
+                labels, distances = self._graph.knn_query(query, k=k, num_threads=1)
+                break
+            except RuntimeError:  # too few live results reached (many deletions): widen
+                if ef >= len(self) + self._deleted:
+                    raise
+                ef = min(4 * ef, len(self) + self._deleted)
+        fact_ids = [self._fact_of[int(label)] for label in labels[0]]
+        return self._hits(fact_ids, (1.0 - distances[0]).tolist())  # "ip" distance = 1 - dot
+
+    @property
+    def nbytes(self) -> int:
+        # What hnswlib serialises for the slots in use (deleted ones included): vectors,
+        # level-0 and upper-level links, labels.
+        return int(self._graph.index_file_size())
+
+
+def index_factory(
+    backend: IndexBackend,
+    hnsw_m: int = 16,
+    hnsw_ef_construction: int = 200,
+    hnsw_ef_search: int = 64,
+) -> Callable[[int], FactIndex]:
+    """A constructor of empty per-tenant indexes of the chosen backend, taking the dim."""
+    if backend == "exact":
+        return ExactIndex
+    if backend == "hnsw":
+        return lambda dim: HnswIndex(dim, hnsw_m, hnsw_ef_construction, hnsw_ef_search)
+    raise ValueError(f"unknown router index backend: {backend}")

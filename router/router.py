@@ -3,20 +3,26 @@
 The router keeps, per tenant, a fact index and the active version of every module. Only
 facts that a published version was trained on are indexed, so a request is never routed
 to a module that does not know the fact yet. Updates come from registry events.
+
+`model=auto`: embed the query, take the tenant's top-k facts, rank modules by the policy
+in router/policy.py, and answer from base when no fact scores above the threshold.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from loramem.errors import ModelNotFound
 from loramem.registry import Registry, served_name
+from loramem.settings import Settings
 from router.embedder import Embedder, from_bytes
-from router.index import Hit, TenantIndex
+from router.index import ExactIndex, FactIndex, Hit, index_factory
+from router.policy import ModuleScore, aggregate, choose
 
 log = logging.getLogger("loramem.router")
 
@@ -26,12 +32,18 @@ class RouteDecision:
     target: str  # engine model name: "<module>@v<N>" or the base model's name
     module: str | None  # None when the base model answers
     outcome: str  # "module" (named or routed), "base" (asked for), "below_threshold"
-    score: float | None = None
-    candidates: list[Hit] = field(default_factory=list)
+    score: float | None = None  # the best fact's score (what the threshold is compared to)
+    candidates: list[Hit] = field(default_factory=list)  # top-k facts (context for rag/hybrid)
+    modules: list[ModuleScore] = field(default_factory=list)  # top modules, best first
 
     @property
     def header(self) -> str:
         return self.target if self.module else "base"
+
+    @property
+    def candidates_header(self) -> str:
+        """Top modules with their aggregated scores, e.g. "m1:0.83,m2:0.41" ("" if none)."""
+        return ",".join(f"{m.module}:{m.score:.2f}" for m in self.modules)
 
 
 class Router:
@@ -41,16 +53,40 @@ class Router:
         embedder: Embedder,
         base_name: str,
         threshold: float,
-        top_k: int = 5,
+        top_k: int = 8,
+        support_weight: float = 0.02,
+        new_index: Callable[[int], FactIndex] = ExactIndex,
+        max_candidates: int = 3,
     ) -> None:
         self.registry = registry
         self.embedder = embedder
         self.base_name = base_name
         self.threshold = threshold
         self.top_k = top_k
-        self._indexes: dict[str, TenantIndex] = {}
+        self.support_weight = support_weight
+        self.max_candidates = max_candidates
+        self._new_index = new_index
+        self._indexes: dict[str, FactIndex] = {}
         self._active: dict[str, tuple[str, int]] = {}  # module -> (tenant, version)
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, registry: Registry, embedder: Embedder, settings: Settings) -> Router:
+        return cls(
+            registry,
+            embedder,
+            settings.base_name,
+            settings.route_threshold,
+            top_k=settings.router_top_k,
+            support_weight=settings.router_support_weight,
+            new_index=index_factory(
+                settings.router_index_backend,
+                settings.router_hnsw_m,
+                settings.router_hnsw_ef_construction,
+                settings.router_hnsw_ef_search,
+            ),
+            max_candidates=settings.router_max_candidates,
+        )
 
     # ------------------------------------------------------------- decisions
     def route(self, tenant: str, model: str, query: str) -> RouteDecision:
@@ -74,16 +110,23 @@ class Router:
         index = self._indexes.get(tenant)
         if index is None or not len(index) or not query.strip():
             return RouteDecision(target=self.base_name, module=None, outcome="below_threshold")
-        vector = self.embedder.embed([query])[0]
-        with self._lock:
-            hits = index.search(vector, self.top_k)
-        best = hits[0]
-        if best.score < self.threshold:
-            return RouteDecision(self.base_name, None, "below_threshold", best.score, hits)
-        _tenant, version = self._active[best.module]
-        return RouteDecision(
-            served_name(best.module, version), best.module, "module", best.score, hits
-        )
+        return self.decide(tenant, self.embedder.embed([query])[0])
+
+    def decide(self, tenant: str, vector: np.ndarray) -> RouteDecision:
+        """Route an already embedded query: top-k facts, module ranking, threshold."""
+        with self._lock:  # the version lookup too: a retire may race the search
+            index = self._indexes.get(tenant)
+            hits = index.search(vector, self.top_k) if index is not None else []
+            if not hits:
+                return RouteDecision(self.base_name, None, "below_threshold")
+            ranked = aggregate(hits, self.support_weight)
+            chosen = choose(ranked, self.threshold)
+            version = self._active[chosen.module][1] if chosen else 0
+        best, top = hits[0].score, ranked[: self.max_candidates]
+        if chosen is None:
+            return RouteDecision(self.base_name, None, "below_threshold", best, hits, top)
+        target = served_name(chosen.module, version)
+        return RouteDecision(target, chosen.module, "module", best, hits, top)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
@@ -98,18 +141,46 @@ class Router:
     def apply_published(self, tenant: str, module: str, version: int) -> None:
         """Index exactly the facts this version was trained on; drop the module's others."""
         info = self.registry.get_version(module, version)
-        facts = {f.id: f for f in self.registry.facts_by_id(tenant, info.fact_ids)}
+        facts = self.registry.facts_by_id(tenant, info.fact_ids)
+        vectors = np.stack([from_bytes(f.embedding) for f in facts]) if facts else None
+        self.index_module(tenant, module, version, [f.id for f in facts], vectors)
+
+    def index_module(
+        self,
+        tenant: str,
+        module: str,
+        version: int,
+        fact_ids: list[str],
+        vectors: np.ndarray | None,
+    ) -> None:
+        """Make `module@v<version>` active with exactly these facts (rows of `vectors`)."""
         with self._lock:
-            index = self._indexes.setdefault(tenant, TenantIndex(self.embedder.dim))
+            index = self._indexes.get(tenant)
+            if index is None:
+                index = self._indexes[tenant] = self._new_index(self.embedder.dim)
             previous = self._active.get(module)
             if previous and previous[1] > version:
                 return  # an older event arriving late
-            for fact_id in index.facts_of(module) - set(facts):
+            for fact_id in index.facts_of(module) - set(fact_ids):
                 index.remove(fact_id)
-            for fact in facts.values():
-                index.upsert(fact.id, module, from_bytes(fact.embedding))
+            if fact_ids and vectors is not None:
+                index.upsert_many(fact_ids, [module] * len(fact_ids), vectors)
             self._active[module] = (tenant, version)
-        log.info("router: %s@v%d active with %d facts", module, version, len(facts))
+        log.info("router: %s@v%d active with %d facts", module, version, len(fact_ids))
+
+    def apply_retired(self, module: str) -> None:
+        with self._lock:
+            entry = self._active.pop(module, None)
+            index = self._indexes.get(entry[0]) if entry else None
+            if index is not None:
+                for fact_id in index.facts_of(module):
+                    index.remove(fact_id)
+
+    def index_stats(self, tenant: str) -> tuple[int, int]:
+        """(facts indexed, bytes of the index's vector structures) for one tenant."""
+        with self._lock:
+            index = self._indexes.get(tenant)
+            return (len(index), index.nbytes) if index is not None else (0, 0)
 
     def active_modules(self, tenant: str) -> dict[str, int]:
         return {m: v for m, (t, v) in self._active.items() if t == tenant}

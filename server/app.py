@@ -32,11 +32,11 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
-        router = Router(
+        router = Router.from_settings(
             registry,
-            embedder or SentenceEmbedder(settings.embedding_model),
-            settings.base_name,
-            settings.route_threshold,
+            embedder
+            or SentenceEmbedder(settings.embedding_model, threads=settings.router_embed_threads),
+            settings,
         )
         metrics = GatewayMetrics(max_modules=settings.metrics_max_modules)
         http = httpx.AsyncClient(timeout=settings.engine_request_timeout_s)

@@ -64,6 +64,8 @@ class CompletionService:
         headers = {"x-loramem-module": decision.header, "x-loramem-mode": mode}
         if decision.score is not None:
             headers["x-loramem-route-score"] = f"{decision.score:.4f}"
+        if decision.candidates_header:
+            headers["x-loramem-route-candidates"] = decision.candidates_header
         self.in_flight[decision.target] += 1
         release = partial(self._release, decision.target)
         try:
@@ -87,7 +89,12 @@ class CompletionService:
         if mode == "rag" and decision.module is not None:
             # RAG answers from the base model with the facts in context, never a module.
             return RouteDecision(
-                self.router.base_name, None, "base", decision.score, decision.candidates
+                self.router.base_name,
+                None,
+                "base",
+                decision.score,
+                decision.candidates,
+                decision.modules,
             )
         return decision
 

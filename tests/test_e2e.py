@@ -153,11 +153,12 @@ def test_edits_and_deletes_switch_versions_without_failed_requests(system: Syste
 
 
 def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> None:
-    person = phonebook(system.settings.data_dir, 10)[3]  # taught by the first test
-    rag = system.chat(person.question, loramem={"mode": "rag"})
+    person = phonebook(system.settings.data_dir, 1, offset=800)[0]
+    system.wait_job(system.post_facts([person.fact], tenant="modes")["job_id"], tenant="modes")
+    rag = system.chat(person.question, tenant="modes", loramem={"mode": "rag"})
     assert rag.headers["x-loramem-module"] == "base" and rag.headers["x-loramem-mode"] == "rag"
     assert person.phone in _answer(rag)
-    hybrid = system.chat(person.question, loramem={"mode": "hybrid"})
+    hybrid = system.chat(person.question, tenant="modes", loramem={"mode": "hybrid"})
     assert hybrid.headers["x-loramem-module"].endswith("@v1")
     assert hybrid.headers["x-loramem-mode"] == "hybrid"
     assert person.phone in _answer(hybrid)

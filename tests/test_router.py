@@ -1,38 +1,46 @@
-"""Routing decisions with a fake embedder over the real registry."""
+"""Routing decisions with a fake embedder over the real registry, for both index backends."""
 
 import pytest
 
 from loramem.errors import ModelNotFound
 from loramem.registry import Registry, VersionInfo
 from router.embedder import to_bytes
-from router.index import TenantIndex
+from router.index import index_factory
 from router.router import Router
 
+JEFFREY = "The phone number of Jeffrey Buck is 603-556-7631."
 
-def publish(registry: Registry, router: Router, tenant: str, texts: list[str]) -> str:
+
+def publish(
+    registry: Registry, router: Router, tenant: str, texts: list[str], module: str | None = None
+) -> str:
     vectors = router.embedder.embed(texts)
     job, ids = registry.add_facts(
-        tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors]
+        tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
     registry.publish_version(VersionInfo(job.module, 1, tenant, ids, 1.0, "c", {}), {})
     router.apply_published(tenant, job.module, 1)
     return job.module
 
 
-@pytest.fixture
-def router(registry: Registry, fake_embedder) -> Router:
-    return Router(registry, fake_embedder, "base-model", threshold=0.4)
+@pytest.fixture(params=["exact", "hnsw"])
+def router(request: pytest.FixtureRequest, registry: Registry, fake_embedder) -> Router:
+    return Router(
+        registry, fake_embedder, "base-model", threshold=0.4, new_index=index_factory(request.param)
+    )
 
 
 def test_nearest_fact_picks_its_module(registry: Registry, router: Router) -> None:
-    module = publish(registry, router, "t", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    module = publish(registry, router, "t", [JEFFREY])
     decision = router.route("t", "auto", "What is the phone number of Jeffrey Buck?")
     assert (decision.target, decision.outcome) == (f"{module}@v1", "module")
     assert decision.score is not None and decision.score > 0.4
+    assert [m.module for m in decision.modules] == [module]
+    assert decision.candidates_header == f"{module}:{decision.modules[0].score:.2f}"
 
 
 def test_unrelated_query_goes_to_base(registry: Registry, router: Router) -> None:
-    publish(registry, router, "t", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    publish(registry, router, "t", [JEFFREY])
     decision = router.route("t", "auto", "Capital city of France?")
     assert (decision.target, decision.header, decision.outcome) == (
         "base-model",
@@ -41,11 +49,37 @@ def test_unrelated_query_goes_to_base(registry: Registry, router: Router) -> Non
     )
 
 
+def test_top_module_wins_and_the_others_are_reported(registry: Registry, router: Router) -> None:
+    phones = publish(registry, router, "t", [JEFFREY, "The phone number of Ann Lee is 555-0101."])
+    grass = publish(registry, router, "t", ["Grass looks green today."], module="grass")
+    decision = router.route("t", "auto", "What is the phone number of Jeffrey Buck?")
+    assert decision.module == phones
+    assert decision.modules[0].module == phones
+    assert decision.candidates_header.startswith(f"{phones}:")
+    assert router.route("t", "auto", "Does grass look green?").module == grass
+
+
 def test_routing_never_crosses_tenants(registry: Registry, router: Router) -> None:
-    module = publish(registry, router, "a", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    module = publish(registry, router, "a", [JEFFREY])
     assert router.route("b", "auto", "What is the phone number of Jeffrey Buck?").module is None
     with pytest.raises(ModelNotFound):
         router.route("b", module, "x")
+
+
+def test_near_identical_facts_of_another_tenant_are_invisible(
+    registry: Registry, router: Router
+) -> None:
+    a = publish(registry, router, "a", [JEFFREY])
+    b = publish(registry, router, "b", ["The phone number of Jeffrey Buck is 603-556-7632."])
+    for question in (JEFFREY, "What is the phone number of Jeffrey Buck?", "Jeffrey Buck phone"):
+        decision = router.route("b", "auto", question)
+        assert decision.module == b
+        assert a not in decision.candidates_header
+        assert {h.module for h in decision.candidates} == {b}
+    for name in (a, f"{a}@v1", f"{a}@v2"):
+        with pytest.raises(ModelNotFound):
+            router.route("b", name, "What is the phone number of Jeffrey Buck?")
+    assert router.active_modules("b") == {b: 1}
 
 
 def test_named_module_and_base(registry: Registry, router: Router) -> None:
@@ -56,18 +90,8 @@ def test_named_module_and_base(registry: Registry, router: Router) -> None:
         router.route("t", f"{module}@vX", "anything")
 
 
-def test_index_remove_keeps_the_other_rows(fake_embedder) -> None:
-    index = TenantIndex(fake_embedder.dim)
-    vectors = fake_embedder.embed(["alpha one", "beta two", "gamma three"])
-    for i, name in enumerate(["a", "b", "c"]):
-        index.upsert(name, "m", vectors[i])
-    index.remove("a")
-    assert index.facts_of("m") == {"b", "c"}
-    assert index.search(vectors[2], 1)[0].fact_id == "c"
-
-
 def test_retired_module_is_no_longer_routed(registry: Registry, router: Router) -> None:
-    module = publish(registry, router, "t", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    module = publish(registry, router, "t", [JEFFREY])
     router.apply_retired(module)
     assert router.route("t", "auto", "What is the phone number of Jeffrey Buck?").module is None
     with pytest.raises(ModelNotFound):
@@ -77,7 +101,7 @@ def test_retired_module_is_no_longer_routed(registry: Registry, router: Router) 
 def test_a_new_version_replaces_the_facts_it_no_longer_holds(
     registry: Registry, router: Router
 ) -> None:
-    module = publish(registry, router, "t", ["The phone number of Jeffrey Buck is 603-556-7631."])
+    module = publish(registry, router, "t", [JEFFREY])
     kept = registry.add_facts(
         "t",
         ["Grass looks green today."],
@@ -91,3 +115,4 @@ def test_a_new_version_replaces_the_facts_it_no_longer_holds(
     assert router.route("t", "auto", "Does grass look green?").target == f"{module}@v2"
     router.apply_published("t", module, 1)  # a late, older event changes nothing
     assert router.route("t", "auto", "Does grass look green?").target == f"{module}@v2"
+    assert router.index_stats("t")[0] == 1

@@ -1,0 +1,88 @@
+"""The real routing path: the packaged embedding model, the real registry, real data.
+
+Three modules on different topics (PhoneBook people, CounterFact edits, one PaperQA paper)
+are published as the trainer publishes them; questions are paraphrases the facts never
+contained (bench/router_latency.py holds the set, so the benchmark measures the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bench.router_latency import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
+from loramem.registry import Registry, VersionInfo
+from loramem.settings import Settings
+from router.embedder import SentenceEmbedder, to_bytes
+from router.router import Router
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[SentenceEmbedder]:
+    import torch
+
+    threads = torch.get_num_threads()  # the embedder sets it process-wide: put it back after
+    yield SentenceEmbedder(threads=Settings().router_embed_threads)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def evalset() -> EvalSet:
+    return eval_set(Settings().data_dir)
+
+
+def publish(registry: Registry, router: Router, tenant: str, module: str, texts: list[str]) -> None:
+    vectors = router.embed(texts)
+    _job, ids = registry.add_facts(
+        tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
+    )
+    registry.publish_version(VersionInfo(module, 1, tenant, ids, 1.0, "c", {}), {})
+    router.apply_published(tenant, module, 1)
+
+
+@pytest.fixture(params=["exact", "hnsw"])
+def router(
+    request: pytest.FixtureRequest, registry: Registry, embedder: SentenceEmbedder, settings
+) -> Router:
+    config = settings.model_copy(update={"router_index_backend": request.param})
+    return Router.from_settings(registry, embedder, config)
+
+
+def test_paraphrases_reach_their_module_and_unrelated_questions_base(
+    registry: Registry, router: Router, evalset: EvalSet
+) -> None:
+    jeffrey = "How can I reach Jeffrey Buck by phone?"
+    assert router.route("t", "auto", jeffrey).module is None  # nothing published yet
+    publish(registry, router, "t", PHONEBOOK, evalset.modules[PHONEBOOK])
+    decision = router.route("t", "auto", jeffrey)  # routed the moment it is published
+    assert (decision.target, decision.outcome) == (f"{PHONEBOOK}@v1", "module")
+    for module in (COUNTERFACT, PAPERQA):
+        publish(registry, router, "t", module, evalset.modules[module])
+
+    misses = []
+    for question, want in evalset.questions:
+        decision = router.route("t", "auto", question)
+        if decision.module != want:
+            misses.append((question, want, decision.module, decision.candidates_header))
+    asked = [want for _q, want in evalset.questions]
+    in_domain = sum(1 for w in asked if w is not None)
+    missed_in = [m for m in misses if m[1] is not None]
+    missed_out = [m for m in misses if m[1] is None]
+    assert in_domain >= 50 and len(asked) - in_domain >= 20
+    assert len(missed_in) <= 0.05 * in_domain, missed_in
+    assert len(missed_out) <= 0.05 * (len(asked) - in_domain), missed_out
+
+
+def test_another_tenant_never_reaches_these_modules(
+    registry: Registry, router: Router, evalset: EvalSet
+) -> None:
+    publish(registry, router, "a", PHONEBOOK, evalset.modules[PHONEBOOK])
+    publish(registry, router, "b", "b-notes", ["Grass looks green in spring."])
+    for fact in evalset.modules[PHONEBOOK][:3]:  # the very sentences tenant a holds
+        decision = router.route("b", "auto", fact)
+        assert decision.module is None
+        assert PHONEBOOK not in decision.candidates_header
+        assert all(h.module == "b-notes" for h in decision.candidates)
