@@ -1,10 +1,15 @@
 from server.engines import EnginePool
 
 
-def test_affinity_is_stable_and_spread_over_engines() -> None:
-    pool = EnginePool(["http://a", "http://b", "http://c"], spill_in_flight=4)
+def healthy_pool(*urls: str) -> EnginePool:
+    pool = EnginePool(list(urls), spill_in_flight=4)
     for url in pool.urls:
         pool.mark(url, True)
+    return pool
+
+
+def test_affinity_is_stable_and_spread_over_engines() -> None:
+    pool = healthy_pool("http://a", "http://b", "http://c")
     names = [f"m{i}@v1" for i in range(60)]
     first = {n: pool.candidates(n)[0] for n in names}
     assert first == {n: pool.candidates(n)[0] for n in names}  # same module, same engine
@@ -12,9 +17,7 @@ def test_affinity_is_stable_and_spread_over_engines() -> None:
 
 
 def test_a_down_engine_moves_only_its_own_modules_and_is_tried_last() -> None:
-    pool = EnginePool(["http://a", "http://b", "http://c"], spill_in_flight=4)
-    for url in pool.urls:
-        pool.mark(url, True)
+    pool = healthy_pool("http://a", "http://b", "http://c")
     names = [f"m{i}@v1" for i in range(60)]
     before = {n: pool.candidates(n)[0] for n in names}
     pool.mark("http://a", False)
@@ -26,9 +29,7 @@ def test_a_down_engine_moves_only_its_own_modules_and_is_tried_last() -> None:
 
 
 def test_requests_spill_over_when_the_preferred_engine_is_busy() -> None:
-    pool = EnginePool(["http://a", "http://b"], spill_in_flight=4)
-    pool.mark("http://a", True)
-    pool.mark("http://b", True)
+    pool = healthy_pool("http://a", "http://b")
     preferred, other = pool.candidates("m@v1")
     pool.in_flight[preferred] = 4
     assert pool.candidates("m@v1")[0] == other
