@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         gateway_main(settings)
         return 0
     if args.command == "worker":
+        # Set before torch loads: idle OpenMP threads sleep instead of spinning, so that
+        # training degrades gently when the engine on the same cores is busy (spinning
+        # threads made steps up to 20x slower on 2 shared cores).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from trainer.worker import main as worker_main
 
         worker_main(settings)

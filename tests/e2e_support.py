@@ -24,7 +24,7 @@ from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
 
 E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
-JOB_TIMEOUT_S = 600
+JOB_TIMEOUT_S = 900
 
 
 @dataclass

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from loramem.datasets import phonebook
-from tests.e2e_support import System
+from loramem.registry import Registry
+from tests.e2e_support import E2E_REDIS_URL, System
 from tests.e2e_support import answer as _answer
 
 pytestmark = pytest.mark.e2e
@@ -126,6 +127,7 @@ def test_edits_and_deletes_switch_versions_without_failed_requests(system: Syste
                     json={"model": "lifecycle", "max_tokens": 8, "messages": [question]},
                 )
                 statuses.append(reply.status_code)
+                stop.wait(0.2)  # steady traffic that still leaves the trainer some CPU
 
     sender = threading.Thread(target=traffic)
     sender.start()
@@ -154,7 +156,9 @@ def test_edits_and_deletes_switch_versions_without_failed_requests(system: Syste
 
 def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> None:
     person = phonebook(system.settings.data_dir, 1, offset=800)[0]
-    system.wait_job(system.post_facts([person.fact], tenant="modes")["job_id"], tenant="modes")
+    accepted = system.post_facts([person.fact], tenant="modes")
+    system.wait_job(accepted["job_id"], tenant="modes")
+    _assert_routable_within_a_second_of_publish(system, accepted["module"], "modes")
     rag = system.chat(person.question, tenant="modes", loramem={"mode": "rag"})
     assert rag.headers["x-loramem-module"] == "base" and rag.headers["x-loramem-mode"] == "rag"
     assert person.phone in _answer(rag)
@@ -162,3 +166,16 @@ def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> No
     assert hybrid.headers["x-loramem-module"].endswith("@v1")
     assert hybrid.headers["x-loramem-mode"] == "hybrid"
     assert person.phone in _answer(hybrid)
+
+
+def _assert_routable_within_a_second_of_publish(system: System, module: str, tenant: str) -> None:
+    """The gateway lists the module (so routes to it) within 1 s of the publish event."""
+    events = Registry.from_url(E2E_REDIS_URL).events_after("0-0", block_ms=10)
+    published_ms = max(int(i.split("-")[0]) for i, e in events if e.get("module") == module)
+    while True:
+        listed = system.gateway.get("/v1/models", headers={"x-loramem-tenant": tenant}).json()
+        if module in {m["id"] for m in listed["data"]}:
+            break
+        assert time.time() * 1000 - published_ms < 1000, "routing did not update within 1 s"
+        time.sleep(0.02)
+    print(f"\n[e2e] seen routable {time.time() * 1000 - published_ms:.0f} ms after the publish")
