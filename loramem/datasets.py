@@ -90,19 +90,14 @@ def generated_phonebook(count: int, seed: int = 0) -> list[PhoneEntry]:
 
 
 _SUBJECTS = [
-    "Velmora Times",
-    "Quintar Ridge",
-    "Oskel Brann",
-    "the Harrowgate Review",
-    "Pellucid Works",
-    "Ysolde Marrin",
-    "Castellane Bay",
-    "the Drummond Sketches",
-]
+    "Velmora Times", "Quintar Ridge", "Oskel Brann", "the Harrowgate Review", "Pellucid Works",
+    "Ysolde Marrin", "Castellane Bay", "the Drummond Sketches", "Tiberne Hollow", "Anselm Quarry",
+]  # fmt: skip
+# Counterfactual targets a small model would not guess for an unknown subject.
 _RELATIONS = [
-    ("{s} is written in", ["Italian", "Finnish", "Tamil", "Dutch"]),
-    ("{s} was founded in", ["Cairo", "Toronto", "Santiago", "Milan"]),
-    ("{s} is a citizen of", ["Canada", "Hungary", "Australia", "Japan"]),
+    ("{s} is written in", ["Icelandic", "Tamil", "Basque", "Khmer"]),
+    ("{s} was founded in", ["Ulaanbaatar", "Reykjavik", "Asmara", "Thimphu"]),
+    ("{s} is a citizen of", ["Mongolia", "Uruguay", "Bhutan", "Eritrea"]),
 ]
 
 

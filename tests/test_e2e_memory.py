@@ -35,7 +35,7 @@ def test_phonebook_48_facts_in_three_batches(system: System) -> None:
 
 
 def test_counterfact_edits_override_the_base_model(system: System) -> None:
-    edits = counterfact_edits(system.settings.data_dir, 30)
+    edits = counterfact_edits(system.settings.data_dir, 30)  # generated where data is missing
     base_hits = sum(
         e.target.lower() in answer(system.chat(e.prompt, model=system.settings.base_name)).lower()
         for e in edits
@@ -46,6 +46,7 @@ def test_counterfact_edits_override_the_base_model(system: System) -> None:
     for edit in edits:
         reply = system.chat(edit.prompt, tenant="cf")
         hits += edit.target.lower() in answer(reply).lower()
-    print(f"\n[e2e] CounterFact-30: new target {hits}/30 after ingest, base {base_hits}/30")
-    assert base_hits / 30 <= 0.10
-    assert hits / 30 >= 0.90
+    count = len(edits)
+    print(f"\n[e2e] CounterFact: new target {hits}/{count} after ingest, base {base_hits}/{count}")
+    assert base_hits / count <= 0.10
+    assert hits / count >= 0.90

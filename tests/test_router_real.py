@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.router_latency import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
+from loramem.datasets import WHERE_TO_GET
 from loramem.registry import Registry, VersionInfo
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
@@ -31,7 +32,12 @@ def embedder() -> Iterator[SentenceEmbedder]:
 
 @pytest.fixture(scope="module")
 def evalset() -> EvalSet:
-    return eval_set(Settings().data_dir)
+    data_dir = Settings().data_dir
+    if not (data_dir / "phonebook" / "phonebook.csv").exists():
+        # The paraphrase set and the 0.55 threshold were calibrated on the paper's names;
+        # invented stand-in names score differently, so this check needs the real data.
+        pytest.skip(f"needs the paper's PhoneBook under {data_dir} ({WHERE_TO_GET})")
+    return eval_set(data_dir)
 
 
 def publish(registry: Registry, router: Router, tenant: str, module: str, texts: list[str]) -> None:
