@@ -11,10 +11,7 @@ import secrets
 import redis
 
 from loramem import keys
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+from loramem.registry import decode
 
 
 class JobQueue:
@@ -34,7 +31,7 @@ class JobQueue:
             keys.TRAINER_GROUP, consumer, {keys.JOBS_STREAM: ">"}, count=1, block=block_ms
         )
         return [
-            (_s(entry_id), _s(data[b"job_id"]))
+            (decode(entry_id), decode(data[b"job_id"]))
             for _stream, entries in reply or []
             for entry_id, data in entries
         ]
@@ -44,7 +41,7 @@ class JobQueue:
         _next, entries, _deleted = self.r.xautoclaim(
             keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, min_idle_ms, count=1
         )
-        return [(_s(entry_id), _s(data[b"job_id"])) for entry_id, data in entries if data]
+        return [(decode(entry_id), decode(data[b"job_id"])) for entry_id, data in entries if data]
 
     def heartbeat(self, consumer: str, entry_id: str) -> None:
         self.r.xclaim(keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, 0, [entry_id], justid=True)
@@ -63,7 +60,7 @@ class JobQueue:
         """(jobs waiting or running, creation time in ms of the oldest of them)."""
         if not self.r.exists(keys.JOBS_STREAM):
             return 0, None
-        groups = {_s(g["name"]): g for g in self.r.xinfo_groups(keys.JOBS_STREAM)}
+        groups = {decode(g["name"]): g for g in self.r.xinfo_groups(keys.JOBS_STREAM)}
         group = groups.get(keys.TRAINER_GROUP)
         if group is None:  # no worker has started yet: everything waits
             first = self.r.xrange(keys.JOBS_STREAM, count=1)
@@ -72,7 +69,7 @@ class JobQueue:
         lag = int(group.get("lag") or 0)
         oldest = [_entry_ms(summary["min"])] if summary["pending"] else []
         if lag:
-            after = "(" + _s(group["last-delivered-id"])
+            after = "(" + decode(group["last-delivered-id"])
             first = self.r.xrange(keys.JOBS_STREAM, min=after, count=1)
             oldest += [_entry_ms(first[0][0])] if first else []
         return int(summary["pending"]) + lag, min(oldest) if oldest else None
@@ -80,7 +77,7 @@ class JobQueue:
 
 def _entry_ms(entry_id: bytes | str) -> int:
     """A stream entry id starts with its creation time in milliseconds."""
-    return int(_s(entry_id).split("-")[0])
+    return int(decode(entry_id).split("-")[0])
 
 
 class ModuleLock:

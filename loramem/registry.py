@@ -17,7 +17,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, NotFound
-from loramem.jobs import TERMINAL, InvalidTransition, JobStatus, can_transition
+from loramem.jobs import InvalidTransition, JobStatus, can_transition
 
 
 def new_id() -> str:
@@ -92,7 +92,8 @@ class Job:
         }
 
 
-def _s(value: Any) -> str:
+def decode(value: Any) -> str:
+    """Redis replies are bytes; keys and fields are read back as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -133,7 +134,7 @@ class Registry:
                 raise Conflict(f"fact id already exists: {existing[0]}", param="facts")
             target = module or self._packing_target(pipe, tenant, len(ids))
             owner = pipe.hget(keys.module(target), "tenant")
-            if owner is not None and _s(owner) != tenant:
+            if owner is not None and decode(owner) != tenant:
                 raise Conflict(f"module name is taken: {target}", param="module")
             job.module = target
             now = time.time()
@@ -166,7 +167,7 @@ class Registry:
         """The tenant's open module while it has room, else a fresh one."""
         open_module = pipe.get(keys.tenant_open_module(tenant))
         if open_module is not None:
-            name = _s(open_module)
+            name = decode(open_module)
             pipe.watch(keys.module_facts(name))
             if pipe.scard(keys.module_facts(name)) + count <= self.module_capacity_facts:
                 return name
@@ -206,7 +207,7 @@ class Registry:
             module = pipe.hget(key, "module")
             if module is None:
                 raise NotFound(f"fact not found: {fact_id}", param="fact_id")
-            job.module = _s(module)
+            job.module = decode(module)
             pipe.multi()
             if update is None:
                 pipe.delete(key)
@@ -246,12 +247,12 @@ class Registry:
         return _fact(tenant, fact_id, raw)
 
     def list_facts(self, tenant: str) -> list[Fact]:
-        ids = sorted(_s(i) for i in self.r.smembers(keys.tenant_facts(tenant)))
+        ids = sorted(decode(i) for i in self.r.smembers(keys.tenant_facts(tenant)))
         return self.facts_by_id(tenant, ids)
 
     def module_facts(self, module: str) -> list[Fact]:
         tenant = self.get_module(module).tenant
-        ids = sorted(_s(i) for i in self.r.smembers(keys.module_facts(module)))
+        ids = sorted(decode(i) for i in self.r.smembers(keys.module_facts(module)))
         return self.facts_by_id(tenant, ids)
 
     def facts_by_id(self, tenant: str, ids: Iterable[str]) -> list[Fact]:
@@ -273,17 +274,17 @@ class Registry:
             raise NotFound(f"module not found: {name}")
         return ModuleInfo(
             name=name,
-            tenant=_s(raw[b"tenant"]),
+            tenant=decode(raw[b"tenant"]),
             active_version=int(raw.get(b"active_version", 0)),
             fact_count=int(count),
         )
 
     def list_modules(self, tenant: str) -> list[ModuleInfo]:
-        names = sorted(_s(n) for n in self.r.smembers(keys.tenant_modules(tenant)))
+        names = sorted(decode(n) for n in self.r.smembers(keys.tenant_modules(tenant)))
         return [self.get_module(n) for n in names]
 
     def list_tenants(self) -> list[str]:
-        return sorted(_s(t) for t in self.r.smembers(keys.tenants()))
+        return sorted(decode(t) for t in self.r.smembers(keys.tenants()))
 
     def next_version(self, module: str) -> int:
         """Versions only ever grow, even when a publish fails after taking a number."""
@@ -347,28 +348,28 @@ class Registry:
         return VersionInfo(
             module=module,
             version=version,
-            tenant=_s(raw[b"tenant"]),
+            tenant=decode(raw[b"tenant"]),
             fact_ids=json.loads(raw[b"fact_ids"]),
             recall=float(raw[b"recall"]),
-            checksum=_s(raw[b"checksum"]),
+            checksum=decode(raw[b"checksum"]),
             train_config=json.loads(raw[b"train_config"]),
         )
 
     def version_files(self, module: str, version: int) -> dict[str, bytes]:
         raw = self.r.hgetall(keys.version_files(module, version))
-        return {_s(k): v for k, v in raw.items()}
+        return {decode(k): v for k, v in raw.items()}
 
     def events_after(self, last_id: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
         reply = self.r.xread({keys.EVENTS_STREAM: last_id}, block=block_ms, count=1000)
         events: list[tuple[str, dict[str, str]]] = []
         for _stream, entries in reply or []:
             for entry_id, data in entries:
-                events.append((_s(entry_id), {_s(k): _s(v) for k, v in data.items()}))
+                events.append((decode(entry_id), {decode(k): decode(v) for k, v in data.items()}))
         return events
 
     def last_event_id(self) -> str:
         last = self.r.xrevrange(keys.EVENTS_STREAM, count=1)
-        return _s(last[0][0]) if last else "0-0"
+        return decode(last[0][0]) if last else "0-0"
 
     # ------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> Job:
@@ -377,15 +378,15 @@ class Registry:
             raise NotFound(f"job not found: {job_id}")
         return Job(
             id=job_id,
-            tenant=_s(raw[b"tenant"]),
-            module=_s(raw[b"module"]),
-            status=JobStatus(_s(raw[b"status"])),
+            tenant=decode(raw[b"tenant"]),
+            module=decode(raw[b"module"]),
+            status=JobStatus(decode(raw[b"status"])),
             version=int(raw[b"version"]) if b"version" in raw else None,
-            error=_s(raw[b"error"]) if b"error" in raw else None,
+            error=decode(raw[b"error"]) if b"error" in raw else None,
             progress=json.loads(raw.get(b"progress", b"{}")),
             attempts=int(raw.get(b"attempts", 0)),
             created_at_s=float(raw.get(b"created_at_s", 0)),
-            kind=_s(raw.get(b"kind", b"add")),
+            kind=decode(raw.get(b"kind", b"add")),
             overrides=json.loads(raw.get(b"overrides", b"{}")),
         )
 
@@ -396,8 +397,8 @@ class Registry:
             current = pipe.hget(keys.job(job_id), "status")
             if current is None:
                 raise NotFound(f"job not found: {job_id}")
-            if not can_transition(JobStatus(_s(current)), new):
-                raise InvalidTransition(job_id, _s(current), new.value)
+            if not can_transition(JobStatus(decode(current)), new):
+                raise InvalidTransition(job_id, decode(current), new.value)
             pipe.multi()
             mapping = {"status": new.value, "updated_at_s": time.time()}
             mapping.update({k: _encode(v) for k, v in fields.items()})
@@ -411,9 +412,6 @@ class Registry:
     def count_attempt(self, job_id: str) -> int:
         return int(self.r.hincrby(keys.job(job_id), "attempts", 1))
 
-    def is_terminal(self, job_id: str) -> bool:
-        return self.get_job(job_id).status in TERMINAL
-
 
 def _encode(value: Any) -> Any:
     if isinstance(value, dict | list):
@@ -425,7 +423,7 @@ def _fact(tenant: str, fact_id: str, raw: dict[bytes, bytes]) -> Fact:
     return Fact(
         id=fact_id,
         tenant=tenant,
-        text=_s(raw[b"text"]),
-        module=_s(raw[b"module"]),
+        text=decode(raw[b"text"]),
+        module=decode(raw[b"module"]),
         embedding=raw.get(b"embedding", b""),
     )
