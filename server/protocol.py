@@ -19,8 +19,9 @@ class FactIn(BaseModel):
 class TrainingOverrides(BaseModel):
     """Per-job training knobs; each defaults to its LORAMEM_ setting.
 
-    No `variant`: vLLM serves plain LoRA only, so DoRA and PiSSA are offered to the
-    in-process experiments (bench/), not to modules that must be served.
+    `variant` dora or pissa trains that PEFT variant, then publishes it as the plain LoRA
+    vLLM can serve (trainer/variants.py): exact for PiSSA, a rank-2r fit for DoRA.
+    `recall_gate` 0 publishes whatever recall is reached (capacity experiments).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +36,8 @@ class TrainingOverrides(BaseModel):
     seed: int | None = None
     questions_per_fact: int | None = Field(default=None, ge=1, le=5)
     data_format: Literal["qa", "rewrite", "mixed"] | None = None
+    variant: Literal["lora", "dora", "pissa"] | None = None
+    recall_gate: float | None = Field(default=None, ge=0, le=1)
 
 
 class PostFactsRequest(BaseModel):

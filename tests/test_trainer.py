@@ -103,3 +103,22 @@ def test_a_job_whose_facts_are_already_published_is_not_retrained(
     done = registry.get_job(job.id)
     assert (done.status, done.version) == (JobStatus.PUBLISHED, 1)
     assert done.progress == {"phase": "already published"}
+
+
+def test_a_per_job_gate_of_zero_publishes_after_one_round(
+    settings: Settings, registry: Registry
+) -> None:
+    settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
+    people = phonebook(settings.data_dir, 2, offset=320)
+    overrides = {"recall_gate": 0.0, "max_steps": 1}
+    job, _ids = registry.add_facts(
+        "t", [p.fact for p in people], [None] * 2, [b""] * 2, overrides=overrides
+    )
+    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
+    worker.queue.ensure_group()
+    assert worker.run_once()
+    after = registry.get_job(job.id)
+    # Past the gate despite one step; it stops at loading, since no engine listens here.
+    assert after.status is JobStatus.PUBLISHING
+    assert after.progress["step"] == 1  # one round: no extra rounds towards full recall
+    assert registry.get_module(job.module).fact_count == 2  # not split

@@ -30,6 +30,7 @@ class TrainConfig:
     seed: int  # torch seed: same facts + config -> same adapter
     questions_per_fact: int  # phrasings of each fact in the QA training data
     data_format: str  # "qa", "rewrite" or "mixed" (synth.FORMATS)
+    recall_gate: float  # recall on the module's own facts a version needs to be published
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
@@ -47,6 +48,7 @@ class TrainConfig:
             "seed": settings.train_seed,
             "questions_per_fact": settings.questions_per_fact,
             "data_format": settings.data_format,
+            "recall_gate": settings.recall_gate,
         }
         values.update(overrides)
         if "rank" in overrides and "alpha" not in overrides:

@@ -34,7 +34,9 @@ from loramem.queue import JobQueue, ModuleLock
 from loramem.registry import Fact, Job, Registry, VersionInfo
 from loramem.settings import Settings
 from trainer import train as training
+from trainer import variants
 from trainer.config import TrainConfig
+from trainer.merge import MergeRefused, build_merge
 from trainer.metrics import TrainerMetrics
 from trainer.synth import make_generator
 
@@ -85,7 +87,11 @@ class TrainingRun:
         self.last_loss = float("inf")
         self.started = time.perf_counter()
         self.peft_model: Any = None
-        extra = worker.settings.gate_extra_rounds
+        # PiSSA's initial adapter, which publishing converts against (trainer/variants.py).
+        self.initial = tempfile.TemporaryDirectory(prefix="loramem-init-")
+        # A gate of 0 (experiments) publishes what one round reaches: no extra rounds.
+        extra = worker.settings.gate_extra_rounds if config.recall_gate > 0 else 0
+        self.rounds = 1 + extra
         self.progress: dict[str, Any] = {
             "phase": "training",
             "step": 0,
@@ -102,7 +108,7 @@ class TrainingRun:
 
     def train_until_gate(self, facts: list[Fact], warm: bool) -> float:
         """Train on `facts`, with extra rounds below the gate; return the measured recall."""
-        settings, config = self.worker.settings, self.config
+        config = self.config
         qas = [
             self.worker.generator.fact_data(f.id, f.text, config.questions_per_fact) for f in facts
         ]
@@ -110,14 +116,16 @@ class TrainingRun:
         self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
         base, tokenizer = training.load_base(self.worker.model_path)
         self.peft_model = training.make_peft_model(base, config)
-        if warm:
+        if config.variant == "pissa":
+            variants.save_initial(self.peft_model, Path(self.initial.name))
+        if warm and config.variant == "lora":  # other variants publish a different shape
             self.progress["warm_start"] = self.worker.warm_start(self.job, self.peft_model, config)
         examples = training.build_examples(tokenizer, qas, config.data_format)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         first = training.first_trained_layer(base, config)
         prefix = training.FrozenPrefix(self.peft_model, examples, first, pad_id)
         round_config, measured = config, 0.0
-        for round_number in range(1 + settings.gate_extra_rounds):
+        for round_number in range(self.rounds):
             if round_number:  # below the gate: train on, towards a lower loss
                 self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
                 round_config = replace(round_config, target_loss=round_config.target_loss / 4)
@@ -190,7 +198,7 @@ class Worker:
                 self._process(job)
             self.queue.ack(entry_id)
             self.metrics.jobs.labels("published").inc()
-        except GateFailed as exc:
+        except (GateFailed, MergeRefused) as exc:
             self.registry.transition(job.id, JobStatus.FAILED, error=str(exc))
             self.queue.ack(entry_id)
             self.metrics.jobs.labels("failed").inc()
@@ -207,6 +215,9 @@ class Worker:
             lock.release()
 
     def _process(self, job: Job) -> None:
+        if job.kind == "merge":  # no training: combine published modules (trainer/merge.py)
+            build_merge(self, job)
+            return
         config = TrainConfig.from_settings(self.settings, **job.overrides)
         facts = self.registry.module_facts(job.module)
         if not facts:  # every fact was deleted: the module stops serving
@@ -222,11 +233,11 @@ class Worker:
         warm = job.kind == "add"
         while True:
             measured = run.train_until_gate(facts, warm)
-            if measured >= self.settings.recall_gate:
+            if measured >= config.recall_gate:
                 break
             if len(facts) < 2 or not self.settings.gate_split:
                 raise GateFailed(
-                    f"recall {measured:.3f} is below the gate {self.settings.recall_gate:.2f} "
+                    f"recall {measured:.3f} is below the gate {config.recall_gate:.2f} "
                     f"after {run.done_steps} steps (loss {run.last_loss:.4f})"
                 )
             # Too much for one module: move half of the facts to a new module (its own
@@ -238,7 +249,8 @@ class Worker:
         run.progress.update(phase="publishing", train_seconds=run.seconds())
         self.registry.transition(job.id, JobStatus.PUBLISHING, progress=run.progress)
         with self.metrics.phase_seconds.labels("publishing").time():
-            self._publish(job, run.peft_model, config, [f.id for f in facts], measured)
+            self._publish(job, run, [f.id for f in facts], measured)
+        run.initial.cleanup()
 
     def _skip_to_publishing(self, job: Job, reason: str) -> None:
         self.registry.transition(job.id, JobStatus.TRAINING, progress={"phase": reason})
@@ -277,13 +289,14 @@ class Worker:
         training.warm_start(peft_model, files["adapter_model.safetensors"])
         return active
 
-    def _publish(
-        self, job: Job, peft_model: Any, config: TrainConfig, fact_ids: list[str], measured: float
-    ) -> None:
+    def _publish(self, job: Job, run: TrainingRun, fact_ids: list[str], measured: float) -> None:
+        config = run.config
         with tempfile.TemporaryDirectory() as scratch:
-            training.save_adapter(peft_model, Path(scratch), config)
+            variants.save_servable(
+                run.peft_model, Path(scratch), config, self.model_path, Path(run.initial.name)
+            )
             files = read_files(Path(scratch))
-        validate_adapter_config(files, max_rank=max(256, config.rank))
+        validate_adapter_config(files, max_rank=max(256, 2 * config.rank))
         version = self.registry.next_version(job.module)
         ref = self.store.write_local(job.module, version, files)
         self._load_everywhere(ref)  # servable before anyone can be routed to it
