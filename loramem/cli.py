@@ -10,7 +10,8 @@ import time
 
 import httpx
 
-from loramem.settings import get_settings
+from evaluation import cli as evaluation
+from loramem.settings import Settings, get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (add, job):
         sub.add_argument("--gateway", default=None, help="default: the configured gateway")
         sub.add_argument("--tenant", default="default")
+    settings = get_settings()
+    evaluation.add_parser(commands, settings)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll otherwise
-    settings = get_settings()
+
+    if args.command == "eval":
+        return evaluation.run(args, settings)
 
     if args.command == "run":
         from loramem.launcher import Launcher
@@ -66,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(prepare_base_model(settings))
         return 0
+    return _client_command(args, settings)
+
+
+def _client_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`add` and `job`: talk to a running gateway."""
     gateway = args.gateway or f"http://{settings.gateway_host}:{settings.gateway_port}"
     client = httpx.Client(base_url=gateway, headers={"x-loramem-tenant": args.tenant}, timeout=30)
     if args.command == "add":

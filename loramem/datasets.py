@@ -7,13 +7,15 @@ Where they are missing, tests use seeded fictional data of the same shape.
 from __future__ import annotations
 
 import csv
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 WHERE_TO_GET = (
     "the data of 'Understanding LoRA as Knowledge Memory' (ICML 2026, arXiv 2603.01097); "
-    "put it under LORAMEM_DATA_DIR as phonebook/phonebook.csv and counterfact/*.csv"
+    "put it under LORAMEM_DATA_DIR as phonebook/phonebook.csv, counterfact/*.csv and "
+    "paperqa/{introductions,qa}/paper_N.jsonl"
 )
 
 _FIRST = [
@@ -127,3 +129,39 @@ def counterfact_edits(data_dir: Path, count: int, allow_generated: bool = True) 
         prompt, _, target = sentence.rstrip(".").rpartition(" ")
         edits.append(Edit(sentence, prompt, target))
     return edits
+
+
+@dataclass(frozen=True)
+class QAPair:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Paper:
+    number: int
+    introduction: str
+    qa: list[QAPair]
+
+
+def paperqa(data_dir: Path, number: int, allow_generated: bool = True) -> Paper:
+    """One PaperQA paper: its introduction (to ingest) and its free-form QA pairs."""
+    intro = data_dir / "paperqa" / "introductions" / f"paper_{number}.jsonl"
+    qa = data_dir / "paperqa" / "qa" / f"paper_{number}.jsonl"
+    if intro.exists() and qa.exists():
+        text = " ".join(json.loads(line)["text"] for line in _lines(intro))
+        pairs = [QAPair(**_pick(json.loads(line))) for line in _lines(qa)]
+        return Paper(number, text, pairs)
+    if not allow_generated:
+        raise FileNotFoundError(f"{intro} or {qa} is missing: get {WHERE_TO_GET}")
+    people = generated_phonebook(4, seed=number)
+    text = " ".join(p.fact for p in people)
+    return Paper(number, text, [QAPair(p.question, p.fact) for p in people])
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def _pick(row: dict) -> dict:
+    return {"question": row["question"], "answer": row["answer"]}

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
+    # --- evaluation (`loramem eval`) ---
+    # The LLM judge of free-form answers: any OpenAI-compatible endpoint. Default: the
+    # gateway under evaluation, answering with the base model (a weak judge; reports say so).
+    judge_url: str | None = None
+    judge_model: str | None = None  # default: the base model's served name
+
     def _fill_defaults(self) -> Settings:
         if self.adapter_dir is None:
             self.adapter_dir = self.cache_dir / "adapters"

@@ -1,0 +1,97 @@
+"""`loramem eval <experiment>`: flags, then one run against a gateway."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loramem.settings import Settings
+
+EXPERIMENTS: dict[str, str] = {
+    "capacity": "exact match against fact count for several ranks; capacity per parameter",
+    "formats": "training data formats (qa, rewrite, mixed)",
+    "variants": "LoRA variants (lora, dora, pissa)",
+    "targets": "target modules (attention, feed-forward, all-linear)",
+    "multi-module": "one big module vs several small: oracle, model=auto, merged",
+    "phonebook": "PhoneBook through the system against base, ICL, RAG and hybrid",
+    "counterfact": "CounterFact efficacy and greedy containment, with the baselines",
+    "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
+}
+_VALUES = {
+    "formats": "qa,rewrite,mixed",
+    "variants": "lora,dora,pissa",
+    "targets": "attention,feed-forward,all-linear",
+}
+
+
+def add_parser(commands: Any, settings: Settings) -> None:
+    """Register `eval` and its experiments on the main CLI's subparsers."""
+    evaluate = commands.add_parser("eval", help="run an experiment through a running gateway")
+    experiments = evaluate.add_subparsers(dest="experiment", required=True)
+    for name, help_text in EXPERIMENTS.items():
+        sub = experiments.add_parser(name, help=help_text, description=help_text)
+        _common(sub, settings)
+        _specific(sub, name, settings)
+
+
+def _common(sub: argparse.ArgumentParser, settings: Settings) -> None:
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    sub.add_argument("--gateway", default=gateway, help=f"default: {gateway}")
+    sub.add_argument("--out", type=Path, help="default: eval-results/<experiment>/")
+    sub.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    sub.add_argument("--offset", type=int, default=0, help="first data row used")
+    sub.add_argument("--max-steps", type=int, default=settings.train_max_steps)
+    sub.add_argument("--top-layers", type=int, default=settings.lora_top_layers)
+    sub.add_argument("--targets", default=settings.lora_targets)
+
+
+def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> None:
+    if name == "capacity":
+        sub.add_argument("--ranks", default="2,4,8,16")
+        sub.add_argument("--counts", default="16,32,64")
+    if name in _VALUES:
+        sub.add_argument("--values", default=_VALUES[name], help="comma-separated")
+    if name in (*_VALUES, "multi-module"):
+        sub.add_argument("--count", type=int, default=32 if name == "multi-module" else 16)
+        sub.add_argument("--rank", type=int, default=4 if name == "multi-module" else 8)
+    if name == "multi-module":
+        sub.add_argument("--modules", type=int, default=4, help="small modules")
+        sub.add_argument("--combination", default="ties", choices=["ties", "linear", "cat"])
+    if name in ("phonebook", "counterfact", "paperqa"):
+        sub.add_argument("--arms", default="base,icl,rag,lora,hybrid")
+    if name in ("phonebook", "counterfact"):
+        sub.add_argument("--count", type=int, default=32 if name == "phonebook" else 16)
+    if name == "paperqa":
+        sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
+        sub.add_argument("--questions", type=int, default=10, help="per paper")
+        sub.add_argument("--sentences", type=int, default=0, help="cut the text (0: all)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from evaluation import data_evals, experiments
+    from evaluation.run import EvalRun
+
+    handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
+        "capacity": experiments.capacity,
+        "formats": experiments.compare,
+        "variants": experiments.compare,
+        "targets": experiments.compare,
+        "multi-module": experiments.multi_module,
+        "phonebook": data_evals.phonebook_eval,
+        "counterfact": data_evals.counterfact_eval,
+        "paperqa": data_evals.paperqa_eval,
+    }
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
+    evaluation = EvalRun(
+        experiment=args.experiment,
+        gateway=args.gateway,
+        out=args.out or Path("eval-results") / args.experiment,
+        settings=settings,
+        flags=flags,
+        concurrency=args.concurrency,
+    )
+    outcome = handlers[args.experiment](evaluation)
+    evaluation.finish(outcome["results"], outcome["report"], outcome["figures"])
+    return 0
