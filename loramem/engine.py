@@ -33,13 +33,18 @@ def engine_command(settings: Settings, model_path: Path, port: int | None = None
         str(settings.engine_max_model_len),
         "--enable-lora",
         "--max-lora-rank",
-        str(_max_lora_rank(settings.lora_rank)),
+        str(max_lora_rank(settings)),
         "--max-loras",
         str(settings.engine_max_loras),
         "--max-cpu-loras",
         str(settings.engine_max_cpu_loras),
         "--disable-log-stats",
     ]
+
+
+def max_lora_rank(settings: Settings) -> int:
+    """The largest adapter rank the engine is started to accept."""
+    return _max_lora_rank(max(settings.engine_max_lora_rank or 0, settings.lora_rank))
 
 
 def _max_lora_rank(rank: int) -> int:

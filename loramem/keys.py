@@ -5,10 +5,13 @@ Layout (all under the prefix `loramem:`):
   tenant:{tenant}:facts         set    fact ids
   tenant:{tenant}:modules       set    module names
   tenant:{tenant}:open_module   string the module that new facts are packed into
-  module:{name}                 hash   tenant, active_version, version_seq, created_at_s
+  module:{name}                 hash   tenant, active_version, version_seq, created_at_s;
+                                       a merged module adds sources, combination, weights
   module:{name}:facts           set    fact ids
   version:{name}:{n}            hash   metadata of one immutable module version
   version:{name}:{n}:files      hash   adapter file name -> bytes
+  tenant:{tenant}:merges        set    merged module names
+  merge:{name}:{sources}        string job id of the build of `name` from these source versions
   job:{id}                      hash   status, module, tenant, progress (json), error, ...
   lock:module:{name}            string worker token; one trainer per module at a time
   stream:jobs                   stream job ids for the trainer consumer group
@@ -24,6 +27,10 @@ TRAINER_GROUP = "trainers"
 # Bounded so that the events stream cannot grow without limit; routers that fall further
 # behind than this rebuild their index from the registry.
 EVENTS_STREAM_MAXLEN = 100_000
+
+# A requested merge build is not queued again for this long; after it a failed build
+# may be retried by the next request that wants it.
+MERGE_REQUEST_TTL_S = 3600
 
 
 def fact(tenant: str, fact_id: str) -> str:
@@ -44,6 +51,15 @@ def tenant_open_module(tenant: str) -> str:
 
 def tenants() -> str:
     return f"{PREFIX}tenants"
+
+
+def tenant_merges(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:merges"
+
+
+def merge_request(name: str, sources: str) -> str:
+    """`sources` names the exact source versions, e.g. "a@v2,b@v1"."""
+    return f"{PREFIX}merge:{name}:{sources}"
 
 
 def module(name: str) -> str:

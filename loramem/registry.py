@@ -6,17 +6,18 @@ it reads first). Key names come from loramem.keys only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from loramem import keys
-from loramem.errors import Conflict, NotFound
+from loramem.errors import Conflict, InvalidRequest, NotFound
 from loramem.jobs import InvalidTransition, JobStatus, can_transition
 
 
@@ -27,6 +28,42 @@ def new_id() -> str:
 def served_name(module: str, version: int) -> str:
     """The immutable engine-side name of one module version."""
     return f"{module}@v{version}"
+
+
+def merge_recipe(
+    sources: list[str], weights: list[float] | None
+) -> tuple[list[str], list[float]]:
+    """Sources in name order with their weights (default: 1.0 each, a plain sum)."""
+    pairs = sorted(zip(sources, map(float, weights or [1.0] * len(sources)), strict=True))
+    return [m for m, _ in pairs], [w for _, w in pairs]
+
+
+def merged_module_name(
+    tenant: str, sources: list[str], combination: str, weights: list[float] | None = None
+) -> str:
+    """The same tenant, sources, combination and weights (in any order) always name the
+    same merged module; its versions follow the sources' versions."""
+    recipe = [tenant, combination, *merge_recipe(sources, weights)]
+    return "mx-" + hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
+
+
+def merged_rank(ranks: list[int], combination: str) -> int:
+    """`cat` stacks the sources' ranks; `ties` and `linear` need one common rank."""
+    if combination == "cat":
+        return sum(ranks)
+    if len(set(ranks)) > 1:
+        raise InvalidRequest(f"{combination} needs sources of one rank, got {sorted(set(ranks))}")
+    return max(ranks)
+
+
+def source_signature(versions: Mapping[str, int]) -> str:
+    """The exact source versions of a merge, e.g. "a@v2,b@v1"."""
+    return ",".join(served_name(m, v) for m, v in sorted(versions.items()))
+
+
+def merge_is_current(built_from: Mapping[str, int], active: Mapping[str, int]) -> bool:
+    """A merged version is stale once any source published a new version or was retired."""
+    return bool(built_from) and all(active.get(m) == v for m, v in built_from.items())
 
 
 @dataclass(frozen=True)
@@ -59,10 +96,24 @@ class VersionInfo:
     recall: float
     checksum: str
     train_config: dict[str, Any]
+    # A merged module's version: the source module versions it was built from.
+    merged_from: dict[str, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return served_name(self.module, self.version)
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """A merged module: PEFT's weighted combination of its sources' active versions."""
+
+    name: str
+    tenant: str
+    sources: list[str]
+    combination: str  # "ties", "linear" or "cat"
+    weights: list[float]  # one per source
+    active_version: int  # 0 until a build is published
 
 
 @dataclass
@@ -136,6 +187,8 @@ class Registry:
             owner = pipe.hget(keys.module(target), "tenant")
             if owner is not None and decode(owner) != tenant:
                 raise Conflict(f"module name is taken: {target}", param="module")
+            if pipe.hexists(keys.module(target), "sources"):  # its facts belong to its sources
+                raise Conflict(f"module {target} is a merged module", param="module")
             job.module = target
             now = time.time()
             pipe.multi()
@@ -303,6 +356,7 @@ class Registry:
                 "recall": info.recall,
                 "checksum": info.checksum,
                 "train_config": json.dumps(info.train_config),
+                "merged_from": json.dumps(info.merged_from),
                 "created_at_s": time.time(),
             },
         )
@@ -353,6 +407,7 @@ class Registry:
             recall=float(raw[b"recall"]),
             checksum=decode(raw[b"checksum"]),
             train_config=json.loads(raw[b"train_config"]),
+            merged_from=json.loads(raw.get(b"merged_from", b"{}")),
         )
 
     def version_files(self, module: str, version: int) -> dict[str, bytes]:
@@ -370,6 +425,102 @@ class Registry:
     def last_event_id(self) -> str:
         last = self.r.xrevrange(keys.EVENTS_STREAM, count=1)
         return decode(last[0][0]) if last else "0-0"
+
+    # ----------------------------------------------------------------- merges
+    def request_merge(
+        self, tenant: str, sources: list[str], combination: str, weights: list[float] | None
+    ) -> tuple[Job, bool]:
+        """Queue the build of a merged module from the sources' active versions, once.
+
+        Returns (job, queued): a build of the same source versions that is queued, running
+        or published is returned instead of queueing another (queued False).
+        """
+        sources, weights = merge_recipe(sources, weights)
+        name = merged_module_name(tenant, sources, combination, weights)
+        job = Job(id=new_id(), tenant=tenant, module=name, status=JobStatus.QUEUED, kind="merge")
+        existing: list[str] = []
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            existing.clear()
+            versions = self._merge_sources(pipe, tenant, sources)
+            request_key = keys.merge_request(name, source_signature(versions))
+            pipe.watch(request_key)
+            earlier = pipe.get(request_key)
+            if earlier is not None:
+                status = pipe.hget(keys.job(decode(earlier)), "status")
+                if status is not None and decode(status) != JobStatus.FAILED.value:
+                    existing.append(decode(earlier))
+                    return
+            fresh = not pipe.exists(keys.module(name))
+            pipe.multi()
+            if fresh:
+                pipe.hset(
+                    keys.module(name),
+                    mapping={
+                        "tenant": tenant,
+                        "active_version": 0,
+                        "created_at_s": time.time(),
+                        "sources": json.dumps(sources),
+                        "combination": combination,
+                        "weights": json.dumps(weights),
+                    },
+                )
+                pipe.sadd(keys.tenant_modules(tenant), name)
+                pipe.sadd(keys.tenant_merges(tenant), name)
+            pipe.set(request_key, job.id, ex=keys.MERGE_REQUEST_TTL_S)
+            self._queue_job(pipe, job)
+
+        self.r.transaction(write, keys.module(name), *[keys.module(s) for s in sources])
+        if existing:
+            return self.get_job(existing[0]), False
+        return job, True
+
+    def _merge_sources(
+        self, client: redis.Redis | redis.client.Pipeline, tenant: str, sources: list[str]
+    ) -> dict[str, int]:
+        """Active versions of the sources; refuse foreign, unpublished or merged ones.
+        `client` answers at once: the Redis client, or a pipeline while it WATCHes."""
+        versions = {}
+        for source in sources:
+            raw = client.hgetall(keys.module(source))
+            if not raw or decode(raw[b"tenant"]) != tenant:  # foreign looks like absent
+                raise NotFound(f"module not found: {source}", param="modules")
+            if b"sources" in raw:
+                raise InvalidRequest(f"module {source} is itself a merge", param="modules")
+            active = int(raw.get(b"active_version", 0))
+            if not active:
+                raise Conflict(f"module {source} has no published version yet", param="modules")
+            versions[source] = active
+        return versions
+
+    def source_versions(self, tenant: str, sources: list[str]) -> dict[str, int]:
+        """The sources' active versions now (what a merge build starts from)."""
+        return self._merge_sources(self.r, tenant, sources)
+
+    def get_merge(self, name: str) -> MergeSpec:
+        raw = self.r.hgetall(keys.module(name))
+        if not raw or b"sources" not in raw:
+            raise NotFound(f"merged module not found: {name}")
+        return MergeSpec(
+            name=name,
+            tenant=decode(raw[b"tenant"]),
+            sources=json.loads(raw[b"sources"]),
+            combination=decode(raw[b"combination"]),
+            weights=json.loads(raw[b"weights"]),
+            active_version=int(raw.get(b"active_version", 0)),
+        )
+
+    def list_merges(self, tenant: str) -> list[MergeSpec]:
+        names = sorted(decode(n) for n in self.r.smembers(keys.tenant_merges(tenant)))
+        return [self.get_merge(n) for n in names]
+
+    def merge_current(self, spec: MergeSpec) -> bool:
+        """Whether the published merged version was built from the sources' active versions."""
+        if not spec.active_version:
+            return False
+        built_from = self.get_version(spec.name, spec.active_version).merged_from
+        active = {m.name: m.active_version for m in map(self.get_module, spec.sources)}
+        return merge_is_current(built_from, active)
 
     # ------------------------------------------------------------------- jobs
     def get_job(self, job_id: str) -> Job:

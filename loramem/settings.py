@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     engine_max_model_len: int = 2048
     engine_max_loras: int = 4  # adapters in one batch
     engine_max_cpu_loras: int = 32  # adapters kept resident
+    # Largest adapter rank the engine accepts (default: the smallest vLLM allows above
+    # lora_rank). A `cat` merge of n modules has rank n * lora_rank.
+    engine_max_lora_rank: int | None = Field(default=None, ge=1, le=256)
     engine_kv_cache_gib: int = 2
     engine_start_timeout_s: float = 600.0
     engine_request_timeout_s: float = 300.0
@@ -73,6 +76,18 @@ class Settings(BaseSettings):
     # torch threads of the gateway's embedder. One: a query embeds in ~10-20 ms even while
     # the engine or trainer holds the other cores; two threads measured ~500 ms then.
     router_embed_threads: int | None = Field(default=1, ge=1)
+    # Merged adapters for questions spanning modules (opt-in per request with
+    # "loramem": {"merge": true}, or for every request with router_merge). A module is
+    # "also relevant" when its best fact clears route_threshold and its score is within
+    # router_merge_margin of the best module's.
+    router_merge: bool = False
+    router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
+    router_merge_max_modules: int = Field(default=3, ge=2, le=8)
+    # PEFT add_weighted_adapter combination: "ties" (default: same rank as the sources,
+    # and the paper found TIES/averaging work where concatenation collapses), "linear",
+    # or "cat" (exact sum, but rank n * lora_rank must fit engine_max_lora_rank).
+    merge_combination: Literal["ties", "linear", "cat"] = "ties"
+    merge_density: float = Field(default=1.0, gt=0.0, le=1.0)  # TIES: share of values kept
 
     # --- trainer ---
     lora_rank: int = Field(default=8, ge=1, le=256)

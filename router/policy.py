@@ -53,3 +53,19 @@ def choose(ranked: list[ModuleScore], threshold: float) -> ModuleScore | None:
         if candidate.best >= threshold:
             return candidate
     return None
+
+
+def merge_group(
+    ranked: list[ModuleScore],
+    chosen: ModuleScore,
+    threshold: float,
+    margin: float,
+    max_modules: int,
+) -> list[str]:
+    """The modules a merged adapter should combine for this query, best first: the chosen
+    one and every other whose best fact clears the threshold and whose score is within
+    `margin` of the chosen's. Fewer than two: [] (the chosen module serves alone)."""
+    group = [
+        m.module for m in ranked if m.best >= threshold and chosen.score - m.score <= margin
+    ][:max_modules]
+    return group if len(group) >= 2 else []

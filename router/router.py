@@ -6,6 +6,9 @@ to a module that does not know the fact yet. Updates come from registry events.
 
 `model=auto`: embed the query, take the tenant's top-k facts, rank modules by the policy
 in router/policy.py, and answer from base when no fact scores above the threshold.
+With merging asked for, a query whose top modules are close (policy.merge_group) goes
+to the merged module of that set when one built from their active versions is
+published; otherwise the best module serves and the decision names the set to build.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loramem.errors import ModelNotFound
-from loramem.registry import Registry, served_name
+from loramem.registry import Registry, merge_is_current, merged_module_name, served_name
 from loramem.settings import Settings
 from router.embedder import Embedder, from_bytes
 from router.index import ExactIndex, FactIndex, Hit, index_factory
-from router.policy import ModuleScore, aggregate, choose
+from router.policy import ModuleScore, aggregate, choose, merge_group
 
 log = logging.getLogger("loramem.router")
 
@@ -31,10 +34,14 @@ log = logging.getLogger("loramem.router")
 class RouteDecision:
     target: str  # engine model name: "<module>@v<N>" or the base model's name
     module: str | None  # None when the base model answers
-    outcome: str  # "module" (named or routed), "base" (asked for), "below_threshold"
+    # "module" (named or routed), "merged" (routed to a merged module), "base" (asked
+    # for), "below_threshold"
+    outcome: str
     score: float | None = None  # the best fact's score (what the threshold is compared to)
     candidates: list[Hit] = field(default_factory=list)  # top-k facts (context for rag/hybrid)
     modules: list[ModuleScore] = field(default_factory=list)  # top modules, best first
+    # Modules whose merge this request wanted but that is not built (or stale) yet.
+    merge_wanted: list[str] = field(default_factory=list)
 
     @property
     def header(self) -> str:
@@ -57,6 +64,10 @@ class Router:
         support_weight: float = 0.02,
         new_index: Callable[[int], FactIndex] = ExactIndex,
         max_candidates: int = 3,
+        merge_default: bool = False,
+        merge_margin: float = 0.1,
+        merge_max_modules: int = 3,
+        merge_combination: str = "ties",
     ) -> None:
         self.registry = registry
         self.embedder = embedder
@@ -67,7 +78,12 @@ class Router:
         self.max_candidates = max_candidates
         self._new_index = new_index
         self._indexes: dict[str, FactIndex] = {}
+        self.merge_default = merge_default
+        self.merge_margin = merge_margin
+        self.merge_max_modules = merge_max_modules
+        self.merge_combination = merge_combination
         self._active: dict[str, tuple[str, int]] = {}  # module -> (tenant, version)
+        self._merged: dict[str, dict[str, int]] = {}  # merged module -> sources' versions
         self._lock = threading.Lock()
 
     @classmethod
@@ -86,15 +102,19 @@ class Router:
                 settings.router_hnsw_ef_search,
             ),
             max_candidates=settings.router_max_candidates,
+            merge_default=settings.router_merge,
+            merge_margin=settings.router_merge_margin,
+            merge_max_modules=settings.router_merge_max_modules,
+            merge_combination=settings.merge_combination,
         )
 
     # ------------------------------------------------------------- decisions
-    def route(self, tenant: str, model: str, query: str) -> RouteDecision:
+    def route(self, tenant: str, model: str, query: str, merge: bool = False) -> RouteDecision:
         if model == self.base_name:
             return RouteDecision(target=self.base_name, module=None, outcome="base")
         if model != "auto":
             return self._named(tenant, model)
-        return self._nearest(tenant, query)
+        return self._nearest(tenant, query, merge or self.merge_default)
 
     def _named(self, tenant: str, model: str) -> RouteDecision:
         module, _, version = model.partition("@v")
@@ -106,13 +126,13 @@ class Router:
         number = int(version) if version else active[1]
         return RouteDecision(target=served_name(module, number), module=module, outcome="module")
 
-    def _nearest(self, tenant: str, query: str) -> RouteDecision:
+    def _nearest(self, tenant: str, query: str, merge: bool) -> RouteDecision:
         index = self._indexes.get(tenant)
         if index is None or not len(index) or not query.strip():
             return RouteDecision(target=self.base_name, module=None, outcome="below_threshold")
-        return self.decide(tenant, self.embedder.embed([query])[0])
+        return self.decide(tenant, self.embedder.embed([query])[0], merge)
 
-    def decide(self, tenant: str, vector: np.ndarray) -> RouteDecision:
+    def decide(self, tenant: str, vector: np.ndarray, merge: bool = False) -> RouteDecision:
         """Route an already embedded query: top-k facts, module ranking, threshold."""
         with self._lock:  # the version lookup too: a retire may race the search
             index = self._indexes.get(tenant)
@@ -122,11 +142,30 @@ class Router:
             ranked = aggregate(hits, self.support_weight)
             chosen = choose(ranked, self.threshold)
             version = self._active[chosen.module][1] if chosen else 0
+            group = (
+                merge_group(
+                    ranked, chosen, self.threshold, self.merge_margin, self.merge_max_modules
+                )
+                if merge and chosen
+                else []
+            )
+            merged = self._current_merge(tenant, group) if group else None
         best, top = hits[0].score, ranked[: self.max_candidates]
         if chosen is None:
             return RouteDecision(self.base_name, None, "below_threshold", best, hits, top)
+        if merged is not None:
+            return RouteDecision(served_name(*merged), merged[0], "merged", best, hits, top)
         target = served_name(chosen.module, version)
-        return RouteDecision(target, chosen.module, "module", best, hits, top)
+        return RouteDecision(target, chosen.module, "module", best, hits, top, group)
+
+    def _current_merge(self, tenant: str, group: list[str]) -> tuple[str, int] | None:
+        """The published merged module of exactly these sources' active versions."""
+        name = merged_module_name(tenant, group, self.merge_combination)
+        built_from, entry = self._merged.get(name), self._active.get(name)
+        if built_from is None or entry is None:
+            return None
+        active = {m: self._active[m][1] for m in built_from if m in self._active}
+        return (name, entry[1]) if merge_is_current(built_from, active) else None
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
@@ -144,6 +183,10 @@ class Router:
         facts = self.registry.facts_by_id(tenant, info.fact_ids)
         vectors = np.stack([from_bytes(f.embedding) for f in facts]) if facts else None
         self.index_module(tenant, module, version, [f.id for f in facts], vectors)
+        if info.merged_from:  # a merged module: servable by name, owner of no facts
+            with self._lock:
+                if self._active.get(module) == (tenant, version):
+                    self._merged[module] = info.merged_from
 
     def index_module(
         self,
@@ -171,6 +214,7 @@ class Router:
     def apply_retired(self, module: str) -> None:
         with self._lock:
             entry = self._active.pop(module, None)
+            self._merged.pop(module, None)
             index = self._indexes.get(entry[0]) if entry else None
             if index is not None:
                 for fact_id in index.facts_of(module):

@@ -17,7 +17,7 @@ from loramem.registry import Registry
 from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, SentenceEmbedder
 from router.router import Router
-from server import api_knowledge, api_openai, api_ops, errors
+from server import api_knowledge, api_merges, api_openai, api_ops, errors
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.reconcile import EventFollower, Reconciler
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     app = FastAPI(title="loramem gateway", lifespan=lifespan)
     errors.install(app)
     app.include_router(api_knowledge.api)
+    app.include_router(api_merges.api)
     app.include_router(api_openai.api)
     app.include_router(api_ops.api)
     return app

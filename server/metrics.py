@@ -18,6 +18,7 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "loramem_requests_total",
+            # outcome "merged": model=auto served by a merged adapter of several modules.
             "Completion requests by served module and route outcome.",
             ["module", "outcome", "mode"],
             registry=r,
@@ -52,6 +53,11 @@ class GatewayMetrics:
             "loramem_router_duration_seconds",
             "Routing decision time, embedding included.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+        self.merge_builds = Counter(
+            "loramem_merge_builds_requested_total",
+            "Merged-adapter builds queued because a model=auto request wanted one.",
             registry=r,
         )
         self.route_score = Histogram(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -88,6 +88,34 @@ class ModuleOut(BaseModel):
 class LoramemOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["lora", "rag", "hybrid"] = "lora"
+    # model=auto: a query whose top modules are close goes to their merged module.
+    merge: bool = False
+
+
+ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]
+
+
+class PostMergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    modules: list[ModuleName] = Field(min_length=2, max_length=8)
+    combination: Literal["ties", "linear", "cat"] | None = None  # default: LORAMEM_ setting
+    weights: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None  # default: 1.0
+
+
+class PostMergeResponse(BaseModel):
+    job_id: str
+    module: str
+
+
+class MergeOut(BaseModel):
+    name: str
+    sources: list[str]
+    combination: str
+    weights: list[float]
+    active_version: int | None
+    served_name: str | None
+    built_from: dict[str, int]  # source versions of the active version
+    current: bool  # built from the sources' active versions (else stale)
 
 
 class ChatMessage(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,12 +14,14 @@ import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from loramem.errors import EngineUnavailable
+from loramem.errors import EngineUnavailable, LoramemError
 from loramem.registry import Registry
 from router.router import RouteDecision, Router
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("loramem.gateway")
 
 RAG_INSTRUCTION = "Answer using these facts when they are relevant:\n"
 
@@ -85,7 +88,11 @@ class CompletionService:
     def _decide(
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str
     ) -> RouteDecision:
-        decision = self.router.route(tenant, request.model, request.query_text())
+        decision = self.router.route(
+            tenant, request.model, request.query_text(), merge=request.loramem.merge
+        )
+        if decision.merge_wanted:
+            self._request_merge(tenant, decision.merge_wanted)
         if mode == "rag" and decision.module is not None:
             # RAG answers from the base model with the facts in context, never a module.
             return RouteDecision(
@@ -97,6 +104,19 @@ class CompletionService:
                 decision.modules,
             )
         return decision
+
+    def _request_merge(self, tenant: str, modules: list[str]) -> None:
+        """Queue the merge this request wanted (deduplicated in Redis); the best module
+        serves this request either way, and a later one gets the merge once published."""
+        try:
+            _job, queued = self.registry.request_merge(
+                tenant, modules, self.router.merge_combination, None
+            )
+        except LoramemError as exc:  # a source changed under us: the next request retries
+            log.warning("merge of %s not queued: %s", modules, exc.message)
+            return
+        if queued:
+            self.metrics.merge_builds.inc()
 
     def _add_context(self, tenant: str, body: dict[str, Any], decision: RouteDecision) -> None:
         facts = self.registry.facts_by_id(tenant, [h.fact_id for h in decision.candidates])

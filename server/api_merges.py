@@ -1,0 +1,60 @@
+"""Merged modules: build one from several modules of the caller's tenant, list them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from loramem.engine import max_lora_rank
+from loramem.errors import InvalidRequest
+from loramem.registry import merged_rank, served_name
+from server.deps import RegistryDep, SettingsDep, TenantDep
+from server.protocol import MergeOut, PostMergeRequest, PostMergeResponse
+
+api = APIRouter(tags=["merges"])
+
+
+@api.post("/merges", status_code=status.HTTP_202_ACCEPTED, response_model=PostMergeResponse)
+def post_merge(
+    body: PostMergeRequest, tenant: TenantDep, settings: SettingsDep, registry: RegistryDep
+) -> PostMergeResponse:
+    """Queue the build (once per set of source versions); `module` serves it when published."""
+    if len(set(body.modules)) != len(body.modules):
+        raise InvalidRequest("modules must be distinct", param="modules")
+    if body.weights is not None and len(body.weights) != len(body.modules):
+        raise InvalidRequest("weights must hold one weight per module", param="weights")
+    combination = body.combination or settings.merge_combination
+    # Everything is checked before anything is written: unknown or foreign modules 404.
+    versions = registry.source_versions(tenant, body.modules)
+    ranks = [
+        int(registry.get_version(m, v).train_config.get("rank", settings.lora_rank))
+        for m, v in versions.items()
+    ]
+    rank, limit = merged_rank(ranks, combination), max_lora_rank(settings)
+    if rank > limit:
+        raise InvalidRequest(
+            f"a {combination} merge has rank {rank}, above the engine's max LoRA rank {limit}",
+            param="combination",
+        )
+    job, _queued = registry.request_merge(tenant, body.modules, combination, body.weights)
+    return PostMergeResponse(job_id=job.id, module=job.module)
+
+
+@api.get("/merges", response_model=list[MergeOut])
+def list_merges(tenant: TenantDep, registry: RegistryDep) -> list[MergeOut]:
+    out = []
+    for spec in registry.list_merges(tenant):
+        active = spec.active_version
+        built_from = registry.get_version(spec.name, active).merged_from if active else {}
+        out.append(
+            MergeOut(
+                name=spec.name,
+                sources=spec.sources,
+                combination=spec.combination,
+                weights=spec.weights,
+                active_version=active or None,
+                served_name=served_name(spec.name, active) if active else None,
+                built_from=built_from,
+                current=registry.merge_current(spec),
+            )
+        )
+    return out

@@ -1,0 +1,306 @@
+"""Merged modules: the selection policy, naming, staleness in the real Redis, the API's
+refusals, and PEFT's combination on a tiny model (no engine)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from loramem import keys
+from loramem.errors import Conflict, InvalidRequest, NotFound
+from loramem.jobs import JobStatus
+from loramem.registry import (
+    Registry,
+    VersionInfo,
+    merge_is_current,
+    merged_module_name,
+    merged_rank,
+)
+from loramem.settings import Settings
+from router.embedder import to_bytes
+from router.index import Hit
+from router.policy import aggregate, choose, merge_group
+from router.router import Router
+from server.app import create_app
+from trainer.merge import MergeRefused, check_shapes, combine
+
+# ----------------------------------------------------------------- policy (unit)
+
+
+def ranked(*scores: tuple[str, float]):  # type: ignore[no-untyped-def]
+    hits = [Hit(f"f{i}", module, score) for i, (module, score) in enumerate(scores)]
+    return aggregate(hits, support_weight=0.0)
+
+
+def test_a_close_second_module_joins_the_group_a_distant_one_does_not() -> None:
+    scores = ranked(("a", 0.80), ("b", 0.75), ("c", 0.60))
+    chosen = choose(scores, 0.55)
+    assert chosen is not None
+    assert merge_group(scores, chosen, 0.55, margin=0.1, max_modules=3) == ["a", "b"]
+    assert merge_group(scores, chosen, 0.55, margin=0.3, max_modules=3) == ["a", "b", "c"]
+    assert merge_group(scores, chosen, 0.55, margin=0.3, max_modules=2) == ["a", "b"]
+
+
+def test_one_relevant_module_or_a_second_below_the_threshold_is_no_group() -> None:
+    scores = ranked(("a", 0.80), ("b", 0.50))
+    chosen = choose(scores, 0.55)
+    assert chosen is not None
+    assert merge_group(scores, chosen, 0.55, margin=1.0, max_modules=3) == []
+
+
+def test_merged_names_ignore_order_and_depend_on_every_part_of_the_recipe() -> None:
+    name = merged_module_name("t", ["a", "b"], "ties")
+    assert name == merged_module_name("t", ["b", "a"], "ties", [1.0, 1.0])
+    assert name.startswith("mx-") and len(name) <= 48
+    assert name != merged_module_name("u", ["a", "b"], "ties")
+    assert name != merged_module_name("t", ["a", "b"], "cat")
+    assert name != merged_module_name("t", ["a", "b"], "ties", [1.0, 0.5])
+    assert merged_module_name("t", ["a", "b"], "ties", [1.0, 0.5]) == merged_module_name(
+        "t", ["b", "a"], "ties", [0.5, 1.0]
+    )
+
+
+def test_a_merge_is_current_only_for_the_exact_source_versions() -> None:
+    assert merge_is_current({"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 5})
+    assert not merge_is_current({"a": 1, "b": 2}, {"a": 2, "b": 2})  # a republished
+    assert not merge_is_current({"a": 1, "b": 2}, {"a": 1})  # b retired
+    assert not merge_is_current({}, {"a": 1})
+
+
+def test_ranks_cat_stacks_the_others_need_one_rank() -> None:
+    assert merged_rank([8, 8], "cat") == 16 and merged_rank([8, 8], "ties") == 8
+    with pytest.raises(InvalidRequest):
+        merged_rank([8, 4], "linear")
+    configs = [{"r": 8, "layers_to_transform": [1]}] * 2
+    assert check_shapes(configs, "ties", max_rank=8) == 8
+    with pytest.raises(MergeRefused):
+        check_shapes(configs, "cat", max_rank=8)
+    with pytest.raises(MergeRefused):
+        check_shapes([configs[0], {"r": 8, "layers_to_transform": [0]}], "ties", max_rank=8)
+
+
+# -------------------------------------------------------- PEFT combination (unit)
+
+
+def _tiny_adapters(tmp_path, count: int):  # type: ignore[no-untyped-def]
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2,
+    )  # fmt: skip
+    folders = []
+    for i in range(count):
+        torch.manual_seed(i)
+        model = get_peft_model(
+            LlamaForCausalLM(config),
+            LoraConfig(r=4, lora_alpha=4, target_modules=["down_proj"], init_lora_weights=False),
+        )
+        model.save_pretrained(str(tmp_path / f"a{i}"))
+        folders.append(tmp_path / f"a{i}")
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), folders
+
+
+def _delta(model, adapter: str):  # type: ignore[no-untyped-def]
+    layer = model.base_model.model.model.layers[0].mlp.down_proj
+    return layer.get_delta_weight(adapter)
+
+
+@pytest.mark.parametrize("combination", ["cat", "linear", "ties"])
+def test_peft_combines_the_sources_into_one_servable_adapter(tmp_path, combination) -> None:  # type: ignore[no-untyped-def]
+    base, folders = _tiny_adapters(tmp_path, 2)
+    model = combine(base, folders, [1.0, 1.0], combination, density=1.0)
+    merged, exact = _delta(model, "default"), _delta(model, "s0") + _delta(model, "s1")
+    if combination == "cat":  # concatenation is the exact sum of the deltas
+        assert torch.allclose(merged, exact, atol=1e-5)
+    else:  # rank-preserving combinations approximate it
+        assert merged.abs().sum() > 0
+    model.save_pretrained(str(tmp_path / "out"), selected_adapters=["default"])
+    saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert saved["r"] == (8 if combination == "cat" else 4)
+
+
+# --------------------------------------------------------- registry (real Redis)
+
+
+def _published(registry: Registry, tenant: str, module: str, version: int = 1) -> None:
+    job, ids = registry.add_facts(tenant, [f"{module} fact"], [None], [b""], module)
+    registry.publish_version(VersionInfo(module, version, tenant, ids, 1.0, "c", {"rank": 8}), {})
+
+
+def _publish_merge(registry: Registry, name: str, tenant: str, built_from: dict) -> None:  # type: ignore[type-arg]
+    version = registry.next_version(name)
+    info = VersionInfo(name, version, tenant, [], math.nan, "c", {}, merged_from=built_from)
+    registry.publish_version(info, {})
+
+
+def test_a_merge_is_queued_once_and_goes_stale_on_a_new_source_version(
+    registry: Registry,
+) -> None:
+    _published(registry, "t", "a")
+    _published(registry, "t", "b")
+    job, queued = registry.request_merge("t", ["b", "a"], "ties", None)
+    again, queued_again = registry.request_merge("t", ["a", "b"], "ties", [1.0, 1.0])
+    assert queued and not queued_again and again.id == job.id
+    assert job.kind == "merge" and registry.get_job(job.id).kind == "merge"
+    spec = registry.get_merge(job.module)
+    assert (spec.sources, spec.weights, spec.tenant) == (["a", "b"], [1.0, 1.0], "t")
+    assert [m.name for m in registry.list_merges("t")] == [job.module]
+    assert not registry.merge_current(spec)  # nothing published yet
+
+    _publish_merge(registry, job.module, "t", registry.source_versions("t", spec.sources))
+    spec = registry.get_merge(job.module)
+    assert registry.merge_current(spec)
+    assert registry.get_version(job.module, 1).fact_ids == []
+
+    _published(registry, "t", "a", version=2)  # a source moves on: the cache is stale
+    assert not registry.merge_current(registry.get_merge(job.module))
+    rebuild, queued = registry.request_merge("t", ["a", "b"], "ties", None)
+    assert queued and rebuild.id != job.id and rebuild.module == job.module
+
+    _publish_merge(registry, job.module, "t", {"a": 2, "b": 1})
+    assert registry.merge_current(registry.get_merge(job.module))
+    registry.retire_module("b", "t")  # a source retired: stale again
+    assert not registry.merge_current(registry.get_merge(job.module))
+    with pytest.raises(Conflict):
+        registry.request_merge("t", ["a", "b"], "ties", None)
+
+
+def test_a_failed_build_may_be_queued_again(registry: Registry) -> None:
+    _published(registry, "t", "a")
+    _published(registry, "t", "b")
+    job, _ = registry.request_merge("t", ["a", "b"], "ties", None)
+    registry.transition(job.id, JobStatus.FAILED, error="boom")
+    retry, queued = registry.request_merge("t", ["a", "b"], "ties", None)
+    assert queued and retry.id != job.id
+
+
+def test_refused_merges_write_nothing(registry: Registry) -> None:
+    _published(registry, "t", "a")
+    _published(registry, "u", "foreign")
+    registry.add_facts("t", ["x"], [None], [b""], "unpublished")
+    before = registry.r.dbsize()
+    with pytest.raises(NotFound):
+        registry.request_merge("t", ["a", "foreign"], "ties", None)
+    with pytest.raises(NotFound):
+        registry.request_merge("t", ["a", "nosuch"], "ties", None)
+    with pytest.raises(Conflict):
+        registry.request_merge("t", ["a", "unpublished"], "ties", None)
+    assert registry.r.dbsize() == before
+
+
+def test_facts_cannot_be_posted_into_a_merged_module(registry: Registry) -> None:
+    _published(registry, "t", "a")
+    _published(registry, "t", "b")
+    job, _ = registry.request_merge("t", ["a", "b"], "ties", None)
+    with pytest.raises(Conflict):
+        registry.add_facts("t", ["y"], [None], [b""], job.module)
+    with pytest.raises(InvalidRequest):  # no merges of merges
+        _publish_merge(registry, job.module, "t", {"a": 1, "b": 1})
+        registry.request_merge("t", ["a", job.module], "ties", None)
+    assert registry.r.xlen(keys.JOBS_STREAM) == 3  # a, b and the one merge
+
+
+# ------------------------------------------------ router (fake embedder, real Redis)
+
+ANN = "The phone number of Ann Lee is 555-0101."
+BOB = "The phone number of Bob Ray is 555-0202."
+BOTH = "What are the phone numbers of Ann Lee and Bob Ray?"
+
+
+def _publish_facts(registry: Registry, router: Router, module: str, text: str, version: int):  # type: ignore[no-untyped-def]
+    vector = to_bytes(router.embed([text])[0])
+    _job, ids = registry.add_facts("t", [text], [None], [vector], module)
+    registry.publish_version(VersionInfo(module, version, "t", ids, 1.0, "c", {"rank": 8}), {})
+    router.apply_published("t", module, version)
+
+
+def test_the_router_serves_a_current_merge_and_asks_for_a_stale_one(
+    registry: Registry, fake_embedder
+) -> None:  # type: ignore[no-untyped-def]
+    router = Router(registry, fake_embedder, "base", threshold=0.3, merge_margin=0.5)
+    _publish_facts(registry, router, "ann", ANN, 1)
+    _publish_facts(registry, router, "bob", BOB, 1)
+    plain = router.route("t", "auto", BOTH)
+    assert plain.outcome == "module" and not plain.merge_wanted
+    wanted = router.route("t", "auto", BOTH, merge=True)
+    assert wanted.outcome == "module" and sorted(wanted.merge_wanted) == ["ann", "bob"]
+    assert router.route("t", "auto", ANN, merge=True).merge_wanted in ([], ["ann", "bob"])
+
+    job, _ = registry.request_merge("t", wanted.merge_wanted, "ties", None)
+    _publish_merge(registry, job.module, "t", {"ann": 1, "bob": 1})
+    router.apply_published("t", job.module, 1)
+    merged = router.route("t", "auto", BOTH, merge=True)
+    assert (merged.outcome, merged.target) == ("merged", f"{job.module}@v1")
+    assert router.route("t", "auto", BOTH).outcome == "module"  # opt-in only
+    assert router.route("t", job.module, "anything").target == f"{job.module}@v1"  # oracle
+    assert router.index_stats("t")[0] == 2  # the merged module owns no facts
+
+    _publish_facts(registry, router, "ann", ANN.replace("0101", "0111"), 2)
+    stale = router.route("t", "auto", BOTH, merge=True)
+    assert stale.outcome == "module" and sorted(stale.merge_wanted) == ["ann", "bob"]
+
+
+# ------------------------------------------------------ HTTP API (no engine)
+
+
+@pytest.fixture
+def client(settings: Settings, registry: Registry, fake_embedder) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(settings, embedder=fake_embedder)) as test_client:
+        yield test_client
+
+
+def test_post_merges_queues_one_build_and_lists_it(client: TestClient, registry: Registry) -> None:
+    _published(registry, "t", "a")
+    _published(registry, "t", "b")
+    headers = {"x-loramem-tenant": "t"}
+    reply = client.post("/merges", json={"modules": ["a", "b"]}, headers=headers)
+    assert reply.status_code == 202, reply.text
+    body = reply.json()
+    assert body["module"] == merged_module_name("t", ["a", "b"], "ties")
+    again = client.post("/merges", json={"modules": ["b", "a"], "weights": [1, 1]}, headers=headers)
+    assert again.json() == body
+    listed = client.get("/merges", headers=headers).json()
+    assert [(m["name"], m["current"], m["served_name"]) for m in listed] == [
+        (body["module"], False, None)
+    ]
+    assert client.get("/merges", headers={"x-loramem-tenant": "u"}).json() == []
+
+
+BAD_MERGES = [
+    ({"modules": ["a"]}, 400),
+    ({"modules": ["a", "a"]}, 400),
+    ({"modules": ["a", "b"], "combination": "svd"}, 400),
+    ({"modules": ["a", "b"], "combination": "cat"}, 400),  # rank 16 > the engine's 8
+    ({"modules": ["a", "b"], "weights": [1.0]}, 400),
+    ({"modules": ["a", "b"], "extra": 1}, 400),
+    ({"modules": ["a", "Not A Name"]}, 400),
+    ({"modules": ["a", "nosuch"]}, 404),
+    ({"modules": ["a", "foreign"]}, 404),
+    ({"modules": ["a", "unpublished"]}, 409),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_MERGES)
+def test_bad_merges_are_refused_and_nothing_changes(
+    client: TestClient,
+    registry: Registry,
+    body: dict,
+    status: int,  # type: ignore[type-arg]
+) -> None:
+    _published(registry, "t", "a")
+    _published(registry, "t", "b")
+    _published(registry, "u", "foreign")
+    registry.add_facts("t", ["x"], [None], [b""], "unpublished")
+    before = {k: registry.r.type(k) for k in registry.r.keys()}
+    reply = client.post("/merges", json=body, headers={"x-loramem-tenant": "t"})
+    assert reply.status_code == status, reply.text
+    assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    assert {k: registry.r.type(k) for k in registry.r.keys()} == before
+    assert registry.r.xlen(keys.JOBS_STREAM) == 4

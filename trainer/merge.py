@@ -1,0 +1,125 @@
+"""Merged modules: PEFT's weighted combination of published modules, built as a job.
+
+A question that spans modules ("the numbers of A and B") has no single module that knows
+the whole answer. A merged module combines the sources' published adapters with PEFT's
+`add_weighted_adapter` and is served like any module. It is not trained and not gated:
+its facts belong to its sources (bench/merge.py measures what merging keeps). Each
+version records the source versions it was built from, so it goes stale as soon as a
+source publishes again or is retired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peft import PeftModel
+
+from loramem.adapter_store import checksum, read_files, validate_adapter_config
+from loramem.engine import max_lora_rank
+from loramem.errors import LoramemError
+from loramem.jobs import JobStatus
+from loramem.registry import Job, MergeSpec, VersionInfo, merged_rank
+from trainer import train as training
+
+if TYPE_CHECKING:
+    from trainer.worker import Worker
+
+log = logging.getLogger("loramem.trainer")
+
+COMBINATIONS = ("ties", "linear", "cat")
+MERGED = "default"  # PEFT saves the adapter of this name at the folder's top level
+
+
+class MergeRefused(Exception):
+    """The merge cannot be built as asked (a source is gone, the rank does not fit): the job
+    fails at once instead of being retried."""
+
+
+def check_shapes(configs: list[dict[str, Any]], combination: str, max_rank: int) -> int:
+    """The merged rank, after refusing what PEFT or the engine would reject."""
+    try:
+        rank = merged_rank([int(c["r"]) for c in configs], combination)
+    except LoramemError as exc:
+        raise MergeRefused(exc.message) from exc
+    layers = {json.dumps(c.get("layers_to_transform")) for c in configs}
+    if len(layers) > 1:
+        raise MergeRefused("the sources adapt different layers")
+    if rank > max_rank:
+        raise MergeRefused(f"merged rank {rank} exceeds the engine's max LoRA rank {max_rank}")
+    return rank
+
+
+def combine(
+    base: Any, adapter_dirs: list[Path], weights: list[float], combination: str, density: float
+) -> PeftModel:
+    """The sources as adapters of one base model, plus their combination named MERGED."""
+    names = [f"s{i}" for i in range(len(adapter_dirs))]
+    model = PeftModel.from_pretrained(base, str(adapter_dirs[0]), adapter_name=names[0])
+    for name, folder in zip(names[1:], adapter_dirs[1:], strict=True):
+        model.load_adapter(str(folder), adapter_name=name)
+    model.add_weighted_adapter(
+        names,
+        weights,
+        MERGED,
+        combination_type=combination,  # type: ignore[arg-type]  # checked by COMBINATIONS
+        density=density if combination == "ties" else None,
+    )
+    return model
+
+
+def build_merge(worker: Worker, job: Job) -> None:
+    """The merge job: combine the sources' active versions and publish the result."""
+    registry, settings = worker.registry, worker.settings
+    spec = registry.get_merge(job.module)
+    progress: dict[str, Any] = {"phase": "merging", "sources": spec.sources}
+    registry.transition(job.id, JobStatus.TRAINING, progress=progress)
+    try:
+        versions = registry.source_versions(spec.tenant, spec.sources)
+    except LoramemError as exc:  # a source was retired or replaced by something foreign
+        raise MergeRefused(exc.message) from exc
+    refs = [worker.store.materialize(m, versions[m]) for m in spec.sources]
+    configs = [json.loads((r.path / "adapter_config.json").read_text()) for r in refs]
+    check_shapes(configs, spec.combination, max_lora_rank(settings))
+    base, _tokenizer = training.load_base(worker.model_path)
+    model = combine(
+        base, [r.path for r in refs], spec.weights, spec.combination, settings.merge_density
+    )
+    registry.transition(job.id, JobStatus.VALIDATING)
+    registry.transition(job.id, JobStatus.PUBLISHING)
+    recipe = _recipe(spec, versions, settings.merge_density)
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_pretrained(scratch, selected_adapters=[MERGED])
+        (Path(scratch) / "training_config.json").write_text(json.dumps(recipe, indent=2))
+        files = read_files(Path(scratch))
+    validate_adapter_config(files, max_rank=max_lora_rank(settings))
+    version = registry.next_version(spec.name)
+    ref = worker.store.write_local(spec.name, version, files)
+    worker._load_everywhere(ref)  # servable before anyone can be routed to it
+    info = VersionInfo(
+        module=spec.name,
+        version=version,
+        tenant=spec.tenant,
+        fact_ids=[],  # the router indexes facts under their sources only
+        recall=float("nan"),  # not gated: measured by bench/merge.py
+        checksum=checksum(files),
+        train_config=recipe,
+        merged_from=versions,
+    )
+    registry.publish_version(info, files, job_id=job.id)
+    log.info("published merged %s from %s", ref.name, versions)
+
+
+def _recipe(spec: MergeSpec, versions: dict[str, int], density: float) -> dict[str, Any]:
+    """What travels with the merged adapter in place of a training config."""
+    return {
+        "merge": {
+            "combination": spec.combination,
+            "sources": versions,
+            "weights": dict(zip(spec.sources, spec.weights, strict=True)),
+            "density": density if spec.combination == "ties" else None,
+        }
+    }
