@@ -78,7 +78,7 @@ class Router:
         self.max_candidates = max_candidates
         self._new_index = new_index
         self._indexes: dict[str, FactIndex] = {}
-        self.merge_default = merge_default
+        self.merge_default = merge_default  # the serving layer's default for `merge`
         self.merge_margin = merge_margin
         self.merge_max_modules = merge_max_modules
         self.merge_combination = merge_combination
@@ -114,7 +114,7 @@ class Router:
             return RouteDecision(target=self.base_name, module=None, outcome="base")
         if model != "auto":
             return self._named(tenant, model)
-        return self._nearest(tenant, query, merge or self.merge_default)
+        return self._nearest(tenant, query, merge)
 
     def _named(self, tenant: str, model: str) -> RouteDecision:
         module, _, version = model.partition("@v")

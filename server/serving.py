@@ -88,9 +88,9 @@ class CompletionService:
     def _decide(
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str
     ) -> RouteDecision:
-        decision = self.router.route(
-            tenant, request.model, request.query_text(), merge=request.loramem.merge
-        )
+        # LORAMEM_ROUTER_MERGE asks for every request; rag never serves a module anyway.
+        merge = (request.loramem.merge or self.router.merge_default) and mode != "rag"
+        decision = self.router.route(tenant, request.model, request.query_text(), merge=merge)
         if decision.merge_wanted:
             self._request_merge(tenant, decision.merge_wanted)
         if mode == "rag" and decision.module is not None:

@@ -304,3 +304,27 @@ def test_bad_merges_are_refused_and_nothing_changes(
     assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
     assert {k: registry.r.type(k) for k in registry.r.keys()} == before
     assert registry.r.xlen(keys.JOBS_STREAM) == 4
+
+
+def test_opted_in_requests_queue_one_build_and_rag_none(
+    client: TestClient, registry: Registry
+) -> None:
+    router = client.app.state.router  # type: ignore[attr-defined]
+    for module, text in (("ann", ANN), ("bob", BOB)):
+        _publish_facts(registry, router, module, text, 1)
+    chat = {"model": "auto", "messages": [{"role": "user", "content": BOTH}]}
+    headers = {"x-loramem-tenant": "t"}
+    rag_options = {"mode": "rag", "merge": True}
+    rag = client.post(
+        "/v1/chat/completions", json={**chat, "loramem": rag_options}, headers=headers
+    )
+    assert rag.status_code == 503  # no engine here; routing happened first
+    assert registry.list_merges("t") == []
+    for _ in range(3):
+        reply = client.post("/v1/chat/completions", json={**chat, "loramem": {"merge": True}},
+                            headers=headers)  # fmt: skip
+        assert reply.status_code == 503
+    assert [m.sources for m in registry.list_merges("t")] == [["ann", "bob"]]
+    assert registry.r.xlen(keys.JOBS_STREAM) == 3  # ann, bob and one merge build
+    metrics = client.get("/metrics").text
+    assert "loramem_merge_builds_requested_total 1.0" in metrics
