@@ -117,7 +117,16 @@ class Settings(BaseSettings):
     module_capacity_facts: int = Field(default=64, ge=1)
     job_claim_idle_ms: int = Field(default=60_000, ge=1000)
     worker_block_ms: int = Field(default=2000, ge=10)
+    # A fresh "add" job waits until it is this old before reading its module's facts, so
+    # facts posted back to back (a client sending batches) train in one job, not two.
+    job_coalesce_ms: int = Field(default=1500, ge=0)
     trainer_metrics_port: int = Field(default=8200, ge=0, le=65535)  # 0: no metrics server
+
+    # --- evaluation (`loramem eval`) ---
+    # The LLM judge of free-form answers: any OpenAI-compatible endpoint. Default: the
+    # gateway under evaluation, answering with the base model (a weak judge; reports say so).
+    judge_url: str | None = None
+    judge_model: str | None = None  # default: the base model's served name
 
     @field_validator("redis_url")
     @classmethod
@@ -134,12 +143,6 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    # --- evaluation (`loramem eval`) ---
-    # The LLM judge of free-form answers: any OpenAI-compatible endpoint. Default: the
-    # gateway under evaluation, answering with the base model (a weak judge; reports say so).
-    judge_url: str | None = None
-    judge_model: str | None = None  # default: the base model's served name
-
     def _fill_defaults(self) -> Settings:
         if self.adapter_dir is None:
             self.adapter_dir = self.cache_dir / "adapters"

@@ -122,3 +122,22 @@ def test_a_per_job_gate_of_zero_publishes_after_one_round(
     assert after.status is JobStatus.PUBLISHING
     assert after.progress["step"] == 1  # one round: no extra rounds towards full recall
     assert registry.get_module(job.module).fact_count == 2  # not split
+
+
+def test_batches_posted_back_to_back_train_in_one_job(
+    settings: Settings, registry: Registry
+) -> None:
+    settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
+    people = phonebook(settings.data_dir, 4, offset=330)
+    overrides = {"recall_gate": 0.0, "max_steps": 1}
+    first, _ = registry.add_facts(
+        "t", [p.fact for p in people[:2]], [None] * 2, [b""] * 2, overrides=overrides
+    )
+    registry.add_facts(
+        "t", [p.fact for p in people[2:]], [None] * 2, [b""] * 2, module=first.module,
+        overrides=overrides,
+    )  # fmt: skip
+    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
+    worker.queue.ensure_group()
+    assert worker.run_once()
+    assert registry.get_job(first.id).progress["facts"] == 4  # the second batch joined it

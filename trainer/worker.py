@@ -219,6 +219,11 @@ class Worker:
             build_merge(self, job)
             return
         config = TrainConfig.from_settings(self.settings, **job.overrides)
+        if job.kind == "add":
+            # Batches posted right behind this one join it rather than queue a retrain of
+            # the module for just after; their own jobs then find them already covered.
+            coalesce_s = self.settings.job_coalesce_ms / 1000
+            time.sleep(max(0.0, job.created_at_s + coalesce_s - time.time()))
         facts = self.registry.module_facts(job.module)
         if not facts:  # every fact was deleted: the module stops serving
             self._skip_to_publishing(job, "retiring")
