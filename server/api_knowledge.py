@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from loramem.documents import split_document
+from loramem.engine import max_lora_rank
 from loramem.errors import InvalidRequest, NotFound
 from loramem.registry import Registry
+from loramem.settings import Settings
 from router.embedder import to_bytes
 from router.router import Router
 from server.deps import RegistryDep, RouterDep, SettingsDep, TenantDep
@@ -42,7 +44,7 @@ def post_facts(
         )
     for position, fact in enumerate(facts):
         _check_text(fact.text, settings.max_fact_chars, f"facts.{position}")
-    return _store(facts, body.module, body.training, tenant, registry, router)
+    return _store(facts, body.module, body.training, tenant, settings, registry, router)
 
 
 @api.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
@@ -63,7 +65,7 @@ def post_document(
             param="text",
         )
     facts = [FactIn(text=s) for s in sentences]
-    return _store(facts, body.module, body.training, tenant, registry, router)
+    return _store(facts, body.module, body.training, tenant, settings, registry, router)
 
 
 def _store(
@@ -71,9 +73,12 @@ def _store(
     module: str | None,
     training: TrainingOverrides | None,
     tenant: str,
+    settings: Settings,
     registry: Registry,
     router: Router,
 ) -> PostFactsResponse:
+    if training:
+        _check_servable_rank(training, settings)
     vectors = router.embed([f.text for f in facts])
     job, fact_ids = registry.add_facts(
         tenant,
@@ -84,6 +89,20 @@ def _store(
         overrides=training.model_dump(exclude_none=True) if training else None,
     )
     return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
+
+
+def _check_servable_rank(training: TrainingOverrides, settings: Settings) -> None:
+    """Refuse a module the engines could not load: vLLM caps ranks at start-up."""
+    rank = training.rank or settings.lora_rank
+    variant = training.variant or settings.lora_variant
+    served = rank if variant == "lora" else 2 * rank  # trainer/variants.py publishes 2r
+    limit = max_lora_rank(settings)
+    if served > limit:
+        raise InvalidRequest(
+            f"a {variant} module of rank {rank} is served at rank {served}, over the "
+            f"engines' limit of {limit} (LORAMEM_ENGINE_MAX_LORA_RANK)",
+            param="training.rank",
+        )
 
 
 def _check_text(text: str, max_chars: int, param: str) -> None:

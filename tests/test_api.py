@@ -183,7 +183,15 @@ def test_training_knobs_travel_with_the_job(client: TestClient, registry: Regist
 
 
 @pytest.mark.parametrize(
-    "training", [{"rank": 0}, {"variant": "ia3"}, {"learning_rate": -1}, {"unknown": 1}]
+    "training",
+    [
+        {"rank": 0},
+        {"variant": "ia3"},
+        {"learning_rate": -1},
+        {"unknown": 1},
+        {"rank": 64},  # over the engine's max LoRA rank (8 by default)
+        {"variant": "dora"},  # published at rank 2r = 16
+    ],
 )
 def test_impossible_training_knobs_are_rejected(
     client: TestClient, registry: Registry, training: dict
