@@ -24,15 +24,18 @@ facts, recall gate 0 so a point is published as learnt):
   `answered_by_expected_module` (0-1), `request_errors`, `examples`.
 - `capacity`: `points` (rows above) and `ranks`: `[{"rank", "trainable_parameters",
   "exact_match_by_facts": {count: em}, "capacity": {"0.9"|"0.95"|"1.0": largest count tried
-  whose exact match reached it}, "facts_per_million_parameters": {same keys}}]`.
+  whose exact match reached it}, "facts_per_million_parameters": {same keys}}]`. With
+  `--reuse`, points of the run already in `--out` (same facts and knobs) are kept as
+  they are, module names included, and only the others are trained.
 - `formats` / `variants` / `targets`: `knob` (the training override varied) and `arms`.
 - `multi-module`: `arms` (`one big module (oracle)`, `<k> small (oracle)`,
   `<k> small (model=auto)`, `merged (<combination>)`, each with `questions`, `rank`,
   `exact_match`, `strict_match`, `answered_by_expected_module`) and `jobs`.
 
 Data-set evaluations (`phonebook`, `counterfact`, `paperqa`): `jobs` (the ingest job and
-every module of the tenant) and `arms`, one per answer arm: `base`, `icl` (all facts in
-the system prompt), `rag`, `lora` (model=auto), `hybrid` (model=auto):
+every module of the tenant with its `active_version`, null where its job failed, e.g. a
+split-off module that stayed below the gate) and `arms`, one per answer arm: `base`,
+`icl` (all facts in the system prompt), `rag`, `lora` (model=auto), `hybrid` (model=auto):
 - phonebook: `exact_match`, `strict_match`, `answered_by_module` (0-1).
 - counterfact: `efficacy` (0-1, share of edits where the arm gives the new target a higher
   log-probability than the base model's own greedy answer, read from vLLM's

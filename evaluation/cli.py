@@ -51,6 +51,9 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
     if name == "capacity":
         sub.add_argument("--ranks", default="2,4,8,16")
         sub.add_argument("--counts", default="16,32,64")
+        sub.add_argument(
+            "--reuse", action="store_true", help="keep matching points of a run in --out"
+        )
     if name in _VALUES:
         sub.add_argument("--values", default=_VALUES[name], help="comma-separated")
     if name in (*_VALUES, "multi-module"):
@@ -61,6 +64,7 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
         sub.add_argument("--combination", default="ties", choices=["ties", "linear", "cat"])
     if name in ("phonebook", "counterfact", "paperqa"):
         sub.add_argument("--arms", default="base,icl,rag,lora,hybrid")
+        sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
     if name in ("phonebook", "counterfact"):
         sub.add_argument("--count", type=int, default=32 if name == "phonebook" else 16)
     if name == "paperqa":

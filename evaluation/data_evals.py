@@ -28,11 +28,19 @@ def ingest(run: EvalRun, client: EvalClient, post: Callable[[], dict]) -> list[d
     reply = post()
     (job,) = client.wait_jobs([reply["job_id"]], desc=f"train {run.experiment}")
     modules = client.wait_modules()
-    return [job_summary(job), *[{"module": m["name"], "facts": m["fact_count"]} for m in modules]]
+    return [
+        job_summary(job),
+        *[
+            {"module": m["name"], "facts": m["fact_count"], "active_version": m["active_version"]}
+            for m in modules
+        ],
+    ]
 
 
-def training(run: EvalRun) -> dict[str, Any] | None:
-    return {"max_steps": run.flags["max_steps"]} if run.flags.get("max_steps") else None
+def training(run: EvalRun) -> dict[str, Any]:
+    """The system's own training, but for the flags given (--recall-gate: default unset)."""
+    knobs = {"max_steps": run.flags["max_steps"], "recall_gate": run.flags["recall_gate"]}
+    return {k: v for k, v in knobs.items() if v is not None}
 
 
 def arm_request(run: EvalRun, arm: str, facts: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from evaluation.client import EvalClient, Unsupported
 from evaluation.run import EvalRun, table
 from loramem.base_model import cache_folder
 from loramem.datasets import PhoneEntry, phonebook
+from trainer.config import TARGET_MODULES
 
 ANSWER_TOKENS = 32  # a PhoneBook answer sentence is about 20 tokens
 
@@ -132,8 +133,6 @@ def trainable_parameters(run: EvalRun, rank: int, targets: str, top_layers: int)
         "o_proj": (hidden, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
     }  # fmt: skip
-    from trainer.config import TARGET_MODULES
-
     layers = config["num_hidden_layers"]
     layers = min(top_layers, layers) if top_layers else layers
     per_layer = sum(rank * sum(shapes[name]) for name in TARGET_MODULES[targets])
@@ -150,7 +149,10 @@ def capacity(run: EvalRun) -> dict[str, Any]:
         for r in ranks
         for n in counts
     ]
-    rows = [measure(client, p) for p in train_points(client, run, points)]
+    kept = _earlier_points(run, points) if run.flags["reuse"] else {}
+    fresh = [p for p in points if p.arm not in kept]
+    measured = {p.arm: measure(client, p) for p in train_points(client, run, fresh)}
+    rows = [kept.get(p.arm) or measured[p.arm] for p in points if p.arm in kept | measured]
     thresholds = (0.9, 0.95, 1.0)
     summary: list[dict[str, Any]] = []
     for rank in ranks:
@@ -185,6 +187,25 @@ def capacity(run: EvalRun) -> dict[str, Any]:
     figure = _curve(summary, counts)
     return {"results": {"points": rows, "ranks": summary}, "report": report,
             "figures": {"capacity": figure}}  # fmt: skip
+
+
+def _earlier_points(run: EvalRun, points: list[Point]) -> dict[str, dict[str, Any]]:
+    """--reuse: points of an earlier run in --out with the same facts and training knobs,
+    so a long sweep can run in several sittings (each system start trains only the rest)."""
+    path = run.out / "results.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier["flags"]["offset"] != run.flags["offset"]:
+        return {}
+    wanted = {p.arm: p for p in points}
+    return {
+        row["arm"]: row
+        for row in earlier.get("points", [])
+        if row["arm"] in wanted
+        and row["training"] == wanted[row["arm"]].training
+        and row["job"]["status"] == "published"
+    }
 
 
 def _curve(summary: list[dict], counts: list[int]) -> Any:

@@ -30,6 +30,14 @@ class EvalRun:
     skipped: list[dict[str, str]] = field(default_factory=list)
     _clients: dict[str, EvalClient] = field(default_factory=dict)
 
+    @property
+    def command(self) -> str:
+        """The run as a command line with every flag spelled out (defaults included)."""
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in self.flags.items() if k != "gateway"
+        )
+        return f"loramem eval {self.experiment} {flags}"
+
     def tenant(self, part: str = "") -> str:
         return "-".join(p for p in ("eval", self.experiment, part, self.run_id) if p)
 
@@ -52,7 +60,7 @@ class EvalRun:
         self.out.mkdir(parents=True, exist_ok=True)
         document = {
             "experiment": self.experiment,
-            "command": "loramem eval " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+            "command": self.command,
             "flags": self.flags,
             "gateway": self.gateway,
             "tenant": self.tenant(),
@@ -65,7 +73,7 @@ class EvalRun:
         path.write_text(json.dumps(document, indent=2))
         skipped = "".join(f"\n- skipped **{s['arm']}**: {s['reason']}" for s in self.skipped)
         (self.out / "report.md").write_text(
-            f"# loramem eval {self.experiment}\n\n{report}\n{skipped}\n"
+            f"# loramem eval {self.experiment}\n\n`{self.command}`\n\n{report}\n{skipped}\n"
         )
         for name, figure in figures.items():
             figure.savefig(self.out / f"{name}.png", dpi=80, bbox_inches="tight")
