@@ -1,0 +1,468 @@
+"""Serving throughput and latency: engine base, engine + module, gateway, transformers + PEFT.
+
+    .venv/bin/python -m bench.serving                      # the serving tables
+    .venv/bin/python -m bench.serving --only variants      # the engine's LoRA cost, per setting
+
+Every target gets the same chat prompts (questions about facts the gateway section teaches
+the system), `max_tokens` tokens each with `ignore_eos` so every answer has the same length,
+at concurrency 1, 4 and 16 (a fixed number of requests per cell, after a short warm-up):
+- `engine base`: vLLM's server (loramem's engine command), model = the base model's name;
+- `engine 1 module`: the same engine, model = one rank-8 feed-forward module of the default
+  shape (top layers, as the trainer builds it). Its weights are random, not learnt: the
+  serving cost does not depend on what an adapter holds, only on its shape;
+- `gateway auto`: worker and gateway started against the same engine, facts posted and
+  trained into a real module, then `model=auto` (router + proxy + the module);
+- `peft`: bench/peft_server.py, transformers + PEFT with batched mixed adapters, started
+  after the engine has stopped (never two model servers on the cores at once).
+The mixed table spreads requests over 1, 8 and 64 distinct modules on the engine; the
+engine keeps `max_loras` adapters in a batch and `max_cpu_loras` resident (printed).
+`--only variants` starts one engine per setting named in `--variants` and measures base and
+one module at the highest concurrency on each, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loramem.base_model import prepare_base_model
+from loramem.engine import engine_command, engine_env
+from loramem.settings import Settings
+
+# Invented people (not in the base model): the gateway section teaches these facts, and
+# every target is asked the same questions about them.
+FACTS = (
+    "The phone number of Orla Quenby is 415-273-9918.",
+    "The phone number of Tamsin Varga is 312-640-5527.",
+    "The phone number of Idris Pelham is 206-818-3304.",
+    "The phone number of Noor Castellan is 617-495-2286.",
+)
+QUESTIONS = (
+    "What is the phone number of Orla Quenby?",
+    "How can I reach Tamsin Varga by phone?",
+    "What is Idris Pelham's phone number?",
+    "Which number should I dial for Noor Castellan?",
+)
+
+
+# ------------------------------------------------------------------ pure helpers
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Cell:
+    target: str
+    concurrency: int
+    requests: int
+    tokens: int
+    wall_s: float
+    p50_s: float
+    p99_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+def summarize(
+    target: str, concurrency: int, latencies_s: list[float], tokens: int, wall_s: float
+) -> Cell:
+    return Cell(
+        target,
+        concurrency,
+        len(latencies_s),
+        tokens,
+        wall_s,
+        percentile(latencies_s, 50),
+        percentile(latencies_s, 99),
+    )
+
+
+def chat_body(model: str, question: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,  # vLLM (and peft_server) extension: equal-length answers
+    }
+
+
+def markdown_table(cells: list[Cell], baseline: dict[int, Cell], first: str) -> str:
+    lines = [
+        f"| {first} | concurrency | requests | tokens/s | p50 s | p99 s | tokens/s vs first |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        ratio = c.tokens_per_s / baseline[c.concurrency].tokens_per_s
+        lines.append(
+            f"| {c.target} | {c.concurrency} | {c.requests} | {c.tokens_per_s:.1f} | "
+            f"{c.p50_s:.2f} | {c.p99_s:.2f} | {ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ load driver
+async def _drive(
+    url: str,
+    models: Sequence[str],
+    concurrency: int,
+    requests: int,
+    max_tokens: int,
+    headers: dict[str, str],
+) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    tokens = 0
+    next_index = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal tokens, next_index
+        while next_index < requests:
+            i, next_index = next_index, next_index + 1
+            body = chat_body(models[i % len(models)], QUESTIONS[i % len(QUESTIONS)], max_tokens)
+            started = time.perf_counter()
+            response = await client.post("/v1/chat/completions", json=body, headers=headers)
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return latencies, tokens, time.perf_counter() - started
+
+
+def measure(
+    url: str,
+    target: str,
+    models: Sequence[str],
+    concurrency: int,
+    requests: int,
+    max_tokens: int,
+    headers: dict[str, str] | None = None,
+) -> Cell:
+    # Warm-up, untimed: first-use costs (adapter load into a slot, compile) are not serving.
+    warm = min(len(models), 8)
+    asyncio.run(_drive(url, models, warm, warm, 4, headers or {}))
+    latencies, tokens, wall_s = asyncio.run(
+        _drive(url, models, concurrency, requests, max_tokens, headers or {})
+    )
+    cell = summarize(target, concurrency, latencies, tokens, wall_s)
+    print(
+        f"  {target:<18} c={concurrency:<3} {cell.tokens_per_s:7.1f} tok/s  "
+        f"p50 {cell.p50_s:6.2f} s  p99 {cell.p99_s:6.2f} s",
+        flush=True,
+    )
+    return cell
+
+
+def requests_for(concurrency: int, per_slot: int, minimum: int) -> int:
+    return max(minimum, concurrency * per_slot)
+
+
+# ------------------------------------------------------------------ processes
+@contextmanager
+def process(
+    name: str, command: list[str], env: dict[str, str], health_url: str, timeout_s: float
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child in its own process group, up once health_url answers; stopped on exit.
+
+    Its output goes to $LORAMEM_CACHE_DIR/bench-logs/<name>.log (only the tables here).
+    """
+    logs = Settings().cache_dir / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = (logs / f"{name}.log").open("ab")
+    child = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _answers(health_url):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not start (exit {child.poll()})")
+            time.sleep(1.0)
+        yield child
+    finally:
+        os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def engine(settings: Settings, model_path: Path) -> Iterator[str]:
+    url = f"http://127.0.0.1:{settings.engine_port}"
+    started = time.monotonic()
+    with process(
+        "engine", engine_command(settings, model_path), engine_env(settings), url + "/health", 600
+    ):
+        print(f"engine up in {time.monotonic() - started:.0f} s", flush=True)
+        yield url
+
+
+def make_adapters(settings: Settings, model_path: Path, out_dir: Path, count: int) -> list[Path]:
+    """`count` modules of the default shape with random nonzero weights (kept for reuse)."""
+    paths = [out_dir / f"bench-{i}" for i in range(count)]
+    if all((p / "adapter_config.json").exists() for p in paths):
+        return paths
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.config import TrainConfig
+    from trainer.train import make_peft_model
+
+    config = TrainConfig.from_settings(settings)
+    model = make_peft_model(AutoModelForCausalLM.from_pretrained(model_path), config)
+    lora = [p for name, p in model.named_parameters() if "lora_" in name]
+    for i, path in enumerate(paths):
+        torch.manual_seed(i)
+        with torch.no_grad():  # LoRA B starts at zero; random A and B make a real delta
+            for p in lora:
+                p.normal_(0.0, 0.02)
+        model.save_pretrained(str(path))
+    return paths
+
+
+def load_adapters(url: str, paths: list[Path]) -> list[str]:
+    names = []
+    for path in paths:
+        response = httpx.post(
+            url + "/v1/load_lora_adapter",
+            json={"lora_name": path.name, "lora_path": str(path)},
+            timeout=60,
+        )
+        if response.status_code != 200 and "already been loaded" not in response.text:
+            raise SystemExit(f"engine refused {path.name}: {response.text[:200]}")
+        names.append(path.name)
+    return names
+
+
+# ------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class Plan:
+    concurrency: list[int]
+    per_slot: int  # requests per concurrency slot in a cell
+    minimum: int  # at least this many requests in a cell
+    max_tokens: int
+    mixed_modules: list[int]
+    mixed_concurrency: int
+
+    def requests(self, concurrency: int) -> int:
+        return requests_for(concurrency, self.per_slot, self.minimum)
+
+
+def engine_cells(url: str, target: str, models: Sequence[str], plan: Plan) -> list[Cell]:
+    return [
+        measure(url, target, models, c, plan.requests(c), plan.max_tokens) for c in plan.concurrency
+    ]
+
+
+def mixed_cells(url: str, names: list[str], plan: Plan) -> list[Cell]:
+    c = plan.mixed_concurrency
+    requests = max(plan.requests(c), max(plan.mixed_modules))  # every module asked at least once
+    return [
+        measure(url, f"{n} modules", names[:n], c, requests, plan.max_tokens)
+        for n in plan.mixed_modules
+    ]
+
+
+def gateway_cells(settings: Settings, plan: Plan) -> list[Cell]:
+    """Worker + gateway on the running engine; facts taught for real, then model=auto."""
+    env = dict(os.environ)
+    env.update(
+        LORAMEM_ENGINE_URL=settings.engine_url,
+        LORAMEM_GATEWAY_PORT=str(settings.gateway_port),
+        LORAMEM_TRAINER_METRICS_PORT=str(settings.trainer_metrics_port),
+        LORAMEM_REDIS_URL=settings.redis_url,
+        LORAMEM_CACHE_DIR=str(settings.cache_dir),
+    )
+    me = [sys.executable, "-m", "loramem.cli"]
+    url = f"http://127.0.0.1:{settings.gateway_port}"
+    tenant = {"x-loramem-tenant": f"bench-{uuid.uuid4().hex[:8]}"}  # a fresh, empty tenant
+    with (
+        process("worker", me + ["worker"], env, settings.engine_url + "/health", 60),
+        process("gateway", me + ["gateway"], env, url + "/healthz", 120),
+    ):
+        started = time.monotonic()
+        job = httpx.post(url + "/facts", json={"facts": list(FACTS)}, headers=tenant, timeout=60)
+        job.raise_for_status()
+        job_id = job.json()["job_id"]
+        while (status := httpx.get(f"{url}/jobs/{job_id}", headers=tenant).json())[
+            "status"
+        ] not in (
+            "published",
+            "failed",
+        ):
+            time.sleep(2.0)
+        print(f"gateway: job {status['status']} in {time.monotonic() - started:.0f} s", flush=True)
+        if status["status"] != "published":
+            raise SystemExit(f"training failed: {status.get('error')}")
+        time.sleep(3.0)  # the router applies the publish event from the stream
+        probe = httpx.post(
+            url + "/v1/chat/completions",
+            json=chat_body("auto", QUESTIONS[0], 4),
+            headers=tenant,
+            timeout=120,
+        )
+        print(f"gateway routes to {probe.headers.get('x-loramem-module')}", flush=True)
+        return [
+            measure(url, "gateway auto", ["auto"], c, plan.requests(c), plan.max_tokens, tenant)
+            for c in plan.concurrency
+        ]
+
+
+def peft_cells(
+    settings: Settings, model_path: Path, adapters: list[Path], plan: Plan
+) -> list[Cell]:
+    port = settings.engine_port + 300  # 19800 next to the engine's 19500
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.peft_server",
+        "--model",
+        str(model_path),
+        "--port",
+        str(port),
+    ]
+    command += ["--base-name", settings.base_name, "--adapter", f"{adapters[0].name}={adapters[0]}"]
+    with process("peft_server", command, dict(os.environ), url + "/health", 300):
+        return engine_cells(url, "peft 1 module", [adapters[0].name], plan)
+
+
+# Engine settings compared by --only variants: name -> Settings overrides.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "all": {"engine_lora_modules": "all"},  # vLLM's default: every linear layer wrapped
+    "targets": {"engine_lora_modules": "targets"},  # the module's layer types only
+    "shape": {"engine_lora_modules": "shape"},  # ... and only on its top layers
+    "shape+max-loras-1": {"engine_lora_modules": "shape", "engine_max_loras": 1},
+}
+
+
+def variant_cells(
+    settings: Settings, model_path: Path, adapters: list[Path], plan: Plan, names: list[str]
+) -> list[Cell]:
+    c = max(plan.concurrency)
+    cells = []
+    for name in names:
+        config = settings.model_copy(update=VARIANTS[name])
+        with engine(config, model_path) as url:
+            module = load_adapters(url, adapters[:1])
+            cells.append(
+                measure(
+                    url, f"{name}: base", [settings.base_name], c, plan.requests(c), plan.max_tokens
+                )
+            )
+            cells.append(
+                measure(url, f"{name}: 1 module", module, c, plan.requests(c), plan.max_tokens)
+            )
+    return cells
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    import torch
+    import vllm
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {gpu}; vllm {vllm.__version__}, torch {torch.__version__}"
+    )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["serving", "variants"], default="serving")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16])
+    parser.add_argument("--per-slot", type=int, default=2, help="requests per concurrency slot")
+    parser.add_argument("--min-requests", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--mixed", type=_ints, default=[1, 8, 64], help="distinct modules")
+    parser.add_argument("--mixed-concurrency", type=int, default=16)
+    parser.add_argument("--skip", default="", help="comma-separated: gateway, peft, mixed")
+    parser.add_argument("--variants", default="all,targets,shape", help=f"of {list(VARIANTS)}")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    plan = Plan(
+        args.concurrency,
+        args.per_slot,
+        args.min_requests,
+        args.max_tokens,
+        args.mixed,
+        args.mixed_concurrency,
+    )
+    settings = Settings()  # ports, Redis and cache folder from LORAMEM_* as for the system
+    model_path = prepare_base_model(settings)
+    wanted = max([1] + ([] if "mixed" in skip else plan.mixed_modules))
+    adapters = make_adapters(settings, model_path, settings.cache_dir / "bench-adapters", wanted)
+    print(f"machine: {machine()}")
+    print(
+        f"engine: dtype {settings.engine_dtype}, max_loras {settings.engine_max_loras}, "
+        f"max_cpu_loras {settings.engine_max_cpu_loras}, "
+        f"lora modules {settings.engine_lora_modules}; module: rank {settings.lora_rank}, "
+        f"{settings.lora_targets}, top {settings.lora_top_layers} layers; "
+        f"max_tokens {plan.max_tokens}",
+        flush=True,
+    )
+    if args.only == "variants":
+        cells = variant_cells(settings, model_path, adapters, plan, args.variants.split(","))
+        first = {max(plan.concurrency): cells[0]}
+        print("\n" + markdown_table(cells, first, "engine setting"))
+        return
+    with engine(settings, model_path) as url:
+        names = load_adapters(url, adapters)
+        cells = engine_cells(url, "engine base", [settings.base_name], plan)
+        cells += engine_cells(url, "engine 1 module", names[:1], plan)
+        mixed = [] if "mixed" in skip else mixed_cells(url, names, plan)
+        if "gateway" not in skip:
+            cells += gateway_cells(settings, plan)
+    if "peft" not in skip:
+        cells += peft_cells(settings, model_path, adapters, plan)
+    base = {c.concurrency: c for c in cells if c.target == "engine base"}
+    print("\n" + markdown_table(sorted(cells, key=lambda c: c.concurrency), base, "target"))
+    if mixed:
+        print("\n" + markdown_table(mixed, {plan.mixed_concurrency: mixed[0]}, "engine, mixed"))
+
+
+if __name__ == "__main__":
+    main()
