@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,47 @@ def engine_command(settings: Settings, model_path: Path, port: int | None = None
         "--max-cpu-loras",
         str(settings.engine_max_cpu_loras),
         "--disable-log-stats",
+        *_lora_target_args(settings, model_path),
     ]
+
+
+# vLLM's runtime (packed) names of the linear layers a loramem target covers.
+_VLLM_TARGETS = {
+    "all-linear": ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"),
+    "attention": ("self_attn.qkv_proj", "self_attn.o_proj"),
+    "feed-forward": ("mlp.gate_up_proj", "mlp.down_proj"),
+}
+
+
+def _lora_target_args(settings: Settings, model_path: Path) -> list[str]:
+    """--lora-target-modules for settings.engine_lora_modules ("all": vLLM's default)."""
+    if settings.engine_lora_modules == "all":
+        return []
+    suffixes = _VLLM_TARGETS[settings.lora_targets]
+    if settings.engine_lora_modules == "targets":
+        return ["--lora-target-modules", *(s.split(".")[-1] for s in suffixes)]
+    config = json.loads((model_path / "config.json").read_text())
+    total = int(config["num_hidden_layers"])
+    first = max(0, total - settings.lora_top_layers) if settings.lora_top_layers else 0
+    names = [f"model.layers.{i}.{s}" for i in range(first, total) for s in suffixes]
+    return ["--lora-target-modules", *names]
+
+
+def unserved_lora_shape(settings: Settings, targets: str, top_layers: int) -> str | None:
+    """Why the engines would drop part of a module of this shape; None when they serve it all.
+
+    With engine_lora_modules other than "all", vLLM wraps only some layers and silently
+    ignores an adapter's weights elsewhere, so such a module must be refused up front.
+    """
+    mode = settings.engine_lora_modules
+    if mode == "all":
+        return None
+    if not set(_VLLM_TARGETS[targets]) <= set(_VLLM_TARGETS[settings.lora_targets]):
+        return f"the engines serve LoRA on {settings.lora_targets} layers only, not {targets}"
+    served = settings.lora_top_layers
+    if mode == "shape" and served and not 0 < top_layers <= served:
+        return f"the engines serve LoRA on the top {served} layers only, not {top_layers or 'all'}"
+    return None
 
 
 def max_lora_rank(settings: Settings) -> int:

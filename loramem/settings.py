@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     engine_max_model_len: int = 2048
     engine_max_loras: int = 4  # adapters in one batch
     engine_max_cpu_loras: int = 32  # adapters kept resident
+    # Layers vLLM wraps for LoRA. "all": every supported linear layer (vLLM's default; a
+    # wrapped layer costs the same whether or not an adapter touches it). "targets": only
+    # the layer types of lora_targets. "shape": those types on the top lora_top_layers
+    # layers only. On CPU the LoRA cost grows with wrapped layers (docs/RESULTS.md); an
+    # adapter's weights outside the wrapped layers are silently ignored by vLLM.
+    engine_lora_modules: Literal["all", "targets", "shape"] = "all"
     # Largest adapter rank the engine accepts (default: the smallest vLLM allows above
     # lora_rank). A `cat` merge of n modules has rank n * lora_rank.
     engine_max_lora_rank: int | None = Field(default=None, ge=1, le=256)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from loramem.documents import split_document
-from loramem.engine import max_lora_rank
+from loramem.engine import max_lora_rank, unserved_lora_shape
 from loramem.errors import InvalidRequest, NotFound
 from loramem.registry import Registry
 from loramem.settings import Settings
@@ -78,7 +78,7 @@ def _store(
     router: Router,
 ) -> PostFactsResponse:
     if training:
-        _check_servable_rank(training, settings)
+        _check_servable(training, settings)
     vectors = router.embed([f.text for f in facts])
     job, fact_ids = registry.add_facts(
         tenant,
@@ -91,12 +91,17 @@ def _store(
     return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
 
 
-def _check_servable_rank(training: TrainingOverrides, settings: Settings) -> None:
-    """Refuse a module the engines could not load: vLLM caps ranks at start-up."""
+def _check_servable(training: TrainingOverrides, settings: Settings) -> None:
+    """Refuse a module the engines could not load or serve whole: vLLM caps ranks and
+    (LORAMEM_ENGINE_LORA_MODULES) the layers carrying LoRA at start-up."""
     rank = training.rank or settings.lora_rank
     variant = training.variant or settings.lora_variant
     served = rank if variant == "lora" else 2 * rank  # trainer/variants.py publishes 2r
     limit = max_lora_rank(settings)
+    targets = training.targets or settings.lora_targets
+    top_layers = settings.lora_top_layers if training.top_layers is None else training.top_layers
+    if why := unserved_lora_shape(settings, targets, top_layers):
+        raise InvalidRequest(f"{why} (LORAMEM_ENGINE_LORA_MODULES)", param="training")
     if served > limit:
         raise InvalidRequest(
             f"a {variant} module of rank {rank} is served at rank {served}, over the "
