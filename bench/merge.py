@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.merge --gateway http://127.0.0.1:19000 --modules 2 --facts 8
 
 Trains `--modules` PhoneBook modules of `--facts` facts each in a fresh tenant, builds
-one merged module per combination with POST /merges, then asks every system:
+one merged module per `--variants` entry (combination:weight) with POST /merges, then asks:
 - single-fact questions ("What is the phone number of A?"), exact match;
 - two-module questions ("What are the phone numbers of A and B?", A and B from
   different modules): both numbers in the answer, and the share of numbers found.
@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--modules", type=int, default=2)
     parser.add_argument("--facts", type=int, default=8)
     parser.add_argument("--offset", type=int, default=1200)
-    parser.add_argument("--combinations", default="ties,linear,cat")
+    # combination:weight of each module, e.g. "ties:1,linear:0.5"
+    parser.add_argument("--variants", default="ties:1,linear:1,cat:1,ties:0.5,linear:0.5,cat:0.5")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
@@ -115,18 +116,21 @@ def main() -> None:
         job = bench.wait(posted.json()["job_id"])
         print(f"{name}: {job['status']} (recall {job['progress'].get('recall')})", flush=True)
     merged: dict[str, str] = {}
-    for combination in args.combinations.split(","):
+    for variant in args.variants.split(","):
+        combination, weight = variant.split(":")
         reply = bench.client.post(
-            "/merges", json={"modules": list(modules), "combination": combination},
+            "/merges",
+            json={"modules": list(modules), "combination": combination,
+                  "weights": [float(weight)] * len(modules)},
             headers=bench.headers,
         )  # fmt: skip
         if reply.status_code != 202:
-            print(f"{combination}: refused: {reply.json()['error']['message']}")
+            print(f"{variant}: refused: {reply.json()['error']['message']}")
             continue
         job = bench.wait(reply.json()["job_id"])
-        print(f"merge {combination}: {job['status']} {job.get('error') or ''}", flush=True)
+        print(f"merge {variant}: {job['status']} {job.get('error') or ''}", flush=True)
         if job["status"] == "published":
-            merged[combination] = reply.json()["module"]
+            merged[f"{combination}, weights {weight}"] = reply.json()["module"]
     print(f"setup {time.monotonic() - started:.0f} s", flush=True)
 
     singles, pairs = make_questions(modules)

@@ -30,9 +30,7 @@ def served_name(module: str, version: int) -> str:
     return f"{module}@v{version}"
 
 
-def merge_recipe(
-    sources: list[str], weights: list[float] | None
-) -> tuple[list[str], list[float]]:
+def merge_recipe(sources: list[str], weights: list[float] | None) -> tuple[list[str], list[float]]:
     """Sources in name order with their weights (default: 1.0 each, a plain sum)."""
     pairs = sorted(zip(sources, map(float, weights or [1.0] * len(sources)), strict=True))
     return [m for m, _ in pairs], [w for _, w in pairs]
@@ -47,13 +45,18 @@ def merged_module_name(
     return "mx-" + hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
 
 
-def merged_rank(ranks: list[int], combination: str) -> int:
-    """`cat` stacks the sources' ranks; `ties` and `linear` need one common rank."""
+def merged_rank(ranks: list[int], combination: str, max_rank: int) -> int:
+    """`cat` stacks the sources' ranks, which must fit the engine; `ties` and `linear`
+    combine the weight updates and refactor them at the largest rank that is exact
+    (the sum) and that the engine serves."""
     if combination == "cat":
+        if sum(ranks) > max_rank:
+            raise InvalidRequest(
+                f"a cat merge has rank {sum(ranks)}, above the engine's max LoRA rank {max_rank}",
+                param="combination",
+            )
         return sum(ranks)
-    if len(set(ranks)) > 1:
-        raise InvalidRequest(f"{combination} needs sources of one rank, got {sorted(set(ranks))}")
-    return max(ranks)
+    return min(sum(ranks), max_rank)
 
 
 def source_signature(versions: Mapping[str, int]) -> str:
