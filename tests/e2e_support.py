@@ -101,6 +101,8 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
         "LORAMEM_TRAINER_METRICS_PORT": "18200",
         "LORAMEM_RETIRE_GRACE_S": "5",
+        # Every linear layer LoRA-ready: the eval's `targets` arms train attention modules.
+        "LORAMEM_ENGINE_LORA_MODULES": "all",
     }
     env = {**os.environ, **overrides, "HF_HUB_OFFLINE": "1"}
     settings = Settings(**{k.removeprefix("LORAMEM_").lower(): v for k, v in overrides.items()})
