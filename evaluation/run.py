@@ -33,10 +33,12 @@ class EvalRun:
     @property
     def command(self) -> str:
         """The run as a command line with every flag spelled out (defaults included)."""
-        flags = " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in self.flags.items() if k != "gateway"
-        )
-        return f"loramem eval {self.experiment} {flags}"
+        words = []
+        for key, value in self.flags.items():
+            if key == "gateway" or value is None or value is False:
+                continue
+            words.append(f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}"))
+        return f"loramem eval {self.experiment} {' '.join(words)}"
 
     def tenant(self, part: str = "") -> str:
         return "-".join(p for p in ("eval", self.experiment, part, self.run_id) if p)
