@@ -90,9 +90,11 @@ class Settings(BaseSettings):
     router_merge: bool = False
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
-    # PEFT add_weighted_adapter combination: "ties" (default: same rank as the sources,
-    # and the paper found TIES/averaging work where concatenation collapses), "linear",
-    # or "cat" (exact sum, but rank n * lora_rank must fit engine_max_lora_rank).
+    # PEFT add_weighted_adapter combination (trainer/merge.py): "ties" (default: TIES on
+    # the weight updates, refactored to a rank the engine serves; the paper found
+    # TIES/averaging work where concatenation collapses, and the exact sum `cat` lost
+    # every fact here, docs/RESULTS.md), "linear" (weighted sum, refactored), or "cat"
+    # (rank n * lora_rank must fit engine_max_lora_rank).
     merge_combination: Literal["ties", "linear", "cat"] = "ties"
     merge_density: float = Field(default=1.0, gt=0.0, le=1.0)  # TIES: share of values kept
 
