@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
 from trainer import train as training
@@ -22,7 +22,7 @@ from trainer.config import TrainConfig
 
 def save_initial(peft_model: PeftModel, folder: Path) -> None:
     """PiSSA's starting point, which PEFT's conversion to plain LoRA subtracts."""
-    config = peft_model.peft_config["default"]
+    config = cast(LoraConfig, peft_model.peft_config["default"])
     init = config.init_lora_weights
     config.init_lora_weights = True  # saved as plain LoRA, as PEFT's conversion expects
     peft_model.save_pretrained(str(folder), safe_serialization=True)
@@ -59,9 +59,10 @@ def _fit_plain_lora(peft_model: PeftModel, model_path: Path, config: TrainConfig
     plain = training.make_peft_model(
         fitted_base, replace(config, variant="lora", rank=rank, alpha=float(rank))
     )
-    for name, layer in plain.named_modules():
-        if not isinstance(layer, LoraLayer):
+    for name, module in plain.named_modules():
+        if not isinstance(module, LoraLayer):
             continue
+        layer: Any = module  # PEFT types lora_A / lora_B loosely
         inner_name = name.removeprefix("base_model.model.")
         delta = merged.get_submodule(inner_name).weight - layer.get_base_layer().weight
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
