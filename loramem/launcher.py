@@ -82,6 +82,11 @@ class Launcher:
             return False
 
     def run(self) -> int:
+        # SIGTERM (docker stop, kill, a supervisor) and SIGINT stop the children too. SIGINT
+        # needs its handler back: a shell without job control starts background commands
+        # with it ignored, and Python then leaves it ignored.
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.ensure_redis()
             self.start_engine(prepare_base_model(self.settings))
@@ -117,6 +122,10 @@ class Launcher:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _redis_answers(url: str) -> bool:
