@@ -47,6 +47,17 @@ def test_a_trained_adapter_recalls_its_facts(model_path: Path, tmp_path: Path) -
     assert TrainConfig.from_json((tmp_path / "training_config.json").read_text()) == config
 
 
+ONE_STEP_NO_GATE = {"recall_gate": 0.0, "max_steps": 1}
+
+
+def _run_one_job(settings: Settings, registry: Registry) -> Worker:
+    """A worker on the real base model takes one job (no engine listens: loading fails)."""
+    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
+    worker.queue.ensure_group()
+    assert worker.run_once()
+    return worker
+
+
 def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Registry) -> None:
     settings = settings.model_copy(
         update={
@@ -58,9 +69,7 @@ def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Reg
     )
     people = phonebook(settings.data_dir, 3, offset=300)
     job, _ids = registry.add_facts("t", [p.fact for p in people], [None] * 3, [b""] * 3)
-    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
-    worker.queue.ensure_group()
-    assert worker.run_once()
+    worker = _run_one_job(settings, registry)
     failed = registry.get_job(job.id)
     assert failed.status is JobStatus.FAILED
     assert failed.error is not None and "recall" in failed.error and "gate" in failed.error
@@ -75,9 +84,7 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
     )
     people = phonebook(settings.data_dir, 2, offset=310)
     job, ids = registry.add_facts("t", [p.fact for p in people], [None] * 2, [b""] * 2)
-    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
-    worker.queue.ensure_group()
-    assert worker.run_once()
+    worker = _run_one_job(settings, registry)
     failed = registry.get_job(job.id)  # one step cannot store even one fact: it still fails
     assert failed.status is JobStatus.FAILED
     [moved_to] = failed.progress["split_into"]
@@ -97,9 +104,7 @@ def test_a_job_whose_facts_are_already_published_is_not_retrained(
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     job, ids = registry.add_facts("t", ["The colour of X is red."], [None], [b""])
     registry.publish_version(VersionInfo(job.module, 1, "t", ids, 1.0, "c", {}), {})
-    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
-    worker.queue.ensure_group()
-    assert worker.run_once()
+    _run_one_job(settings, registry)
     done = registry.get_job(job.id)
     assert (done.status, done.version) == (JobStatus.PUBLISHED, 1)
     assert done.progress == {"phase": "already published"}
@@ -110,13 +115,10 @@ def test_a_per_job_gate_of_zero_publishes_after_one_round(
 ) -> None:
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     people = phonebook(settings.data_dir, 2, offset=320)
-    overrides = {"recall_gate": 0.0, "max_steps": 1}
     job, _ids = registry.add_facts(
-        "t", [p.fact for p in people], [None] * 2, [b""] * 2, overrides=overrides
+        "t", [p.fact for p in people], [None] * 2, [b""] * 2, overrides=ONE_STEP_NO_GATE
     )
-    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
-    worker.queue.ensure_group()
-    assert worker.run_once()
+    _run_one_job(settings, registry)
     after = registry.get_job(job.id)
     # Past the gate despite one step; it stops at loading, since no engine listens here.
     assert after.status is JobStatus.PUBLISHING
@@ -129,15 +131,12 @@ def test_batches_posted_back_to_back_train_in_one_job(
 ) -> None:
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     people = phonebook(settings.data_dir, 4, offset=330)
-    overrides = {"recall_gate": 0.0, "max_steps": 1}
     first, _ = registry.add_facts(
-        "t", [p.fact for p in people[:2]], [None] * 2, [b""] * 2, overrides=overrides
+        "t", [p.fact for p in people[:2]], [None] * 2, [b""] * 2, overrides=ONE_STEP_NO_GATE
     )
     registry.add_facts(
         "t", [p.fact for p in people[2:]], [None] * 2, [b""] * 2, module=first.module,
-        overrides=overrides,
+        overrides=ONE_STEP_NO_GATE,
     )  # fmt: skip
-    worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
-    worker.queue.ensure_group()
-    assert worker.run_once()
+    _run_one_job(settings, registry)
     assert registry.get_job(first.id).progress["facts"] == 4  # the second batch joined it
