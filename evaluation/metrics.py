@@ -36,12 +36,17 @@ def contains(answer: str, expected: str) -> bool:
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu's corpus BLEU (0-100) with its default 13a tokenizer."""
-    return float(BLEU().corpus_score(list(hypotheses), [list(references)]).score)
+    return _at_most_100(BLEU().corpus_score(list(hypotheses), [list(references)]).score)
 
 
 def sentence_bleu(hypothesis: str, reference: str) -> float:
     # effective_order: short answers lack 4-grams; without it most sentences score 0.
-    return float(BLEU(effective_order=True).sentence_score(hypothesis, [reference]).score)
+    return _at_most_100(BLEU(effective_order=True).sentence_score(hypothesis, [reference]).score)
+
+
+def _at_most_100(score: float) -> float:
+    # sacrebleu sums logs and exponentiates: identical texts score 100.00000000000004.
+    return min(100.0, float(score))
 
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

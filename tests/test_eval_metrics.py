@@ -19,6 +19,9 @@ def test_bleu_matches_hand_computed_value() -> None:
     assert metrics.corpus_bleu([HYP], [REF]) == pytest.approx(expected, abs=0.01)
     assert metrics.sentence_bleu(HYP, REF) == pytest.approx(expected, abs=0.01)
     assert metrics.corpus_bleu([REF], [REF]) == pytest.approx(100.0)
+    # sacrebleu alone gives this sentence 100.00000000000004 against itself.
+    same = "The phone number of Jasper Thistlewood is 948-722-3425."
+    assert metrics.corpus_bleu([same], [same]) == metrics.sentence_bleu(same, same) == 100.0
 
 
 def test_rouge_l_matches_hand_computed_value() -> None:
