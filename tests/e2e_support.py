@@ -103,6 +103,10 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "LORAMEM_RETIRE_GRACE_S": "5",
         # Every linear layer LoRA-ready: the eval's `targets` arms train attention modules.
         "LORAMEM_ENGINE_LORA_MODULES": "all",
+        # A two-person question scores its two people's facts up to 0.19 apart on the
+        # paper's PhoneBook (99th percentile of 200 pairs); the default margin of 0.1 groups
+        # only 3 in 4 of them, and the merge test must not depend on which names it drew.
+        "LORAMEM_ROUTER_MERGE_MARGIN": "0.3",
     }
     env = {**os.environ, **overrides, "HF_HUB_OFFLINE": "1"}
     settings = Settings(**{k.removeprefix("LORAMEM_").lower(): v for k, v in overrides.items()})
