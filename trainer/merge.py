@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from peft import PeftModel
 
-from loramem.adapter_store import checksum, read_files, validate_adapter_config
+from loramem.adapter_store import read_files
 from loramem.engine import max_lora_rank
 from loramem.errors import LoramemError
 from loramem.jobs import JobStatus
-from loramem.registry import Job, MergeSpec, VersionInfo, merged_rank
+from loramem.registry import Job, MergeSpec, merged_rank
 from trainer import train as training
 
 if TYPE_CHECKING:
@@ -103,21 +103,16 @@ def build_merge(worker: Worker, job: Job) -> None:
         model.save_pretrained(scratch, selected_adapters=[MERGED])
         (Path(scratch) / "training_config.json").write_text(json.dumps(recipe, indent=2))
         files = read_files(Path(scratch))
-    validate_adapter_config(files, max_rank=max_lora_rank(settings))
-    version = registry.next_version(spec.name)
-    ref = worker.store.write_local(spec.name, version, files)
-    worker._load_everywhere(ref)  # servable before anyone can be routed to it
-    info = VersionInfo(
-        module=spec.name,
-        version=version,
-        tenant=spec.tenant,
+    ref = worker.publish(
+        job,
+        spec.name,
+        files,
+        max_rank=max_lora_rank(settings),
         fact_ids=[],  # the router indexes facts under their sources only
         recall=float("nan"),  # not gated: measured by bench/merge.py
-        checksum=checksum(files),
         train_config=recipe,
         merged_from=versions,
     )
-    registry.publish_version(info, files, job_id=job.id)
     log.info("published merged %s from %s", ref.name, versions)
 
 

@@ -270,7 +270,7 @@ class Worker:
         trained = set(self.registry.get_version(job.module, active).fact_ids)
         return active if {f.id for f in facts} <= trained else None
 
-    def _load_everywhere(self, ref: AdapterRef) -> None:
+    def load_everywhere(self, ref: AdapterRef) -> None:
         """Load into every reachable engine; one that is down gets it from the gateway's
         reconciler when it is back. No engine at all: the job is retried later."""
         loaded = 0
@@ -301,21 +301,32 @@ class Worker:
                 run.peft_model, Path(scratch), config, self.model_path, Path(run.initial.name)
             )
             files = read_files(Path(scratch))
-        validate_adapter_config(files, max_rank=max(256, 2 * config.rank))
-        version = self.registry.next_version(job.module)
-        ref = self.store.write_local(job.module, version, files)
-        self._load_everywhere(ref)  # servable before anyone can be routed to it
-        info = VersionInfo(
-            module=job.module,
-            version=version,
-            tenant=job.tenant,
+        ref = self.publish(
+            job,
+            job.module,
+            files,
+            max_rank=max(256, 2 * config.rank),
             fact_ids=fact_ids,
             recall=measured,
-            checksum=checksum(files),
             train_config=asdict(config),
         )
-        self.registry.publish_version(info, files, job_id=job.id)
         log.info("published %s (recall %.3f)", ref.name, measured)
+
+    def publish(
+        self, job: Job, module: str, files: dict[str, bytes], max_rank: int, **details: Any
+    ) -> AdapterRef:
+        """Check, store, load into the engines, then announce a new version of `module`.
+        `details` are the rest of its VersionInfo. The order matters: a version is
+        servable before anyone can be routed to it."""
+        validate_adapter_config(files, max_rank=max_rank)
+        version = self.registry.next_version(module)
+        ref = self.store.write_local(module, version, files)
+        self.load_everywhere(ref)
+        info = VersionInfo(
+            module=module, version=version, tenant=job.tenant, checksum=checksum(files), **details
+        )
+        self.registry.publish_version(info, files, job_id=job.id)
+        return ref
 
 
 def main(settings: Settings) -> None:
