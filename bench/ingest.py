@@ -19,7 +19,7 @@ from loramem.datasets import phonebook
 from loramem.settings import get_settings
 
 
-def one_run(client: httpx.Client, count: int, offset: int) -> tuple[float, float]:
+def one_run(client: httpx.Client, count: int, offset: int) -> tuple[float, float, int]:
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
     headers = {"x-loramem-tenant": tenant}
     people = phonebook(get_settings().data_dir, count, offset=offset)
@@ -44,7 +44,7 @@ def one_run(client: httpx.Client, count: int, offset: int) -> tuple[float, float
         }
         reply = client.post("/v1/chat/completions", json=body, headers=headers).json()
         hits += person.phone in reply["choices"][0]["message"]["content"]
-    return elapsed, hits / count
+    return elapsed, hits / count, job["progress"].get("step", 0)
 
 
 def main() -> None:
@@ -54,15 +54,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     client = httpx.Client(base_url=args.gateway, timeout=600)
-    print("| facts | runs | median POST->published (s) | all runs (s) | recall model=auto |")
-    print("|---|---|---|---|---|")
+    print(
+        "| facts | runs | median POST->published (s) | all runs (s) | training steps "
+        "| recall model=auto |"
+    )
+    print("|---|---|---|---|---|---|")
     for count in (int(s) for s in args.sizes.split(",")):
         results = [one_run(client, count, offset=run * 100) for run in range(args.runs)]
-        times = [t for t, _ in results]
-        recalls = [r for _, r in results]
+        times = [t for t, _, _ in results]
         print(
             f"| {count} | {args.runs} | {statistics.median(times):.1f} | "
-            f"{', '.join(f'{t:.1f}' for t in times)} | {statistics.mean(recalls):.3f} |"
+            f"{', '.join(f'{t:.1f}' for t in times)} | "
+            f"{', '.join(str(steps) for _, _, steps in results)} | "
+            f"{statistics.mean(r for _, r, _ in results):.3f} |",
+            flush=True,
         )
 
 
