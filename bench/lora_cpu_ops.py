@@ -20,7 +20,9 @@ adapter for every token, as when all requests use the same module):
   calls them (a float32 buffer, then shrink per slice, then expand_slice per slice);
 - `grouped`: the same result computed per distinct adapter (x[rows] @ A.T @ B.T), which is
   what the GPU kernels do and what a CPU fix could do.
-It checks that `grouped` gives vLLM's result before timing.
+- `loramem ops`: the same calls as `vllm ops`, to loramem's fix (loramem/vllm_cpu_lora.py),
+  which the engine loads as a vLLM plugin.
+It checks that `grouped` and `loramem ops` give vLLM's result before timing.
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ def make_layer(size_in: int, slices: tuple[int, ...]) -> Layer:
     return size_in, slices, weight, a, b
 
 
-def vllm_lora(x: torch.Tensor, y: torch.Tensor, layer: Layer, indices: torch.Tensor) -> None:
-    from vllm.lora.ops.torch_ops import bgmv_expand_slice, bgmv_shrink
+def vllm_lora(
+    x: torch.Tensor, y: torch.Tensor, layer: Layer, indices: torch.Tensor, fixed: bool = False
+) -> None:
+    """PunicaWrapperCPU.add_lora_linear's calls, to vLLM's ops or to loramem's fix."""
+    if fixed:
+        from loramem.vllm_cpu_lora import bgmv_expand_slice, bgmv_shrink
+    else:
+        from vllm.lora.ops.torch_ops.lora_ops import bgmv_expand_slice, bgmv_shrink
 
     _, slices, _, a, b = layer
     buffers = [torch.zeros((x.size(0), RANK), dtype=torch.float32) for _ in slices]
@@ -77,6 +85,44 @@ def grouped_lora(x: torch.Tensor, y: torch.Tensor, layer: Layer, indices: torch.
             offset += size
 
 
+KINDS = {
+    "vllm ops": vllm_lora,
+    "loramem ops": lambda x, y, layer, indices: vllm_lora(x, y, layer, indices, fixed=True),
+    "grouped": grouped_lora,
+}
+
+
+def run_all(layers: list[Layer], kind: str, tokens: int) -> Callable[[], None]:
+    """One engine step's linear layers (`base`) or their LoRA terms, over all 30 layers."""
+    xs = {size_in: torch.randn(tokens, size_in) for size_in, *_ in layers}
+    ys = [torch.zeros(tokens, sum(s)) for _, s, *_ in layers]
+    indices = torch.zeros(tokens, dtype=torch.long)  # every token on adapter slot 0
+
+    def step() -> None:
+        for _ in range(LAYERS):
+            for layer, y in zip(layers, ys, strict=True):
+                x = xs[layer[0]]
+                if kind == "base":
+                    torch.matmul(x, layer[2].T, out=y)
+                else:
+                    KINDS[kind](x, y, layer, indices)
+
+    return step
+
+
+def check_equal(layers: list[Layer]) -> None:
+    """Same numbers from every kind, so the timing compares equal work."""
+    for layer in layers:
+        x = torch.randn(5, layer[0])
+        indices = torch.tensor([0, 1, 0, 2, 3])
+        want = torch.zeros(5, sum(layer[1]))
+        vllm_lora(x, want, layer, indices)
+        for kind in ("grouped", "loramem ops"):
+            got = torch.zeros(5, sum(layer[1]))
+            KINDS[kind](x, got, layer, indices)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def time_s(step: Callable[[], None], repeat: int) -> float:
     step()  # warm-up
     started = time.perf_counter()
@@ -96,43 +142,22 @@ def main() -> None:
     torch.manual_seed(0)
     layers = [make_layer(size_in, slices) for _, size_in, slices in LINEARS]
 
-    def run_all(kind: str, tokens: int) -> Callable[[], None]:
-        xs = {size_in: torch.randn(tokens, size_in) for size_in, *_ in layers}
-        ys = [torch.zeros(tokens, sum(s)) for _, s, *_ in layers]
-        indices = torch.zeros(tokens, dtype=torch.long)  # every token on adapter slot 0
-
-        def step() -> None:
-            for _ in range(LAYERS):
-                for layer, y in zip(layers, ys, strict=True):
-                    x = xs[layer[0]]
-                    if kind == "base":
-                        torch.matmul(x, layer[2].T, out=y)
-                    elif kind == "vllm ops":
-                        vllm_lora(x, y, layer, indices)
-                    else:
-                        grouped_lora(x, y, layer, indices)
-
-        return step
-
-    for layer in layers:  # same numbers, so the timing compares equal work
-        x = torch.randn(5, layer[0])
-        indices = torch.tensor([0, 1, 0, -1, 3])
-        want, got = torch.zeros(5, sum(layer[1])), torch.zeros(5, sum(layer[1]))
-        vllm_lora(x, want, layer, indices.clamp_min(0))
-        grouped_lora(x, got, layer, indices.clamp_min(0))
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    check_equal(layers)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}")
     print(
-        "| tokens in step | base linears ms | vLLM LoRA ops ms | grouped LoRA ms | vLLM / grouped |"
+        "| tokens in step | base linears ms | vLLM LoRA ops ms | grouped LoRA ms "
+        "| loramem ops ms | vLLM / loramem |"
     )
-    print("|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|")
     for tokens in (int(t) for t in args.tokens.split(",")):
-        base, ops, grouped = (
-            time_s(run_all(kind, tokens), args.repeat) * 1000
-            for kind in ("base", "vllm ops", "grouped")
+        base, ops, grouped, ours = (
+            time_s(run_all(layers, kind, tokens), args.repeat) * 1000
+            for kind in ("base", "vllm ops", "grouped", "loramem ops")
         )
-        print(f"| {tokens} | {base:.1f} | {ops:.1f} | {grouped:.1f} | {ops / grouped:.1f} |")
+        print(
+            f"| {tokens} | {base:.1f} | {ops:.1f} | {grouped:.1f} | {ours:.1f} | {ops / ours:.1f} |"
+        )
 
 
 if __name__ == "__main__":

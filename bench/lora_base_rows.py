@@ -1,0 +1,109 @@
+"""Reproduction on the real engine: in a step that mixes requests with and without an
+adapter, vLLM's CPU LoRA ops give the adapter-less ones the last slot's adapter.
+
+    .venv/bin/python -m bench.lora_base_rows                 # with loramem's fix
+    VLLM_PLUGINS= .venv/bin/python -m bench.lora_base_rows   # vLLM as shipped
+
+Starts an engine with `--max-loras 2`, loads two modules of the default shape with large
+random weights (so each one changes the greedy text), and asks one base completion alone,
+then while module requests generate in the same steps. Prints every answer and whether the
+base answer in a mixed step equals the base answer alone, and exits 1 when it does not.
+(The cause, and the fix, are in loramem/vllm_cpu_lora.py.)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.serving import engine, load_adapters
+from loramem.base_model import prepare_base_model
+from loramem.settings import Settings
+
+PROMPT = "The capital of France is"
+
+
+@dataclass
+class BaseRows:
+    alone: str  # the base model's answer with no adapter request in flight
+    modules: dict[str, str]  # each module's own answer
+    mixed: list[str]  # base answers while module requests share the engine's steps
+
+    @property
+    def same(self) -> bool:
+        return all(answer == self.alone for answer in self.mixed)
+
+
+def make_modules(model_path: Path, settings: Settings, folder: Path, count: int) -> list[Path]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.config import TrainConfig
+    from trainer.train import make_peft_model
+
+    config = TrainConfig.from_settings(settings)
+    model = make_peft_model(AutoModelForCausalLM.from_pretrained(model_path), config)
+    lora = [p for name, p in model.named_parameters() if "lora_" in name]
+    paths = [folder / f"rows-{i}" for i in range(count)]
+    for seed, path in enumerate(paths):
+        torch.manual_seed(seed)
+        with torch.no_grad():  # large enough that every module answers differently
+            for p in lora:
+                p.normal_(0.0, 0.1)
+        model.save_pretrained(str(path))
+    return paths
+
+
+def complete(url: str, model: str, tokens: int = 24) -> str:
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    reply = httpx.post(url + "/v1/completions", json=body, timeout=600)
+    reply.raise_for_status()
+    return str(reply.json()["choices"][0]["text"])
+
+
+def check(settings: Settings, folder: Path, trials: int = 2) -> BaseRows:
+    model_path = prepare_base_model(settings)
+    paths = make_modules(model_path, settings, folder, count=settings.engine_max_loras)
+    with engine(settings, model_path) as url:
+        names = load_adapters(url, paths)
+        base = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+        alone = complete(url, base)
+        modules = {name: complete(url, name) for name in names}  # every slot now holds one
+        mixed = []
+        for _ in range(trials):
+            with concurrent.futures.ThreadPoolExecutor(len(names) + 1) as pool:
+                busy = [pool.submit(complete, url, name, 200) for name in names]
+                time.sleep(0.5)  # the module requests are decoding: the base one joins them
+                mixed.append(pool.submit(complete, url, base).result())
+                for future in busy:
+                    future.result()
+    return BaseRows(alone, modules, mixed)
+
+
+def main() -> None:
+    import tempfile
+
+    settings = Settings(engine_port=18300, engine_max_loras=2, engine_max_cpu_loras=4)
+    with tempfile.TemporaryDirectory() as folder:
+        rows = check(settings, Path(folder))
+    print(f"base alone: {rows.alone!r}")
+    for name, answer in rows.modules.items():
+        print(f"{name} alone: {answer!r}")
+    for answer in rows.mixed:
+        print(f"base in a mixed step: {answer!r}")
+    print("base rows unaffected" if rows.same else "BASE ROWS GOT AN ADAPTER'S OUTPUT")
+    raise SystemExit(0 if rows.same else 1)
+
+
+if __name__ == "__main__":
+    main()
