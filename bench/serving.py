@@ -17,7 +17,8 @@ at concurrency 1, 4 and 16 (a fixed number of requests per cell, after a short w
 The mixed table spreads requests over 1, 8 and 64 distinct modules on the engine; the
 engine keeps `max_loras` adapters in a batch and `max_cpu_loras` resident (printed).
 `--only variants` starts one engine per setting named in `--variants` and measures base and
-one module at the highest concurrency on each, side by side.
+one module at the highest concurrency on each, side by side. A name ending in `+vllm-ops`
+(`shape+vllm-ops`) runs that setting on vLLM's own CPU LoRA ops, with loramem's plugin off.
 """
 
 from __future__ import annotations
@@ -219,12 +220,13 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def engine(settings: Settings, model_path: Path) -> Iterator[str]:
+def engine(
+    settings: Settings, model_path: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
     url = f"http://127.0.0.1:{settings.engine_port}"
     started = time.monotonic()
-    with process(
-        "engine", engine_command(settings, model_path), engine_env(settings), url + "/health", 600
-    ):
+    environment = {**engine_env(settings), **(env or {})}
+    with process("engine", engine_command(settings, model_path), environment, url + "/health", 600):
         print(f"engine up in {time.monotonic() - started:.0f} s", flush=True)
         yield url
 
@@ -366,6 +368,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "shape": {"engine_lora_modules": "shape"},  # ... and only on its top layers
     "shape+max-loras-1": {"engine_lora_modules": "shape", "engine_max_loras": 1},
 }
+# Variants run on vLLM's own CPU LoRA ops: loramem's plugin (loramem/vllm_cpu_lora.py) off.
+VLLM_OPS = {f"{name}+vllm-ops": overrides for name, overrides in VARIANTS.items()}
 
 
 def variant_cells(
@@ -374,8 +378,9 @@ def variant_cells(
     c = max(plan.concurrency)
     cells = []
     for name in names:
-        config = settings.model_copy(update=VARIANTS[name])
-        with engine(config, model_path) as url:
+        config = settings.model_copy(update={**VARIANTS, **VLLM_OPS}[name])
+        env = {"VLLM_PLUGINS": ""} if name in VLLM_OPS else {}
+        with engine(config, model_path, env) as url:
             module = load_adapters(url, adapters[:1])
             cells.append(
                 measure(
@@ -420,7 +425,9 @@ def main() -> None:
     parser.add_argument("--mixed", type=_ints, default=[1, 8, 64], help="distinct modules")
     parser.add_argument("--mixed-concurrency", type=int, default=16)
     parser.add_argument("--skip", default="", help="comma-separated: gateway, peft, mixed")
-    parser.add_argument("--variants", default="all,targets,shape", help=f"of {list(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="all,targets,shape", help=f"of {[*VARIANTS, *VLLM_OPS]}"
+    )
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     plan = Plan(
