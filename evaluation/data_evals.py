@@ -95,13 +95,13 @@ def phonebook_eval(run: EvalRun) -> dict[str, Any]:
 _VALUE_END = re.compile(r"[.,;:!?\n]")
 
 
-def own_value(answer: str, prompt: str) -> str:
+def own_value(answer: str, prompt: str, words: int = 4) -> str:
     """The base model's own completion of an edit prompt: what follows the prompt in its
-    answer (or its answer's opening), up to punctuation, at most four words."""
+    answer (or its answer's opening), up to punctuation, at most `words` words."""
     text = answer.strip()
     if text.lower().startswith(prompt.lower()):
         text = text[len(prompt) :]
-    return " ".join(_VALUE_END.split(text, maxsplit=1)[0].split()[:4])
+    return " ".join(_VALUE_END.split(text, maxsplit=1)[0].split()[:words])
 
 
 def counterfact_eval(run: EvalRun) -> dict[str, Any]:
@@ -113,7 +113,12 @@ def counterfact_eval(run: EvalRun) -> dict[str, Any]:
     base_answers = client.map(
         lambda p: client.chat(p, run.settings.base_name, max_tokens=16), prompts, desc="base own"
     )
-    olds = [own_value(a.text, e.prompt) for a, e in zip(base_answers, edits, strict=True)]
+    # As many words as the new target: a longer candidate sums more log-probabilities,
+    # and with four words the base model "preferred" the edit in 70% of cases.
+    olds = [
+        own_value(a.text, e.prompt, words=len(e.target.split()))
+        for a, e in zip(base_answers, edits, strict=True)
+    ]
     answers = ask_arms(run, client, prompts, facts, max_tokens=24)
     arms: list[dict[str, Any]] = []
     for arm, replies in answers.items():

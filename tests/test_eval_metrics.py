@@ -89,3 +89,4 @@ def test_own_value_reads_the_completion() -> None:
     assert own_value("Lenta.ru is written in Russian, mostly.", prompt) == "Russian"
     assert own_value("Russian.", prompt) == "Russian"
     assert own_value("", prompt) == ""
+    assert own_value("Lenta.ru is written in Old Church Slavonic", prompt, words=1) == "Old"
