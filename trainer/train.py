@@ -267,9 +267,10 @@ def recall(
     tokenizer: PreTrainedTokenizerBase,
     qas: list[FactQA],
     batch_size: int = 16,
-    max_new_tokens: int = 40,
 ) -> tuple[float, list[str]]:
-    """Greedy answers to each fact's first question; a hit contains the expected value."""
+    """Greedy answers to each fact's first question; a hit contains the expected value.
+    Each batch may generate its longest trained answer and a little more: the value often
+    ends a long sentence, and a fixed cap cut it off (a paper's sentence never passed)."""
     peft_model.eval()
     answers: list[str] = []
     tokenizer.padding_side = "left"
@@ -279,13 +280,16 @@ def recall(
     for start in range(0, len(qas), batch_size):
         chunk = qas[start : start + batch_size]
         prompts = [chat_prompt_ids(tokenizer, qa.questions[0]) for qa in chunk]
+        longest = max(
+            len(tokenizer(qa.answer, add_special_tokens=False)["input_ids"]) for qa in chunk
+        )
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         out = peft_model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=longest + 8,
             do_sample=False,
             pad_token_id=pad_id,
         )
