@@ -38,8 +38,8 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
 `icl` (all facts in the system prompt), `rag`, `lora` (model=auto), `hybrid` (model=auto):
 - phonebook: `exact_match`, `strict_match`, `answered_by_module` (0-1).
 - counterfact: `efficacy` (0-1, share of edits where the arm gives the new target a higher
-  log-probability than the base model's own greedy answer, cut to as many words as
-  the new target so both sum over comparable lengths, read from vLLM's
+  log-probability than the base model's own value (its greedy continuation of the
+  prompt in the same assistant turn, cut to as many words as the new target), read from vLLM's
   `prompt_logprobs`), `efficacy_scored` (edits where both could be scored),
   `contains_target` (0-1, the new target in the greedy answer), `answered_by_module`;
   top level `base_already_says_new`.

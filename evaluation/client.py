@@ -158,25 +158,20 @@ class EvalClient:
         vLLM's prompt_logprobs with the assistant turn continued (no generation prompt).
 
         None when the tail tokens do not spell the candidate (a token spans the boundary)."""
-        messages = [{"role": "system", "content": system}] if system else []
-        messages += [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": f"{answer_prefix} {candidate}".strip()},
-        ]
-        body = {
-            "model": model,
-            "messages": messages,
-            "max_tokens": 1,
-            "temperature": 0,
-            "prompt_logprobs": 0,
-            "add_generation_prompt": False,
-            "continue_final_message": True,
-            "loramem": {"mode": mode},
-        }
-        reply = self.http.post("/v1/chat/completions", json=body)
+        body = _continued(question, f"{answer_prefix} {candidate}".strip(), model, mode, system)
+        reply = self.http.post("/v1/chat/completions", json={**body, "prompt_logprobs": 0})
         if reply.status_code != 200:
             raise RuntimeError(f"scoring refused: {_error(reply).get('message')}")
         return tail_logprob(reply.json().get("prompt_logprobs") or [], candidate)
+
+    def continuation(self, question: str, answer_prefix: str, model: str, max_tokens: int) -> str:
+        """The greedy continuation of an assistant turn that begins with `answer_prefix`:
+        the same context continuation_logprob scores candidates in."""
+        body = _continued(question, answer_prefix, model, "lora", None)
+        reply = self.http.post("/v1/chat/completions", json={**body, "max_tokens": max_tokens})
+        if reply.status_code != 200:
+            raise RuntimeError(f"continuation refused: {_error(reply).get('message')}")
+        return str(reply.json()["choices"][0]["message"]["content"])
 
     def map(self, func: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]:
         """Run requests concurrently (the engine batches them), in order, with a bar."""
@@ -185,6 +180,26 @@ class EvalClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _continued(
+    question: str, assistant: str, model: str, mode: str, system: str | None
+) -> dict[str, Any]:
+    """A chat request that continues the assistant turn `assistant` (no generation prompt)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": assistant},
+    ]
+    return {
+        "model": model,
+        "messages": messages,
+        "max_tokens": 1,
+        "temperature": 0,
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+        "loramem": {"mode": mode},
+    }
 
 
 def tail_logprob(entries: Sequence[dict | None], candidate: str) -> float | None:

@@ -110,13 +110,16 @@ def counterfact_eval(run: EvalRun) -> dict[str, Any]:
     facts = [e.sentence for e in edits]
     jobs = ingest(run, client, lambda: client.post_facts(facts, None, training(run)))
     prompts = [e.prompt for e in edits]
+    # The base model's own value: its greedy continuation of the prompt in the very turn
+    # the candidates are scored in (a free chat answer often opened with other words),
+    # cut to as many words as the new target, so both sum comparable log-probabilities.
     base_answers = client.map(
-        lambda p: client.chat(p, run.settings.base_name, max_tokens=16), prompts, desc="base own"
+        lambda p: client.continuation(p, p, run.settings.base_name, max_tokens=16),
+        prompts,
+        desc="base own",
     )
-    # As many words as the new target: a longer candidate sums more log-probabilities,
-    # and with four words the base model "preferred" the edit in 70% of cases.
     olds = [
-        own_value(a.text, e.prompt, words=len(e.target.split()))
+        own_value(a, e.prompt, words=len(e.target.split()))
         for a, e in zip(base_answers, edits, strict=True)
     ]
     answers = ask_arms(run, client, prompts, facts, max_tokens=24)
