@@ -19,6 +19,24 @@ RUBRIC = (
 )
 
 
+# Structured output (vLLM's and OpenAI's `response_format`): even the 135M base model then
+# replies with valid rubric JSON; without it, it never did (10 of 10 parse failures).
+VERDICT_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "verdict",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "score": {"type": "integer", "minimum": 0, "maximum": 10},
+                "explanation": {"type": "string", "maxLength": 300},
+            },
+            "required": ["score", "explanation"],
+        },
+    },
+}
+
+
 class Judge:
     def __init__(self, url: str, model: str, own_engine: bool) -> None:
         self.url = url.rstrip("/")
@@ -37,7 +55,8 @@ class Judge:
         body = {
             "model": self.model,
             "temperature": 0,
-            "max_tokens": 96,
+            "max_tokens": 128,
+            "response_format": VERDICT_FORMAT,
             "messages": [
                 {"role": "system", "content": RUBRIC},
                 {
