@@ -29,7 +29,7 @@ VERDICT_FORMAT = {
             "type": "object",
             "properties": {
                 "score": {"type": "integer", "minimum": 0, "maximum": 10},
-                "explanation": {"type": "string", "maxLength": 300},
+                "explanation": {"type": "string", "maxLength": 160},
             },
             "required": ["score", "explanation"],
         },
@@ -55,7 +55,9 @@ class Judge:
         body = {
             "model": self.model,
             "temperature": 0,
-            "max_tokens": 128,
+            # Room for the longest explanation the schema allows even at a token per
+            # character: a reply cut short is invalid JSON.
+            "max_tokens": 256,
             "response_format": VERDICT_FORMAT,
             "messages": [
                 {"role": "system", "content": RUBRIC},
