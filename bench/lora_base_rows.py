@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serving import engine, load_adapters
+from bench.serving import engine, load_adapters, make_adapters
 from loramem.base_model import prepare_base_model
 from loramem.settings import Settings
 
@@ -38,26 +38,6 @@ class BaseRows:
         return all(answer == self.alone for answer in self.mixed)
 
 
-def make_modules(model_path: Path, settings: Settings, folder: Path, count: int) -> list[Path]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from trainer.config import TrainConfig
-    from trainer.train import make_peft_model
-
-    config = TrainConfig.from_settings(settings)
-    model = make_peft_model(AutoModelForCausalLM.from_pretrained(model_path), config)
-    lora = [p for name, p in model.named_parameters() if "lora_" in name]
-    paths = [folder / f"rows-{i}" for i in range(count)]
-    for seed, path in enumerate(paths):
-        torch.manual_seed(seed)
-        with torch.no_grad():  # large enough that every module answers differently
-            for p in lora:
-                p.normal_(0.0, 0.1)
-        model.save_pretrained(str(path))
-    return paths
-
-
 def complete(url: str, model: str, tokens: int = 24) -> str:
     body = {
         "model": model,
@@ -73,7 +53,8 @@ def complete(url: str, model: str, tokens: int = 24) -> str:
 
 def check(settings: Settings, folder: Path, trials: int = 2) -> BaseRows:
     model_path = prepare_base_model(settings)
-    paths = make_modules(model_path, settings, folder, count=settings.engine_max_loras)
+    # Large weights, so every module changes the greedy text and borrowing one shows.
+    paths = make_adapters(settings, model_path, folder, settings.engine_max_loras, std=0.1)
     with engine(settings, model_path) as url:
         names = load_adapters(url, paths)
         base = httpx.get(url + "/v1/models").json()["data"][0]["id"]

@@ -231,7 +231,9 @@ def engine(
         yield url
 
 
-def make_adapters(settings: Settings, model_path: Path, out_dir: Path, count: int) -> list[Path]:
+def make_adapters(
+    settings: Settings, model_path: Path, out_dir: Path, count: int, std: float = 0.02
+) -> list[Path]:
     """`count` modules of the default shape with random nonzero weights (kept for reuse)."""
     paths = [out_dir / f"bench-{i}" for i in range(count)]
     if all((p / "adapter_config.json").exists() for p in paths):
@@ -249,7 +251,7 @@ def make_adapters(settings: Settings, model_path: Path, out_dir: Path, count: in
         torch.manual_seed(i)
         with torch.no_grad():  # LoRA B starts at zero; random A and B make a real delta
             for p in lora:
-                p.normal_(0.0, 0.02)
+                p.normal_(0.0, std)
         model.save_pretrained(str(path))
     return paths
 
