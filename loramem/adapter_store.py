@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loramem.errors import InvalidRequest
-from loramem.registry import Registry, served_name
+from loramem.names import served_name
+from loramem.registry import Registry
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_config.json")
 
@@ -80,10 +81,10 @@ class AdapterStore:
     def materialize(self, module: str, version: int) -> AdapterRef:
         """A local folder for this version, fetched from Redis when this host lacks it."""
         target = self.folder(module, version)
-        expected = self.registry.get_version(module, version).checksum
+        expected = self.registry.modules.version(module, version).checksum
         if target.exists() and checksum(read_files(target)) == expected:
             return AdapterRef(module, version, target)
-        files = self.registry.version_files(module, version)
+        files = self.registry.modules.version_files(module, version)
         if checksum(files) != expected:
             raise InvalidRequest(f"stored files of {served_name(module, version)} are corrupt")
         return self.write_local(module, version, files)

@@ -11,23 +11,23 @@ import secrets
 import redis
 
 from loramem import keys
-from loramem.registry import decode
+from loramem.registry.codec import decode
 
 
 class JobQueue:
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
+        self._redis = client
 
     def ensure_group(self) -> None:
         try:
-            self.r.xgroup_create(keys.JOBS_STREAM, keys.TRAINER_GROUP, id="0", mkstream=True)
+            self._redis.xgroup_create(keys.JOBS_STREAM, keys.TRAINER_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def read(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
         """New entries for this consumer: (entry id, job id)."""
-        reply = self.r.xreadgroup(
+        reply = self._redis.xreadgroup(
             keys.TRAINER_GROUP, consumer, {keys.JOBS_STREAM: ">"}, count=1, block=block_ms
         )
         return [
@@ -38,39 +38,43 @@ class JobQueue:
 
     def reclaim(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
         """Entries whose worker stopped heartbeating, taken over by this consumer."""
-        _next, entries, _deleted = self.r.xautoclaim(
+        _next, entries, _deleted = self._redis.xautoclaim(
             keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, min_idle_ms, count=1
         )
         return [(decode(entry_id), decode(data[b"job_id"])) for entry_id, data in entries if data]
 
     def heartbeat(self, consumer: str, entry_id: str) -> None:
-        self.r.xclaim(keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, 0, [entry_id], justid=True)
+        self._redis.xclaim(
+            keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, 0, [entry_id], justid=True
+        )
 
     def ack(self, entry_id: str) -> None:
-        self.r.xack(keys.JOBS_STREAM, keys.TRAINER_GROUP, entry_id)
+        self._redis.xack(keys.JOBS_STREAM, keys.TRAINER_GROUP, entry_id)
 
     def pending_count(self) -> int:
         try:
-            info = self.r.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
+            info = self._redis.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
         except redis.ResponseError:
             return 0
         return int(info["pending"])
 
     def backlog(self) -> tuple[int, int | None]:
         """(jobs waiting or running, creation time in ms of the oldest of them)."""
-        if not self.r.exists(keys.JOBS_STREAM):
+        if not self._redis.exists(keys.JOBS_STREAM):
             return 0, None
-        groups = {decode(g["name"]): g for g in self.r.xinfo_groups(keys.JOBS_STREAM)}
+        groups = {decode(g["name"]): g for g in self._redis.xinfo_groups(keys.JOBS_STREAM)}
         group = groups.get(keys.TRAINER_GROUP)
         if group is None:  # no worker has started yet: everything waits
-            first = self.r.xrange(keys.JOBS_STREAM, count=1)
-            return int(self.r.xlen(keys.JOBS_STREAM)), _entry_ms(first[0][0]) if first else None
-        summary = self.r.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
+            first = self._redis.xrange(keys.JOBS_STREAM, count=1)
+            return int(self._redis.xlen(keys.JOBS_STREAM)), _entry_ms(
+                first[0][0]
+            ) if first else None
+        summary = self._redis.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
         lag = int(group.get("lag") or 0)
         oldest = [_entry_ms(summary["min"])] if summary["pending"] else []
         if lag:
             after = "(" + decode(group["last-delivered-id"])
-            first = self.r.xrange(keys.JOBS_STREAM, min=after, count=1)
+            first = self._redis.xrange(keys.JOBS_STREAM, min=after, count=1)
             oldest += [_entry_ms(first[0][0])] if first else []
         return int(summary["pending"]) + lag, min(oldest) if oldest else None
 
@@ -94,16 +98,16 @@ class ModuleLock:
     )
 
     def __init__(self, client: redis.Redis, module: str, ttl_ms: int) -> None:
-        self.r = client
+        self._redis = client
         self.key = keys.module_lock(module)
         self.ttl_ms = ttl_ms
         self.token = secrets.token_hex(8)
 
     def acquire(self) -> bool:
-        return bool(self.r.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        return bool(self._redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
-        return bool(self.r.eval(self._RENEW, 1, self.key, self.token, self.ttl_ms))
+        return bool(self._redis.eval(self._RENEW, 1, self.key, self.token, self.ttl_ms))
 
     def release(self) -> None:
-        self.r.eval(self._RELEASE, 1, self.key, self.token)
+        self._redis.eval(self._RELEASE, 1, self.key, self.token)

@@ -65,7 +65,7 @@ def merge_group(
     """The modules a merged adapter should combine for this query, best first: the chosen
     one and every other whose best fact clears the threshold and whose score is within
     `margin` of the chosen's. Fewer than two: [] (the chosen module serves alone)."""
-    group = [
-        m.module for m in ranked if m.best >= threshold and chosen.score - m.score <= margin
-    ][:max_modules]
+    group = [m.module for m in ranked if m.best >= threshold and chosen.score - m.score <= margin][
+        :max_modules
+    ]
     return group if len(group) >= 2 else []

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loramem.errors import ModelNotFound
-from loramem.registry import Registry, merge_is_current, merged_module_name, served_name
+from loramem.names import parse_served_name, served_name
+from loramem.registry import Registry
+from loramem.registry.merges import merge_is_current, merged_module_name
 from loramem.settings import Settings
 from router.embedder import Embedder, from_bytes
 from router.index import ExactIndex, FactIndex, Hit, index_factory
@@ -117,13 +119,13 @@ class Router:
         return self._nearest(tenant, query, merge)
 
     def _named(self, tenant: str, model: str) -> RouteDecision:
-        module, _, version = model.partition("@v")
+        """`<module>` (its active version) or `<module>@v<N>` (that version)."""
+        module, version = parse_served_name(model) or (model, None)
         active = self._active.get(module)
-        if active is None or active[0] != tenant:  # foreign modules look exactly like absent ones
+        if active is None or active[0] != tenant or "@" in module:
+            # foreign modules look exactly like absent ones
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
-        if version and not version.isdigit():
-            raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
-        number = int(version) if version else active[1]
+        number = version or active[1]
         return RouteDecision(target=served_name(module, number), module=module, outcome="module")
 
     def _nearest(self, tenant: str, query: str, merge: bool) -> RouteDecision:
@@ -172,15 +174,15 @@ class Router:
 
     # --------------------------------------------------------------- updates
     def load_all(self) -> None:
-        for tenant in self.registry.list_tenants():
-            for module in self.registry.list_modules(tenant):
+        for tenant in self.registry.modules.tenants():
+            for module in self.registry.modules.of_tenant(tenant):
                 if module.active_version:
                     self.apply_published(tenant, module.name, module.active_version)
 
     def apply_published(self, tenant: str, module: str, version: int) -> None:
         """Index exactly the facts this version was trained on; drop the module's others."""
-        info = self.registry.get_version(module, version)
-        facts = self.registry.facts_by_id(tenant, info.fact_ids)
+        info = self.registry.modules.version(module, version)
+        facts = self.registry.facts.by_id(tenant, info.fact_ids)
         vectors = np.stack([from_bytes(f.embedding) for f in facts]) if facts else None
         self.index_module(tenant, module, version, [f.id for f in facts], vectors)
         if info.merged_from:  # a merged module: servable by name, owner of no facts

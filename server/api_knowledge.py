@@ -80,7 +80,7 @@ def _store(
     if training:
         _check_servable(training, settings)
     vectors = router.embed([f.text for f in facts])
-    job, fact_ids = registry.add_facts(
+    job, fact_ids = registry.facts.add(
         tenant,
         [f.text for f in facts],
         [f.id for f in facts],
@@ -128,7 +128,7 @@ def put_fact(
 ) -> PostFactsResponse:
     _check_text(body.text, settings.max_fact_chars, "text")
     vector = router.embed([body.text])[0]
-    job = registry.replace_fact(tenant, fact_id, body.text, to_bytes(vector))
+    job = registry.facts.replace(tenant, fact_id, body.text, to_bytes(vector))
     return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
 
 
@@ -136,18 +136,20 @@ def put_fact(
     "/facts/{fact_id}", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse
 )
 def delete_fact(fact_id: str, tenant: TenantDep, registry: RegistryDep) -> PostFactsResponse:
-    job = registry.delete_fact(tenant, fact_id)
+    job = registry.facts.delete(tenant, fact_id)
     return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
 
 
 @api.get("/facts", response_model=list[FactOut])
 def list_facts(tenant: TenantDep, registry: RegistryDep) -> list[FactOut]:
-    return [FactOut(id=f.id, text=f.text, module=f.module) for f in registry.list_facts(tenant)]
+    return [
+        FactOut(id=f.id, text=f.text, module=f.module) for f in registry.facts.of_tenant(tenant)
+    ]
 
 
 @api.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, tenant: TenantDep, registry: RegistryDep) -> JobOut:
-    job = registry.get_job(job_id)
+    job = registry.jobs.get(job_id)
     if job.tenant != tenant:
         raise NotFound(f"job not found: {job_id}")
     return JobOut(**job.public())
@@ -162,5 +164,5 @@ def list_modules(tenant: TenantDep, registry: RegistryDep) -> list[ModuleOut]:
             served_name=m.active_name,
             fact_count=m.fact_count,
         )
-        for m in registry.list_modules(tenant)
+        for m in registry.modules.of_tenant(tenant)
     ]

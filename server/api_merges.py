@@ -6,7 +6,8 @@ from fastapi import APIRouter, status
 
 from loramem.engine import max_lora_rank
 from loramem.errors import InvalidRequest
-from loramem.registry import merged_rank, served_name
+from loramem.names import served_name
+from loramem.registry.merges import merged_rank
 from server.deps import RegistryDep, SettingsDep, TenantDep
 from server.protocol import MergeOut, PostMergeRequest, PostMergeResponse
 
@@ -24,22 +25,21 @@ def post_merge(
         raise InvalidRequest("weights must hold one weight per module", param="weights")
     combination = body.combination or settings.merge_combination
     # Everything is checked before anything is written: unknown or foreign modules 404.
-    versions = registry.source_versions(tenant, body.modules)
+    versions = registry.merges.source_versions(tenant, body.modules)
     ranks = [
-        int(registry.get_version(m, v).train_config.get("rank", settings.lora_rank))
+        int(registry.modules.version(m, v).train_config.get("rank", settings.lora_rank))
         for m, v in versions.items()
     ]
     merged_rank(ranks, combination, max_lora_rank(settings))  # refuses a cat that won't fit
-    job, _queued = registry.request_merge(tenant, body.modules, combination, body.weights)
+    job, _queued = registry.merges.request(tenant, body.modules, combination, body.weights)
     return PostMergeResponse(job_id=job.id, module=job.module)
 
 
 @api.get("/merges", response_model=list[MergeOut])
 def list_merges(tenant: TenantDep, registry: RegistryDep) -> list[MergeOut]:
     out = []
-    for spec in registry.list_merges(tenant):
+    for spec in registry.merges.of_tenant(tenant):
         active = spec.active_version
-        built_from = registry.get_version(spec.name, active).merged_from if active else {}
         out.append(
             MergeOut(
                 name=spec.name,
@@ -48,8 +48,8 @@ def list_merges(tenant: TenantDep, registry: RegistryDep) -> list[MergeOut]:
                 weights=spec.weights,
                 active_version=active or None,
                 served_name=served_name(spec.name, active) if active else None,
-                built_from=built_from,
-                current=registry.merge_current(spec),
+                built_from=registry.merges.built_from(spec),
+                current=registry.merges.is_current(spec),
             )
         )
     return out

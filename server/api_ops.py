@@ -27,7 +27,7 @@ def healthz() -> dict:
 async def readyz(request: Request, registry: RegistryDep) -> Response:
     problems = []
     try:
-        registry.r.ping()
+        registry.ping()
     except Exception as exc:  # any failure means not ready; say which
         problems.append(f"redis: {exc}")
     if not request.app.state.pool.any_healthy():

@@ -9,7 +9,8 @@ from collections import Counter
 
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
-from loramem.registry import Registry, served_name
+from loramem.names import parse_served_name, served_name
+from loramem.registry import Registry
 from router.router import Router
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
@@ -23,13 +24,15 @@ class EventFollower(threading.Thread):
     def __init__(self, registry: Registry, router: Router, stop: threading.Event) -> None:
         super().__init__(daemon=True, name="event-follower")
         self.registry, self.router, self.stop = registry, router, stop
-        self.cursor = registry.last_event_id()
+        self.cursor = registry.modules.last_event_id()
         router.load_all()
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                for entry_id, event in self.registry.events_after(self.cursor, block_ms=500):
+                for entry_id, event in self.registry.modules.events_after(
+                    self.cursor, block_ms=500
+                ):
                     self.cursor = entry_id
                     if event.get("type") == "published":
                         self.router.apply_published(
@@ -92,17 +95,17 @@ class Reconciler(threading.Thread):
         missing = active - loaded
         for name in sorted(missing):
             self.load_into(url, name)
-        self._retire_stale(url, {n for n in loaded - active if "@v" in n})
-        adapters = {n for n in loaded | missing if "@v" in n}
+        self._retire_stale(url, {n for n in loaded - active if parse_served_name(n)})
+        adapters = {n for n in loaded | missing if parse_served_name(n)}
         self.metrics.engine_adapters_loaded.labels(url).set(len(adapters))
         return len(missing)
 
     def load_into(self, url: str, name: str) -> bool:
         """Materialise a module version from the registry and load it into one engine."""
-        module, _, version = name.rpartition("@v")
-        if not module or not version.isdigit():
+        parsed = parse_served_name(name)
+        if parsed is None:
             return False
-        self.engines[url].load_adapter(self.store.materialize(module, int(version)))
+        self.engines[url].load_adapter(self.store.materialize(*parsed))
         log.info("loaded %s into %s", name, url)
         return True
 

@@ -109,7 +109,7 @@ class CompletionService:
         """Queue the merge this request wanted (deduplicated in Redis); the best module
         serves this request either way, and a later one gets the merge once published."""
         try:
-            _job, queued = self.registry.request_merge(
+            _job, queued = self.registry.merges.request(
                 tenant, modules, self.router.merge_combination, None
             )
         except LoramemError as exc:  # a source changed under us: the next request retries
@@ -119,7 +119,7 @@ class CompletionService:
             self.metrics.merge_builds.inc()
 
     def _add_context(self, tenant: str, body: dict[str, Any], decision: RouteDecision) -> None:
-        facts = self.registry.facts_by_id(tenant, [h.fact_id for h in decision.candidates])
+        facts = self.registry.facts.by_id(tenant, [h.fact_id for h in decision.candidates])
         context = RAG_INSTRUCTION + "\n".join(f"- {f.text}" for f in facts)
         if "messages" in body:
             body["messages"] = [{"role": "system", "content": context}, *body["messages"]]

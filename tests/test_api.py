@@ -3,9 +3,11 @@
 from collections.abc import Iterator
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
-from loramem.registry import Registry, VersionInfo
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
 
@@ -50,15 +52,17 @@ BAD_FACT_BODIES = [
 
 @pytest.mark.parametrize(("body", "status"), BAD_FACT_BODIES)
 def test_bad_facts_are_rejected_and_nothing_is_stored(
-    client: TestClient, registry: Registry, body: dict, status: int
+    client: TestClient, registry: Registry, redis_client: redis.Redis, body: dict, status: int
 ) -> None:
-    before = registry.r.dbsize()
+    before = redis_client.dbsize()
     assert_openai_error(client.post("/facts", json=body), status)
-    assert registry.r.dbsize() == before
+    assert redis_client.dbsize() == before
 
 
-def test_malformed_json_is_rejected(client: TestClient, registry: Registry) -> None:
-    before = registry.r.dbsize()
+def test_malformed_json_is_rejected(
+    client: TestClient, registry: Registry, redis_client: redis.Redis
+) -> None:
+    before = redis_client.dbsize()
     reply = client.post(
         "/facts", content=b'{"facts": [', headers={"content-type": "application/json"}
     )
@@ -69,7 +73,7 @@ def test_malformed_json_is_rejected(client: TestClient, registry: Registry) -> N
         ),
         400,
     )
-    assert registry.r.dbsize() == before
+    assert redis_client.dbsize() == before
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:
@@ -103,7 +107,7 @@ def test_published_module_is_listed_and_foreign_names_are_404(
     body = client.post(
         "/facts", json={"facts": ["secret"]}, headers={"x-loramem-tenant": "a"}
     ).json()
-    registry.publish_version(
+    registry.modules.publish(
         VersionInfo(body["module"], 1, "a", body["fact_ids"], 1.0, "c", {}), {}
     )
     name = f"{body['module']}@v1"
@@ -146,22 +150,22 @@ def test_put_and_delete_queue_a_retrain_of_the_facts_module(
     ).json()
     put = client.put("/facts/l1", json={"text": "Lenta.ru is written in Italian"})
     assert put.status_code == 202 and put.json()["module"] == body["module"]
-    assert registry.get_fact("default", "l1").text == "Lenta.ru is written in Italian"
+    assert registry.facts.get("default", "l1").text == "Lenta.ru is written in Italian"
     assert client.get(f"/jobs/{put.json()['job_id']}").json()["status"] == "queued"
 
     deleted = client.delete("/facts/l1")
     assert deleted.status_code == 202 and deleted.json()["module"] == body["module"]
     assert client.get("/facts").json() == []
-    assert registry.get_module(body["module"]).fact_count == 0
+    assert registry.modules.get(body["module"]).fact_count == 0
 
 
 def test_edits_of_missing_or_foreign_facts_are_404_and_change_nothing(
-    client: TestClient, registry: Registry
+    client: TestClient, registry: Registry, redis_client: redis.Redis
 ) -> None:
     client.post(
         "/facts", json={"facts": [{"text": "mine", "id": "a1"}]}, headers={"x-loramem-tenant": "a"}
     )
-    before = registry.r.dbsize()
+    before = redis_client.dbsize()
     b = {"x-loramem-tenant": "b"}
     assert_openai_error(client.put("/facts/a1", json={"text": "x"}, headers=b), 404)
     assert_openai_error(client.delete("/facts/a1", headers=b), 404)
@@ -171,15 +175,18 @@ def test_edits_of_missing_or_foreign_facts_are_404_and_change_nothing(
     assert_openai_error(
         client.put("/facts/a1", json={"txt": "x"}, headers={"x-loramem-tenant": "a"}), 400
     )
-    assert registry.r.dbsize() == before
-    assert registry.get_fact("a", "a1").text == "mine"
+    assert redis_client.dbsize() == before
+    assert registry.facts.get("a", "a1").text == "mine"
 
 
 def test_training_knobs_travel_with_the_job(client: TestClient, registry: Registry) -> None:
     body = {"facts": ["a fact"], "training": {"rank": 4, "data_format": "mixed"}}
     reply = client.post("/facts", json=body)
     assert reply.status_code == 202
-    assert registry.get_job(reply.json()["job_id"]).overrides == {"rank": 4, "data_format": "mixed"}
+    assert registry.jobs.get(reply.json()["job_id"]).overrides == {
+        "rank": 4,
+        "data_format": "mixed",
+    }
 
 
 @pytest.mark.parametrize(
@@ -194,11 +201,11 @@ def test_training_knobs_travel_with_the_job(client: TestClient, registry: Regist
     ],
 )
 def test_impossible_training_knobs_are_rejected(
-    client: TestClient, registry: Registry, training: dict
+    client: TestClient, registry: Registry, redis_client: redis.Redis, training: dict
 ) -> None:
-    before = registry.r.dbsize()
+    before = redis_client.dbsize()
     assert_openai_error(client.post("/facts", json={"facts": ["a"], "training": training}), 400)
-    assert registry.r.dbsize() == before
+    assert redis_client.dbsize() == before
 
 
 def test_a_document_is_stored_as_sentence_facts(client: TestClient) -> None:

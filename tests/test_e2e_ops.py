@@ -102,7 +102,11 @@ def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> N
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=30)
     registry = Registry.from_url(E2E_REDIS_URL)
-    events = [e for _id, e in registry.events_after("0-0", block_ms=10) if e["type"] == "published"]
+    events = [
+        e
+        for _id, e in registry.modules.events_after("0-0", block_ms=10)
+        if e["type"] == "published"
+    ]
     pairs = [(e["module"], e["version"]) for e in events if e["module"].startswith("pair-")]
     assert len(pairs) == len(set(pairs))  # no module version was published twice
     per_job = Counter(e["job_id"] for e in events)
@@ -110,7 +114,7 @@ def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> N
         # Every job ends published, at most once by itself; a job whose facts an earlier
         # version already covered is answered with that version (coalesced).
         assert job["status"] == "published" and per_job[job["id"]] <= 1
-        version = registry.get_version(job["module"], job["version"])
+        version = registry.modules.version(job["module"], job["version"])
         assert set(posted["fact_ids"]) <= set(version.fact_ids)
     for module in {j["module"] for j in finished}:
         in_order = [j["version"] for j in finished if j["module"] == module]

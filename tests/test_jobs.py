@@ -1,6 +1,6 @@
 import pytest
 
-from loramem.jobs import ALLOWED, JobStatus, can_transition
+from loramem.registry.jobs import ALLOWED, JobStatus, can_transition
 
 S = JobStatus
 CASES = [

@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 
 import pytest
+import redis
 import torch
 from fastapi.testclient import TestClient
 from peft import LoraConfig, get_peft_model
@@ -15,14 +16,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from loramem import keys
 from loramem.errors import Conflict, InvalidRequest, NotFound
-from loramem.jobs import JobStatus
-from loramem.registry import (
-    Registry,
-    VersionInfo,
-    merge_is_current,
-    merged_module_name,
-    merged_rank,
-)
+from loramem.registry import Registry
+from loramem.registry.jobs import JobStatus
+from loramem.registry.merges import merge_is_current, merged_module_name, merged_rank
+from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router.embedder import to_bytes
 from router.index import Hit
@@ -132,14 +129,14 @@ def test_peft_combines_the_sources_into_one_servable_adapter(tmp_path, combinati
 
 
 def _published(registry: Registry, tenant: str, module: str, version: int = 1) -> None:
-    job, ids = registry.add_facts(tenant, [f"{module} fact"], [None], [b""], module)
-    registry.publish_version(VersionInfo(module, version, tenant, ids, 1.0, "c", {"rank": 8}), {})
+    job, ids = registry.facts.add(tenant, [f"{module} fact"], [None], [b""], module)
+    registry.modules.publish(VersionInfo(module, version, tenant, ids, 1.0, "c", {"rank": 8}), {})
 
 
 def _publish_merge(registry: Registry, name: str, tenant: str, built_from: dict) -> None:  # type: ignore[type-arg]
-    version = registry.next_version(name)
+    version = registry.modules.next_version(name)
     info = VersionInfo(name, version, tenant, [], math.nan, "c", {}, merged_from=built_from)
-    registry.publish_version(info, {})
+    registry.modules.publish(info, {})
 
 
 def test_a_merge_is_queued_once_and_goes_stale_on_a_new_source_version(
@@ -147,66 +144,68 @@ def test_a_merge_is_queued_once_and_goes_stale_on_a_new_source_version(
 ) -> None:
     _published(registry, "t", "a")
     _published(registry, "t", "b")
-    job, queued = registry.request_merge("t", ["b", "a"], "ties", None)
-    again, queued_again = registry.request_merge("t", ["a", "b"], "ties", [1.0, 1.0])
+    job, queued = registry.merges.request("t", ["b", "a"], "ties", None)
+    again, queued_again = registry.merges.request("t", ["a", "b"], "ties", [1.0, 1.0])
     assert queued and not queued_again and again.id == job.id
-    assert job.kind == "merge" and registry.get_job(job.id).kind == "merge"
-    spec = registry.get_merge(job.module)
+    assert job.kind == "merge" and registry.jobs.get(job.id).kind == "merge"
+    spec = registry.merges.get(job.module)
     assert (spec.sources, spec.weights, spec.tenant) == (["a", "b"], [1.0, 1.0], "t")
-    assert [m.name for m in registry.list_merges("t")] == [job.module]
-    assert not registry.merge_current(spec)  # nothing published yet
+    assert [m.name for m in registry.merges.of_tenant("t")] == [job.module]
+    assert not registry.merges.is_current(spec)  # nothing published yet
 
-    _publish_merge(registry, job.module, "t", registry.source_versions("t", spec.sources))
-    spec = registry.get_merge(job.module)
-    assert registry.merge_current(spec)
-    assert registry.get_version(job.module, 1).fact_ids == []
+    _publish_merge(registry, job.module, "t", registry.merges.source_versions("t", spec.sources))
+    spec = registry.merges.get(job.module)
+    assert registry.merges.is_current(spec)
+    assert registry.modules.version(job.module, 1).fact_ids == []
 
     _published(registry, "t", "a", version=2)  # a source moves on: the cache is stale
-    assert not registry.merge_current(registry.get_merge(job.module))
-    rebuild, queued = registry.request_merge("t", ["a", "b"], "ties", None)
+    assert not registry.merges.is_current(registry.merges.get(job.module))
+    rebuild, queued = registry.merges.request("t", ["a", "b"], "ties", None)
     assert queued and rebuild.id != job.id and rebuild.module == job.module
 
     _publish_merge(registry, job.module, "t", {"a": 2, "b": 1})
-    assert registry.merge_current(registry.get_merge(job.module))
-    registry.retire_module("b", "t")  # a source retired: stale again
-    assert not registry.merge_current(registry.get_merge(job.module))
+    assert registry.merges.is_current(registry.merges.get(job.module))
+    registry.modules.retire("b", "t")  # a source retired: stale again
+    assert not registry.merges.is_current(registry.merges.get(job.module))
     with pytest.raises(Conflict):
-        registry.request_merge("t", ["a", "b"], "ties", None)
+        registry.merges.request("t", ["a", "b"], "ties", None)
 
 
 def test_a_failed_build_may_be_queued_again(registry: Registry) -> None:
     _published(registry, "t", "a")
     _published(registry, "t", "b")
-    job, _ = registry.request_merge("t", ["a", "b"], "ties", None)
-    registry.transition(job.id, JobStatus.FAILED, error="boom")
-    retry, queued = registry.request_merge("t", ["a", "b"], "ties", None)
+    job, _ = registry.merges.request("t", ["a", "b"], "ties", None)
+    registry.jobs.transition(job.id, JobStatus.FAILED, error="boom")
+    retry, queued = registry.merges.request("t", ["a", "b"], "ties", None)
     assert queued and retry.id != job.id
 
 
-def test_refused_merges_write_nothing(registry: Registry) -> None:
+def test_refused_merges_write_nothing(registry: Registry, redis_client: redis.Redis) -> None:
     _published(registry, "t", "a")
     _published(registry, "u", "foreign")
-    registry.add_facts("t", ["x"], [None], [b""], "unpublished")
-    before = registry.r.dbsize()
+    registry.facts.add("t", ["x"], [None], [b""], "unpublished")
+    before = redis_client.dbsize()
     with pytest.raises(NotFound):
-        registry.request_merge("t", ["a", "foreign"], "ties", None)
+        registry.merges.request("t", ["a", "foreign"], "ties", None)
     with pytest.raises(NotFound):
-        registry.request_merge("t", ["a", "nosuch"], "ties", None)
+        registry.merges.request("t", ["a", "nosuch"], "ties", None)
     with pytest.raises(Conflict):
-        registry.request_merge("t", ["a", "unpublished"], "ties", None)
-    assert registry.r.dbsize() == before
+        registry.merges.request("t", ["a", "unpublished"], "ties", None)
+    assert redis_client.dbsize() == before
 
 
-def test_facts_cannot_be_posted_into_a_merged_module(registry: Registry) -> None:
+def test_facts_cannot_be_posted_into_a_merged_module(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
     _published(registry, "t", "a")
     _published(registry, "t", "b")
-    job, _ = registry.request_merge("t", ["a", "b"], "ties", None)
+    job, _ = registry.merges.request("t", ["a", "b"], "ties", None)
     with pytest.raises(Conflict):
-        registry.add_facts("t", ["y"], [None], [b""], job.module)
+        registry.facts.add("t", ["y"], [None], [b""], job.module)
     with pytest.raises(InvalidRequest):  # no merges of merges
         _publish_merge(registry, job.module, "t", {"a": 1, "b": 1})
-        registry.request_merge("t", ["a", job.module], "ties", None)
-    assert registry.r.xlen(keys.JOBS_STREAM) == 3  # a, b and the one merge
+        registry.merges.request("t", ["a", job.module], "ties", None)
+    assert redis_client.xlen(keys.JOBS_STREAM) == 3  # a, b and the one merge
 
 
 # ------------------------------------------------ router (fake embedder, real Redis)
@@ -218,8 +217,8 @@ BOTH = "What are the phone numbers of Ann Lee and Bob Ray?"
 
 def _publish_facts(registry: Registry, router: Router, module: str, text: str, version: int):  # type: ignore[no-untyped-def]
     vector = to_bytes(router.embed([text])[0])
-    _job, ids = registry.add_facts("t", [text], [None], [vector], module)
-    registry.publish_version(VersionInfo(module, version, "t", ids, 1.0, "c", {"rank": 8}), {})
+    _job, ids = registry.facts.add("t", [text], [None], [vector], module)
+    registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, "c", {"rank": 8}), {})
     router.apply_published("t", module, version)
 
 
@@ -235,7 +234,7 @@ def test_the_router_serves_a_current_merge_and_asks_for_a_stale_one(
     assert wanted.outcome == "module" and sorted(wanted.merge_wanted) == ["ann", "bob"]
     assert router.route("t", "auto", ANN, merge=True).merge_wanted in ([], ["ann", "bob"])
 
-    job, _ = registry.request_merge("t", wanted.merge_wanted, "ties", None)
+    job, _ = registry.merges.request("t", wanted.merge_wanted, "ties", None)
     _publish_merge(registry, job.module, "t", {"ann": 1, "bob": 1})
     router.apply_published("t", job.module, 1)
     merged = router.route("t", "auto", BOTH, merge=True)
@@ -293,23 +292,24 @@ BAD_MERGES = [
 def test_bad_merges_are_refused_and_nothing_changes(
     client: TestClient,
     registry: Registry,
+    redis_client: redis.Redis,
     body: dict,
     status: int,  # type: ignore[type-arg]
 ) -> None:
     _published(registry, "t", "a")
     _published(registry, "t", "b")
     _published(registry, "u", "foreign")
-    registry.add_facts("t", ["x"], [None], [b""], "unpublished")
-    before = {k: registry.r.type(k) for k in registry.r.keys()}
+    registry.facts.add("t", ["x"], [None], [b""], "unpublished")
+    before = {k: redis_client.type(k) for k in redis_client.keys()}
     reply = client.post("/merges", json=body, headers={"x-loramem-tenant": "t"})
     assert reply.status_code == status, reply.text
     assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
-    assert {k: registry.r.type(k) for k in registry.r.keys()} == before
-    assert registry.r.xlen(keys.JOBS_STREAM) == 4
+    assert {k: redis_client.type(k) for k in redis_client.keys()} == before
+    assert redis_client.xlen(keys.JOBS_STREAM) == 4
 
 
 def test_opted_in_requests_queue_one_build_and_rag_none(
-    client: TestClient, registry: Registry
+    client: TestClient, registry: Registry, redis_client: redis.Redis
 ) -> None:
     router = client.app.state.router  # type: ignore[attr-defined]
     for module, text in (("ann", ANN), ("bob", BOB)):
@@ -321,12 +321,12 @@ def test_opted_in_requests_queue_one_build_and_rag_none(
         "/v1/chat/completions", json={**chat, "loramem": rag_options}, headers=headers
     )
     assert rag.status_code == 503  # no engine here; routing happened first
-    assert registry.list_merges("t") == []
+    assert registry.merges.of_tenant("t") == []
     for _ in range(3):
         reply = client.post("/v1/chat/completions", json={**chat, "loramem": {"merge": True}},
                             headers=headers)  # fmt: skip
         assert reply.status_code == 503
-    assert [m.sources for m in registry.list_merges("t")] == [["ann", "bob"]]
-    assert registry.r.xlen(keys.JOBS_STREAM) == 3  # ann, bob and one merge build
+    assert [m.sources for m in registry.merges.of_tenant("t")] == [["ann", "bob"]]
+    assert redis_client.xlen(keys.JOBS_STREAM) == 3  # ann, bob and one merge build
     metrics = client.get("/metrics").text
     assert "loramem_merge_builds_requested_total 1.0" in metrics

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from loramem.registry import Registry, VersionInfo
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
@@ -24,7 +25,7 @@ BOB = "The phone number of Bob Ray is 555-0202."
 def _routed_after_publish_ms(registry: Registry, router: Router, module: str, query: str,
                              merge: bool = False) -> float:  # fmt: skip
     """Milliseconds from the publish event (its id is Redis time) to routing there."""
-    event_id, _event = registry.events_after("0-0", block_ms=10)[-1]
+    event_id, _event = registry.modules.events_after("0-0", block_ms=10)[-1]
     published_ms = int(event_id.split("-")[0])
     while router.route("t", "auto", query, merge=merge).module != module:
         assert time.time() * 1000 - published_ms < 5000, f"{module} never became routable"
@@ -42,17 +43,17 @@ def test_published_modules_and_merges_are_routed_within_a_second(
     try:
         lags = {}
         for module, text in (("ann", ANN), ("bob", BOB)):
-            _job, ids = registry.add_facts(
+            _job, ids = registry.facts.add(
                 "t", [text], [None], [to_bytes(router.embed([text])[0])], module
             )
-            registry.publish_version(VersionInfo(module, 1, "t", ids, 1.0, "c", {}), {})
+            registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", {}), {})
             lags[module] = _routed_after_publish_ms(registry, router, module, text)
 
         both = "What are the phone numbers of Ann Lee and Bob Ray?"
-        job, queued = registry.request_merge("t", ["ann", "bob"], settings.merge_combination, None)
+        job, queued = registry.merges.request("t", ["ann", "bob"], settings.merge_combination, None)
         assert queued
         merged = VersionInfo(job.module, 1, "t", [], math.nan, "c", {}, {"ann": 1, "bob": 1})
-        registry.publish_version(merged, {})
+        registry.modules.publish(merged, {})
         lags["merged"] = _routed_after_publish_ms(registry, router, job.module, both, merge=True)
     finally:
         stop.set()

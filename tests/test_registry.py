@@ -1,24 +1,28 @@
 """Registry and queue against the real Redis."""
 
 import pytest
+import redis
 
 from loramem import keys
 from loramem.errors import Conflict
-from loramem.jobs import InvalidTransition, JobStatus
-from loramem.queue import JobQueue, ModuleLock
-from loramem.registry import Registry, VersionInfo
+from loramem.registry import Registry
+from loramem.registry.jobs import InvalidTransition, JobStatus
+from loramem.registry.modules import VersionInfo
 
 
 def add(registry: Registry, tenant: str, texts: list[str], module: str | None = None):
-    return registry.add_facts(tenant, texts, [None] * len(texts), [b""] * len(texts), module)
+    return registry.facts.add(tenant, texts, [None] * len(texts), [b""] * len(texts), module)
 
 
-def test_facts_and_job_are_stored_together(registry: Registry) -> None:
+def test_facts_and_job_are_stored_together(registry: Registry, redis_client: redis.Redis) -> None:
     job, ids = add(registry, "t1", ["a is 1", "b is 2"])
-    assert sorted(f.text for f in registry.module_facts(job.module)) == ["a is 1", "b is 2"]
-    assert {f.id for f in registry.list_facts("t1")} == set(ids)
-    assert registry.get_job(job.id).status is JobStatus.QUEUED
-    assert registry.r.xlen(keys.JOBS_STREAM) == 1
+    assert sorted(f.text for f in registry.facts.of_module(job.module, "t1")) == [
+        "a is 1",
+        "b is 2",
+    ]
+    assert {f.id for f in registry.facts.of_tenant("t1")} == set(ids)
+    assert registry.jobs.get(job.id).status is JobStatus.QUEUED
+    assert redis_client.xlen(keys.JOBS_STREAM) == 1
 
 
 def test_packing_fills_the_open_module_then_starts_another(registry: Registry) -> None:
@@ -30,12 +34,14 @@ def test_packing_fills_the_open_module_then_starts_another(registry: Registry) -
     assert other_tenant.module not in {first.module, third.module}
 
 
-def test_duplicate_fact_id_is_refused_and_nothing_is_written(registry: Registry) -> None:
-    registry.add_facts("t1", ["a"], ["same"], [b""])
-    before = registry.r.dbsize()
+def test_duplicate_fact_id_is_refused_and_nothing_is_written(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
+    registry.facts.add("t1", ["a"], ["same"], [b""])
+    before = redis_client.dbsize()
     with pytest.raises(Conflict):
-        registry.add_facts("t1", ["b"], ["same"], [b""])
-    assert registry.r.dbsize() == before
+        registry.facts.add("t1", ["b"], ["same"], [b""])
+    assert redis_client.dbsize() == before
 
 
 def test_a_tenant_cannot_write_into_another_tenants_module(registry: Registry) -> None:
@@ -47,31 +53,33 @@ def test_a_tenant_cannot_write_into_another_tenants_module(registry: Registry) -
 def test_transitions_are_checked(registry: Registry) -> None:
     job, _ = add(registry, "t1", ["a"])
     with pytest.raises(InvalidTransition):
-        registry.transition(job.id, JobStatus.PUBLISHED)
-    registry.transition(job.id, JobStatus.TRAINING, progress={"step": 1})
-    assert registry.get_job(job.id).progress == {"step": 1}
+        registry.jobs.transition(job.id, JobStatus.PUBLISHED)
+    registry.jobs.transition(job.id, JobStatus.TRAINING, progress={"step": 1})
+    assert registry.jobs.get(job.id).progress == {"step": 1}
 
 
 def test_publish_switches_the_active_version_and_emits_an_event(registry: Registry) -> None:
     job, ids = add(registry, "t1", ["a"])
-    version = registry.next_version(job.module)
+    version = registry.modules.next_version(job.module)
     info = VersionInfo(job.module, version, "t1", ids, 1.0, "sum", {"rank": 8})
-    registry.publish_version(info, {"adapter_config.json": b"{}"})
-    assert registry.get_module(job.module).active_version == version == 1
-    assert registry.next_version(job.module) == 2  # numbers are never reused
-    events = registry.events_after("0-0", block_ms=10)
+    registry.modules.publish(info, {"adapter_config.json": b"{}"})
+    assert registry.modules.get(job.module).active_version == version == 1
+    assert registry.modules.next_version(job.module) == 2  # numbers are never reused
+    events = registry.modules.events_after("0-0", block_ms=10)
     assert events[-1][1]["type"] == "published" and events[-1][1]["module"] == job.module
 
 
-def test_a_dead_workers_job_is_reclaimed_by_another(registry: Registry) -> None:
-    queue = JobQueue(registry.r)
+def test_a_dead_workers_job_is_reclaimed_by_another(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
+    queue = registry.queue
     queue.ensure_group()
     job, _ = add(registry, "t1", ["a"])
     [(entry, job_id)] = queue.read("dead-worker", block_ms=10)
     assert job_id == job.id
     assert queue.read("live-worker", block_ms=10) == []  # delivered once
     # Make the entry look abandoned: idle for 10 s, as after its worker died.
-    registry.r.xclaim(
+    redis_client.xclaim(
         keys.JOBS_STREAM, keys.TRAINER_GROUP, "dead-worker", 0, [entry], idle=10_000, justid=True
     )
     assert queue.reclaim("live-worker", min_idle_ms=5_000) == [(entry, job.id)]
@@ -82,7 +90,7 @@ def test_a_dead_workers_job_is_reclaimed_by_another(registry: Registry) -> None:
 
 
 def test_module_lock_is_exclusive(registry: Registry) -> None:
-    first, second = ModuleLock(registry.r, "m", 5000), ModuleLock(registry.r, "m", 5000)
+    first, second = registry.module_lock("m", 5000), registry.module_lock("m", 5000)
     assert first.acquire() and not second.acquire()
     first.release()
     assert second.acquire()
@@ -93,7 +101,7 @@ def test_backlog_counts_waiting_and_running_jobs_and_their_age(registry: Registr
 
     from trainer.metrics import TrainerMetrics
 
-    queue = JobQueue(registry.r)
+    queue = registry.queue
     assert queue.backlog() == (0, None)
     first, _ = add(registry, "t1", ["a"])
     add(registry, "t1", ["b"])

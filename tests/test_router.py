@@ -3,7 +3,8 @@
 import pytest
 
 from loramem.errors import ModelNotFound
-from loramem.registry import Registry, VersionInfo
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
 from router.embedder import to_bytes
 from router.index import index_factory
 from router.router import Router
@@ -15,10 +16,10 @@ def publish(
     registry: Registry, router: Router, tenant: str, texts: list[str], module: str | None = None
 ) -> str:
     vectors = router.embedder.embed(texts)
-    job, ids = registry.add_facts(
+    job, ids = registry.facts.add(
         tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
-    registry.publish_version(VersionInfo(job.module, 1, tenant, ids, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(job.module, 1, tenant, ids, 1.0, "c", {}), {})
     router.apply_published(tenant, job.module, 1)
     return job.module
 
@@ -102,14 +103,14 @@ def test_a_new_version_replaces_the_facts_it_no_longer_holds(
     registry: Registry, router: Router
 ) -> None:
     module = publish(registry, router, "t", [JEFFREY])
-    kept = registry.add_facts(
+    kept = registry.facts.add(
         "t",
         ["Grass looks green today."],
         [None],
         [to_bytes(router.embed(["Grass looks green today."])[0])],
         module,
     )[1]
-    registry.publish_version(VersionInfo(module, 2, "t", kept, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(module, 2, "t", kept, 1.0, "c", {}), {})
     router.apply_published("t", module, 2)
     assert router.route("t", "auto", "What is the phone number of Jeffrey Buck?").module is None
     assert router.route("t", "auto", "Does grass look green?").target == f"{module}@v2"

@@ -13,7 +13,8 @@ import pytest
 
 from bench.router_latency import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
 from loramem.datasets import WHERE_TO_GET
-from loramem.registry import Registry, VersionInfo
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
@@ -42,10 +43,10 @@ def evalset() -> EvalSet:
 
 def publish(registry: Registry, router: Router, tenant: str, module: str, texts: list[str]) -> None:
     vectors = router.embed(texts)
-    _job, ids = registry.add_facts(
+    _job, ids = registry.facts.add(
         tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
-    registry.publish_version(VersionInfo(module, 1, tenant, ids, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(module, 1, tenant, ids, 1.0, "c", {}), {})
     router.apply_published(tenant, module, 1)
 
 

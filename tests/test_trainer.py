@@ -11,8 +11,8 @@ import pytest
 from loramem.base_model import prepare_base_model
 from loramem.datasets import phonebook
 from loramem.engine import EngineClient
-from loramem.jobs import JobStatus
 from loramem.registry import Registry
+from loramem.registry.jobs import JobStatus
 from loramem.settings import Settings
 from trainer import train as training
 from trainer.config import TrainConfig
@@ -79,13 +79,13 @@ def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Reg
         }
     )
     people = phonebook(settings.data_dir, 3, offset=300)
-    job, _ids = registry.add_facts("t", [p.fact for p in people], [None] * 3, [b""] * 3)
+    job, _ids = registry.facts.add("t", [p.fact for p in people], [None] * 3, [b""] * 3)
     worker = _run_one_job(settings, registry)
-    failed = registry.get_job(job.id)
+    failed = registry.jobs.get(job.id)
     assert failed.status is JobStatus.FAILED
     assert failed.error is not None and "recall" in failed.error and "gate" in failed.error
     assert failed.progress["recall"] < settings.recall_gate
-    assert registry.get_module(job.module).active_version == 0  # nothing was published
+    assert registry.modules.get(job.module).active_version == 0  # nothing was published
     assert worker.queue.pending_count() == 0  # a final failure is acknowledged
 
 
@@ -94,29 +94,29 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
         update={"train_max_steps": 1, "gate_extra_rounds": 0, "cache_dir": Settings().cache_dir}
     )
     people = phonebook(settings.data_dir, 2, offset=310)
-    job, ids = registry.add_facts("t", [p.fact for p in people], [None] * 2, [b""] * 2)
+    job, ids = registry.facts.add("t", [p.fact for p in people], [None] * 2, [b""] * 2)
     worker = _run_one_job(settings, registry)
-    failed = registry.get_job(job.id)  # one step cannot store even one fact: it still fails
+    failed = registry.jobs.get(job.id)  # one step cannot store even one fact: it still fails
     assert failed.status is JobStatus.FAILED
     [moved_to] = failed.progress["split_into"]
-    assert {f.id for f in registry.module_facts(job.module)} | {
-        f.id for f in registry.module_facts(moved_to)
+    assert {f.id for f in registry.facts.of_module(job.module, "t1")} | {
+        f.id for f in registry.facts.of_module(moved_to, "t1")
     } == set(ids)
-    assert registry.get_module(moved_to).fact_count == 1
+    assert registry.modules.get(moved_to).fact_count == 1
     follow_up = worker.queue.read("check", block_ms=10)  # the moved half has its own job
-    assert [registry.get_job(j).module for _e, j in follow_up] == [moved_to]
+    assert [registry.jobs.get(j).module for _e, j in follow_up] == [moved_to]
 
 
 def test_a_job_whose_facts_are_already_published_is_not_retrained(
     settings: Settings, registry: Registry
 ) -> None:
-    from loramem.registry import VersionInfo
+    from loramem.registry.modules import VersionInfo
 
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
-    job, ids = registry.add_facts("t", ["The colour of X is red."], [None], [b""])
-    registry.publish_version(VersionInfo(job.module, 1, "t", ids, 1.0, "c", {}), {})
+    job, ids = registry.facts.add("t", ["The colour of X is red."], [None], [b""])
+    registry.modules.publish(VersionInfo(job.module, 1, "t", ids, 1.0, "c", {}), {})
     _run_one_job(settings, registry)
-    done = registry.get_job(job.id)
+    done = registry.jobs.get(job.id)
     assert (done.status, done.version) == (JobStatus.PUBLISHED, 1)
     assert done.progress == {"phase": "already published"}
 
@@ -126,15 +126,15 @@ def test_a_per_job_gate_of_zero_publishes_after_one_round(
 ) -> None:
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     people = phonebook(settings.data_dir, 2, offset=320)
-    job, _ids = registry.add_facts(
+    job, _ids = registry.facts.add(
         "t", [p.fact for p in people], [None] * 2, [b""] * 2, overrides=ONE_STEP_NO_GATE
     )
     _run_one_job(settings, registry)
-    after = registry.get_job(job.id)
+    after = registry.jobs.get(job.id)
     # Past the gate despite one step; it stops at loading, since no engine listens here.
     assert after.status is JobStatus.PUBLISHING
     assert after.progress["step"] == 1  # one round: no extra rounds towards full recall
-    assert registry.get_module(job.module).fact_count == 2  # not split
+    assert registry.modules.get(job.module).fact_count == 2  # not split
 
 
 def test_batches_posted_back_to_back_train_in_one_job(
@@ -142,12 +142,12 @@ def test_batches_posted_back_to_back_train_in_one_job(
 ) -> None:
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     people = phonebook(settings.data_dir, 4, offset=330)
-    first, _ = registry.add_facts(
+    first, _ = registry.facts.add(
         "t", [p.fact for p in people[:2]], [None] * 2, [b""] * 2, overrides=ONE_STEP_NO_GATE
     )
-    registry.add_facts(
+    registry.facts.add(
         "t", [p.fact for p in people[2:]], [None] * 2, [b""] * 2, module=first.module,
         overrides=ONE_STEP_NO_GATE,
     )  # fmt: skip
     _run_one_job(settings, registry)
-    assert registry.get_job(first.id).progress["facts"] == 4  # the second batch joined it
+    assert registry.jobs.get(first.id).progress["facts"] == 4  # the second batch joined it

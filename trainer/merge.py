@@ -21,8 +21,8 @@ from peft import PeftModel
 from loramem.adapter_store import read_files
 from loramem.engine import max_lora_rank
 from loramem.errors import LoramemError
-from loramem.jobs import JobStatus
-from loramem.registry import Job, MergeSpec, merged_rank
+from loramem.registry.jobs import Job, JobStatus
+from loramem.registry.merges import MergeSpec, merged_rank
 from trainer import train as training
 
 if TYPE_CHECKING:
@@ -82,11 +82,11 @@ def combine(
 def build_merge(worker: Worker, job: Job) -> None:
     """The merge job: combine the sources' active versions and publish the result."""
     registry, settings = worker.registry, worker.settings
-    spec = registry.get_merge(job.module)
+    spec = registry.merges.get(job.module)
     progress: dict[str, Any] = {"phase": "merging", "sources": spec.sources}
-    registry.transition(job.id, JobStatus.TRAINING, progress=progress)
+    registry.jobs.transition(job.id, JobStatus.TRAINING, progress=progress)
     try:
-        versions = registry.source_versions(spec.tenant, spec.sources)
+        versions = registry.merges.source_versions(spec.tenant, spec.sources)
     except LoramemError as exc:  # a source was retired or replaced by something foreign
         raise MergeRefused(exc.message) from exc
     refs = [worker.store.materialize(m, versions[m]) for m in spec.sources]
@@ -96,8 +96,8 @@ def build_merge(worker: Worker, job: Job) -> None:
     model = combine(
         base, [r.path for r in refs], spec.weights, spec.combination, settings.merge_density, rank
     )
-    registry.transition(job.id, JobStatus.VALIDATING)
-    registry.transition(job.id, JobStatus.PUBLISHING)
+    registry.jobs.transition(job.id, JobStatus.VALIDATING)
+    registry.jobs.transition(job.id, JobStatus.PUBLISHING)
     recipe = _recipe(spec, versions, settings.merge_density, rank)
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch, selected_adapters=[MERGED])

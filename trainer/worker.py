@@ -29,9 +29,11 @@ from loramem.adapter_store import (
 from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
 from loramem.errors import EngineUnavailable
-from loramem.jobs import TERMINAL, JobStatus
 from loramem.queue import JobQueue, ModuleLock
-from loramem.registry import Fact, Job, Registry, VersionInfo
+from loramem.registry import Registry
+from loramem.registry.facts import Fact
+from loramem.registry.jobs import TERMINAL, Job, JobStatus
+from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from trainer import train as training
 from trainer import variants
@@ -104,7 +106,7 @@ class TrainingRun:
     def on_step(self, step: int, _total: int, loss: float) -> None:
         self.worker.metrics.steps.inc()
         self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
-        self.registry.set_progress(self.job.id, self.progress)
+        self.registry.jobs.set_progress(self.job.id, self.progress)
 
     def train_until_gate(self, facts: list[Fact], warm: bool) -> float:
         """Train on `facts`, with extra rounds below the gate; return the measured recall."""
@@ -113,7 +115,7 @@ class TrainingRun:
             self.worker.generator.fact_data(f.id, f.text, config.questions_per_fact) for f in facts
         ]
         self.progress.update(facts=len(facts), phase="training")
-        self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+        self.registry.jobs.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
         base, tokenizer = training.load_base(self.worker.model_path)
         self.peft_model = training.make_peft_model(base, config)
         if config.variant == "pissa":
@@ -127,18 +129,20 @@ class TrainingRun:
         round_config, measured = config, 0.0
         for round_number in range(self.rounds):
             if round_number:  # below the gate: train on, towards a lower loss
-                self.registry.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+                self.registry.jobs.transition(
+                    self.job.id, JobStatus.TRAINING, progress=self.progress
+                )
                 round_config = replace(round_config, target_loss=round_config.target_loss / 4)
             with self.worker.metrics.phase_seconds.labels("training").time():
                 result = training.train(self.peft_model, prefix, round_config, self.on_step)
             self.done_steps += result.steps
             self.last_loss = result.loss
             self.progress.update(phase="validating", step=self.done_steps)
-            self.registry.transition(self.job.id, JobStatus.VALIDATING, progress=self.progress)
+            self.registry.jobs.transition(self.job.id, JobStatus.VALIDATING, progress=self.progress)
             with self.worker.metrics.phase_seconds.labels("validating").time():
                 measured, _answers = training.recall(self.peft_model, tokenizer, qas)
             self.progress.update(recall=round(measured, 4))
-            self.registry.set_progress(self.job.id, self.progress)
+            self.registry.jobs.set_progress(self.job.id, self.progress)
             # Every fact recalled: done. Merely above the gate: the extra rounds are cheap
             # next to serving a module that misses a fact, so use them; publish either way.
             if measured >= 1.0:
@@ -150,7 +154,7 @@ class Worker:
     def __init__(self, settings: Settings, registry: Registry, engines: list[EngineClient]) -> None:
         self.settings = settings
         self.registry = registry
-        self.queue = JobQueue(registry.r)
+        self.queue = registry.queue
         self.metrics = TrainerMetrics(self.queue)
         self.store = AdapterStore(settings.adapters_path, registry)
         self.engines = engines
@@ -183,12 +187,12 @@ class Worker:
         return bool(entries)
 
     def handle(self, entry_id: str, job_id: str) -> None:
-        job = self.registry.get_job(job_id)
+        job = self.registry.jobs.get(job_id)
         if job.status in TERMINAL:  # a redelivery of finished work
             self.queue.ack(entry_id)
             return
         # The lock expires like a dead worker's claim does, so a crash frees the module too.
-        lock = ModuleLock(self.registry.r, job.module, ttl_ms=self.settings.job_claim_idle_ms)
+        lock = self.registry.module_lock(job.module, ttl_ms=self.settings.job_claim_idle_ms)
         while not lock.acquire():  # another worker is training this module right now
             self.queue.heartbeat(self.consumer, entry_id)
             time.sleep(1.0)
@@ -199,13 +203,13 @@ class Worker:
             self.queue.ack(entry_id)
             self.metrics.jobs.labels("published").inc()
         except (GateFailed, MergeRefused) as exc:
-            self.registry.transition(job.id, JobStatus.FAILED, error=str(exc))
+            self.registry.jobs.transition(job.id, JobStatus.FAILED, error=str(exc))
             self.queue.ack(entry_id)
             self.metrics.jobs.labels("failed").inc()
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            if self.registry.count_attempt(job.id) >= MAX_ATTEMPTS:
-                self.registry.transition(
+            if self.registry.jobs.count_attempt(job.id) >= MAX_ATTEMPTS:
+                self.registry.jobs.transition(
                     job.id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
                 )
                 self.queue.ack(entry_id)
@@ -224,15 +228,15 @@ class Worker:
             # the module for just after; their own jobs then find them already covered.
             coalesce_s = self.settings.job_coalesce_ms / 1000
             time.sleep(max(0.0, job.created_at_s + coalesce_s - time.time()))
-        facts = self.registry.module_facts(job.module)
+        facts = self.registry.facts.of_module(job.module, job.tenant)
         if not facts:  # every fact was deleted: the module stops serving
             self._skip_to_publishing(job, "retiring")
-            self.registry.retire_module(job.module, job.tenant, job_id=job.id)
+            self.registry.modules.retire(job.module, job.tenant, job_id=job.id)
             return
         covering = self._covering_version(job, facts)
         if covering:  # an earlier job already trained these facts (posted back to back)
             self._skip_to_publishing(job, "already published")
-            self.registry.transition(job.id, JobStatus.PUBLISHED, version=covering)
+            self.registry.jobs.transition(job.id, JobStatus.PUBLISHED, version=covering)
             return
         run = TrainingRun(self, job, config)
         warm = job.kind == "add"
@@ -248,26 +252,28 @@ class Worker:
             # Too much for one module: move half of the facts to a new module (its own
             # job) and train this one, from scratch, on the rest.
             keep, move = facts[: len(facts) // 2], facts[len(facts) // 2 :]
-            moved = self.registry.split_module(job.module, [f.id for f in move], job.overrides)
+            moved = self.registry.facts.split(
+                job.module, job.tenant, [f.id for f in move], job.overrides
+            )
             run.progress.setdefault("split_into", []).append(moved.module)
             facts, warm = keep, False
         run.progress.update(phase="publishing", train_seconds=run.seconds())
-        self.registry.transition(job.id, JobStatus.PUBLISHING, progress=run.progress)
+        self.registry.jobs.transition(job.id, JobStatus.PUBLISHING, progress=run.progress)
         with self.metrics.phase_seconds.labels("publishing").time():
             self._publish(job, run, [f.id for f in facts], measured)
         run.initial.cleanup()
 
     def _skip_to_publishing(self, job: Job, reason: str) -> None:
-        self.registry.transition(job.id, JobStatus.TRAINING, progress={"phase": reason})
-        self.registry.transition(job.id, JobStatus.VALIDATING)
-        self.registry.transition(job.id, JobStatus.PUBLISHING)
+        self.registry.jobs.transition(job.id, JobStatus.TRAINING, progress={"phase": reason})
+        self.registry.jobs.transition(job.id, JobStatus.VALIDATING)
+        self.registry.jobs.transition(job.id, JobStatus.PUBLISHING)
 
     def _covering_version(self, job: Job, facts: list[Fact]) -> int | None:
         """The active version, when it was trained on every fact this "add" job sees."""
-        active = self.registry.get_module(job.module).active_version
+        active = self.registry.modules.get(job.module).active_version
         if job.kind != "add" or not active or job.overrides:
             return None
-        trained = set(self.registry.get_version(job.module, active).fact_ids)
+        trained = set(self.registry.modules.version(job.module, active).fact_ids)
         return active if {f.id for f in facts} <= trained else None
 
     def load_everywhere(self, ref: AdapterRef) -> None:
@@ -285,12 +291,12 @@ class Worker:
 
     def warm_start(self, job: Job, peft_model: Any, config: TrainConfig) -> int | None:
         """Start an "add" job from the module's active version when its shape matches."""
-        active = self.registry.get_module(job.module).active_version
+        active = self.registry.modules.get(job.module).active_version
         if not active:
             return None
-        if self.registry.get_version(job.module, active).train_config != asdict(config):
+        if self.registry.modules.version(job.module, active).train_config != asdict(config):
             return None
-        files = self.registry.version_files(job.module, active)
+        files = self.registry.modules.version_files(job.module, active)
         training.warm_start(peft_model, files["adapter_model.safetensors"])
         return active
 
@@ -319,13 +325,13 @@ class Worker:
         `details` are the rest of its VersionInfo. The order matters: a version is
         servable before anyone can be routed to it."""
         validate_adapter_config(files, max_rank=max_rank)
-        version = self.registry.next_version(module)
+        version = self.registry.modules.next_version(module)
         ref = self.store.write_local(module, version, files)
         self.load_everywhere(ref)
         info = VersionInfo(
             module=module, version=version, tenant=job.tenant, checksum=checksum(files), **details
         )
-        self.registry.publish_version(info, files, job_id=job.id)
+        self.registry.modules.publish(info, files, job_id=job.id)
         return ref
 
 

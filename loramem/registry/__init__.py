@@ -1,0 +1,40 @@
+"""The registry: facts, modules and versions, merges and jobs in Redis, one store per
+aggregate. Key names come from loramem.keys only. Every write that must not be seen
+half-done is one MULTI/EXEC transaction (with WATCH where it reads first).
+
+  registry.facts    storing, packing, editing, deleting, splitting    (facts.py)
+  registry.modules  versions: publish, retire, the event stream       (modules.py)
+  registry.merges   merged modules: policy and build requests         (merges.py)
+  registry.jobs     the job lifecycle                                 (jobs.py)
+  registry.queue    the trainers' job stream, and per-module locks    (loramem/queue.py)
+"""
+
+from __future__ import annotations
+
+import redis
+
+from loramem.queue import JobQueue, ModuleLock
+from loramem.registry.facts import FactStore
+from loramem.registry.jobs import JobStore
+from loramem.registry.merges import MergeStore
+from loramem.registry.modules import ModuleStore
+
+
+class Registry:
+    def __init__(self, client: redis.Redis, module_capacity_facts: int = 64) -> None:
+        self._redis = client
+        self.jobs = JobStore(client)
+        self.modules = ModuleStore(client, self.jobs)
+        self.facts = FactStore(client, module_capacity_facts)
+        self.merges = MergeStore(client, self.modules, self.jobs)
+        self.queue = JobQueue(client)
+
+    @classmethod
+    def from_url(cls, url: str, module_capacity_facts: int = 64) -> Registry:
+        return cls(redis.Redis.from_url(url), module_capacity_facts)
+
+    def module_lock(self, module: str, ttl_ms: int) -> ModuleLock:
+        return ModuleLock(self._redis, module, ttl_ms)
+
+    def ping(self) -> None:
+        self._redis.ping()

@@ -1,0 +1,173 @@
+"""Facts: storing them, packing them into modules, editing, deleting and splitting.
+
+Every change to facts queues, in the same transaction, the job that retrains their module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from loramem import keys
+from loramem.errors import Conflict, NotFound
+from loramem.names import new_id
+from loramem.registry.codec import decode
+from loramem.registry.jobs import Job, stage_job
+from loramem.registry.modules import stage_module
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: str
+    tenant: str
+    text: str
+    module: str
+    embedding: bytes = b""
+
+
+class FactStore:
+    def __init__(self, client: redis.Redis, module_capacity_facts: int) -> None:
+        self._redis = client
+        self.module_capacity_facts = module_capacity_facts
+
+    def add(
+        self,
+        tenant: str,
+        texts: list[str],
+        fact_ids: list[str | None],
+        embeddings: list[bytes],
+        module: str | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> tuple[Job, list[str]]:
+        """Store facts and queue the job that trains them into a module, atomically."""
+        ids = [fid or new_id() for fid in fact_ids]
+        if len(set(ids)) != len(ids):
+            raise Conflict("fact ids in one request must be unique", param="facts")
+        job = Job(id=new_id(), tenant=tenant, module="", overrides=overrides or {})
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            existing = [fid for fid in ids if pipe.exists(keys.fact(tenant, fid))]
+            if existing:
+                raise Conflict(f"fact id already exists: {existing[0]}", param="facts")
+            target = module or self._packing_target(pipe, tenant, len(ids))
+            owner = pipe.hget(keys.module(target), "tenant")
+            if owner is not None and decode(owner) != tenant:
+                raise Conflict(f"module name is taken: {target}", param="module")
+            if pipe.hexists(keys.module(target), "sources"):  # its facts belong to its sources
+                raise Conflict(f"module {target} is a merged module", param="module")
+            job.module = target
+            now = time.time()
+            pipe.multi()
+            if owner is None:
+                stage_module(pipe, tenant, target)
+            if module is None:
+                pipe.set(keys.tenant_open_module(tenant), target)
+            for fid, text, emb in zip(ids, texts, embeddings, strict=True):
+                pipe.hset(
+                    keys.fact(tenant, fid),
+                    mapping={"text": text, "module": target, "embedding": emb, "created_at_s": now},
+                )
+            pipe.sadd(keys.tenant_facts(tenant), *ids)
+            pipe.sadd(keys.module_facts(target), *ids)
+            pipe.sadd(keys.tenants(), tenant)
+            stage_job(pipe, job)
+
+        watched = [keys.tenant_open_module(tenant)] + [keys.fact(tenant, f) for f in ids]
+        if module:
+            watched.append(keys.module(module))
+        self._redis.transaction(write, *watched)
+        return job, ids
+
+    def _packing_target(self, pipe: redis.client.Pipeline, tenant: str, count: int) -> str:
+        """The tenant's open module while it has room, else a fresh one."""
+        open_module = pipe.get(keys.tenant_open_module(tenant))
+        if open_module is not None:
+            name = decode(open_module)
+            pipe.watch(keys.module_facts(name))
+            if pipe.scard(keys.module_facts(name)) + count <= self.module_capacity_facts:
+                return name
+        return "m-" + new_id()[:10]
+
+    def replace(self, tenant: str, fact_id: str, text: str, embedding: bytes) -> Job:
+        """New text for a fact, and the job that retrains its module with it."""
+        return self._change(tenant, fact_id, {"text": text, "embedding": embedding})
+
+    def delete(self, tenant: str, fact_id: str) -> Job:
+        """Remove a fact, and queue the job that retrains its module without it."""
+        return self._change(tenant, fact_id, None)
+
+    def _change(self, tenant: str, fact_id: str, update: dict[str, Any] | None) -> Job:
+        key = keys.fact(tenant, fact_id)
+        job = Job(
+            id=new_id(), tenant=tenant, module="", kind="delete" if update is None else "edit"
+        )
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            module = pipe.hget(key, "module")
+            if module is None:
+                raise NotFound(f"fact not found: {fact_id}", param="fact_id")
+            job.module = decode(module)
+            pipe.multi()
+            if update is None:
+                pipe.delete(key)
+                pipe.srem(keys.tenant_facts(tenant), fact_id)
+                pipe.srem(keys.module_facts(job.module), fact_id)
+            else:
+                pipe.hset(key, mapping=update)
+            stage_job(pipe, job)
+
+        self._redis.transaction(write, key)
+        return job
+
+    def split(
+        self, module: str, tenant: str, fact_ids: list[str], overrides: dict[str, Any]
+    ) -> Job:
+        """Move facts into a new module of the same tenant and queue its training job."""
+        target = f"{module[:37]}-s{new_id()[:6]}"
+        job = Job(id=new_id(), tenant=tenant, module=target, overrides=overrides)
+        pipe = self._redis.pipeline(transaction=True)
+        stage_module(pipe, tenant, target)
+        pipe.srem(keys.module_facts(module), *fact_ids)
+        pipe.sadd(keys.module_facts(target), *fact_ids)
+        for fact_id in fact_ids:
+            pipe.hset(keys.fact(tenant, fact_id), "module", target)
+        stage_job(pipe, job)
+        pipe.execute()
+        return job
+
+    def get(self, tenant: str, fact_id: str) -> Fact:
+        raw = self._redis.hgetall(keys.fact(tenant, fact_id))
+        if not raw:
+            raise NotFound(f"fact not found: {fact_id}")
+        return _fact(tenant, fact_id, raw)
+
+    def of_tenant(self, tenant: str) -> list[Fact]:
+        ids = sorted(decode(i) for i in self._redis.smembers(keys.tenant_facts(tenant)))
+        return self.by_id(tenant, ids)
+
+    def of_module(self, module: str, tenant: str) -> list[Fact]:
+        ids = sorted(decode(i) for i in self._redis.smembers(keys.module_facts(module)))
+        return self.by_id(tenant, ids)
+
+    def by_id(self, tenant: str, ids: Iterable[str]) -> list[Fact]:
+        ids = list(ids)
+        pipe = self._redis.pipeline(transaction=False)
+        for fid in ids:
+            pipe.hgetall(keys.fact(tenant, fid))
+        return [
+            _fact(tenant, fid, raw) for fid, raw in zip(ids, pipe.execute(), strict=True) if raw
+        ]
+
+
+def _fact(tenant: str, fact_id: str, raw: dict[bytes, bytes]) -> Fact:
+    return Fact(
+        id=fact_id,
+        tenant=tenant,
+        text=decode(raw[b"text"]),
+        module=decode(raw[b"module"]),
+        embedding=raw.get(b"embedding", b""),
+    )

@@ -1,0 +1,169 @@
+"""Jobs: the lifecycle of a queued piece of training work, and its storage.
+
+Every status write goes through `JobStore.transition` (or `finish` / `fail`, which call
+it), so the allowed-transition table below is the only way a status changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from loramem import keys
+from loramem.errors import NotFound
+from loramem.registry.codec import decode, encode
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    TRAINING = "training"
+    VALIDATING = "validating"
+    PUBLISHING = "publishing"
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({JobStatus.PUBLISHED, JobStatus.FAILED})
+
+# A reclaimed job (its worker died) restarts training from any non-terminal state, and a
+# failed gate sends a job from validating back to training for more steps.
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.TRAINING, JobStatus.FAILED}),
+    JobStatus.TRAINING: frozenset({JobStatus.TRAINING, JobStatus.VALIDATING, JobStatus.FAILED}),
+    JobStatus.VALIDATING: frozenset({JobStatus.TRAINING, JobStatus.PUBLISHING, JobStatus.FAILED}),
+    JobStatus.PUBLISHING: frozenset({JobStatus.TRAINING, JobStatus.PUBLISHED, JobStatus.FAILED}),
+    JobStatus.PUBLISHED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in ALLOWED[current]
+
+
+class InvalidTransition(Exception):
+    def __init__(self, job_id: str, current: str, new: str) -> None:
+        super().__init__(f"job {job_id}: {current} -> {new} is not allowed")
+
+
+@dataclass
+class Job:
+    id: str
+    tenant: str
+    module: str
+    status: JobStatus = JobStatus.QUEUED
+    version: int | None = None
+    error: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    created_at_s: float = 0.0
+    # "add" only grows a module, so training may start from its active version's weights;
+    # "edit" and "delete" must unlearn, so they train from scratch; "merge" combines
+    # published modules without training.
+    kind: str = "add"
+    overrides: dict[str, Any] = field(default_factory=dict)  # training knobs for this job
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "module": self.module,
+            "version": self.version,
+            "progress": self.progress,
+            "error": self.error,
+        }
+
+
+def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
+    """Queue `job` inside the caller's transaction, next to the writes it is about."""
+    job.created_at_s = time.time()
+    pipe.hset(
+        keys.job(job.id),
+        mapping={
+            "tenant": job.tenant,
+            "module": job.module,
+            "kind": job.kind,
+            "overrides": json.dumps(job.overrides),
+            "status": job.status.value,
+            "progress": "{}",
+            "attempts": 0,
+            "created_at_s": job.created_at_s,
+        },
+    )
+    pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
+
+
+# More writes to make in the same transaction as a status change (a publish, a retire).
+AlsoWrite = Callable[[redis.client.Pipeline], None]
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def get(self, job_id: str) -> Job:
+        raw = self._redis.hgetall(keys.job(job_id))
+        if not raw:
+            raise NotFound(f"job not found: {job_id}")
+        return Job(
+            id=job_id,
+            tenant=decode(raw[b"tenant"]),
+            module=decode(raw[b"module"]),
+            status=JobStatus(decode(raw[b"status"])),
+            version=int(raw[b"version"]) if b"version" in raw else None,
+            error=decode(raw[b"error"]) if b"error" in raw else None,
+            progress=json.loads(raw.get(b"progress", b"{}")),
+            attempts=int(raw.get(b"attempts", 0)),
+            created_at_s=float(raw.get(b"created_at_s", 0)),
+            kind=decode(raw.get(b"kind", b"add")),
+            overrides=json.loads(raw.get(b"overrides", b"{}")),
+        )
+
+    def transition(
+        self, job_id: str, new: JobStatus, also: AlsoWrite | None = None, **fields: Any
+    ) -> None:
+        """Move a job to `new` if the lifecycle allows it, atomically against other writers;
+        `also` adds writes that must happen in the same transaction or not at all."""
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            current = pipe.hget(keys.job(job_id), "status")
+            if current is None:
+                raise NotFound(f"job not found: {job_id}")
+            if not can_transition(JobStatus(decode(current)), new):
+                raise InvalidTransition(job_id, decode(current), new.value)
+            pipe.multi()
+            mapping = {"status": new.value, "updated_at_s": time.time()}
+            mapping.update({k: encode(v) for k, v in fields.items() if v is not None})
+            pipe.hset(keys.job(job_id), mapping=mapping)
+            if also is not None:
+                also(pipe)
+
+        self._redis.transaction(write, keys.job(job_id))
+
+    def finish(
+        self, job_id: str, version: int | None = None, also: AlsoWrite | None = None
+    ) -> None:
+        """The job's work is served (`version`), or needed no new version (a retire)."""
+        self.transition(job_id, JobStatus.PUBLISHED, also=also, version=version)
+
+    def fail(self, job_id: str, error: str) -> None:
+        self.transition(job_id, JobStatus.FAILED, error=error)
+
+    def skip_to_publishing(self, job_id: str, reason: str) -> None:
+        """Walk the lifecycle to publishing for a job that trains nothing (`reason` says
+        why), so that its status history reads the same as every other job's."""
+        self.transition(job_id, JobStatus.TRAINING, progress={"phase": reason})
+        self.transition(job_id, JobStatus.VALIDATING)
+        self.transition(job_id, JobStatus.PUBLISHING)
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self._redis.hset(keys.job(job_id), "progress", json.dumps(progress))
+
+    def count_attempt(self, job_id: str) -> int:
+        return int(self._redis.hincrby(keys.job(job_id), "attempts", 1))

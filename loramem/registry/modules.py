@@ -1,0 +1,178 @@
+"""Modules and their versions: create, publish, retire, and the event stream that
+tells every gateway about a publish or a retire."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from loramem import keys
+from loramem.errors import NotFound
+from loramem.names import served_name
+from loramem.registry.codec import decode
+from loramem.registry.jobs import AlsoWrite, JobStore
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    name: str
+    tenant: str
+    active_version: int  # 0 while no version is published
+    fact_count: int
+
+    @property
+    def active_name(self) -> str | None:
+        return served_name(self.name, self.active_version) if self.active_version else None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    module: str
+    version: int
+    tenant: str
+    fact_ids: list[str]
+    recall: float
+    checksum: str
+    train_config: dict[str, Any]
+    # A merged module's version: the source module versions it was built from.
+    merged_from: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return served_name(self.module, self.version)
+
+
+def stage_module(pipe: redis.client.Pipeline, tenant: str, name: str, **extra: str | float) -> None:
+    """Create module `name` of `tenant` inside the caller's transaction (`extra`: a merged
+    module's recipe)."""
+    pipe.hset(
+        keys.module(name),
+        mapping={"tenant": tenant, "active_version": 0, "created_at_s": time.time(), **extra},
+    )
+    pipe.sadd(keys.tenant_modules(tenant), name)
+
+
+class ModuleStore:
+    def __init__(self, client: redis.Redis, jobs: JobStore) -> None:
+        self._redis = client
+        self._jobs = jobs
+
+    def get(self, name: str) -> ModuleInfo:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.module(name))
+        pipe.scard(keys.module_facts(name))
+        raw, count = pipe.execute()
+        if not raw:
+            raise NotFound(f"module not found: {name}")
+        return ModuleInfo(
+            name=name,
+            tenant=decode(raw[b"tenant"]),
+            active_version=int(raw.get(b"active_version", 0)),
+            fact_count=int(count),
+        )
+
+    def of_tenant(self, tenant: str) -> list[ModuleInfo]:
+        names = sorted(decode(n) for n in self._redis.smembers(keys.tenant_modules(tenant)))
+        return [self.get(n) for n in names]
+
+    def tenants(self) -> list[str]:
+        return sorted(decode(t) for t in self._redis.smembers(keys.tenants()))
+
+    def next_version(self, module: str) -> int:
+        """Versions only ever grow, even when a publish fails after taking a number."""
+        return int(self._redis.hincrby(keys.module(module), "version_seq", 1))
+
+    def publish(
+        self, info: VersionInfo, files: dict[str, bytes], job_id: str | None = None
+    ) -> None:
+        """Record a version, switch the active pointer, announce it and finish its job, in
+        one transaction."""
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            pipe.hset(
+                keys.version(info.module, info.version),
+                mapping={
+                    "tenant": info.tenant,
+                    "fact_ids": json.dumps(info.fact_ids),
+                    "recall": info.recall,
+                    "checksum": info.checksum,
+                    "train_config": json.dumps(info.train_config),
+                    "merged_from": json.dumps(info.merged_from),
+                    "created_at_s": time.time(),
+                },
+            )
+            if files:
+                pipe.hset(keys.version_files(info.module, info.version), mapping=files)
+            pipe.hset(keys.module(info.module), "active_version", info.version)
+            _announce(
+                pipe,
+                "published",
+                module=info.module,
+                version=info.version,
+                tenant=info.tenant,
+                job_id=job_id or "",
+            )
+
+        self._in_transaction(write, job_id, info.version)
+
+    def retire(self, module: str, tenant: str, job_id: str | None = None) -> None:
+        """A module left with no facts serves nothing: clear its active version."""
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            pipe.hset(keys.module(module), "active_version", 0)
+            _announce(pipe, "retired", module=module, tenant=tenant)
+
+        self._in_transaction(write, job_id, None)
+
+    def _in_transaction(self, write: AlsoWrite, job_id: str | None, version: int | None) -> None:
+        """Run `write` atomically: with the job's finish when a job asked for it."""
+        if job_id is not None:
+            self._jobs.finish(job_id, version, also=write)
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        write(pipe)
+        pipe.execute()
+
+    def version(self, module: str, version: int) -> VersionInfo:
+        raw = self._redis.hgetall(keys.version(module, version))
+        if not raw:
+            raise NotFound(f"version not found: {served_name(module, version)}")
+        return VersionInfo(
+            module=module,
+            version=version,
+            tenant=decode(raw[b"tenant"]),
+            fact_ids=json.loads(raw[b"fact_ids"]),
+            recall=float(raw[b"recall"]),
+            checksum=decode(raw[b"checksum"]),
+            train_config=json.loads(raw[b"train_config"]),
+            merged_from=json.loads(raw.get(b"merged_from", b"{}")),
+        )
+
+    def version_files(self, module: str, version: int) -> dict[str, bytes]:
+        raw = self._redis.hgetall(keys.version_files(module, version))
+        return {decode(k): v for k, v in raw.items()}
+
+    def events_after(self, last_id: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        reply = self._redis.xread({keys.EVENTS_STREAM: last_id}, block=block_ms, count=1000)
+        events: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in reply or []:
+            for entry_id, data in entries:
+                events.append((decode(entry_id), {decode(k): decode(v) for k, v in data.items()}))
+        return events
+
+    def last_event_id(self) -> str:
+        last = self._redis.xrevrange(keys.EVENTS_STREAM, count=1)
+        return decode(last[0][0]) if last else "0-0"
+
+
+def _announce(pipe: redis.client.Pipeline, kind: str, **fields: str | int) -> None:
+    pipe.xadd(
+        keys.EVENTS_STREAM,
+        {"type": kind, **fields},
+        maxlen=keys.EVENTS_STREAM_MAXLEN,
+        approximate=True,
+    )
