@@ -18,10 +18,11 @@ from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, SentenceEmbedder
 from router.router import Router
 from server import api_knowledge, api_merges, api_openai, api_ops, errors
+from server.completions import CompletionService
 from server.engines import EnginePool
+from server.forwarding import EngineForwarder
 from server.metrics import GatewayMetrics
 from server.reconcile import EventFollower, Reconciler
-from server.serving import CompletionService
 
 log = logging.getLogger("loramem.gateway")
 
@@ -56,8 +57,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         async def load_adapter(engine: str, name: str) -> bool:
             return await run_in_threadpool(reconciler.load_into, engine, name)
 
-        completions = CompletionService(router, registry, metrics, http, pool, load_adapter)
-        reconciler.in_flight = completions.in_flight
+        forwarder = EngineForwarder(http, pool, load_adapter)
+        completions = CompletionService(router, registry, metrics, forwarder)
+        reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(registry, router, stop)
         follower.start()  # reads the event cursor first, then loads: no event is missed
         reconciler.start()

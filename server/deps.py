@@ -11,8 +11,8 @@ from loramem.errors import InvalidRequest
 from loramem.registry import Registry
 from loramem.settings import Settings
 from router.router import Router
+from server.completions import CompletionService
 from server.metrics import GatewayMetrics
-from server.serving import CompletionService
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -70,7 +70,7 @@ class Reconciler(threading.Thread):
         self.registry, self.router, self.pool, self.engines = registry, router, pool, engines
         self.store, self.metrics, self.stop, self.interval_s = store, metrics, stop, interval_s
         self.retire_grace_s = retire_grace_s
-        self.in_flight: Counter[str] = Counter()  # replaced by the serving layer's counter
+        self.in_flight: Counter[str] = Counter()  # replaced by the forwarder's counter
         self.stale_since: dict[tuple[str, str], float] = {}
 
     def run(self) -> None:

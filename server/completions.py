@@ -1,0 +1,172 @@
+"""Completion serving: route, shape the request for its answer mode, forward, measure.
+
+Returns data (`Completion`): the route decision, the engine, and the engine's answer as
+a JSON payload, an error body, or a stream of SSE lines. The route functions in
+server/api_openai.py turn it into HTTP responses and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.concurrency import run_in_threadpool
+
+from loramem.errors import LoramemError
+from loramem.registry import Registry
+from router import answer
+from router.router import RouteDecision, Router
+from server.forwarding import EngineForwarder, Upstream
+from server.metrics import GatewayMetrics
+from server.protocol import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("loramem.gateway")
+
+
+@dataclass
+class Completion:
+    decision: RouteDecision
+    mode: str
+    engine: int  # the answering engine's index in the pool
+    status: int  # the engine's HTTP status
+    payload: dict[str, Any] | None = None  # a unary answer (status 200)
+    content: bytes = b""  # the engine's error body (status other than 200)
+    stream: AsyncIterator[bytes] | None = None  # SSE lines of a streamed answer (status 200)
+
+
+class CompletionService:
+    def __init__(
+        self,
+        router: Router,
+        registry: Registry,
+        metrics: GatewayMetrics,
+        forwarder: EngineForwarder,
+    ) -> None:
+        self.router = router
+        self.registry = registry
+        self.metrics = metrics
+        self.forwarder = forwarder
+
+    async def serve(
+        self, tenant: str, path: str, request: ChatCompletionRequest | CompletionRequest
+    ) -> Completion:
+        started = time.perf_counter()
+        mode = request.loramem.mode
+        decision = await run_in_threadpool(self._decide, tenant, request, mode)
+        self.metrics.route_seconds.observe(time.perf_counter() - started)
+        if decision.score is not None:
+            self.metrics.route_score.observe(decision.score)
+        body = request.model_dump(exclude={"loramem"}, exclude_none=True)
+        body["model"] = decision.target
+        fact_ids = answer.context_fact_ids(decision, mode)
+        if fact_ids:
+            await run_in_threadpool(self._add_context, tenant, body, fact_ids)
+        label = self.metrics.module_label(decision.module)
+        self.metrics.requests.labels(label, decision.outcome, mode).inc()
+        upstream = await self.forwarder.forward(
+            decision.target, decision.module is not None, path, body, stream=request.stream
+        )
+        engine = self.forwarder.pool.urls.index(upstream.engine)
+        if not request.stream:
+            upstream.release()
+            return self._unary(decision, mode, engine, upstream.reply, label, started)
+        return await self._stream(decision, mode, engine, upstream, label, started)
+
+    def _decide(
+        self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str
+    ) -> RouteDecision:
+        decision = answer.route(
+            self.router, tenant, request.model, request.query_text(), mode, request.loramem.merge
+        )
+        if decision.merge_wanted:
+            self._request_merge(tenant, decision.merge_wanted)
+        return decision
+
+    def _request_merge(self, tenant: str, modules: list[str]) -> None:
+        """Queue the merge this request wanted (deduplicated in Redis); the best module
+        serves this request either way, and a later one gets the merge once published."""
+        try:
+            _job, queued = self.registry.merges.request(
+                tenant, modules, self.router.merge_combination, None
+            )
+        except LoramemError as exc:  # a source changed under us: the next request retries
+            log.warning("merge of %s not queued: %s", modules, exc.message)
+            return
+        if queued:
+            self.metrics.merge_builds.inc()
+
+    def _add_context(self, tenant: str, body: dict[str, Any], fact_ids: list[str]) -> None:
+        answer.add_context(body, [f.text for f in self.registry.facts.by_id(tenant, fact_ids)])
+
+    def _unary(
+        self,
+        decision: RouteDecision,
+        mode: str,
+        engine: int,
+        reply: httpx.Response,
+        label: str,
+        started: float,
+    ) -> Completion:
+        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        if reply.status_code != 200:
+            self.metrics.request_errors.labels(str(reply.status_code)).inc()
+            return Completion(decision, mode, engine, reply.status_code, content=reply.content)
+        payload = reply.json()
+        usage = payload.get("usage") or {}
+        self.metrics.tokens_out.labels(label).inc(usage.get("completion_tokens", 0))
+        return Completion(decision, mode, engine, 200, payload=payload)
+
+    async def _stream(
+        self,
+        decision: RouteDecision,
+        mode: str,
+        engine: int,
+        upstream: Upstream,
+        label: str,
+        started: float,
+    ) -> Completion:
+        """The engine's SSE stream, relayed; the upstream is released once it has ended."""
+        reply = upstream.reply
+        if reply.status_code != 200:
+            content = await reply.aread()
+            await reply.aclose()
+            upstream.release()
+            self.metrics.request_errors.labels(str(reply.status_code)).inc()
+            return Completion(decision, mode, engine, reply.status_code, content=content)
+        lines = self._relay(reply, label, started, upstream.release)
+        return Completion(decision, mode, engine, 200, stream=lines)
+
+    async def _relay(
+        self, reply: httpx.Response, label: str, started: float, release: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
+        first = True
+        try:
+            async for line in reply.aiter_lines():
+                if first:
+                    self.metrics.ttft.labels(label).observe(time.perf_counter() - started)
+                    first = False
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    self.metrics.tokens_out.labels(label).inc(_chunk_tokens(line[6:]))
+                yield (line + "\n").encode()
+        finally:
+            await reply.aclose()
+            release()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+def _chunk_tokens(data: str) -> int:
+    """The engine streams one chunk per generated token; count chunks with text."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return 0
+    for choice in chunk.get("choices", []):
+        delta = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
+        if delta:
+            return 1
+    return 0
