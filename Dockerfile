@@ -57,6 +57,8 @@ COPY loramem/ loramem/
 COPY server/ server/
 COPY router/ router/
 COPY trainer/ trainer/
+COPY evaluation/ evaluation/
+COPY cli/ cli/
 RUN pip install --no-deps .
 
 USER loramem

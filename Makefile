@@ -22,7 +22,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	scripts/test-services.sh
-	$(BIN)/ruff check loramem server router trainer tests bench evaluation
+	$(BIN)/ruff check loramem server router trainer tests bench evaluation cli
 	$(BIN)/mypy
 	$(BIN)/pytest -ra
 

@@ -309,7 +309,7 @@ def gateway_cells(settings: Settings, plan: Plan) -> list[Cell]:
         LORAMEM_REDIS_URL=settings.redis_url,
         LORAMEM_CACHE_DIR=str(settings.cache_dir),
     )
-    me = [sys.executable, "-m", "loramem.cli"]
+    me = [sys.executable, "-m", "cli"]
     url = f"http://127.0.0.1:{settings.gateway_port}"
     tenant = {"x-loramem-tenant": f"bench-{uuid.uuid4().hex[:8]}"}  # a fresh, empty tenant
     with (

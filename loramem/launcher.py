@@ -90,7 +90,7 @@ class Launcher:
         try:
             self.ensure_redis()
             self.start_engine(prepare_base_model(self.settings))
-            me = [sys.executable, "-m", "loramem.cli"]
+            me = [sys.executable, "-m", "cli"]
             self.spawn("worker", me + ["worker"])
             self.spawn("gateway", me + ["gateway"])
             log.info(

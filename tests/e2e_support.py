@@ -36,7 +36,7 @@ class System:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start_worker(self) -> None:
-        self.processes["worker"] = spawn([sys.executable, "-m", "loramem.cli", "worker"], self.env)
+        self.processes["worker"] = spawn([sys.executable, "-m", "cli", "worker"], self.env)
 
     def post_facts(self, facts: list[str], tenant: str = "e2e", **extra) -> dict:
         reply = self.gateway.post(
@@ -124,7 +124,7 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         )
         print(f"\n[e2e] engine ready in {time.monotonic() - started:.0f} s")
         sys_.start_worker()
-        sys_.processes["gateway"] = spawn([sys.executable, "-m", "loramem.cli", "gateway"], env)
+        sys_.processes["gateway"] = spawn([sys.executable, "-m", "cli", "gateway"], env)
         wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
         yield sys_
     finally:

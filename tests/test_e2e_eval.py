@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loramem.cli import main
+from cli.main import main
 
 pytestmark = pytest.mark.e2e
 

@@ -88,7 +88,7 @@ def test_every_dashboard_panel_has_data_in_a_real_prometheus(system: System) -> 
 
 def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> None:
     second = spawn(
-        [sys.executable, "-m", "loramem.cli", "worker"],
+        [sys.executable, "-m", "cli", "worker"],
         {**system.env, "LORAMEM_TRAINER_METRICS_PORT": "0"},
     )
     try:
@@ -136,7 +136,7 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
     settings = system.settings.model_copy(update={"engine_port": extra_port})
     engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
     gateway = spawn(
-        [sys.executable, "-m", "loramem.cli", "gateway"],
+        [sys.executable, "-m", "cli", "gateway"],
         {**system.env, "LORAMEM_GATEWAY_PORT": "18001", "LORAMEM_ENGINE_URLS": ",".join(urls)},
     )
     client = httpx.Client(base_url="http://127.0.0.1:18001", timeout=300)

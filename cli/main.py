@@ -1,4 +1,4 @@
-"""The `loramem` command line."""
+"""The `loramem` command line (console script `loramem`, or `python -m cli`)."""
 
 from __future__ import annotations
 
