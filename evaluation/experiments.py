@@ -12,7 +12,7 @@ from evaluation.client import EvalClient, Unsupported
 from evaluation.run import EvalRun, table
 from loramem.base_model import cache_folder
 from loramem.datasets import PhoneEntry, phonebook
-from trainer.config import TARGET_MODULES
+from loramem.knobs import LORA_TARGETS
 
 ANSWER_TOKENS = 32  # a PhoneBook answer sentence is about 20 tokens
 
@@ -135,7 +135,7 @@ def trainable_parameters(run: EvalRun, rank: int, targets: str, top_layers: int)
     }  # fmt: skip
     layers = config["num_hidden_layers"]
     layers = min(top_layers, layers) if top_layers else layers
-    per_layer = sum(rank * sum(shapes[name]) for name in TARGET_MODULES[targets])
+    per_layer = sum(rank * sum(shapes[name]) for name in LORA_TARGETS[targets].peft)
     return per_layer * layers
 
 

@@ -18,7 +18,10 @@ from loramem.errors import InvalidRequest
 from loramem.names import served_name
 from loramem.registry import Registry
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_config.json")
+# recipe.json: how the version was made (loramem/knobs.py VersionRecipe); the publisher
+# (trainer/publisher.py) is its only writer.
+RECIPE_FILE = "recipe.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", RECIPE_FILE)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import httpx
 
 from loramem.adapter_store import AdapterRef
 from loramem.errors import EngineUnavailable
+from loramem.knobs import LORA_TARGETS, TargetName, first_lora_layer
 from loramem.settings import Settings
 
 
@@ -44,29 +45,22 @@ def engine_command(settings: Settings, model_path: Path, port: int | None = None
     ]
 
 
-# vLLM's runtime (packed) names of the linear layers a loramem target covers.
-_VLLM_TARGETS = {
-    "all-linear": ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"),
-    "attention": ("self_attn.qkv_proj", "self_attn.o_proj"),
-    "feed-forward": ("mlp.gate_up_proj", "mlp.down_proj"),
-}
-
-
 def _lora_target_args(settings: Settings, model_path: Path) -> list[str]:
     """--lora-target-modules for settings.engine_lora_modules ("all": vLLM's default)."""
     if settings.engine_lora_modules == "all":
         return []
-    suffixes = _VLLM_TARGETS[settings.lora_targets]
+    knobs = settings.training
+    suffixes = LORA_TARGETS[knobs.targets].vllm
     if settings.engine_lora_modules == "targets":
         return ["--lora-target-modules", *(s.split(".")[-1] for s in suffixes)]
     config = json.loads((model_path / "config.json").read_text())
     total = int(config["num_hidden_layers"])
-    first = max(0, total - settings.lora_top_layers) if settings.lora_top_layers else 0
+    first = first_lora_layer(total, knobs.top_layers)
     names = [f"model.layers.{i}.{s}" for i in range(first, total) for s in suffixes]
     return ["--lora-target-modules", *names]
 
 
-def unserved_lora_shape(settings: Settings, targets: str, top_layers: int) -> str | None:
+def unserved_lora_shape(settings: Settings, targets: TargetName, top_layers: int) -> str | None:
     """Why the engines would drop part of a module of this shape; None when they serve it all.
 
     With engine_lora_modules other than "all", vLLM wraps only some layers and silently
@@ -75,9 +69,10 @@ def unserved_lora_shape(settings: Settings, targets: str, top_layers: int) -> st
     mode = settings.engine_lora_modules
     if mode == "all":
         return None
-    if not set(_VLLM_TARGETS[targets]) <= set(_VLLM_TARGETS[settings.lora_targets]):
-        return f"the engines serve LoRA on {settings.lora_targets} layers only, not {targets}"
-    served = settings.lora_top_layers
+    served_targets = settings.training.targets
+    if not set(LORA_TARGETS[targets].vllm) <= set(LORA_TARGETS[served_targets].vllm):
+        return f"the engines serve LoRA on {served_targets} layers only, not {targets}"
+    served = settings.training.top_layers
     if mode == "shape" and served and not 0 < top_layers <= served:
         return f"the engines serve LoRA on the top {served} layers only, not {top_layers or 'all'}"
     return None
@@ -85,7 +80,7 @@ def unserved_lora_shape(settings: Settings, targets: str, top_layers: int) -> st
 
 def max_lora_rank(settings: Settings) -> int:
     """The largest adapter rank the engine is started to accept."""
-    return _max_lora_rank(max(settings.engine_max_lora_rank or 0, settings.lora_rank))
+    return _max_lora_rank(max(settings.engine_max_lora_rank or 0, settings.training.rank))
 
 
 def _max_lora_rank(rank: int) -> int:

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TargetModules = Literal["all-linear", "attention", "feed-forward"]
+from loramem.knobs import TrainingKnobs
 
 
 def _default_cache_dir() -> Path:
@@ -17,7 +17,9 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LORAMEM_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LORAMEM_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # --- infrastructure ---
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -43,13 +45,13 @@ class Settings(BaseSettings):
     engine_max_cpu_loras: int = 32  # adapters kept resident
     # Layers vLLM wraps for LoRA. "all": every supported linear layer (vLLM's default; a
     # wrapped layer costs the same whether or not an adapter touches it). "targets": only
-    # the layer types of lora_targets. "shape": those types on the top lora_top_layers
+    # the layer types of training.targets. "shape": those types on the top training.top_layers
     # layers only. On CPU the LoRA cost grows with wrapped layers: "shape" served a module
     # 1.8x faster than "all" (docs/RESULTS.md). vLLM silently ignores an adapter's weights
     # outside the wrapped layers; POST /facts refuses training overrides that fall there.
     engine_lora_modules: Literal["all", "targets", "shape"] = "shape"
     # Largest adapter rank the engine accepts (default: the smallest vLLM allows above
-    # lora_rank). A `cat` merge of n modules has rank n * lora_rank.
+    # training.rank). A `cat` merge of n modules has rank n * training.rank.
     engine_max_lora_rank: int | None = Field(default=None, ge=1, le=256)
     engine_kv_cache_gib: int = 2
     engine_start_timeout_s: float = 600.0
@@ -94,35 +96,18 @@ class Settings(BaseSettings):
     # the weight updates, refactored to a rank the engine serves; the paper found
     # TIES/averaging work where concatenation collapses, and the exact sum `cat` lost
     # every fact here, docs/RESULTS.md), "linear" (weighted sum, refactored), or "cat"
-    # (rank n * lora_rank must fit engine_max_lora_rank).
+    # (rank n * training.rank must fit engine_max_lora_rank).
     merge_combination: Literal["ties", "linear", "cat"] = "ties"
     merge_density: float = Field(default=1.0, gt=0.0, le=1.0)  # TIES: share of values kept
 
     # --- trainer ---
-    lora_rank: int = Field(default=8, ge=1, le=256)
-    lora_alpha: float | None = None  # default: equal to rank, as in the paper
-    lora_targets: TargetModules = "feed-forward"
-    # Top decoder layers that carry LoRA (0 = all). The frozen layers below are run once
-    # per job instead of every step: on SmolLM2-135M, 12 of 30 layers train 10 facts about
-    # twice as fast as all 30 and recall them as well (bench/trainer_speed.py).
-    lora_top_layers: int = Field(default=12, ge=0)
-    # Served modules are plain LoRA (vLLM loads nothing else); experiments may ask for
-    # "dora" or "pissa" through TrainConfig.
-    lora_variant: Literal["lora"] = "lora"
-    # Batch 16 at lr 1e-2 against 32 at 5e-3, 48 PhoneBook facts: half the time to the loss
-    # target (111 s against 218 s) and recall 0.96 against 0.83 (bench/trainer_speed.py).
-    learning_rate: float = Field(default=1e-2, gt=0)
-    train_max_steps: int = Field(default=60, ge=1)
-    train_target_loss: float = Field(default=0.05, ge=0)
-    train_batch_size: int = Field(default=16, ge=1)
-    train_seed: int = 0
+    # The training knobs (loramem/knobs.py), e.g. LORAMEM_TRAINING__RANK=4: the defaults
+    # of every job; a job may override them (POST /facts "training").
+    training: TrainingKnobs = Field(default_factory=TrainingKnobs)
     train_threads: int | None = None  # torch threads; default: all cores
-    questions_per_fact: int = Field(default=2, ge=1)
-    data_format: Literal["qa", "rewrite", "mixed"] = "qa"
     data_generator: Literal["template", "llm"] = "template"
     generator_url: str | None = None  # OpenAI-compatible; default: our own engine
     generator_model: str | None = None  # default: the base model's served name
-    recall_gate: float = Field(default=0.95, ge=0, le=1)
     gate_extra_rounds: int = Field(default=2, ge=0)  # more training before a job fails
     gate_split: bool = True  # still below the gate: move half the facts to a new module
     # Facts packed into one module. A rank-8 module of the default shape held 128 PhoneBook
@@ -162,8 +147,9 @@ class Settings(BaseSettings):
             self.adapter_dir = self.cache_dir / "adapters"
         if self.served_model_name is None:
             self.served_model_name = self.base_model.rstrip("/").split("/")[-1]
-        if self.lora_alpha is None:
-            self.lora_alpha = float(self.lora_rank)
+        if self.training.variant != "lora":
+            # vLLM serves plain LoRA; a variant is a per-job experiment (knobs.py).
+            raise ValueError("LORAMEM_TRAINING__VARIANT must be lora")
         return self
 
     @property

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 
 from loramem.documents import split_document
 from loramem.engine import max_lora_rank, unserved_lora_shape
 from loramem.errors import InvalidRequest, NotFound
+from loramem.knobs import PartialTrainingKnobs
 from loramem.registry import Registry
 from loramem.settings import Settings
 from router.embedder import to_bytes
@@ -21,7 +24,6 @@ from server.protocol import (
     PostFactsRequest,
     PostFactsResponse,
     PutFactRequest,
-    TrainingOverrides,
 )
 
 api = APIRouter(tags=["knowledge"])
@@ -71,14 +73,14 @@ def post_document(
 def _store(
     facts: list[FactIn],
     module: str | None,
-    training: TrainingOverrides | None,
+    training: PartialTrainingKnobs | None,
     tenant: str,
     settings: Settings,
     registry: Registry,
     router: Router,
 ) -> PostFactsResponse:
-    if training:
-        _check_servable(training, settings)
+    overrides = training.model_dump(exclude_none=True) if training else {}
+    _check_servable(overrides, settings)
     vectors = router.embed([f.text for f in facts])
     job, fact_ids = registry.facts.add(
         tenant,
@@ -86,22 +88,25 @@ def _store(
         [f.id for f in facts],
         [to_bytes(v) for v in vectors],
         module=module,
-        overrides=training.model_dump(exclude_none=True) if training else None,
+        training=overrides,
     )
     return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
 
 
-def _check_servable(training: TrainingOverrides, settings: Settings) -> None:
+def _check_servable(overrides: dict[str, Any], settings: Settings) -> None:
     """Refuse a module the engines could not load or serve whole: vLLM caps ranks and
     (LORAMEM_ENGINE_LORA_MODULES) the layers carrying LoRA at start-up."""
-    rank = training.rank or settings.lora_rank
-    variant = training.variant or settings.lora_variant
-    served = rank if variant == "lora" else 2 * rank  # trainer/variants.py publishes 2r
-    limit = max_lora_rank(settings)
-    targets = training.targets or settings.lora_targets
-    top_layers = settings.lora_top_layers if training.top_layers is None else training.top_layers
-    if why := unserved_lora_shape(settings, targets, top_layers):
+    if not overrides:
+        return  # the settings' own knobs: the engines were started for them
+    knobs = settings.training.with_overrides(overrides)
+    if why := unserved_lora_shape(settings, knobs.targets, knobs.top_layers):
         raise InvalidRequest(f"{why} (LORAMEM_ENGINE_LORA_MODULES)", param="training")
+    rank, variant, served, limit = (
+        knobs.rank,
+        knobs.variant,
+        knobs.served_rank,
+        max_lora_rank(settings),
+    )
     if served > limit:
         raise InvalidRequest(
             f"a {variant} module of rank {rank} is served at rank {served}, over the "

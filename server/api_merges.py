@@ -26,10 +26,7 @@ def post_merge(
     combination = body.combination or settings.merge_combination
     # Everything is checked before anything is written: unknown or foreign modules 404.
     versions = registry.merges.source_versions(tenant, body.modules)
-    ranks = [
-        int(registry.modules.version(m, v).train_config.get("rank", settings.lora_rank))
-        for m, v in versions.items()
-    ]
+    ranks = [registry.modules.version(m, v).recipe.rank for m, v in versions.items()]
     merged_rank(ranks, combination, max_lora_rank(settings))  # refuses a cat that won't fit
     job, _queued = registry.merges.request(tenant, body.modules, combination, body.weights)
     return PostMergeResponse(job_id=job.id, module=job.module)

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from loramem.knobs import PartialTrainingKnobs
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MODULE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 
@@ -16,35 +18,11 @@ class FactIn(BaseModel):
     id: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
-class TrainingOverrides(BaseModel):
-    """Per-job training knobs; each defaults to its LORAMEM_ setting.
-
-    `variant` dora or pissa trains that PEFT variant, then publishes it as the plain LoRA
-    vLLM can serve (trainer/variants.py): exact for PiSSA, a rank-2r fit for DoRA.
-    `recall_gate` 0 publishes whatever recall is reached (capacity experiments).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    rank: int | None = Field(default=None, ge=1, le=64)
-    alpha: float | None = Field(default=None, gt=0)
-    targets: Literal["all-linear", "attention", "feed-forward"] | None = None
-    top_layers: int | None = Field(default=None, ge=0)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    max_steps: int | None = Field(default=None, ge=1, le=5000)
-    target_loss: float | None = Field(default=None, ge=0)
-    batch_size: int | None = Field(default=None, ge=1, le=512)
-    seed: int | None = None
-    questions_per_fact: int | None = Field(default=None, ge=1, le=5)
-    data_format: Literal["qa", "rewrite", "mixed"] | None = None
-    variant: Literal["lora", "dora", "pissa"] | None = None
-    recall_gate: float | None = Field(default=None, ge=0, le=1)
-
-
 class PostFactsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     facts: list[StrictStr | FactIn]
     module: str | None = Field(default=None, pattern=MODULE_PATTERN)
-    training: TrainingOverrides | None = None
+    training: PartialTrainingKnobs | None = None
 
     def normalized(self) -> list[FactIn]:
         return [f if isinstance(f, FactIn) else FactIn(text=f) for f in self.facts]
@@ -54,7 +32,7 @@ class PostDocumentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: StrictStr
     module: str | None = Field(default=None, pattern=MODULE_PATTERN)
-    training: TrainingOverrides | None = None
+    training: PartialTrainingKnobs | None = None
 
 
 class PostFactsResponse(BaseModel):

@@ -10,6 +10,7 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
+from tests.recipes import TRAINED
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_published_module_is_listed_and_foreign_names_are_404(
         "/facts", json={"facts": ["secret"]}, headers={"x-loramem-tenant": "a"}
     ).json()
     registry.modules.publish(
-        VersionInfo(body["module"], 1, "a", body["fact_ids"], 1.0, "c", {}), {}
+        VersionInfo(body["module"], 1, "a", body["fact_ids"], 1.0, "c", TRAINED), {}
     )
     name = f"{body['module']}@v1"
     deadline_models = []
@@ -183,7 +184,7 @@ def test_training_knobs_travel_with_the_job(client: TestClient, registry: Regist
     body = {"facts": ["a fact"], "training": {"rank": 4, "data_format": "mixed"}}
     reply = client.post("/facts", json=body)
     assert reply.status_code == 202
-    assert registry.jobs.get(reply.json()["job_id"]).overrides == {
+    assert registry.jobs.get(reply.json()["job_id"]).training == {
         "rank": 4,
         "data_format": "mixed",
     }

@@ -11,7 +11,8 @@ from loramem.settings import Settings
 def test_engine_lora_modules_flags_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')
     everything = Settings(engine_lora_modules="all")
-    shape = Settings(engine_lora_modules="shape", lora_targets="feed-forward", lora_top_layers=12)
+    knobs = {"targets": "feed-forward", "top_layers": 12}
+    shape = Settings(engine_lora_modules="shape", training=knobs)
     assert "--lora-target-modules" not in engine_command(everything, tmp_path)
     names = engine_command(shape, tmp_path)
     names = names[names.index("--lora-target-modules") + 1 :]

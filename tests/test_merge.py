@@ -26,6 +26,7 @@ from router.index import Hit
 from router.policy import aggregate, choose, merge_group
 from router.router import Router
 from server.app import create_app
+from tests.recipes import TRAINED, merged
 from trainer.merge import MergeRefused, check_shapes, combine
 
 # ----------------------------------------------------------------- policy (unit)
@@ -130,12 +131,14 @@ def test_peft_combines_the_sources_into_one_servable_adapter(tmp_path, combinati
 
 def _published(registry: Registry, tenant: str, module: str, version: int = 1) -> None:
     job, ids = registry.facts.add(tenant, [f"{module} fact"], [None], [b""], module)
-    registry.modules.publish(VersionInfo(module, version, tenant, ids, 1.0, "c", {"rank": 8}), {})
+    registry.modules.publish(VersionInfo(module, version, tenant, ids, 1.0, "c", TRAINED), {})
 
 
 def _publish_merge(registry: Registry, name: str, tenant: str, built_from: dict) -> None:  # type: ignore[type-arg]
     version = registry.modules.next_version(name)
-    info = VersionInfo(name, version, tenant, [], math.nan, "c", {}, merged_from=built_from)
+    info = VersionInfo(
+        name, version, tenant, [], math.nan, "c", merged(built_from), merged_from=built_from
+    )
     registry.modules.publish(info, {})
 
 
@@ -218,7 +221,7 @@ BOTH = "What are the phone numbers of Ann Lee and Bob Ray?"
 def _publish_facts(registry: Registry, router: Router, module: str, text: str, version: int):  # type: ignore[no-untyped-def]
     vector = to_bytes(router.embed([text])[0])
     _job, ids = registry.facts.add("t", [text], [None], [vector], module)
-    registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, "c", {"rank": 8}), {})
+    registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, "c", TRAINED), {})
     router.apply_published("t", module, version)
 
 

@@ -15,6 +15,8 @@ from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
 from server.reconcile import EventFollower
+from tests.recipes import TRAINED
+from tests.recipes import merged as merged_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +48,14 @@ def test_published_modules_and_merges_are_routed_within_a_second(
             _job, ids = registry.facts.add(
                 "t", [text], [None], [to_bytes(router.embed([text])[0])], module
             )
-            registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", {}), {})
+            registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", TRAINED), {})
             lags[module] = _routed_after_publish_ms(registry, router, module, text)
 
         both = "What are the phone numbers of Ann Lee and Bob Ray?"
         job, queued = registry.merges.request("t", ["ann", "bob"], settings.merge_combination, None)
         assert queued
-        merged = VersionInfo(job.module, 1, "t", [], math.nan, "c", {}, {"ann": 1, "bob": 1})
+        sources = {"ann": 1, "bob": 1}
+        merged = VersionInfo(job.module, 1, "t", [], math.nan, "c", merged_recipe(sources), sources)
         registry.modules.publish(merged, {})
         lags["merged"] = _routed_after_publish_ms(registry, router, job.module, both, merge=True)
     finally:

@@ -8,6 +8,7 @@ from loramem.registry.modules import VersionInfo
 from router.embedder import to_bytes
 from router.index import index_factory
 from router.router import Router
+from tests.recipes import TRAINED
 
 JEFFREY = "The phone number of Jeffrey Buck is 603-556-7631."
 
@@ -19,7 +20,7 @@ def publish(
     job, ids = registry.facts.add(
         tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
-    registry.modules.publish(VersionInfo(job.module, 1, tenant, ids, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(job.module, 1, tenant, ids, 1.0, "c", TRAINED), {})
     router.apply_published(tenant, job.module, 1)
     return job.module
 
@@ -110,7 +111,7 @@ def test_a_new_version_replaces_the_facts_it_no_longer_holds(
         [to_bytes(router.embed(["Grass looks green today."])[0])],
         module,
     )[1]
-    registry.modules.publish(VersionInfo(module, 2, "t", kept, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(module, 2, "t", kept, 1.0, "c", TRAINED), {})
     router.apply_published("t", module, 2)
     assert router.route("t", "auto", "What is the phone number of Jeffrey Buck?").module is None
     assert router.route("t", "auto", "Does grass look green?").target == f"{module}@v2"

@@ -14,8 +14,8 @@ from loramem.engine import EngineClient
 from loramem.registry import Registry
 from loramem.registry.jobs import JobStatus
 from loramem.settings import Settings
+from tests.recipes import TRAINED
 from trainer import train as training
-from trainer.config import TrainConfig
 from trainer.synth import fact_qa
 from trainer.worker import Worker
 
@@ -28,7 +28,7 @@ def model_path() -> Path:
 def test_a_trained_adapter_recalls_its_facts(model_path: Path, tmp_path: Path) -> None:
     people = phonebook(Settings().data_dir, 5, offset=200)
     qas = [fact_qa(str(i), p.fact, 2) for i, p in enumerate(people)]
-    config = TrainConfig.from_settings(Settings())
+    config = Settings().training.with_overrides({})
     base, tokenizer = training.load_base(model_path)
     before, _ = training.recall(base, tokenizer, qas)
     peft_model = training.make_peft_model(base, config)
@@ -44,11 +44,10 @@ def test_a_trained_adapter_recalls_its_facts(model_path: Path, tmp_path: Path) -
     assert prefix.weak_rows(list(range(len(examples))), 8)[0] == []
     assert before <= 0.2 and after == 1.0, answers
 
-    training.save_adapter(peft_model, tmp_path, config)
+    peft_model.save_pretrained(str(tmp_path))
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["r"] == config.rank
     assert min(saved["layers_to_transform"]) == 30 - config.top_layers
-    assert TrainConfig.from_json((tmp_path / "training_config.json").read_text()) == config
 
 
 def test_a_drill_pass_repeats_the_weak_rows_and_replays_others() -> None:
@@ -72,7 +71,7 @@ def _run_one_job(settings: Settings, registry: Registry) -> Worker:
 def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Registry) -> None:
     settings = settings.model_copy(
         update={
-            "train_max_steps": 1,
+            "training": Settings().training.model_copy(update={"max_steps": 1}),
             "gate_extra_rounds": 0,
             "gate_split": False,
             "cache_dir": Settings().cache_dir,
@@ -84,14 +83,18 @@ def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Reg
     failed = registry.jobs.get(job.id)
     assert failed.status is JobStatus.FAILED
     assert failed.error is not None and "recall" in failed.error and "gate" in failed.error
-    assert failed.progress["recall"] < settings.recall_gate
+    assert failed.progress["recall"] < settings.training.recall_gate
     assert registry.modules.get(job.module).active_version == 0  # nothing was published
     assert worker.queue.pending_count() == 0  # a final failure is acknowledged
 
 
 def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry) -> None:
     settings = settings.model_copy(
-        update={"train_max_steps": 1, "gate_extra_rounds": 0, "cache_dir": Settings().cache_dir}
+        update={
+            "training": Settings().training.model_copy(update={"max_steps": 1}),
+            "gate_extra_rounds": 0,
+            "cache_dir": Settings().cache_dir,
+        }
     )
     people = phonebook(settings.data_dir, 2, offset=310)
     job, ids = registry.facts.add("t", [p.fact for p in people], [None] * 2, [b""] * 2)
@@ -99,8 +102,8 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
     failed = registry.jobs.get(job.id)  # one step cannot store even one fact: it still fails
     assert failed.status is JobStatus.FAILED
     [moved_to] = failed.progress["split_into"]
-    assert {f.id for f in registry.facts.of_module(job.module, "t1")} | {
-        f.id for f in registry.facts.of_module(moved_to, "t1")
+    assert {f.id for f in registry.facts.of_module(job.module, "t")} | {
+        f.id for f in registry.facts.of_module(moved_to, "t")
     } == set(ids)
     assert registry.modules.get(moved_to).fact_count == 1
     follow_up = worker.queue.read("check", block_ms=10)  # the moved half has its own job
@@ -114,7 +117,7 @@ def test_a_job_whose_facts_are_already_published_is_not_retrained(
 
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     job, ids = registry.facts.add("t", ["The colour of X is red."], [None], [b""])
-    registry.modules.publish(VersionInfo(job.module, 1, "t", ids, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(job.module, 1, "t", ids, 1.0, "c", TRAINED), {})
     _run_one_job(settings, registry)
     done = registry.jobs.get(job.id)
     assert (done.status, done.version) == (JobStatus.PUBLISHED, 1)
@@ -127,7 +130,7 @@ def test_a_per_job_gate_of_zero_publishes_after_one_round(
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     people = phonebook(settings.data_dir, 2, offset=320)
     job, _ids = registry.facts.add(
-        "t", [p.fact for p in people], [None] * 2, [b""] * 2, overrides=ONE_STEP_NO_GATE
+        "t", [p.fact for p in people], [None] * 2, [b""] * 2, training=ONE_STEP_NO_GATE
     )
     _run_one_job(settings, registry)
     after = registry.jobs.get(job.id)
@@ -143,11 +146,11 @@ def test_batches_posted_back_to_back_train_in_one_job(
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     people = phonebook(settings.data_dir, 4, offset=330)
     first, _ = registry.facts.add(
-        "t", [p.fact for p in people[:2]], [None] * 2, [b""] * 2, overrides=ONE_STEP_NO_GATE
+        "t", [p.fact for p in people[:2]], [None] * 2, [b""] * 2, training=ONE_STEP_NO_GATE
     )
     registry.facts.add(
         "t", [p.fact for p in people[2:]], [None] * 2, [b""] * 2, module=first.module,
-        overrides=ONE_STEP_NO_GATE,
+        training=ONE_STEP_NO_GATE,
     )  # fmt: skip
     _run_one_job(settings, registry)
     assert registry.jobs.get(first.id).progress["facts"] == 4  # the second batch joined it

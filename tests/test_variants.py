@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from loramem.base_model import prepare_base_model
 from loramem.settings import Settings
 from trainer import train as training
 from trainer import variants
-from trainer.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,7 @@ def _perturb(peft_model: PeftModel) -> None:
 def test_a_variant_is_published_as_plain_lora(
     variant: str, model_path: Path, tmp_path: Path
 ) -> None:
-    config = replace(TrainConfig.from_settings(Settings()), variant=variant, rank=4, top_layers=2)
+    config = Settings().training.with_overrides({"variant": variant, "rank": 4, "top_layers": 2})
     base, tokenizer = training.load_base(model_path)
     ids = torch.tensor([training.chat_prompt_ids(tokenizer, "Who wrote Hamlet?")])
     before = _logits(base, ids)

@@ -11,24 +11,21 @@ source publishes again or is retired.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from peft import PeftModel
 
 from loramem.adapter_store import read_files
 from loramem.engine import max_lora_rank
 from loramem.errors import LoramemError
-from loramem.registry.jobs import Job, JobStatus
-from loramem.registry.merges import MergeSpec, merged_rank
+from loramem.knobs import MergeRecipe, VersionRecipe
+from loramem.registry.jobs import Job
+from loramem.registry.merges import merged_rank
 from trainer import train as training
-
-if TYPE_CHECKING:
-    from trainer.worker import Worker
-
-log = logging.getLogger("loramem.trainer")
+from trainer.context import TrainerContext
+from trainer.outcomes import Artifact, JobRefused
 
 # Our names -> PEFT's combination_type. `ties` and `linear` work on each layer's weight
 # update (B @ A) and refactor it by SVD: PEFT's plain "ties" and "linear" combine the A
@@ -38,9 +35,8 @@ PEFT_COMBINATION = {"ties": "ties_svd", "linear": "svd", "cat": "cat"}
 MERGED = "default"  # PEFT saves the adapter of this name at the folder's top level
 
 
-class MergeRefused(Exception):
-    """The merge cannot be built as asked (a source is gone, the rank does not fit): the job
-    fails at once instead of being retried."""
+class MergeRefused(JobRefused):
+    """The merge cannot be built as asked (a source is gone, the rank does not fit)."""
 
 
 def check_shapes(configs: list[dict[str, Any]], combination: str, max_rank: int) -> int:
@@ -79,52 +75,37 @@ def combine(
     return model
 
 
-def build_merge(worker: Worker, job: Job) -> None:
-    """The merge job: combine the sources' active versions and publish the result."""
-    registry, settings = worker.registry, worker.settings
+def build_merge(ctx: TrainerContext, job: Job) -> Artifact:
+    """The merge job: combine the sources' active versions into one adapter."""
+    registry, settings = ctx.registry, ctx.settings
     spec = registry.merges.get(job.module)
-    progress: dict[str, Any] = {"phase": "merging", "sources": spec.sources}
-    registry.jobs.transition(job.id, JobStatus.TRAINING, progress=progress)
+    registry.jobs.skip_to_publishing(job.id, {"phase": "merging", "sources": spec.sources})
     try:
         versions = registry.merges.source_versions(spec.tenant, spec.sources)
     except LoramemError as exc:  # a source was retired or replaced by something foreign
         raise MergeRefused(exc.message) from exc
-    refs = [worker.store.materialize(m, versions[m]) for m in spec.sources]
+    refs = [ctx.store.materialize(m, versions[m]) for m in spec.sources]
     configs = [json.loads((r.path / "adapter_config.json").read_text()) for r in refs]
     rank = check_shapes(configs, spec.combination, max_lora_rank(settings))
-    base, _tokenizer = training.load_base(worker.model_path)
+    base, _tokenizer = training.load_base(ctx.model_path)
     model = combine(
         base, [r.path for r in refs], spec.weights, spec.combination, settings.merge_density, rank
     )
-    registry.jobs.transition(job.id, JobStatus.VALIDATING)
-    registry.jobs.transition(job.id, JobStatus.PUBLISHING)
-    recipe = _recipe(spec, versions, settings.merge_density, rank)
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(scratch, selected_adapters=[MERGED])
-        (Path(scratch) / "training_config.json").write_text(json.dumps(recipe, indent=2))
         files = read_files(Path(scratch))
-    ref = worker.publish(
-        job,
-        spec.name,
-        files,
-        max_rank=max_lora_rank(settings),
-        fact_ids=[],  # the router indexes facts under their sources only
-        recall=float("nan"),  # not gated: measured by bench/merge.py
-        train_config=recipe,
-        merged_from=versions,
+    recipe = VersionRecipe(
+        made_by="merged",
+        base_model=settings.base_model,
+        rank=rank,
+        merge=MergeRecipe(
+            combination=spec.combination,
+            peft_combination=PEFT_COMBINATION[spec.combination],
+            sources=versions,
+            weights=dict(zip(spec.sources, spec.weights, strict=True)),
+            density=settings.merge_density if spec.combination == "ties" else None,
+        ),
     )
-    log.info("published merged %s from %s", ref.name, versions)
-
-
-def _recipe(spec: MergeSpec, versions: dict[str, int], density: float, rank: int) -> dict[str, Any]:
-    """What travels with the merged adapter in place of a training config."""
-    return {
-        "merge": {
-            "combination": spec.combination,
-            "peft_combination": PEFT_COMBINATION[spec.combination],
-            "rank": rank,
-            "sources": versions,
-            "weights": dict(zip(spec.sources, spec.weights, strict=True)),
-            "density": density if spec.combination == "ties" else None,
-        }
-    }
+    # No facts: the router indexes facts under their sources only. Not gated: what merging
+    # keeps is measured by bench/merge.py.
+    return Artifact(spec.name, files, recipe, fact_ids=[], recall=float("nan"), sources=versions)

@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from trainer.config import TrainConfig
+from loramem.knobs import LORA_TARGETS, TrainingKnobs, first_lora_layer
 from trainer.synth import FactQA
 
 IGNORE = -100
@@ -78,18 +78,17 @@ def build_examples(
     return examples
 
 
-def first_trained_layer(model: Any, config: TrainConfig) -> int:
-    total = int(model.config.num_hidden_layers)
-    return 0 if config.top_layers <= 0 else max(0, total - config.top_layers)
+def first_trained_layer(model: Any, config: TrainingKnobs) -> int:
+    return first_lora_layer(int(model.config.num_hidden_layers), config.top_layers)
 
 
-def make_peft_model(model: Any, config: TrainConfig) -> PeftModel:
+def make_peft_model(model: Any, config: TrainingKnobs) -> PeftModel:
     first = first_trained_layer(model, config)
     lora = LoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # PEFT accepts floats
         lora_dropout=0.0,
-        target_modules=config.target_modules,
+        target_modules=list(LORA_TARGETS[config.targets].peft),
         layers_to_transform=list(range(first, model.config.num_hidden_layers)) if first else None,
         init_lora_weights=INIT_WEIGHTS[config.variant],
         use_dora=config.variant == "dora",
@@ -199,7 +198,7 @@ def _batch(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 def train(
     peft_model: PeftModel,
     prefix: FrozenPrefix,
-    config: TrainConfig,
+    config: TrainingKnobs,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
@@ -304,8 +303,3 @@ def warm_start(peft_model: PeftModel, adapter_weights: bytes) -> None:
     from safetensors.torch import load as load_safetensors
 
     set_peft_model_state_dict(peft_model, load_safetensors(adapter_weights))
-
-
-def save_adapter(peft_model: PeftModel, folder: Path, config: TrainConfig) -> None:
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
-    (folder / "training_config.json").write_text(config.to_json())

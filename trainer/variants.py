@@ -8,7 +8,6 @@ through a truncated SVD: an approximation, whose served recall the eval reports.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,8 +15,8 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
+from loramem.knobs import TrainingKnobs
 from trainer import train as training
-from trainer.config import TrainConfig
 
 
 def save_initial(peft_model: PeftModel, folder: Path) -> None:
@@ -30,9 +29,13 @@ def save_initial(peft_model: PeftModel, folder: Path) -> None:
 
 
 def save_servable(
-    peft_model: PeftModel, folder: Path, config: TrainConfig, model_path: Path, initial: Path | None
+    peft_model: PeftModel,
+    folder: Path,
+    config: TrainingKnobs,
+    model_path: Path,
+    initial: Path | None,
 ) -> None:
-    """Save `peft_model` as a plain LoRA adapter (with training_config.json) in `folder`."""
+    """Save `peft_model` in `folder` as the plain LoRA adapter vLLM loads."""
     if config.variant == "pissa":
         assert initial is not None, "PiSSA needs its initial adapter (save_initial)"
         peft_model.save_pretrained(
@@ -40,24 +43,23 @@ def save_servable(
             safe_serialization=True,
             path_initial_model_for_weight_conversion=str(initial),
         )
-        (folder / "training_config.json").write_text(config.to_json())
     elif config.variant == "dora":
         _fit_plain_lora(peft_model, model_path, config).save_pretrained(
             str(folder), safe_serialization=True
         )
-        (folder / "training_config.json").write_text(config.to_json())
     else:
-        training.save_adapter(peft_model, folder, config)
+        peft_model.save_pretrained(str(folder), safe_serialization=True)
 
 
 @torch.no_grad()
-def _fit_plain_lora(peft_model: PeftModel, model_path: Path, config: TrainConfig) -> PeftModel:
+def _fit_plain_lora(peft_model: PeftModel, model_path: Path, config: TrainingKnobs) -> PeftModel:
     """A rank-2r plain LoRA whose update is the best rank-2r fit of the variant's update."""
-    rank = 2 * config.rank
+    rank = config.served_rank
     merged: Any = peft_model.merge_and_unload()  # the variant's effective weights
     fitted_base, _ = training.load_base(model_path)
     plain = training.make_peft_model(
-        fitted_base, replace(config, variant="lora", rank=rank, alpha=float(rank))
+        fitted_base,
+        config.model_copy(update={"variant": "lora", "rank": rank, "alpha": float(rank)}),
     )
     for name, module in plain.named_modules():
         if not isinstance(module, LoraLayer):

@@ -41,13 +41,13 @@ class FactStore:
         fact_ids: list[str | None],
         embeddings: list[bytes],
         module: str | None = None,
-        overrides: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
     ) -> tuple[Job, list[str]]:
         """Store facts and queue the job that trains them into a module, atomically."""
         ids = [fid or new_id() for fid in fact_ids]
         if len(set(ids)) != len(ids):
             raise Conflict("fact ids in one request must be unique", param="facts")
-        job = Job(id=new_id(), tenant=tenant, module="", overrides=overrides or {})
+        job = Job(id=new_id(), tenant=tenant, module="", training=training or {})
 
         def write(pipe: redis.client.Pipeline) -> None:
             existing = [fid for fid in ids if pipe.exists(keys.fact(tenant, fid))]
@@ -123,12 +123,10 @@ class FactStore:
         self._redis.transaction(write, key)
         return job
 
-    def split(
-        self, module: str, tenant: str, fact_ids: list[str], overrides: dict[str, Any]
-    ) -> Job:
+    def split(self, module: str, tenant: str, fact_ids: list[str], training: dict[str, Any]) -> Job:
         """Move facts into a new module of the same tenant and queue its training job."""
         target = f"{module[:37]}-s{new_id()[:6]}"
-        job = Job(id=new_id(), tenant=tenant, module=target, overrides=overrides)
+        job = Job(id=new_id(), tenant=tenant, module=target, training=training)
         pipe = self._redis.pipeline(transaction=True)
         stage_module(pipe, tenant, target)
         pipe.srem(keys.module_facts(module), *fact_ids)

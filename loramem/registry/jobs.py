@@ -67,7 +67,7 @@ class Job:
     # "edit" and "delete" must unlearn, so they train from scratch; "merge" combines
     # published modules without training.
     kind: str = "add"
-    overrides: dict[str, Any] = field(default_factory=dict)  # training knobs for this job
+    training: dict[str, Any] = field(default_factory=dict)  # knobs this job overrides
 
     def public(self) -> dict[str, Any]:
         return {
@@ -89,7 +89,7 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
             "tenant": job.tenant,
             "module": job.module,
             "kind": job.kind,
-            "overrides": json.dumps(job.overrides),
+            "training": json.dumps(job.training),
             "status": job.status.value,
             "progress": "{}",
             "attempts": 0,
@@ -122,7 +122,7 @@ class JobStore:
             attempts=int(raw.get(b"attempts", 0)),
             created_at_s=float(raw.get(b"created_at_s", 0)),
             kind=decode(raw.get(b"kind", b"add")),
-            overrides=json.loads(raw.get(b"overrides", b"{}")),
+            training=json.loads(raw.get(b"training", b"{}")),
         )
 
     def transition(
@@ -155,10 +155,10 @@ class JobStore:
     def fail(self, job_id: str, error: str) -> None:
         self.transition(job_id, JobStatus.FAILED, error=error)
 
-    def skip_to_publishing(self, job_id: str, reason: str) -> None:
-        """Walk the lifecycle to publishing for a job that trains nothing (`reason` says
+    def skip_to_publishing(self, job_id: str, progress: dict[str, Any]) -> None:
+        """Walk the lifecycle to publishing for a job that trains nothing (`progress` says
         why), so that its status history reads the same as every other job's."""
-        self.transition(job_id, JobStatus.TRAINING, progress={"phase": reason})
+        self.transition(job_id, JobStatus.TRAINING, progress=progress)
         self.transition(job_id, JobStatus.VALIDATING)
         self.transition(job_id, JobStatus.PUBLISHING)
 

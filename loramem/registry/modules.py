@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
 from loramem import keys
 from loramem.errors import NotFound
+from loramem.knobs import VersionRecipe
 from loramem.names import served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
@@ -37,7 +37,7 @@ class VersionInfo:
     fact_ids: list[str]
     recall: float
     checksum: str
-    train_config: dict[str, Any]
+    recipe: VersionRecipe  # how it was made (also its recipe.json)
     # A merged module's version: the source module versions it was built from.
     merged_from: dict[str, int] = field(default_factory=dict)
 
@@ -100,7 +100,7 @@ class ModuleStore:
                     "fact_ids": json.dumps(info.fact_ids),
                     "recall": info.recall,
                     "checksum": info.checksum,
-                    "train_config": json.dumps(info.train_config),
+                    "recipe": info.recipe.to_json(),
                     "merged_from": json.dumps(info.merged_from),
                     "created_at_s": time.time(),
                 },
@@ -148,7 +148,7 @@ class ModuleStore:
             fact_ids=json.loads(raw[b"fact_ids"]),
             recall=float(raw[b"recall"]),
             checksum=decode(raw[b"checksum"]),
-            train_config=json.loads(raw[b"train_config"]),
+            recipe=VersionRecipe.model_validate_json(raw[b"recipe"]),
             merged_from=json.loads(raw.get(b"merged_from", b"{}")),
         )
 

@@ -1,0 +1,119 @@
+"""One job's training: rounds of training and the recall gate, with progress."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from loramem.adapter_store import read_files
+from loramem.knobs import TrainingKnobs, VersionRecipe
+from loramem.registry.facts import Fact
+from loramem.registry.jobs import Job, JobStatus
+from trainer import train as training
+from trainer import variants
+from trainer.context import TrainerContext
+
+
+class TrainingRun:
+    def __init__(self, ctx: TrainerContext, job: Job, knobs: TrainingKnobs) -> None:
+        self.ctx, self.job, self.knobs = ctx, job, knobs
+        self.jobs = ctx.registry.jobs
+        self.done_steps = 0  # across rounds and splits, so progress only moves forward
+        self.last_loss = float("inf")
+        self.started = time.perf_counter()
+        self.peft_model: Any = None
+        # PiSSA's initial adapter, which publishing converts against (trainer/variants.py).
+        self.initial = tempfile.TemporaryDirectory(prefix="loramem-init-")
+        # A gate of 0 (experiments) publishes what one round reaches: no extra rounds.
+        extra = ctx.settings.gate_extra_rounds if knobs.recall_gate > 0 else 0
+        self.rounds = 1 + extra
+        self.progress: dict[str, Any] = {
+            "phase": "training",
+            "step": 0,
+            "total_steps": knobs.max_steps * (1 + extra),
+        }
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
+
+    def on_step(self, step: int, _total: int, loss: float) -> None:
+        self.ctx.metrics.steps.inc()
+        self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
+        self.jobs.set_progress(self.job.id, self.progress)
+
+    def train_until_gate(self, facts: list[Fact], warm: bool) -> float:
+        """Train on `facts`, with extra rounds below the gate; return the measured recall."""
+        knobs, metrics = self.knobs, self.ctx.metrics
+        qas = [self.ctx.generator.fact_data(f.id, f.text, knobs.questions_per_fact) for f in facts]
+        self.progress.update(facts=len(facts), phase="training")
+        self.jobs.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+        base, tokenizer = training.load_base(self.ctx.model_path)
+        self.peft_model = training.make_peft_model(base, knobs)
+        if knobs.variant == "pissa":
+            variants.save_initial(self.peft_model, Path(self.initial.name))
+        if warm and knobs.variant == "lora":  # other variants publish a different shape
+            self.progress["warm_start"] = self._warm_start()
+        examples = training.build_examples(tokenizer, qas, knobs.data_format)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        first = training.first_trained_layer(base, knobs)
+        prefix = training.FrozenPrefix(self.peft_model, examples, first, pad_id)
+        round_knobs, measured = knobs, 0.0
+        for round_number in range(self.rounds):
+            if round_number:  # below the gate: train on, towards a lower loss
+                self.jobs.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+                lower = round_knobs.target_loss / 4
+                round_knobs = round_knobs.model_copy(update={"target_loss": lower})
+            with metrics.phase_seconds.labels("training").time():
+                result = training.train(self.peft_model, prefix, round_knobs, self.on_step)
+            self.done_steps += result.steps
+            self.last_loss = result.loss
+            self.progress.update(phase="validating", step=self.done_steps)
+            self.jobs.transition(self.job.id, JobStatus.VALIDATING, progress=self.progress)
+            with metrics.phase_seconds.labels("validating").time():
+                measured, _answers = training.recall(self.peft_model, tokenizer, qas)
+            self.progress.update(recall=round(measured, 4))
+            self.jobs.set_progress(self.job.id, self.progress)
+            # Every fact recalled: done. Merely above the gate: the extra rounds are cheap
+            # next to serving a module that misses a fact, so use them; publish either way.
+            if measured >= 1.0:
+                break
+        return measured
+
+    def _warm_start(self) -> int | None:
+        """Start an "add" job from the module's active version when it was trained with
+        the same knobs on the same base model (so its weights have the same shape)."""
+        modules = self.ctx.registry.modules
+        active = modules.get(self.job.module).active_version
+        if not active:
+            return None
+        if modules.version(self.job.module, active).recipe != self.recipe():
+            return None
+        files = modules.version_files(self.job.module, active)
+        training.warm_start(self.peft_model, files["adapter_model.safetensors"])
+        return active
+
+    def recipe(self) -> VersionRecipe:
+        knobs = self.knobs
+        return VersionRecipe(
+            made_by="trained" if knobs.variant == "lora" else "converted",
+            base_model=self.ctx.settings.base_model,
+            rank=knobs.served_rank,
+            training=knobs,
+        )
+
+    def servable_files(self) -> dict[str, bytes]:
+        """The trained adapter as the plain LoRA files vLLM loads."""
+        with tempfile.TemporaryDirectory() as scratch:
+            variants.save_servable(
+                self.peft_model,
+                Path(scratch),
+                self.knobs,
+                self.ctx.model_path,
+                Path(self.initial.name),
+            )
+            return read_files(Path(scratch))
+
+    def close(self) -> None:
+        self.initial.cleanup()
