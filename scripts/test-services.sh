@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# What the test suite needs besides Python packages: a Redis at 127.0.0.1:6379 and the
-# prometheus binary (the dashboard test scrapes the system with a real one). Installs them
-# with apt-get where they are missing and we are root; otherwise says what to install.
+# What the test suite needs besides Python packages: a Redis at 127.0.0.1:6379, the
+# prometheus binary (the dashboard test scrapes the system with a real one) and kubectl
+# (the Kubernetes manifests must build with kustomize). Installs them with apt-get where
+# they are missing and we are root; otherwise says what to install.
 set -euo pipefail
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing: ${need_apt[*]} (install them with apt-get, as root)" >&2
