@@ -16,13 +16,13 @@ import torch
 
 from loramem.base_model import prepare_base_model
 from loramem.datasets import phonebook
+from loramem.knobs import TrainingKnobs
 from loramem.settings import Settings
 from trainer import train as training
-from trainer.config import TrainConfig
 from trainer.synth import fact_qa
 
 
-def measure(settings: Settings, config: TrainConfig, count: int) -> tuple[float, int, float]:
+def measure(settings: Settings, config: TrainingKnobs, count: int) -> tuple[float, int, float]:
     people = phonebook(settings.data_dir, count)
     qas = [fact_qa(str(i), p.fact, config.questions_per_fact) for i, p in enumerate(people)]
     base, tokenizer = training.load_base(prepare_base_model(settings))
@@ -51,8 +51,8 @@ def main() -> None:
     capacity: dict[tuple[int, str], int] = {}
     for rank in (int(r) for r in args.ranks.split(",")):
         for data_format in args.formats.split(","):
-            config = TrainConfig.from_settings(
-                settings, rank=rank, data_format=data_format, max_steps=args.max_steps
+            config = settings.training.with_overrides(
+                {"rank": rank, "data_format": data_format, "max_steps": args.max_steps}
             )
             params = trainable_parameters(settings, config)
             for count in (int(c) for c in args.counts.split(",")):
@@ -69,7 +69,7 @@ def main() -> None:
         print(f"  rank {rank}, {data_format}: {count} facts")
 
 
-def trainable_parameters(settings: Settings, config: TrainConfig) -> int:
+def trainable_parameters(settings: Settings, config: TrainingKnobs) -> int:
     base, _ = training.load_base(prepare_base_model(settings))
     model = training.make_peft_model(base, config)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.trainer_speed --facts 10,48 \
         --configs "top_layers=0" "top_layers=12" "top_layers=12,batch_size=16"
 
-Each configuration is a comma-separated list of TrainConfig overrides on top of the
+Each configuration is a comma-separated list of training-knob overrides on top of the
 settings (an empty string is the defaults). For every fact count and configuration it
 trains the real base model on the first N PhoneBook facts until the loss target, exactly
 as the worker's first round does, then measures recall with the gate's own check.
@@ -22,9 +22,9 @@ import torch
 
 from loramem.base_model import prepare_base_model
 from loramem.datasets import phonebook
+from loramem.knobs import TrainingKnobs
 from loramem.settings import Settings
 from trainer import train as training
-from trainer.config import TrainConfig
 from trainer.synth import fact_qa
 
 
@@ -40,13 +40,14 @@ def parse_overrides(text: str) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, raw = item.partition("=")
-        field_type = TrainConfig.__dataclass_fields__[key].type
-        overrides[key] = {"int": int, "float": float}.get(str(field_type), str)(raw)
+        if key not in TrainingKnobs.model_fields:
+            raise SystemExit(f"unknown training knob {key!r}")
+        overrides[key] = raw  # pydantic turns "4" into 4 where the knob is a number
     return overrides
 
 
 def measure(settings: Settings, overrides: dict[str, Any], count: int) -> Timing:
-    config = TrainConfig.from_settings(settings, **overrides)
+    config = settings.training.with_overrides(overrides)
     people = phonebook(settings.data_dir, count)
     qas = [fact_qa(str(i), p.fact, config.questions_per_fact) for i, p in enumerate(people)]
     started = time.perf_counter()

@@ -42,9 +42,9 @@ def _common(sub: argparse.ArgumentParser, settings: Settings) -> None:
     sub.add_argument("--out", type=Path, help="default: eval-results/<experiment>/")
     sub.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     sub.add_argument("--offset", type=int, default=0, help="first data row used")
-    sub.add_argument("--max-steps", type=int, default=settings.train_max_steps)
-    sub.add_argument("--top-layers", type=int, default=settings.lora_top_layers)
-    sub.add_argument("--targets", default=settings.lora_targets)
+    sub.add_argument("--max-steps", type=int, default=settings.training.max_steps)
+    sub.add_argument("--top-layers", type=int, default=settings.training.top_layers)
+    sub.add_argument("--targets", default=settings.training.targets)
 
 
 def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> None:
