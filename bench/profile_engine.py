@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import serving
+from evaluation.engine_harness import load_adapters, make_adapters, process
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
@@ -57,11 +58,11 @@ def main() -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     settings = Settings()
     model = prepare_base_model(settings)
-    adapters = serving.make_adapters(settings, model, settings.cache_dir / "bench-adapters", 1)
+    adapters = make_adapters(settings, model, settings.cache_dir / "bench-adapters", 1)
     url = f"http://127.0.0.1:{settings.engine_port}"
     command, env = engine_command(settings, model), engine_env(settings)
-    with serving.process("engine", command, env, url + "/health", 600) as engine:
-        names = serving.load_adapters(url, adapters)
+    with process("engine", command, env, url + "/health", 600) as engine:
+        names = load_adapters(url, adapters)
         for load, models in (("base", [settings.base_name]), ("lora", names)):
             raw = settings.cache_dir / f"prof-{load}.txt"
             serving.measure(url, load, models, args.concurrency, args.concurrency, 8)  # warm

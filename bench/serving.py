@@ -26,102 +26,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from evaluation.engine_harness import engine, load_adapters, make_adapters, process
+from evaluation.serving_stats import (
+    FACTS,
+    QUESTIONS,
+    Cell,
+    Plan,
+    chat_body,
+    markdown_table,
+    summarize,
+)
 from loramem.base_model import prepare_base_model
-from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
-
-# Invented people (not in the base model): the gateway section teaches these facts, and
-# every target is asked the same questions about them.
-FACTS = (
-    "The phone number of Orla Quenby is 415-273-9918.",
-    "The phone number of Tamsin Varga is 312-640-5527.",
-    "The phone number of Idris Pelham is 206-818-3304.",
-    "The phone number of Noor Castellan is 617-495-2286.",
-)
-QUESTIONS = (
-    "What is the phone number of Orla Quenby?",
-    "How can I reach Tamsin Varga by phone?",
-    "What is Idris Pelham's phone number?",
-    "Which number should I dial for Noor Castellan?",
-)
-
-
-# ------------------------------------------------------------------ pure helpers
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class Cell:
-    target: str
-    concurrency: int
-    requests: int
-    tokens: int
-    wall_s: float
-    p50_s: float
-    p99_s: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s if self.wall_s > 0 else float("nan")
-
-
-def summarize(
-    target: str, concurrency: int, latencies_s: list[float], tokens: int, wall_s: float
-) -> Cell:
-    return Cell(
-        target,
-        concurrency,
-        len(latencies_s),
-        tokens,
-        wall_s,
-        percentile(latencies_s, 50),
-        percentile(latencies_s, 99),
-    )
-
-
-def chat_body(model: str, question: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": True,  # vLLM (and peft_server) extension: equal-length answers
-    }
-
-
-def markdown_table(cells: list[Cell], baseline: dict[int, Cell], first: str) -> str:
-    lines = [
-        f"| {first} | concurrency | requests | tokens/s | p50 s | p99 s | tokens/s vs first |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in cells:
-        ratio = c.tokens_per_s / baseline[c.concurrency].tokens_per_s
-        lines.append(
-            f"| {c.target} | {c.concurrency} | {c.requests} | {c.tokens_per_s:.1f} | "
-            f"{c.p50_s:.2f} | {c.p99_s:.2f} | {ratio:.2f} |"
-        )
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ load driver
@@ -178,112 +103,7 @@ def measure(
     return cell
 
 
-def requests_for(concurrency: int, per_slot: int, minimum: int) -> int:
-    return max(minimum, concurrency * per_slot)
-
-
-# ------------------------------------------------------------------ processes
-@contextmanager
-def process(
-    name: str, command: list[str], env: dict[str, str], health_url: str, timeout_s: float
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A child in its own process group, up once health_url answers; stopped on exit.
-
-    Its output goes to $LORAMEM_CACHE_DIR/bench-logs/<name>.log (only the tables here).
-    """
-    logs = Settings().cache_dir / "bench-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = (logs / f"{name}.log").open("ab")
-    child = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _answers(health_url):
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not start (exit {child.poll()})")
-            time.sleep(1.0)
-        yield child
-    finally:
-        os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@contextmanager
-def engine(
-    settings: Settings, model_path: Path, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    url = f"http://127.0.0.1:{settings.engine_port}"
-    started = time.monotonic()
-    environment = {**engine_env(settings), **(env or {})}
-    with process("engine", engine_command(settings, model_path), environment, url + "/health", 600):
-        print(f"engine up in {time.monotonic() - started:.0f} s", flush=True)
-        yield url
-
-
-def make_adapters(
-    settings: Settings, model_path: Path, out_dir: Path, count: int, std: float = 0.02
-) -> list[Path]:
-    """`count` modules of the default shape with random nonzero weights (kept for reuse)."""
-    paths = [out_dir / f"bench-{i}" for i in range(count)]
-    if all((p / "adapter_config.json").exists() for p in paths):
-        return paths
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from trainer.config import TrainConfig
-    from trainer.train import make_peft_model
-
-    config = TrainConfig.from_settings(settings)
-    model = make_peft_model(AutoModelForCausalLM.from_pretrained(model_path), config)
-    lora = [p for name, p in model.named_parameters() if "lora_" in name]
-    for i, path in enumerate(paths):
-        torch.manual_seed(i)
-        with torch.no_grad():  # LoRA B starts at zero; random A and B make a real delta
-            for p in lora:
-                p.normal_(0.0, std)
-        model.save_pretrained(str(path))
-    return paths
-
-
-def load_adapters(url: str, paths: list[Path]) -> list[str]:
-    names = []
-    for path in paths:
-        response = httpx.post(
-            url + "/v1/load_lora_adapter",
-            json={"lora_name": path.name, "lora_path": str(path)},
-            timeout=60,
-        )
-        if response.status_code != 200 and "already been loaded" not in response.text:
-            raise SystemExit(f"engine refused {path.name}: {response.text[:200]}")
-        names.append(path.name)
-    return names
-
-
 # ------------------------------------------------------------------ sections
-@dataclass(frozen=True)
-class Plan:
-    concurrency: list[int]
-    per_slot: int  # requests per concurrency slot in a cell
-    minimum: int  # at least this many requests in a cell
-    max_tokens: int
-    mixed_modules: list[int]
-    mixed_concurrency: int
-
-    def requests(self, concurrency: int) -> int:
-        return requests_for(concurrency, self.per_slot, self.minimum)
-
-
 def engine_cells(url: str, target: str, models: Sequence[str], plan: Plan) -> list[Cell]:
     return [
         measure(url, target, models, c, plan.requests(c), plan.max_tokens) for c in plan.concurrency
@@ -448,8 +268,8 @@ def main() -> None:
     print(
         f"engine: dtype {settings.engine_dtype}, max_loras {settings.engine_max_loras}, "
         f"max_cpu_loras {settings.engine_max_cpu_loras}, "
-        f"lora modules {settings.engine_lora_modules}; module: rank {settings.lora_rank}, "
-        f"{settings.lora_targets}, top {settings.lora_top_layers} layers; "
+        f"lora modules {settings.engine_lora_modules}; module: rank {settings.training.rank}, "
+        f"{settings.training.targets}, top {settings.training.top_layers} layers; "
         f"max_tokens {plan.max_tokens}",
         flush=True,
     )

@@ -1,11 +1,19 @@
-"""The serving benchmark's pure pieces (no engine, no model)."""
+"""The serving benchmark's pure pieces, evaluation/serving_stats.py (no engine, no model)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.serving import QUESTIONS, Cell, Plan, chat_body, markdown_table, percentile, summarize
+from evaluation.serving_stats import (
+    QUESTIONS,
+    Cell,
+    Plan,
+    chat_body,
+    markdown_table,
+    percentile,
+    summarize,
+)
 
 
 @pytest.mark.parametrize("q", [0, 50, 90, 99, 100])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import lora_base_rows
+from evaluation import engine_rows
 from loramem.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_base_request_next_to_module_requests_gets_no_adapter(tmp_path: Path) -> None:
     settings = Settings(engine_port=18300, engine_max_loras=2, engine_max_cpu_loras=4)
-    rows = lora_base_rows.check(settings, tmp_path)
+    rows = engine_rows.check(settings, tmp_path)
     # Each module changes the answer, so borrowing one would show.
     assert len({rows.alone, *rows.modules.values()}) == 1 + len(rows.modules), rows
     assert rows.mixed == [rows.alone] * len(rows.mixed), rows

@@ -2,7 +2,7 @@
 
 Three modules on different topics (PhoneBook people, CounterFact edits, one PaperQA paper)
 are published as the trainer publishes them; questions are paraphrases the facts never
-contained (bench/router_latency.py holds the set, so the benchmark measures the same).
+contained (evaluation/router_set.py holds the set; bench/router_latency.py measures on it).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.router_latency import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
+from evaluation.router_set import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
 from loramem.datasets import WHERE_TO_GET
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
+from tests.recipes import TRAINED
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def publish(registry: Registry, router: Router, tenant: str, module: str, texts:
     _job, ids = registry.facts.add(
         tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
-    registry.modules.publish(VersionInfo(module, 1, tenant, ids, 1.0, "c", {}), {})
+    registry.modules.publish(VersionInfo(module, 1, tenant, ids, 1.0, "c", TRAINED), {})
     router.apply_published(tenant, module, 1)
 
 
