@@ -12,7 +12,7 @@ from evaluation.client import EvalClient, Unsupported
 from evaluation.run import EvalRun, table
 from loramem.base_model import cache_folder
 from loramem.datasets import PhoneEntry, phonebook
-from loramem.knobs import LORA_TARGETS
+from loramem.knobs import LORA_TARGETS, TargetName
 
 ANSWER_TOKENS = 32  # a PhoneBook answer sentence is about 20 tokens
 
@@ -118,7 +118,9 @@ def base_training(run: EvalRun, **extra: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ capacity
-def trainable_parameters(run: EvalRun, rank: int, targets: str, top_layers: int) -> int | None:
+def trainable_parameters(
+    run: EvalRun, rank: int, targets: TargetName, top_layers: int
+) -> int | None:
     """LoRA parameters r * (in + out) per adapted projection, from the base model's config
     in the local cache (None where this machine has not prepared the model)."""
     path = cache_folder(run.settings) / "config.json"

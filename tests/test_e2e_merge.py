@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 def _published_ms(module: str) -> int:
     """When the registry announced the module's publish (the event id is a Redis time)."""
-    events = Registry.from_url(E2E_REDIS_URL).events_after("0-0", block_ms=10)
+    events = Registry.from_url(E2E_REDIS_URL).modules.events_after("0-0", block_ms=10)
     return max(
         int(i.split("-")[0])
         for i, e in events
