@@ -16,7 +16,7 @@ Memory is the index's vector structures (`FactIndex.nbytes`) scaled to 100k fact
 process's resident-set growth while the index was built (Python bookkeeping included).
 Accuracy: paraphrased questions the facts never contained must go to their module, and
 unrelated questions to the base model. The evaluation set is evaluation/router_set.py,
-which tests/test_router_real.py asserts on too.
+which tests/integration/test_router_real.py asserts on too.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ adapter-less ones the last slot's adapter (the cause, and the fix, are in
 loramem/vllm_cpu_lora.py). `check` starts an engine with `max_loras` modules of the
 default shape with large random weights (so each one changes the greedy text), and asks
 one base completion alone, then while module requests generate in the same steps.
-bench/lora_base_rows.py prints the answers; tests/test_e2e_engine_rows.py asserts on them.
+bench/lora_base_rows.py prints the answers; tests/e2e/test_engine_rows.py asserts on them.
 """
 
 from __future__ import annotations

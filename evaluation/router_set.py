@@ -4,7 +4,7 @@ Modules on different topics: 10 PhoneBook people, 10 CounterFact edits, and the 
 of PaperQA paper 0 (invented stand-in facts on the same points where the machine lacks
 the paper's files). Questions are paraphrases that must go to their module, and
 unrelated questions (some near the modules' topics on purpose) that must go to the base
-model. bench/router_latency.py measures on it, tests/test_router_real.py asserts on it;
+model. bench/router_latency.py measures on it, tests/integration/test_router_real.py asserts on it;
 `distractor_texts` are the real facts outside the evaluated modules.
 """
 

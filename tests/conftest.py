@@ -1,10 +1,19 @@
-"""Shared fixtures. Unit tests use fakes; integration tests need the real Redis."""
+"""Shared fixtures, and the rule that a test's folder says what it needs:
+
+  tests/unit/         fakes only: no Redis, no engine, no base-model training
+  tests/integration/  the real Redis, real PEFT training, real embeddings
+  tests/e2e/          the real vLLM engine, gateway and worker
+
+Each test gets its folder's marker, so `pytest -m unit` (seconds, nothing running) or
+`-m "not e2e"` selects a layer.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +23,20 @@ from loramem.registry import Registry
 from loramem.settings import Settings
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, flushed per test
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "e2e")
+NEEDS_REDIS = {"redis_client", "registry"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = item.path.relative_to(TESTS).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/{{{','.join(LAYERS)}}}/")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if layer == "unit" and fixtures & NEEDS_REDIS:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test uses fakes, not Redis")
+        item.add_marker(layer)
 
 
 class FakeEmbedder:
@@ -61,11 +84,3 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def registry(redis_client: redis.Redis, settings: Settings) -> Registry:
     return Registry(redis_client, settings.module_capacity_facts)
-
-
-@pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The real engine, gateway and worker; started once, for the e2e tests that ask."""
-    from tests.e2e_support import run_system
-
-    yield from run_system(tmp_path_factory)

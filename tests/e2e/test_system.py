@@ -9,14 +9,11 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from loramem.datasets import phonebook
 from loramem.registry import Registry
-from tests.e2e_support import E2E_REDIS_URL, System
-from tests.e2e_support import answer as _answer
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.support import E2E_REDIS_URL, System
+from tests.e2e.support import answer as _answer
 
 
 def test_posted_facts_answer_chat_requests(system: System) -> None:

@@ -7,8 +7,6 @@ import math
 import threading
 import time
 
-import pytest
-
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -17,8 +15,6 @@ from router.router import Router
 from server.reconcile import EventFollower
 from tests.recipes import TRAINED
 from tests.recipes import merged as merged_recipe
-
-pytestmark = pytest.mark.integration
 
 ANN = "The phone number of Ann Lee is 555-0101."
 BOB = "The phone number of Bob Ray is 555-0202."

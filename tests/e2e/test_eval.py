@@ -13,8 +13,6 @@ import pytest
 
 from cli.main import main
 
-pytestmark = pytest.mark.e2e
-
 TINY = ["--max-steps", "4", "--concurrency", "4"]
 RUNS = {
     "capacity": ["--ranks", "2", "--counts", "1,2"],

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from evaluation import engine_rows
 from loramem.settings import Settings
-
-pytestmark = pytest.mark.e2e
 
 
 def test_a_base_request_next_to_module_requests_gets_no_adapter(tmp_path: Path) -> None:

@@ -24,10 +24,9 @@ from loramem.datasets import phonebook
 from loramem.engine import engine_command, engine_env
 from loramem.registry import Registry
 from server.engines import EnginePool
-from tests.e2e_support import E2E_REDIS_URL, System, answer, spawn, wait_http
+from tests.e2e.support import E2E_REDIS_URL, System, answer, spawn, wait_http
 
-pytestmark = pytest.mark.e2e
-DASHBOARD = Path(__file__).parents[1] / "deploy" / "grafana" / "dashboards" / "loramem.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "loramem.json"
 
 
 def _free_port() -> int:

@@ -20,8 +20,6 @@ from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
 from tests.recipes import TRAINED
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[SentenceEmbedder]:

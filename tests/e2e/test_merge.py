@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from loramem.datasets import phonebook
 from loramem.registry import Registry
-from tests.e2e_support import E2E_REDIS_URL, System, answer
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.support import E2E_REDIS_URL, System, answer
 
 
 def _published_ms(module: str) -> int:

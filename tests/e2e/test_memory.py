@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from loramem.datasets import counterfact_edits, phonebook
-from tests.e2e_support import System, answer
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.support import System, answer
 
 
 def test_phonebook_48_facts_in_three_batches(system: System) -> None:
