@@ -28,3 +28,11 @@ class Conflict(LoramemError):
 
 class EngineUnavailable(LoramemError):
     pass
+
+
+class Unauthorized(LoramemError):
+    """No API key, or one that is unknown or revoked."""
+
+
+class Forbidden(LoramemError):
+    """A valid key whose role does not allow the request."""

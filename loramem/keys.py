@@ -16,6 +16,9 @@ Layout (all under the prefix `loramem:`):
   lock:module:{name}            string worker token; one trainer per module at a time
   stream:jobs                   stream job ids for the trainer consumer group
   stream:events                 stream registry events (published, retired) for routers
+  apikey:{id}                   hash   hash (sha256 of the key), tenant, role, name,
+                                       created_at_s, last_used_s, revoked_at_s
+  apikeys                       set    every API key id, revoked ones included
 """
 
 PREFIX = "loramem:"
@@ -84,3 +87,11 @@ def job(job_id: str) -> str:
 
 def module_lock(name: str) -> str:
     return f"{PREFIX}lock:module:{name}"
+
+
+def api_key(key_id: str) -> str:
+    return f"{PREFIX}apikey:{key_id}"
+
+
+def api_keys() -> str:
+    return f"{PREFIX}apikeys"

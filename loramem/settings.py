@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    # "required": every request but /healthz and /readyz needs `Authorization: Bearer <key>`
+    # (`loramem keys create`); the key decides the tenant and the role. "off": no keys, the
+    # tenant comes from x-loramem-tenant and everything is allowed - for a gateway on
+    # loopback only: one on another host refuses to start unless allow_open_gateway is set.
+    auth: Literal["required", "off"] = "off"
+    allow_open_gateway: bool = False  # the escape hatch: auth off on a non-loopback host
     retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
     max_facts_per_request: int = Field(default=256, ge=1)
     metrics_max_modules: int = Field(default=100, ge=1)  # module label values, then "other"

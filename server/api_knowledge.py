@@ -14,7 +14,7 @@ from loramem.registry import Registry
 from loramem.settings import Settings
 from router.embedder import to_bytes
 from router.router import Router
-from server.deps import RegistryDep, RouterDep, SettingsDep, TenantDep
+from server.deps import ReaderDep, RegistryDep, RouterDep, SettingsDep, WriterDep
 from server.protocol import (
     FactIn,
     FactOut,
@@ -32,7 +32,7 @@ api = APIRouter(tags=["knowledge"])
 @api.post("/facts", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
 def post_facts(
     body: PostFactsRequest,
-    tenant: TenantDep,
+    caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
     router: RouterDep,
@@ -46,13 +46,13 @@ def post_facts(
         )
     for position, fact in enumerate(facts):
         _check_text(fact.text, settings.max_fact_chars, f"facts.{position}")
-    return _store(facts, body.module, body.training, tenant, settings, registry, router)
+    return _store(facts, body.module, body.training, caller.tenant, settings, registry, router)
 
 
 @api.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
 def post_document(
     body: PostDocumentRequest,
-    tenant: TenantDep,
+    caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
     router: RouterDep,
@@ -67,7 +67,7 @@ def post_document(
             param="text",
         )
     facts = [FactIn(text=s) for s in sentences]
-    return _store(facts, body.module, body.training, tenant, settings, registry, router)
+    return _store(facts, body.module, body.training, caller.tenant, settings, registry, router)
 
 
 def _store(
@@ -126,42 +126,43 @@ def _check_text(text: str, max_chars: int, param: str) -> None:
 def put_fact(
     fact_id: str,
     body: PutFactRequest,
-    tenant: TenantDep,
+    caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
     router: RouterDep,
 ) -> PostFactsResponse:
     _check_text(body.text, settings.max_fact_chars, "text")
     vector = router.embed([body.text])[0]
-    job = registry.facts.replace(tenant, fact_id, body.text, to_bytes(vector))
+    job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
     return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
 
 
 @api.delete(
     "/facts/{fact_id}", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse
 )
-def delete_fact(fact_id: str, tenant: TenantDep, registry: RegistryDep) -> PostFactsResponse:
-    job = registry.facts.delete(tenant, fact_id)
+def delete_fact(fact_id: str, caller: WriterDep, registry: RegistryDep) -> PostFactsResponse:
+    job = registry.facts.delete(caller.tenant, fact_id)
     return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
 
 
 @api.get("/facts", response_model=list[FactOut])
-def list_facts(tenant: TenantDep, registry: RegistryDep) -> list[FactOut]:
+def list_facts(caller: ReaderDep, registry: RegistryDep) -> list[FactOut]:
     return [
-        FactOut(id=f.id, text=f.text, module=f.module) for f in registry.facts.of_tenant(tenant)
+        FactOut(id=f.id, text=f.text, module=f.module)
+        for f in registry.facts.of_tenant(caller.tenant)
     ]
 
 
 @api.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, tenant: TenantDep, registry: RegistryDep) -> JobOut:
+def get_job(job_id: str, caller: ReaderDep, registry: RegistryDep) -> JobOut:
     job = registry.jobs.get(job_id)
-    if job.tenant != tenant:
+    if job.tenant != caller.tenant:
         raise NotFound(f"job not found: {job_id}")
     return JobOut(**job.public())
 
 
 @api.get("/modules", response_model=list[ModuleOut])
-def list_modules(tenant: TenantDep, registry: RegistryDep) -> list[ModuleOut]:
+def list_modules(caller: ReaderDep, registry: RegistryDep) -> list[ModuleOut]:
     return [
         ModuleOut(
             name=m.name,
@@ -169,5 +170,5 @@ def list_modules(tenant: TenantDep, registry: RegistryDep) -> list[ModuleOut]:
             served_name=m.active_name,
             fact_count=m.fact_count,
         )
-        for m in registry.modules.of_tenant(tenant)
+        for m in registry.modules.of_tenant(caller.tenant)
     ]

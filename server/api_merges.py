@@ -8,7 +8,7 @@ from loramem.engine import max_lora_rank
 from loramem.errors import InvalidRequest
 from loramem.names import served_name
 from loramem.registry.merges import merged_rank
-from server.deps import RegistryDep, SettingsDep, TenantDep
+from server.deps import ReaderDep, RegistryDep, SettingsDep, WriterDep
 from server.protocol import MergeOut, PostMergeRequest, PostMergeResponse
 
 api = APIRouter(tags=["merges"])
@@ -16,7 +16,7 @@ api = APIRouter(tags=["merges"])
 
 @api.post("/merges", status_code=status.HTTP_202_ACCEPTED, response_model=PostMergeResponse)
 def post_merge(
-    body: PostMergeRequest, tenant: TenantDep, settings: SettingsDep, registry: RegistryDep
+    body: PostMergeRequest, caller: WriterDep, settings: SettingsDep, registry: RegistryDep
 ) -> PostMergeResponse:
     """Queue the build (once per set of source versions); `module` serves it when published."""
     if len(set(body.modules)) != len(body.modules):
@@ -25,17 +25,17 @@ def post_merge(
         raise InvalidRequest("weights must hold one weight per module", param="weights")
     combination = body.combination or settings.merge_combination
     # Everything is checked before anything is written: unknown or foreign modules 404.
-    versions = registry.merges.source_versions(tenant, body.modules)
+    versions = registry.merges.source_versions(caller.tenant, body.modules)
     ranks = [registry.modules.version(m, v).recipe.rank for m, v in versions.items()]
     merged_rank(ranks, combination, max_lora_rank(settings))  # refuses a cat that won't fit
-    job, _queued = registry.merges.request(tenant, body.modules, combination, body.weights)
+    job, _queued = registry.merges.request(caller.tenant, body.modules, combination, body.weights)
     return PostMergeResponse(job_id=job.id, module=job.module)
 
 
 @api.get("/merges", response_model=list[MergeOut])
-def list_merges(tenant: TenantDep, registry: RegistryDep) -> list[MergeOut]:
+def list_merges(caller: ReaderDep, registry: RegistryDep) -> list[MergeOut]:
     out = []
-    for spec in registry.merges.of_tenant(tenant):
+    for spec in registry.merges.of_tenant(caller.tenant):
         active = spec.active_version
         out.append(
             MergeOut(

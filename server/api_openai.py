@@ -12,7 +12,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.completions import Completion
-from server.deps import CompletionsDep, RouterDep, TenantDep
+from server.deps import CompletionsDep, ReaderDep, RouterDep
 from server.protocol import ChatCompletionRequest, CompletionRequest
 
 api = APIRouter(tags=["openai"])
@@ -20,22 +20,22 @@ api = APIRouter(tags=["openai"])
 
 @api.post("/v1/chat/completions")
 async def chat_completions(
-    body: ChatCompletionRequest, tenant: TenantDep, service: CompletionsDep
+    body: ChatCompletionRequest, caller: ReaderDep, service: CompletionsDep
 ) -> Response:
-    return completion_response(await service.serve(tenant, "/v1/chat/completions", body))
+    return completion_response(await service.serve(caller.tenant, "/v1/chat/completions", body))
 
 
 @api.post("/v1/completions")
 async def completions(
-    body: CompletionRequest, tenant: TenantDep, service: CompletionsDep
+    body: CompletionRequest, caller: ReaderDep, service: CompletionsDep
 ) -> Response:
-    return completion_response(await service.serve(tenant, "/v1/completions", body))
+    return completion_response(await service.serve(caller.tenant, "/v1/completions", body))
 
 
 @api.get("/v1/models")
-def list_models(tenant: TenantDep, router: RouterDep) -> dict:
+def list_models(caller: ReaderDep, router: RouterDep) -> dict:
     created = int(time.time())
-    names = ["auto", router.base_name] + sorted(router.active_modules(tenant))
+    names = ["auto", router.base_name] + sorted(router.active_modules(caller.tenant))
     return {
         "object": "list",
         "data": [

@@ -7,14 +7,14 @@ from http import HTTPStatus
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.deps import MetricsDep, RegistryDep
+from server.deps import AdminDep, MetricsDep, RegistryDep
 from server.errors import error_response
 
 api = APIRouter(tags=["ops"])
 
 
 @api.get("/metrics")
-def metrics(gateway_metrics: MetricsDep) -> Response:
+def metrics(_caller: AdminDep, gateway_metrics: MetricsDep) -> Response:
     return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from loramem.registry import Registry
 from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, SentenceEmbedder
 from router.router import Router
-from server import api_knowledge, api_merges, api_openai, api_ops, errors
+from server import api_admin, api_knowledge, api_merges, api_openai, api_ops, errors
 from server.completions import CompletionService
 from server.engines import EnginePool
 from server.forwarding import EngineForwarder
@@ -82,11 +83,39 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     app.include_router(api_merges.api)
     app.include_router(api_openai.api)
     app.include_router(api_ops.api)
+    app.include_router(api_admin.api)
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach the host. A name other than localhost counts as open:
+    what it resolves to is not ours to know."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_gateway(settings: Settings) -> None:
+    """Without keys anyone who reaches the gateway is every tenant at once: that is for a
+    laptop. Elsewhere, turn keys on or say so explicitly."""
+    if settings.auth == "off" and not settings.allow_open_gateway:
+        if not is_loopback(settings.gateway_host):
+            raise SystemExit(
+                f"refusing to start: the gateway would listen on {settings.gateway_host} "
+                "with LORAMEM_AUTH=off, so anyone who reaches it could read and change "
+                "every tenant's facts. Set LORAMEM_AUTH=required (and make a key with "
+                "`loramem keys create --tenant T --role admin`), listen on 127.0.0.1, or "
+                "set LORAMEM_ALLOW_OPEN_GATEWAY=true if something in front authenticates."
+            )
 
 
 def main(settings: Settings) -> None:
     import uvicorn
+
+    refuse_open_gateway(settings)
 
     uvicorn.run(
         create_app(settings),

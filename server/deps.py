@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from loramem.errors import InvalidRequest
+from loramem.errors import Forbidden, InvalidRequest, Unauthorized
 from loramem.registry import Registry
+from loramem.registry.apikeys import TENANT, Role, bearer_key
 from loramem.settings import Settings
 from router.router import Router
 from server.completions import CompletionService
 from server.metrics import GatewayMetrics
-
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _settings(request: Request) -> Settings:
@@ -37,17 +37,60 @@ def _completions(request: Request) -> CompletionService:
     return request.app.state.completions  # type: ignore[no-any-return]
 
 
-def _tenant(x_loramem_tenant: Annotated[str | None, Header()] = None) -> str:
-    """Until API keys exist, the tenant comes from this header."""
-    tenant = x_loramem_tenant or "default"
-    if not _TENANT.match(tenant):
-        raise InvalidRequest("x-loramem-tenant must be 1-64 letters, digits, '_', '.' or '-'")
-    return tenant
-
-
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RouterDep = Annotated[Router, Depends(_router)]
 MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 CompletionsDep = Annotated[CompletionService, Depends(_completions)]
-TenantDep = Annotated[str, Depends(_tenant)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the tenant everything is scoped to, the role, and the key (None
+    when auth is off)."""
+
+    tenant: str
+    role: Role
+    key_id: str | None
+
+
+def _caller(
+    settings: SettingsDep,
+    registry: RegistryDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_loramem_tenant: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """Auth on: the key decides tenant and role, and x-loramem-tenant is ignored. Auth
+    off (loopback only, server/app.py): the header names the tenant, everything is
+    allowed. Runs once per request; the key is read from Redis each time, so a revoked
+    key fails on its next request at every gateway."""
+    if settings.auth == "off":
+        return Caller(_header_tenant(x_loramem_tenant), Role.admin, None)
+    key = bearer_key(authorization)
+    record = registry.api_keys.authenticate(key) if key else None
+    if record is None:
+        reason = "is unknown or revoked" if key else "is missing: send Authorization: Bearer"
+        raise Unauthorized(f"API key {reason}")
+    return Caller(record.tenant, record.role, record.id)
+
+
+def _header_tenant(header: str | None) -> str:
+    tenant = header or "default"
+    if not TENANT.match(tenant):
+        raise InvalidRequest("x-loramem-tenant must be 1-64 letters, digits, '_', '.' or '-'")
+    return tenant
+
+
+def _requires(role: Role) -> Callable[[Caller], Awaitable[Caller]]:
+    async def check(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
+        if not caller.role.allows(role):
+            raise Forbidden(f"this needs a key with the role {role.value} (yours: {caller.role})")
+        return caller
+
+    return check
+
+
+# A route asks for the least role it needs; the Caller it gets carries the tenant.
+ReaderDep = Annotated[Caller, Depends(_requires(Role.reader))]
+WriterDep = Annotated[Caller, Depends(_requires(Role.writer))]
+AdminDep = Annotated[Caller, Depends(_requires(Role.admin))]

@@ -12,14 +12,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loramem.errors import (
     Conflict,
     EngineUnavailable,
+    Forbidden,
     InvalidRequest,
     LoramemError,
     ModelNotFound,
     NotFound,
+    Unauthorized,
 )
 from server.protocol import ErrorBody, ErrorResponse
 
 _STATUS: list[tuple[type[LoramemError], HTTPStatus, str]] = [
+    (Unauthorized, HTTPStatus.UNAUTHORIZED, "authentication_error"),
+    (Forbidden, HTTPStatus.FORBIDDEN, "permission_error"),
     (ModelNotFound, HTTPStatus.NOT_FOUND, "model_not_found"),
     (NotFound, HTTPStatus.NOT_FOUND, "not_found"),
     (Conflict, HTTPStatus.CONFLICT, "conflict"),
@@ -36,15 +40,22 @@ def error_body(status: HTTPStatus, message: str, type_: str, param: str | None =
 
 
 def error_response(
-    status: HTTPStatus, message: str, type_: str, param: str | None = None
+    status: HTTPStatus,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(status, message, type_, param), status_code=status.value)
+    body = error_body(status, message, type_, param)
+    return JSONResponse(body, status_code=status.value, headers=headers)
 
 
 def for_exception(exc: LoramemError) -> JSONResponse:
     for cls, status, type_ in _STATUS:
         if isinstance(exc, cls):
-            return error_response(status, exc.message, type_, exc.param)
+            # RFC 9110: a 401 names the scheme the client should use.
+            challenge = {"WWW-Authenticate": "Bearer"} if cls is Unauthorized else None
+            return error_response(status, exc.message, type_, exc.param, challenge)
     return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, exc.message, "internal_error")
 
 

@@ -151,3 +151,27 @@ class ErrorResponse(BaseModel):
 class PutFactRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: StrictStr
+
+
+class PostKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    role: Literal["reader", "writer", "admin"]
+    name: str = Field(default="", max_length=100)
+
+
+class KeyOut(BaseModel):
+    """A key's record: never the key, never its hash."""
+
+    id: str
+    tenant: str
+    role: str
+    name: str
+    created_at_s: float
+    last_used_s: float | None
+    revoked: bool
+    revoked_at_s: float | None
+
+
+class PostKeyResponse(KeyOut):
+    key: str  # shown here once; Redis keeps only its sha256

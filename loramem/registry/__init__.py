@@ -7,6 +7,7 @@ half-done is one MULTI/EXEC transaction (with WATCH where it reads first).
   registry.merges   merged modules: policy and build requests         (merges.py)
   registry.jobs     the job lifecycle                                 (jobs.py)
   registry.queue    the trainers' job stream, and per-module locks    (loramem/queue.py)
+  registry.api_keys who may call the gateway: tenant and role of a key (apikeys.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import redis
 
 from loramem.queue import JobQueue, ModuleLock
+from loramem.registry.apikeys import ApiKeyStore
 from loramem.registry.facts import FactStore
 from loramem.registry.jobs import JobStore
 from loramem.registry.merges import MergeStore
@@ -28,6 +30,7 @@ class Registry:
         self.facts = FactStore(client, module_capacity_facts)
         self.merges = MergeStore(client, self.modules, self.jobs)
         self.queue = JobQueue(client)
+        self.api_keys = ApiKeyStore(client)
 
     @classmethod
     def from_url(cls, url: str, module_capacity_facts: int = 64) -> Registry:
