@@ -10,6 +10,7 @@ import time
 
 import httpx
 
+from cli import keys
 from evaluation import cli as evaluation
 from loramem.settings import Settings, get_settings
 
@@ -33,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--tenant", default="default")
     settings = get_settings()
     evaluation.add_parser(commands, settings)
+    keys.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine poll otherwise
 
     if args.command == "eval":
         return evaluation.run(args, settings)
+    if args.command == "keys":
+        return keys.run(args, settings)
 
     if args.command == "run":
         from loramem.launcher import Launcher
