@@ -26,7 +26,8 @@ from loramem.registry import Registry
 from server.engines import EnginePool
 from tests.e2e.support import E2E_REDIS_URL, System, answer, spawn, wait_http
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "loramem.json"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "loramem.json"
 
 
 def _free_port() -> int:
