@@ -166,3 +166,34 @@ def test_kustomize_builds() -> None:
         ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_deployment_requires_keys() -> None:
+    services = compose()["services"]
+    for name in ("engine", "gateway", "trainer"):
+        assert services[name]["environment"]["LORAMEM_AUTH"] == "required", name
+    (config,) = [o for o in k8s_objects() if o["kind"] == "ConfigMap"]
+    assert config["data"]["LORAMEM_AUTH"] == "required"
+    (gateway,) = workloads("gateway")
+    for container in gateway["spec"]["template"]["spec"]["containers"]:
+        assert {"name": "loramem-config"} in [e["configMapRef"] for e in container["envFrom"]]
+
+
+def test_prometheus_scrapes_the_gateway_with_an_admin_key() -> None:
+    config = load_all(DEPLOY / "prometheus" / "prometheus.yml")[0]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "gateway"]
+    key_file = job["authorization"]["credentials_file"]
+    assert job["authorization"].get("type", "Bearer") == "Bearer"
+    services = compose()
+    (secret,) = services["services"]["prometheus"]["secrets"]
+    assert key_file == f"/run/secrets/{secret}"
+    assert services["secrets"][secret]["file"].startswith("./secrets/")
+    assert (DEPLOY / "secrets" / ".gitignore").exists()
+    # Kubernetes: no annotation scraping (it cannot send a key); a ServiceMonitor does.
+    (gateway,) = workloads("gateway")
+    annotations = gateway["spec"]["template"]["metadata"].get("annotations", {})
+    assert "prometheus.io/scrape" not in annotations
+    (monitor,) = [o for o in k8s_objects() if o["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["authorization"]["type"] == "Bearer"
+    assert endpoint["authorization"]["credentials"]["name"] == "loramem-metrics-key"
