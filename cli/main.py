@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 def _client_command(args: argparse.Namespace, settings: Settings) -> int:
     """`add` and `job`: talk to a running gateway."""
     gateway = args.gateway or f"http://{settings.gateway_host}:{settings.gateway_port}"
-    client = httpx.Client(base_url=gateway, headers={"x-loramem-tenant": args.tenant}, timeout=30)
+    headers = {"x-loramem-tenant": args.tenant}  # ignored by a gateway that requires keys
+    if settings.api_key:
+        headers["authorization"] = f"Bearer {settings.api_key}"
+    client = httpx.Client(base_url=gateway, headers=headers, timeout=30)
     if args.command == "add":
         body: dict = {"facts": args.facts}
         if args.module:

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     # loopback only: one on another host refuses to start unless allow_open_gateway is set.
     auth: Literal["required", "off"] = "off"
     allow_open_gateway: bool = False  # the escape hatch: auth off on a non-loopback host
+    api_key: str | None = None  # the key `loramem add` and `loramem job` send, if any
     retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
     max_facts_per_request: int = Field(default=256, ge=1)
     metrics_max_modules: int = Field(default=100, ge=1)  # module label values, then "other"
