@@ -81,6 +81,24 @@ class AdapterStore:
         staging.rename(target)  # a version folder is complete or absent
         return AdapterRef(module, version, target)
 
+    def remove_local(self, module: str, version: int) -> bool:
+        """Delete this host's folder of a version that is no longer served."""
+        target = self.folder(module, version)
+        if not target.exists():
+            return False
+        shutil.rmtree(target, ignore_errors=True)
+        return True
+
+    def local_versions(self) -> list[tuple[str, int]]:
+        """(module, version) of every complete version folder on this host."""
+        if not self.root.is_dir():
+            return []
+        return [
+            (folder.parent.name, int(folder.name[1:]))
+            for folder in self.root.glob("*/v*")
+            if folder.is_dir() and folder.name[1:].isdigit()
+        ]
+
     def materialize(self, module: str, version: int) -> AdapterRef:
         """A local folder for this version, fetched from Redis when this host lacks it."""
         target = self.folder(module, version)

@@ -10,11 +10,15 @@ Layout (all under the prefix `loramem:`):
   module:{name}:facts           set    fact ids
   version:{name}:{n}            hash   metadata of one immutable module version
   version:{name}:{n}:files      hash   adapter file name -> bytes
+  versions:retired              zset   "<module>@v<N>" -> when it stopped being active (s);
+                                       the trainer sweeps its record and files after retention
   tenant:{tenant}:merges        set    merged module names
   merge:{name}:{sources}        string job id of the build of `name` from these source versions
-  job:{id}                      hash   status, module, tenant, progress (json), error, ...
+  job:{id}                      hash   status, module, tenant, progress (json), error, ...;
+                                       expires job_retention_s after it is published/failed
   lock:module:{name}            string worker token; one trainer per module at a time
-  stream:jobs                   stream job ids for the trainer consumer group
+  stream:jobs                   stream job ids for the trainer consumer group; an entry is
+                                       deleted when it is acknowledged
   stream:events                 stream registry events (published, retired) for routers
   apikey:{id}                   hash   hash (sha256 of the key), tenant, role, name,
                                        created_at_s, last_used_s, revoked_at_s
@@ -28,7 +32,7 @@ EVENTS_STREAM = PREFIX + "stream:events"
 TRAINER_GROUP = "trainers"
 
 # Bounded so that the events stream cannot grow without limit; routers that fall further
-# behind than this rebuild their index from the registry.
+# behind than this rebuild their index from the registry (server/reconcile.py EventFollower).
 EVENTS_STREAM_MAXLEN = 100_000
 
 # A requested merge build is not queued again for this long; after it a failed build
@@ -79,6 +83,10 @@ def version(name: str, number: int) -> str:
 
 def version_files(name: str, number: int) -> str:
     return f"{PREFIX}version:{name}:{number}:files"
+
+
+def retired_versions() -> str:
+    return f"{PREFIX}versions:retired"
 
 
 def job(job_id: str) -> str:

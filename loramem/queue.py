@@ -1,7 +1,10 @@
 """The trainer job queue: a Redis Stream read through one consumer group.
 
 Delivery is at least once. A worker heartbeats the entry it holds (XCLAIM to itself resets
-the idle time), so only entries of dead workers grow idle enough to be reclaimed.
+the idle time), so only entries of dead workers grow idle enough to be reclaimed. Reading
+and reclaiming count a delivery (heartbeats do not: JUSTID), so `deliveries` tells how
+many workers an entry has already been handed to. An acknowledged entry is deleted: the
+stream holds only what is waiting or running.
 """
 
 from __future__ import annotations
@@ -49,7 +52,19 @@ class JobQueue:
         )
 
     def ack(self, entry_id: str) -> None:
-        self._redis.xack(keys.JOBS_STREAM, keys.TRAINER_GROUP, entry_id)
+        """Done with for good: acknowledged and deleted in one step. One consumer group
+        reads the stream, so once acknowledged no consumer holds the entry any more."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xack(keys.JOBS_STREAM, keys.TRAINER_GROUP, entry_id)
+        pipe.xdel(keys.JOBS_STREAM, entry_id)
+        pipe.execute()
+
+    def deliveries(self, entry_id: str) -> int:
+        """How many times the group has delivered this pending entry (0: not pending)."""
+        rows = self._redis.xpending_range(
+            keys.JOBS_STREAM, keys.TRAINER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(rows[0]["times_delivered"]) if rows else 0
 
     def pending_count(self) -> int:
         try:

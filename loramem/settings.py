@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     # facts posted back to back (a client sending batches) train in one job, not two.
     job_coalesce_ms: int = Field(default=1500, ge=0)
     trainer_metrics_port: int = Field(default=8200, ge=0, le=65535)  # 0: no metrics server
+    # A job delivered this many times without reaching a terminal state (its worker died
+    # each time: OOM, segfault) is dead-lettered: failed with the reason, acknowledged.
+    max_job_attempts: int = Field(default=3, ge=1)
+
+    # --- retention ---
+    # A replaced or retired version's adapter blob and record stay this long (the trainer
+    # sweeps them between jobs); it is never served again from the moment it is retired.
+    retired_version_retention_s: float = Field(default=86_400.0, ge=0)
+    job_retention_s: float = Field(default=7 * 86_400.0, ge=0)  # published/failed jobs expire
 
     # --- evaluation (`loramem eval`) ---
     # The LLM judge of free-form answers: any OpenAI-compatible endpoint. Default: the

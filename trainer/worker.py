@@ -4,6 +4,16 @@ outcome, and acknowledges it.
 Jobs arrive through the Redis consumer group (at least once). A job is acknowledged only
 after it reached a terminal state, so a worker that dies mid-job leaves it pending, and
 another worker reclaims it once the heartbeat has stopped for `job_claim_idle_ms`.
+
+Attempts are counted at delivery (the stream's delivery count), not when an error is
+caught: a job that kills its worker (OOM, segfault) is delivered again and again, and
+after `max_job_attempts` deliveries it is dead-lettered (failed with the reason and
+acknowledged) so that the jobs behind it are served.
+
+Between jobs the worker sweeps retired versions past their retention (their record, their
+blobs in Redis and its own local folders). The trainer sweeps rather than the gateways:
+it is the one writer of versions, there are fewer workers than gateway replicas to race,
+and a sweep between jobs never competes with serving.
 """
 
 from __future__ import annotations
@@ -19,9 +29,10 @@ import torch
 from loramem.adapter_store import AdapterStore
 from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
+from loramem.errors import NotFound
 from loramem.queue import JobQueue, ModuleLock
 from loramem.registry import Registry
-from loramem.registry.jobs import TERMINAL
+from loramem.registry.jobs import TERMINAL, Job
 from loramem.settings import Settings
 from trainer import handlers
 from trainer.context import TrainerContext
@@ -31,8 +42,6 @@ from trainer.publisher import Publisher
 from trainer.synth import make_generator
 
 log = logging.getLogger("loramem.trainer")
-
-MAX_ATTEMPTS = 3
 
 
 class Heartbeat:
@@ -64,16 +73,21 @@ class Heartbeat:
 
 
 class Worker:
-    def __init__(self, settings: Settings, registry: Registry, engines: list[EngineClient]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        engines: list[EngineClient],
+        ctx: TrainerContext | None = None,  # tests pass one without a base model
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.queue = registry.queue
-        self.metrics = TrainerMetrics(self.queue)
-        self.ctx = TrainerContext(
+        self.ctx = ctx or TrainerContext(
             settings=settings,
             registry=registry,
             store=AdapterStore(settings.adapters_path, registry),
-            metrics=self.metrics,
+            metrics=TrainerMetrics(self.queue),
             generator=make_generator(
                 settings.data_generator,
                 settings.generator_url or settings.engine_url,
@@ -81,6 +95,7 @@ class Worker:
             ),
             model_path=prepare_base_model(settings),
         )
+        self.metrics = self.ctx.metrics
         self.publisher = Publisher(self.ctx, engines)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = threading.Event()
@@ -97,6 +112,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Handle at most one job; reclaimed jobs of dead workers go first."""
+        self.sweep()
         entries = self.queue.reclaim(self.consumer, self.settings.job_claim_idle_ms)
         if not entries:
             entries = self.queue.read(self.consumer, self.settings.worker_block_ms)
@@ -104,12 +120,32 @@ class Worker:
             self.handle(entry_id, job_id)
         return bool(entries)
 
+    def sweep(self) -> None:
+        """Delete retired versions older than the retention: record, blobs, local folder."""
+        try:
+            swept = self.registry.modules.sweep_retired(self.settings.retired_version_retention_s)
+        except Exception:  # the next loop sweeps again; jobs go on meanwhile
+            log.exception("sweeping retired versions failed")
+            return
+        for module, version in swept:
+            self.ctx.store.remove_local(module, version)
+            log.info("swept retired version %s@v%d", module, version)
+
     def handle(self, entry_id: str, job_id: str) -> None:
         """Run one job to a terminal state, or leave it pending for a retry."""
-        job = self.registry.jobs.get(job_id)
+        try:
+            job = self.registry.jobs.get(job_id)
+        except NotFound:  # a finished job that has expired since: nothing left to do
+            self.queue.ack(entry_id)
+            return
         if job.status in TERMINAL:  # a redelivery of finished work
             self.queue.ack(entry_id)
             return
+        deliveries = self.queue.deliveries(entry_id)
+        if deliveries > self.settings.max_job_attempts:
+            self._dead_letter(entry_id, job, deliveries - 1)
+            return
+        self.registry.jobs.record_deliveries(job.id, deliveries)
         # The lock expires like a dead worker's claim does, so a crash frees the module too.
         lock = self.registry.module_lock(job.module, ttl_ms=self.settings.job_claim_idle_ms)
         while not lock.acquire():  # another worker is training this module right now
@@ -125,12 +161,20 @@ class Worker:
             self._finished(entry_id, "failed")
         except Exception as exc:
             log.exception("job %s failed", job.id)
-            if self.registry.jobs.count_attempt(job.id) >= MAX_ATTEMPTS:
+            if deliveries >= self.settings.max_job_attempts:
                 self.registry.jobs.fail(job.id, f"{type(exc).__name__}: {exc}")
                 self._finished(entry_id, "failed")
             # else: left pending; it is reclaimed and retried after the idle time
         finally:
             lock.release()
+
+    def _dead_letter(self, entry_id: str, job: Job, attempts: int) -> None:
+        """Every earlier delivery ended without a terminal state or a caught error: the
+        job took its worker down with it. Stop handing it out."""
+        error = f"gave up after {attempts} deliveries: the worker died each time"
+        log.error("job %s dead-lettered: %s", job.id, error)
+        self.registry.jobs.fail(job.id, error)
+        self._finished(entry_id, "failed")
 
     def _finished(self, entry_id: str, status: str) -> None:
         self.queue.ack(entry_id)
@@ -138,7 +182,9 @@ class Worker:
 
 
 def main(settings: Settings) -> None:
-    registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
+    registry = Registry.from_url(
+        settings.redis_url, settings.module_capacity_facts, settings.job_retention_s
+    )
     worker = Worker(settings, registry, [EngineClient(url) for url in settings.engines])
     worker.metrics.serve(settings.trainer_metrics_port)
     try:

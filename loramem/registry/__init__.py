@@ -17,15 +17,20 @@ import redis
 from loramem.queue import JobQueue, ModuleLock
 from loramem.registry.apikeys import ApiKeyStore
 from loramem.registry.facts import FactStore
-from loramem.registry.jobs import JobStore
+from loramem.registry.jobs import DEFAULT_FINISHED_TTL_S, JobStore
 from loramem.registry.merges import MergeStore
 from loramem.registry.modules import ModuleStore
 
 
 class Registry:
-    def __init__(self, client: redis.Redis, module_capacity_facts: int = 64) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        module_capacity_facts: int = 64,
+        job_retention_s: float = DEFAULT_FINISHED_TTL_S,
+    ) -> None:
         self._redis = client
-        self.jobs = JobStore(client)
+        self.jobs = JobStore(client, finished_ttl_s=job_retention_s)
         self.modules = ModuleStore(client, self.jobs)
         self.facts = FactStore(client, module_capacity_facts)
         self.merges = MergeStore(client, self.modules, self.jobs)
@@ -33,8 +38,13 @@ class Registry:
         self.api_keys = ApiKeyStore(client)
 
     @classmethod
-    def from_url(cls, url: str, module_capacity_facts: int = 64) -> Registry:
-        return cls(redis.Redis.from_url(url), module_capacity_facts)
+    def from_url(
+        cls,
+        url: str,
+        module_capacity_facts: int = 64,
+        job_retention_s: float = DEFAULT_FINISHED_TTL_S,
+    ) -> Registry:
+        return cls(redis.Redis.from_url(url), module_capacity_facts, job_retention_s)
 
     def module_lock(self, module: str, ttl_ms: int) -> ModuleLock:
         return ModuleLock(self._redis, module, ttl_ms)

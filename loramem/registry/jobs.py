@@ -1,7 +1,8 @@
 """Jobs: the lifecycle of a queued piece of training work, and its storage.
 
 Every status write goes through `JobStore.transition` (or `finish` / `fail`, which call
-it), so the allowed-transition table below is the only way a status changes.
+it), so the allowed-transition table below is the only way a status changes. A job that
+reaches a terminal state expires `finished_ttl_s` later, set in the same transaction.
 """
 
 from __future__ import annotations
@@ -101,11 +102,17 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
 
 # More writes to make in the same transaction as a status change (a publish, a retire).
 AlsoWrite = Callable[[redis.client.Pipeline], None]
+# Reads those writes depend on: run on the pipeline after WATCH, before MULTI, and again
+# whenever a watched key changed (then the transaction is retried).
+AlsoRead = Callable[[redis.client.Pipeline], None]
+
+DEFAULT_FINISHED_TTL_S = 7 * 86_400.0
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, finished_ttl_s: float = DEFAULT_FINISHED_TTL_S) -> None:
         self._redis = client
+        self.finished_ttl_s = finished_ttl_s
 
     def get(self, job_id: str) -> Job:
         raw = self._redis.hgetall(keys.job(job_id))
@@ -126,10 +133,17 @@ class JobStore:
         )
 
     def transition(
-        self, job_id: str, new: JobStatus, also: AlsoWrite | None = None, **fields: Any
+        self,
+        job_id: str,
+        new: JobStatus,
+        also: AlsoWrite | None = None,
+        read: AlsoRead | None = None,
+        watch: tuple[str, ...] = (),
+        **fields: Any,
     ) -> None:
         """Move a job to `new` if the lifecycle allows it, atomically against other writers;
-        `also` adds writes that must happen in the same transaction or not at all."""
+        `also` adds writes that must happen in the same transaction or not at all, `read`
+        reads what they depend on, from keys named in `watch`."""
 
         def write(pipe: redis.client.Pipeline) -> None:
             current = pipe.hget(keys.job(job_id), "status")
@@ -137,20 +151,31 @@ class JobStore:
                 raise NotFound(f"job not found: {job_id}")
             if not can_transition(JobStatus(decode(current)), new):
                 raise InvalidTransition(job_id, decode(current), new.value)
+            if read is not None:
+                read(pipe)
             pipe.multi()
             mapping = {"status": new.value, "updated_at_s": time.time()}
             mapping.update({k: encode(v) for k, v in fields.items() if v is not None})
             pipe.hset(keys.job(job_id), mapping=mapping)
+            if new in TERMINAL:  # finished jobs do not pile up in Redis
+                pipe.expire(keys.job(job_id), max(0, round(self.finished_ttl_s)))
             if also is not None:
                 also(pipe)
 
-        self._redis.transaction(write, keys.job(job_id))
+        self._redis.transaction(write, keys.job(job_id), *watch)
 
     def finish(
-        self, job_id: str, version: int | None = None, also: AlsoWrite | None = None
+        self,
+        job_id: str,
+        version: int | None = None,
+        also: AlsoWrite | None = None,
+        read: AlsoRead | None = None,
+        watch: tuple[str, ...] = (),
     ) -> None:
         """The job's work is served (`version`), or needed no new version (a retire)."""
-        self.transition(job_id, JobStatus.PUBLISHED, also=also, version=version)
+        self.transition(
+            job_id, JobStatus.PUBLISHED, also=also, read=read, watch=watch, version=version
+        )
 
     def fail(self, job_id: str, error: str) -> None:
         self.transition(job_id, JobStatus.FAILED, error=error)
@@ -165,5 +190,6 @@ class JobStore:
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         self._redis.hset(keys.job(job_id), "progress", json.dumps(progress))
 
-    def count_attempt(self, job_id: str) -> int:
-        return int(self._redis.hincrby(keys.job(job_id), "attempts", 1))
+    def record_deliveries(self, job_id: str, deliveries: int) -> None:
+        """How often the queue has handed this job to a worker (its attempts so far)."""
+        self._redis.hset(keys.job(job_id), "attempts", deliveries)

@@ -1,5 +1,10 @@
 """Modules and their versions: create, publish, retire, and the event stream that
-tells every gateway about a publish or a retire."""
+tells every gateway about a publish or a retire.
+
+A version stops being servable the moment another one replaces it or its module retires;
+the same transaction records when (`versions:retired`), and `sweep_retired` deletes the
+record and the adapter files once they are older than the retention.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import redis
 from loramem import keys
 from loramem.errors import NotFound
 from loramem.knobs import VersionRecipe
-from loramem.names import served_name
+from loramem.names import parse_served_name, served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
 
@@ -90,7 +95,8 @@ class ModuleStore:
         self, info: VersionInfo, files: dict[str, bytes], job_id: str | None = None
     ) -> None:
         """Record a version, switch the active pointer, announce it and finish its job, in
-        one transaction."""
+        one transaction; the version it replaces is recorded as retired."""
+        previous = _ActiveVersion(info.module)
 
         def write(pipe: redis.client.Pipeline) -> None:
             pipe.hset(
@@ -108,6 +114,7 @@ class ModuleStore:
             if files:
                 pipe.hset(keys.version_files(info.module, info.version), mapping=files)
             pipe.hset(keys.module(info.module), "active_version", info.version)
+            previous.record_retired(pipe, unless=info.version)
             _announce(
                 pipe,
                 "published",
@@ -117,25 +124,53 @@ class ModuleStore:
                 job_id=job_id or "",
             )
 
-        self._in_transaction(write, job_id, info.version)
+        self._in_transaction(write, previous, job_id, info.version)
 
     def retire(self, module: str, tenant: str, job_id: str | None = None) -> None:
         """A module left with no facts serves nothing: clear its active version."""
+        previous = _ActiveVersion(module)
 
         def write(pipe: redis.client.Pipeline) -> None:
             pipe.hset(keys.module(module), "active_version", 0)
+            previous.record_retired(pipe)
             _announce(pipe, "retired", module=module, tenant=tenant)
 
-        self._in_transaction(write, job_id, None)
+        self._in_transaction(write, previous, job_id, None)
 
-    def _in_transaction(self, write: AlsoWrite, job_id: str | None, version: int | None) -> None:
-        """Run `write` atomically: with the job's finish when a job asked for it."""
+    def _in_transaction(
+        self, write: AlsoWrite, previous: _ActiveVersion, job_id: str | None, version: int | None
+    ) -> None:
+        """Run `write` atomically, after reading the version it replaces: with the job's
+        finish when a job asked for it."""
+        watch = (keys.module(previous.module),)
         if job_id is not None:
-            self._jobs.finish(job_id, version, also=write)
+            self._jobs.finish(job_id, version, also=write, read=previous.read, watch=watch)
             return
-        pipe = self._redis.pipeline(transaction=True)
-        write(pipe)
-        pipe.execute()
+
+        def run(pipe: redis.client.Pipeline) -> None:
+            previous.read(pipe)
+            pipe.multi()
+            write(pipe)
+
+        self._redis.transaction(run, *watch)
+
+    def retired_before(self, before_s: float) -> list[tuple[str, int]]:
+        """Versions that stopped being active before this time (epoch seconds)."""
+        members = self._redis.zrangebyscore(keys.retired_versions(), "-inf", before_s)
+        return [parsed for m in members if (parsed := parse_served_name(decode(m)))]
+
+    def sweep_retired(self, retention_s: float, limit: int = 100) -> list[tuple[str, int]]:
+        """Delete the record and the adapter files of versions retired longer than
+        `retention_s` ago; returns the versions swept. Safe to run from many workers."""
+        swept = []
+        for module, version in self.retired_before(time.time() - retention_s)[:limit]:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zrem(keys.retired_versions(), served_name(module, version))
+            pipe.delete(keys.version(module, version), keys.version_files(module, version))
+            removed, _deleted = pipe.execute()
+            if removed:
+                swept.append((module, version))
+        return swept
 
     def version(self, module: str, version: int) -> VersionInfo:
         raw = self._redis.hgetall(keys.version(module, version))
@@ -165,8 +200,43 @@ class ModuleStore:
         return events
 
     def last_event_id(self) -> str:
-        last = self._redis.xrevrange(keys.EVENTS_STREAM, count=1)
-        return decode(last[0][0]) if last else "0-0"
+        """The id of the newest event ever added (even if trimmed since); "0-0" if none."""
+        try:
+            info = self._redis.xinfo_stream(keys.EVENTS_STREAM)
+        except redis.ResponseError:  # no stream yet
+            return "0-0"
+        return decode(info["last-generated-id"])
+
+    def events_lost_after(self, cursor: str) -> bool:
+        """True when the stream's cap trimmed events newer than `cursor`: a follower at
+        `cursor` can no longer replay them and must rebuild from the registry."""
+        try:
+            info = self._redis.xinfo_stream(keys.EVENTS_STREAM)
+        except redis.ResponseError:  # no stream yet: nothing was ever trimmed
+            return False
+        deleted = info.get("max-deleted-entry-id")
+        return deleted is not None and _entry_id(decode(deleted)) > _entry_id(cursor)
+
+
+def _entry_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _ActiveVersion:
+    """The version a publish or retire replaces, read inside its transaction."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.version = 0
+
+    def read(self, pipe: redis.client.Pipeline) -> None:
+        self.version = int(pipe.hget(keys.module(self.module), "active_version") or 0)
+
+    def record_retired(self, pipe: redis.client.Pipeline, unless: int = 0) -> None:
+        if self.version and self.version != unless:
+            name = served_name(self.module, self.version)
+            pipe.zadd(keys.retired_versions(), {name: time.time()})
 
 
 def _announce(pipe: redis.client.Pipeline, kind: str, **fields: str | int) -> None:

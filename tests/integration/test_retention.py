@@ -1,0 +1,188 @@
+"""Retention against the real Redis: retired versions, finished jobs, acknowledged stream
+entries and dead-lettered jobs go away; nothing is lost on the way.
+
+The worker here runs its real loop, queue and publisher; only the job handler (training)
+is stubbed, so no base model is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from loramem import keys
+from loramem.adapter_store import AdapterStore
+from loramem.registry import Registry
+from loramem.registry.jobs import Job, JobStatus
+from loramem.registry.modules import VersionInfo
+from loramem.settings import Settings
+from tests.recipes import TRAINED
+from trainer import handlers
+from trainer.context import TrainerContext
+from trainer.metrics import TrainerMetrics
+from trainer.outcomes import Artifact, Covered
+from trainer.worker import Worker
+
+
+class FakeEngine:
+    def load_adapter(self, ref) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+def make_worker(settings: Settings, registry: Registry) -> Worker:
+    ctx = TrainerContext(
+        settings=settings,
+        registry=registry,
+        store=AdapterStore(settings.adapters_path, registry),
+        metrics=TrainerMetrics(registry.queue),
+        generator=None,  # type: ignore[arg-type]
+        model_path=Path("/nonexistent"),
+    )
+    worker = Worker(settings, registry, [FakeEngine()], ctx=ctx)  # type: ignore[list-item]
+    worker.queue.ensure_group()
+    return worker
+
+
+def adapter_files(size_bytes: int) -> dict[str, bytes]:
+    config = {"peft_type": "LORA", "r": 8, "base_model_name_or_path": "test-base"}
+    return {
+        "adapter_config.json": json.dumps(config).encode(),
+        "adapter_model.safetensors": os.urandom(size_bytes),
+    }
+
+
+def publish(registry: Registry, module: str, tenant: str = "t1") -> int:
+    version = registry.modules.next_version(module)
+    info = VersionInfo(module, version, tenant, [], 1.0, "sum", TRAINED)
+    registry.modules.publish(info, {"adapter_config.json": b"{}"})
+    return version
+
+
+def test_a_replaced_or_retired_version_is_recorded_and_swept_after_retention(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
+    publish(registry, "m")
+    assert registry.modules.retired_before(float("inf")) == []  # v1 is active
+    publish(registry, "m")
+    assert registry.modules.retired_before(float("inf")) == [("m", 1)]
+    assert registry.modules.sweep_retired(retention_s=3600) == []  # too young
+    assert registry.modules.sweep_retired(retention_s=0) == [("m", 1)]
+    assert not redis_client.exists(keys.version("m", 1), keys.version_files("m", 1))
+    assert redis_client.exists(keys.version("m", 2), keys.version_files("m", 2)) == 2
+    registry.modules.retire("m", "t1")
+    assert registry.modules.retired_before(float("inf")) == [("m", 2)]
+
+
+def test_a_finished_job_expires_and_an_acknowledged_entry_is_deleted(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
+    registry.jobs.finished_ttl_s = 600
+    job, _ = registry.facts.add("t1", ["a"], [None], [b""])
+    registry.queue.ensure_group()
+    [(entry, _job)] = registry.queue.read("w", block_ms=10)
+    registry.jobs.skip_to_publishing(job.id, {})
+    assert redis_client.ttl(keys.job(job.id)) == -1  # running jobs never expire
+    registry.jobs.finish(job.id, 1)
+    assert 0 < redis_client.ttl(keys.job(job.id)) <= 600
+    registry.queue.ack(entry)
+    assert redis_client.xlen(keys.JOBS_STREAM) == 0 and registry.queue.pending_count() == 0
+
+
+def test_a_job_that_kills_its_workers_is_dead_lettered_and_the_next_is_served(
+    settings: Settings, registry: Registry, redis_client: redis.Redis, monkeypatch
+) -> None:
+    worker = make_worker(settings, registry)
+    handled: list[str] = []
+
+    def handle(ctx: TrainerContext, job: Job) -> Covered:
+        handled.append(job.id)
+        return Covered(1)
+
+    monkeypatch.setattr(handlers, "handle", handle)
+    deadly, _ = registry.facts.add("t1", ["a"], [None], [b""], module="deadly")
+    [(entry, _job)] = registry.queue.read("dead-1", block_ms=10)  # delivery 1: it died
+    for dead in ("dead-2", "dead-3"):  # two more workers took it over and died too
+        redis_client.xclaim(keys.JOBS_STREAM, keys.TRAINER_GROUP, dead, 0, [entry])
+    assert registry.queue.deliveries(entry) == settings.max_job_attempts == 3
+    redis_client.xclaim(  # and it has been idle long since
+        keys.JOBS_STREAM, keys.TRAINER_GROUP, "dead-3", 0, [entry], idle=10**6, justid=True
+    )
+    behind, _ = registry.facts.add("t1", ["b"], [None], [b""], module="healthy")
+
+    assert worker.run_once()  # reclaims the deadly job: a fourth delivery is refused
+    job = registry.jobs.get(deadly.id)
+    assert job.status is JobStatus.FAILED
+    assert job.error == "gave up after 3 deliveries: the worker died each time"
+    assert handled == [] and registry.queue.pending_count() == 0
+
+    assert worker.run_once()  # the job behind it is served
+    assert handled == [behind.id]
+    assert registry.jobs.get(behind.id).status is JobStatus.PUBLISHED
+    assert redis_client.xlen(keys.JOBS_STREAM) == 0
+
+
+def test_a_job_counts_its_deliveries_as_attempts(
+    settings: Settings, registry: Registry, redis_client: redis.Redis, monkeypatch
+) -> None:
+    worker = make_worker(settings, registry)
+
+    def crash(ctx: TrainerContext, job: Job) -> Covered:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(handlers, "handle", crash)
+    job, _ = registry.facts.add("t1", ["a"], [None], [b""])
+    worker.run_once()
+    assert registry.jobs.get(job.id).attempts == 1
+    assert registry.jobs.get(job.id).status is JobStatus.QUEUED  # pending for a retry
+
+
+def used_bytes(client: redis.Redis) -> int:
+    """Memory of every key in the test database (the server's used_memory also counts
+    other databases, which other runs may be writing)."""
+    return sum(int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter())
+
+
+@pytest.mark.timeout(600)
+def test_many_publish_cycles_leave_storage_bounded(
+    tmp_path: Path, registry: Registry, redis_client: redis.Redis, monkeypatch
+) -> None:
+    settings = Settings(
+        redis_url="redis://127.0.0.1:6379/15",
+        cache_dir=tmp_path / "cache",
+        engine_url="http://127.0.0.1:9",
+        retired_version_retention_s=0,
+        job_retention_s=0,
+    )
+    registry.jobs.finished_ttl_s = settings.job_retention_s
+    worker = make_worker(settings, registry)
+
+    def train(ctx: TrainerContext, job: Job) -> Artifact:  # a 256 KiB adapter per version
+        ids = [f.id for f in ctx.registry.facts.of_module(job.module, job.tenant)]
+        ctx.registry.jobs.skip_to_publishing(job.id, {"phase": "stub"})
+        return Artifact(job.module, adapter_files(256 * 1024), TRAINED, ids, 1.0)
+
+    monkeypatch.setattr(handlers, "handle", train)
+    job, [fact_id] = registry.facts.add("t1", ["x is 0"], [None], [b"\0" * 1536], module="m")
+    assert worker.run_once()
+    figures: dict[int, tuple[int, int]] = {}
+    for cycle in range(1, 201):
+        registry.facts.replace("t1", fact_id, f"x is {cycle}", b"\0" * 1536)
+        assert worker.run_once()
+        if cycle in (20, 200):
+            info = redis_client.info("memory")
+            figures[cycle] = (used_bytes(redis_client), int(info["used_memory"]))
+    assert registry.modules.get("m").active_version == 201
+    (after_20, server_20), (after_200, server_200) = figures[20], figures[200]
+    print(
+        f"\n[retention] db bytes after 20 cycles: {after_20}, after 200: {after_200} "
+        f"({after_200 / after_20 - 1:+.1%}); server used_memory {server_20} -> {server_200}"
+    )
+    assert abs(after_200 - after_20) <= 0.10 * after_20
+    assert redis_client.xlen(keys.JOBS_STREAM) == 0
+    assert not list(redis_client.scan_iter(keys.PREFIX + "job:*"))
+    # v201 is active; v200 was retired by its publish and goes at the next sweep
+    assert sorted(v for _m, v in worker.ctx.store.local_versions()) == [200, 201]
