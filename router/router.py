@@ -119,14 +119,23 @@ class Router:
         return self._nearest(tenant, query, merge)
 
     def _named(self, tenant: str, model: str) -> RouteDecision:
-        """`<module>` (its active version) or `<module>@v<N>` (that version)."""
+        """`<module>` (its active version) or `<module>@v<N>` when N is the active version:
+        a replaced or retired version is never served again (its facts may be deleted)."""
         module, version = parse_served_name(model) or (model, None)
-        active = self._active.get(module)
+        with self._lock:
+            active = self._active.get(module)
         if active is None or active[0] != tenant or "@" in module:
             # foreign modules look exactly like absent ones
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+        if version is not None and version != active[1] and not self._newer(module, version):
+            raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
         number = version or active[1]
         return RouteDecision(target=served_name(module, number), module=module, outcome="module")
+
+    def _newer(self, module: str, version: int) -> bool:
+        """A version this router has not heard of yet but the registry already serves
+        (its publish event is on its way)."""
+        return self.registry.modules.get(module).active_version == version
 
     def _nearest(self, tenant: str, query: str, merge: bool) -> RouteDecision:
         index = self._indexes.get(tenant)
@@ -174,10 +183,16 @@ class Router:
 
     # --------------------------------------------------------------- updates
     def load_all(self) -> None:
+        """Index every active version in the registry, and forget modules it no longer
+        serves: the start, and the resync of a follower that missed events."""
+        active: set[str] = set()
         for tenant in self.registry.modules.tenants():
             for module in self.registry.modules.of_tenant(tenant):
                 if module.active_version:
+                    active.add(module.name)
                     self.apply_published(tenant, module.name, module.active_version)
+        for gone in set(self.all_active()) - active:
+            self.apply_retired(gone)
 
     def apply_published(self, tenant: str, module: str, version: int) -> None:
         """Index exactly the facts this version was trained on; drop the module's others."""
@@ -229,7 +244,9 @@ class Router:
             return (len(index), index.nbytes) if index is not None else (0, 0)
 
     def active_modules(self, tenant: str) -> dict[str, int]:
-        return {m: v for m, (t, v) in self._active.items() if t == tenant}
+        with self._lock:  # the event follower writes it from another thread
+            return {m: v for m, (t, v) in self._active.items() if t == tenant}
 
     def all_active(self) -> dict[str, int]:
-        return {m: v for m, (_t, v) in self._active.items()}
+        with self._lock:
+            return {m: v for m, (_t, v) in self._active.items()}

@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = Registry.from_url(settings.redis_url, settings.module_capacity_facts)
+        registry = Registry.from_url(
+            settings.redis_url, settings.module_capacity_facts, settings.job_retention_s
+        )
         router = Router.from_settings(
             registry,
             embedder
@@ -61,7 +63,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         forwarder = EngineForwarder(http, pool, load_adapter)
         completions = CompletionService(router, registry, metrics, forwarder)
         reconciler.in_flight = forwarder.in_flight
-        follower = EventFollower(registry, router, stop)
+        follower = EventFollower(registry, router, stop, metrics)
         follower.start()  # reads the event cursor first, then loads: no event is missed
         reconciler.start()
         app.state.pool = pool

@@ -82,6 +82,18 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.loop_errors = Counter(
+            "loramem_loop_errors_total",
+            "Errors in the gateway's background loops (they retry and go on), by loop.",
+            ["loop"],
+            registry=r,
+        )
+        self.follower_resyncs = Counter(
+            "loramem_event_follower_resyncs_total",
+            "Routing state rebuilt from the registry: events were trimmed before applied.",
+            registry=r,
+        )
+
     def module_label(self, module: str | None) -> str:
         if module is None:
             return "base"

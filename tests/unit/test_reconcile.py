@@ -1,0 +1,184 @@
+"""The gateway's background loops with fakes: an event is applied before the cursor moves
+past it, a trimmed stream triggers a resync, and no error stops a loop; a retired version
+is never routed to or loaded again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from loramem.adapter_store import AdapterStore
+from loramem.errors import ModelNotFound, NotFound
+from router.router import Router
+from server.metrics import GatewayMetrics
+from server.reconcile import EventFollower, Reconciler
+from tests.conftest import FakeEmbedder
+
+
+class FakeModules:
+    def __init__(self, events: list[tuple[str, dict[str, str]]], active: dict[str, int]) -> None:
+        self.events = events
+        self.active = active
+        self.lost_after: str | None = None  # events after this id were trimmed
+
+    def last_event_id(self) -> str:
+        return self.events[-1][0] if self.events else "0-0"
+
+    def events_after(self, cursor: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        return [(i, e) for i, e in self.events if _id(i) > _id(cursor)]
+
+    def events_lost_after(self, cursor: str) -> bool:
+        return self.lost_after is not None and _id(self.lost_after) >= _id(cursor)
+
+    def get(self, module: str) -> SimpleNamespace:
+        if module not in self.active:
+            raise NotFound(f"module not found: {module}")
+        return SimpleNamespace(active_version=self.active[module])
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+class FlakyRouter:
+    """Fails the first `failures` applies, like a Redis blip while reading a version."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.applied: list[tuple[str, int]] = []
+        self.loads = 0
+
+    def load_all(self) -> None:
+        self.loads += 1
+
+    def apply_published(self, tenant: str, module: str, version: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("redis went away")
+        self.applied.append((module, version))
+
+    def apply_retired(self, module: str) -> None:
+        self.applied.append((module, 0))
+
+
+def published(module: str, version: int) -> dict[str, str]:
+    return {"type": "published", "tenant": "t", "module": module, "version": str(version)}
+
+
+def follower(modules: FakeModules, router: Any, metrics: GatewayMetrics) -> EventFollower:
+    registry = SimpleNamespace(modules=modules)
+    return EventFollower(registry, router, threading.Event(), metrics, max_backoff_s=0.01)  # type: ignore[arg-type]
+
+
+def errors(metrics: GatewayMetrics, loop: str) -> float:
+    return metrics.registry.get_sample_value("loramem_loop_errors_total", {"loop": loop}) or 0.0
+
+
+def test_an_event_that_fails_is_retried_not_skipped() -> None:
+    modules = FakeModules([("1-0", published("m", 1))], {})
+    router, metrics = FlakyRouter(failures=1), GatewayMetrics()
+    follow = follower(modules, router, metrics)
+    modules.events.append(("2-0", published("m", 2)))
+    with pytest.raises(ConnectionError):
+        follow.step()
+    assert follow.cursor == "1-0" and router.applied == []  # the cursor stayed before it
+    modules.events.append(("3-0", {"type": "retired", "tenant": "t", "module": "m"}))
+    assert follow.step() == 2
+    assert follow.cursor == "3-0" and router.applied == [("m", 2), ("m", 0)]
+
+
+def test_the_follower_loop_survives_errors_and_counts_them() -> None:
+    modules = FakeModules([], {})
+    router, metrics = FlakyRouter(failures=3), GatewayMetrics()
+    follow = follower(modules, router, metrics)
+    modules.events.append(("1-0", published("m", 1)))
+    follow.start()
+    deadline = time.monotonic() + 10
+    while not router.applied and time.monotonic() < deadline:
+        time.sleep(0.01)
+    follow.stop.set()
+    follow.join(timeout=5)
+    assert router.applied == [("m", 1)]
+    assert errors(metrics, "event_follower") == 3
+
+
+def test_a_follower_behind_the_trimmed_stream_resyncs_from_the_registry() -> None:
+    modules = FakeModules([("1-0", published("m", 1))], {})
+    router, metrics = FlakyRouter(failures=0), GatewayMetrics()
+    follow = follower(modules, router, metrics)
+    assert router.loads == 1
+    # Events 2..5 were added and trimmed away before this gateway read them.
+    modules.events = [("5-0", published("m", 5))]
+    modules.lost_after = "4-0"
+    assert follow.step() == 0
+    assert router.loads == 2 and follow.cursor == "5-0"
+    assert metrics.registry.get_sample_value("loramem_event_follower_resyncs_total") == 1
+
+
+class BrokenEngine:
+    def healthy(self) -> bool:
+        raise RuntimeError("engine client bug")
+
+
+def reconciler(tmp_path: Path, modules: FakeModules, engines: dict[str, Any]) -> Reconciler:
+    registry = SimpleNamespace(modules=modules)
+    router = SimpleNamespace(all_active=lambda: {m: v for m, v in modules.active.items() if v})
+    pool = SimpleNamespace(mark=lambda url, up: None)
+    return Reconciler(
+        registry,  # type: ignore[arg-type]
+        router,  # type: ignore[arg-type]
+        pool,  # type: ignore[arg-type]
+        engines,
+        AdapterStore(tmp_path, registry),  # type: ignore[arg-type]
+        GatewayMetrics(),
+        threading.Event(),
+        retire_grace_s=0,
+    )
+
+
+def test_the_reconciler_counts_an_error_and_goes_on(tmp_path: Path) -> None:
+    modules = FakeModules([], {"m": 2})
+    modules.retired_before = lambda before_s: (_ for _ in ()).throw(ConnectionError("down"))  # type: ignore[attr-defined]
+    loop = reconciler(tmp_path, modules, {"http://e": BrokenEngine()})
+    loop.run_once()  # neither the engine nor the folder sweep raises out of it
+    loop.run_once()
+    assert errors(loop.metrics, "reconciler") == 4
+    assert loop.metrics.registry.get_sample_value("loramem_modules_active") == 1
+
+
+def test_a_retired_version_is_never_loaded_again_and_its_folder_goes(tmp_path: Path) -> None:
+    modules = FakeModules([], {"m": 2, "gone": 0})
+    modules.retired_before = lambda before_s: [("gone", 1)]  # type: ignore[attr-defined]
+    loaded: list[str] = []
+    engine = SimpleNamespace(load_adapter=lambda ref: loaded.append(ref.name))
+    loop = reconciler(tmp_path, modules, {"http://e": engine})
+    loop.store.materialize = lambda m, v: loop.store.write_local(m, v, {"a": b"1"})  # type: ignore[method-assign]
+    with pytest.raises(ModelNotFound):
+        loop.load_into("http://e", "m@v1")
+    with pytest.raises(ModelNotFound):
+        loop.load_into("http://e", "gone@v1")
+    assert loop.load_into("http://e", "m@v2") and loaded == ["m@v2"]
+    for module, version in [("m", 1), ("m", 3), ("gone", 1)]:
+        loop.store.write_local(module, version, {"a": b"1"})
+    assert loop.sweep_local() == 2  # replaced m@v1 and retired gone@v1; m@v3 is not out yet
+    assert sorted(loop.store.local_versions()) == [("m", 2), ("m", 3)]
+
+
+def test_an_explicit_old_version_is_not_found() -> None:
+    modules = FakeModules([], {"m": 2})
+    router = Router(SimpleNamespace(modules=modules), FakeEmbedder(), "base", 0.5)  # type: ignore[arg-type]
+    router.index_module("t", "m", 2, [], None)
+    assert router.route("t", "m@v2", "q").target == "m@v2"
+    assert router.route("t", "m", "q").target == "m@v2"
+    with pytest.raises(ModelNotFound):
+        router.route("t", "m@v1", "q")
+    modules.active["m"] = 3  # published, but this router has not heard yet
+    assert router.route("t", "m@v3", "q").target == "m@v3"
+    with pytest.raises(ModelNotFound):
+        router.route("other-tenant", "m@v2", "q")
