@@ -208,14 +208,21 @@ class ModuleStore:
         return decode(info["last-generated-id"])
 
     def events_lost_after(self, cursor: str) -> bool:
-        """True when the stream's cap trimmed events newer than `cursor`: a follower at
-        `cursor` can no longer replay them and must rebuild from the registry."""
+        """True when the stream's cap may have trimmed events newer than `cursor`: a
+        follower at `cursor` can no longer replay them and must rebuild from the registry.
+        Events are only ever trimmed from the old end (never deleted one by one), so that
+        is when the oldest event left is newer than the cursor. (A follower exactly one
+        event short of the oldest gets a harmless extra rebuild: XTRIM leaves no record of
+        what it removed.)"""
         try:
             info = self._redis.xinfo_stream(keys.EVENTS_STREAM)
         except redis.ResponseError:  # no stream yet: nothing was ever trimmed
             return False
-        deleted = info.get("max-deleted-entry-id")
-        return deleted is not None and _entry_id(decode(deleted)) > _entry_id(cursor)
+        if cursor == "0-0":  # nothing read yet: lost if anything was ever trimmed
+            return int(info.get("entries-added") or 0) > int(info["length"])
+        first = info.get("first-entry")  # none left: compare with the newest ever added
+        oldest = decode(first[0]) if first else decode(info["last-generated-id"])
+        return _entry_id(oldest) > _entry_id(cursor)
 
 
 def _entry_id(entry_id: str) -> tuple[int, int]:

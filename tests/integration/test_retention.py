@@ -186,3 +186,17 @@ def test_many_publish_cycles_leave_storage_bounded(
     assert not list(redis_client.scan_iter(keys.PREFIX + "job:*"))
     # v201 is active; v200 was retired by its publish and goes at the next sweep
     assert sorted(v for _m, v in worker.ctx.store.local_versions()) == [200, 201]
+
+
+def test_a_cursor_behind_the_trimmed_events_is_detected(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
+    publish(registry, "m")
+    cursor = registry.modules.last_event_id()
+    assert not registry.modules.events_lost_after(cursor)
+    publish(registry, "m")
+    publish(registry, "m")
+    assert not registry.modules.events_lost_after(cursor)  # capped, nothing trimmed yet
+    redis_client.xtrim(keys.EVENTS_STREAM, maxlen=1, approximate=False)  # the cap, at work
+    assert registry.modules.events_lost_after(cursor)
+    assert not registry.modules.events_lost_after(registry.modules.last_event_id())
