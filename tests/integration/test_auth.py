@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 
+import openai
 import pytest
 import redis
 from fastapi.routing import APIRoute
@@ -264,3 +265,18 @@ def test_naming_a_foreign_module_tells_nothing(client: TestClient, registry: Reg
     a = make_key(registry, "a", "writer")
     seen = client.post("/facts", json={"facts": ["mine"], "module": "bm1"}, headers=a)
     assert seen.status_code == 202
+
+
+def test_the_openai_client_sends_its_api_key_as_ours(
+    client: TestClient, registry: Registry
+) -> None:
+    key = registry.api_keys.create("a", "reader")[0]
+
+    def openai_client(api_key: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url="http://testserver/v1", api_key=api_key, http_client=client, max_retries=0
+        )
+
+    assert "auto" in {m.id for m in openai_client(key).models.list()}
+    with pytest.raises(openai.AuthenticationError):
+        openai_client("lm-" + "x" * 43).models.list()
