@@ -51,7 +51,8 @@ def test_posted_facts_answer_chat_requests(system: System) -> None:
     ]
     assert accepted["module"] in models
     modules = system.gateway.get("/modules", headers={"x-loramem-tenant": "e2e"}).json()
-    assert modules[0]["served_name"] == f"{accepted['module']}@v1"
+    served = {m["name"]: m["served_name"] for m in modules}
+    assert served[accepted["module"]] == f"{accepted['module']}@v1"
 
 
 def test_streaming_returns_the_same_text_as_unary(system: System) -> None:
