@@ -101,15 +101,51 @@ REPLACEMENTS = {
 }
 
 
+class LoraOpsChanged(RuntimeError):
+    """vLLM's CPU LoRA ops are not where this fix expects them: refuse to serve."""
+
+
 def register() -> None:
     """vLLM's plugin hook. The sgmv_* (prefill) ops call the bgmv_* ones through their
-    module's globals, and the CPU wrapper imported the bgmv_* ones by name: patch both."""
+    module's globals, and the CPU wrapper imported the bgmv_* ones by name: patch both.
+
+    Fails closed on the CPU platform: vLLM's own ops there serve rows without an adapter
+    with another request's adapter, so an engine this fix cannot patch must not start.
+    vLLM loads general plugins before it reads its engine arguments, so whether LoRA is on
+    is not known here: any CPU engine with this plugin refuses. Elsewhere (GPU kernels skip
+    rows without an adapter) there is nothing to fix."""
+    if not _on_cpu():
+        return
     try:
         from vllm.lora.ops.torch_ops import lora_ops
         from vllm.lora.punica_wrapper import punica_cpu
-    except ImportError:  # a vLLM without these modules: nothing to fix
-        log.warning("vLLM's CPU LoRA ops not found; the loramem fix is not applied")
-        return
+    except ImportError as exc:
+        raise LoraOpsChanged(_refusal(f"cannot import them ({exc})")) from exc
+    missing = [
+        f"{module.__name__}.{name}"
+        for module in (lora_ops, punica_cpu)
+        for name in REPLACEMENTS
+        if not callable(getattr(module, name, None))
+    ]
+    if missing:
+        raise LoraOpsChanged(_refusal("missing " + ", ".join(missing)))
     for name, function in REPLACEMENTS.items():
         setattr(lora_ops, name, function)
         setattr(punica_cpu, name, function)
+    log.info("loramem's CPU LoRA ops are in place")
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def _refusal(why: str) -> str:
+    return (
+        f"loramem's CPU LoRA fix cannot patch this vLLM's CPU LoRA ops ({why}). vLLM's own "
+        "ops would answer requests without a module with another request's adapter, so the "
+        "engine refuses to start. Use the vLLM version this fix was written for (0.32), or "
+        "update loramem/vllm_cpu_lora.py; VLLM_PLUGINS= (empty) starts without the fix, "
+        "knowingly."
+    )

@@ -74,3 +74,36 @@ def test_the_plugin_replaces_the_ops_the_cpu_wrapper_calls() -> None:
     for name, function in fixed.REPLACEMENTS.items():
         assert getattr(lora_ops, name) is function  # what sgmv_* (prefill) calls
         assert getattr(punica_cpu, name) is function  # what the decode path calls
+
+
+@pytest.mark.parametrize("name", sorted(fixed.REPLACEMENTS))
+def test_a_changed_vllm_layout_fails_closed_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A vLLM whose CPU ops moved must not serve LoRA with its own (wrong) ops."""
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    monkeypatch.setattr(fixed, "_on_cpu", lambda: True)
+    monkeypatch.delattr(punica_cpu, name)
+    with pytest.raises(fixed.LoraOpsChanged, match=f"punica_cpu.{name}.*VLLM_PLUGINS="):
+        fixed.register()
+
+
+def test_a_missing_module_fails_closed_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(fixed, "_on_cpu", lambda: True)
+    from vllm.lora.ops import torch_ops
+
+    monkeypatch.setitem(sys.modules, "vllm.lora.ops.torch_ops.lora_ops", None)
+    monkeypatch.delattr(torch_ops, "lora_ops", raising=False)
+    with pytest.raises(fixed.LoraOpsChanged, match="cannot import"):
+        fixed.register()
+
+
+def test_other_platforms_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    monkeypatch.setattr(fixed, "_on_cpu", lambda: False)
+    monkeypatch.delattr(punica_cpu, "bgmv_shrink")
+    fixed.register()  # nothing to fix: GPU kernels skip rows without an adapter
