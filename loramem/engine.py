@@ -96,15 +96,28 @@ def engine_env(settings: Settings) -> dict[str, str]:
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine_kv_cache_gib))
     env.setdefault("HF_HUB_OFFLINE", "1")
+    if settings.engine_api_key:
+        # vLLM then answers /v1/* (chat, completions, load_lora_adapter) only with this key;
+        # in the environment, not on the command line, where `ps` would show it.
+        env["VLLM_API_KEY"] = settings.engine_api_key
     return env
+
+
+def engine_headers(api_key: str | None) -> dict[str, str]:
+    """What every request to an engine carries: its key, when it has one."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 class EngineClient:
     """Synchronous client for the engine's adapter endpoints (trainer and CLI side)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float = 60.0, api_key: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout_s, headers=engine_headers(api_key)
+        )
 
     def healthy(self) -> bool:
         try:

@@ -7,6 +7,8 @@ everything this launcher started.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -89,10 +91,11 @@ class Launcher:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.ensure_redis()
+            child_env = self.ensure_engine_key()
             self.start_engine(prepare_base_model(self.settings))
             me = [sys.executable, "-m", "cli"]
-            self.spawn("worker", me + ["worker"])
-            self.spawn("gateway", me + ["gateway"])
+            self.spawn("worker", me + ["worker"], child_env)
+            self.spawn("gateway", me + ["gateway"], child_env)
             log.info(
                 "gateway on http://%s:%d (Ctrl-C stops everything)",
                 self.settings.gateway_host,
@@ -103,6 +106,13 @@ class Launcher:
             return 0
         finally:
             self.stop_all()
+
+    def ensure_engine_key(self) -> dict[str, str]:
+        """The engine's key, made for this run when none is set (zero-config `make run`);
+        the worker and gateway get it through their environment, nothing else knows it."""
+        key = self.settings.engine_api_key or secrets.token_urlsafe(32)
+        self.settings = self.settings.model_copy(update={"engine_api_key": key})
+        return {**os.environ, "LORAMEM_ENGINE_API_KEY": key}
 
     def wait(self) -> int:
         while True:

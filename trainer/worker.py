@@ -185,7 +185,8 @@ def main(settings: Settings) -> None:
     registry = Registry.from_url(
         settings.redis_url, settings.module_capacity_facts, settings.job_retention_s
     )
-    worker = Worker(settings, registry, [EngineClient(url) for url in settings.engines])
+    engines = [EngineClient(url, api_key=settings.engine_api_key) for url in settings.engines]
+    worker = Worker(settings, registry, engines)
     worker.metrics.serve(settings.trainer_metrics_port)
     try:
         worker.run_forever()

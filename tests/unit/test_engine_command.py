@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loramem.engine import engine_command, unserved_lora_shape
+import httpx
+
+from loramem.engine import EngineClient, engine_command, engine_env, unserved_lora_shape
 from loramem.settings import Settings
 
 
@@ -23,3 +25,29 @@ def test_engine_lora_modules_flags_and_refusals(tmp_path: Path) -> None:
     assert unserved_lora_shape(shape, "feed-forward", 4) is None
     assert unserved_lora_shape(shape, "feed-forward", 0) is not None  # all 30 layers
     assert unserved_lora_shape(shape, "all-linear", 12) is not None
+
+
+def test_the_engine_key_goes_in_the_environment_and_every_client_request() -> None:
+    keyed = Settings(engine_api_key="sekret", engine_lora_modules="all")
+    assert engine_env(keyed)["VLLM_API_KEY"] == "sekret"
+    assert "sekret" not in engine_command(keyed, Path("/m"))  # `ps` shows the command
+    assert "sekret" not in repr(keyed)
+    seen: list[str | None] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"data": []})
+
+    client = EngineClient("http://engine")
+    client.http = httpx.Client(
+        base_url="http://engine", headers=client.http.headers, transport=httpx.MockTransport(engine)
+    )
+    client.loaded_models()
+    keyed_client = EngineClient("http://engine", api_key="sekret")
+    keyed_client.http = httpx.Client(
+        base_url="http://engine",
+        headers=keyed_client.http.headers,
+        transport=httpx.MockTransport(engine),
+    )
+    keyed_client.loaded_models()
+    assert seen == [None, "Bearer sekret"]
