@@ -197,3 +197,87 @@ def test_prometheus_scrapes_the_gateway_with_an_admin_key() -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics" and endpoint["authorization"]["type"] == "Bearer"
     assert endpoint["authorization"]["credentials"]["name"] == "loramem-metrics-key"
+
+
+def _secret_env(container: dict) -> dict[str, str]:
+    """Environment variables a container takes from a Secret: name -> secret/key."""
+    return {
+        e[
+            "name"
+        ]: f"{e['valueFrom']['secretKeyRef']['name']}/{e['valueFrom']['secretKeyRef']['key']}"
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def _container(name: str) -> dict:
+    (workload,) = workloads(name)
+    return workload["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_redis_has_a_password_the_gateway_and_trainer_send() -> None:
+    redis = _container("redis")
+    args = " ".join(redis["args"])
+    assert "--requirepass $(REDIS_PASSWORD)" in args
+    assert _secret_env(redis)["REDIS_PASSWORD"] == "loramem-redis/password"
+    assert _secret_env(redis)["REDISCLI_AUTH"] == "loramem-redis/password"  # the probes
+    (config,) = [o for o in k8s_objects() if o["kind"] == "ConfigMap"]
+    assert "LORAMEM_REDIS_URL" not in config["data"]  # no password-less URL to fall back on
+    for name in ("gateway", "trainer"):
+        container = _container(name)
+        assert _secret_env(container)["REDIS_PASSWORD"] == "loramem-redis/password", name
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["LORAMEM_REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0", name
+        names = [e["name"] for e in container["env"]]
+        assert names.index("REDIS_PASSWORD") < names.index("LORAMEM_REDIS_URL")  # $() order
+    services = compose()["services"]
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    assert services["redis"]["secrets"] == ["redis-password"]
+    assert "REDISCLI_AUTH" in " ".join(services["redis"]["healthcheck"]["test"])
+    for name in ("engine", "gateway", "trainer"):
+        assert services[name]["env_file"] == ["./secrets/loramem.env"], name
+        assert "LORAMEM_REDIS_URL" not in services[name]["environment"], name
+
+
+def test_the_engine_key_is_a_secret_of_engine_gateway_and_trainer() -> None:
+    for name in ("engine", "gateway", "trainer"):
+        key = _secret_env(_container(name)).get("LORAMEM_ENGINE_API_KEY")
+        assert key == "loramem-engine-key/key", name
+    # loramem.engine.engine_env hands it to vLLM as VLLM_API_KEY (not on the command line).
+    assert _container("engine")["command"] == ["loramem", "engine"]
+
+
+def test_network_policies_let_only_gateway_and_trainer_reach_engines_and_redis() -> None:
+    policies = [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
+    guarded = {}
+    for policy in policies:
+        spec = policy["spec"]
+        component = spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        (peer,) = rule["from"]
+        assert peer.keys() == {"podSelector"}  # no namespaceSelector, no ipBlock
+        expressions = {e["key"]: e for e in peer["podSelector"]["matchExpressions"]}
+        allowed = expressions["app.kubernetes.io/component"]
+        assert allowed["operator"] == "In"
+        guarded[component] = (set(allowed["values"]), [p["port"] for p in rule["ports"]])
+    assert guarded == {
+        "engine": ({"gateway", "trainer"}, [8100]),
+        "redis": ({"gateway", "trainer"}, [6379]),
+    }
+    # The policies select the pods the workloads actually run.
+    for name in ("engine", "redis"):
+        (workload,) = workloads(name)
+        assert (
+            workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+            == name
+        )
+
+
+def test_grafana_admin_password_comes_from_a_secret() -> None:
+    grafana = compose()["services"]["grafana"]
+    environment = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in environment  # no `admin` default
+    (secret,) = grafana["secrets"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD__FILE"] == f"/run/secrets/{secret}"
+    assert compose()["secrets"][secret]["file"].startswith("./secrets/")
