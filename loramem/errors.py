@@ -36,3 +36,19 @@ class Unauthorized(LoramemError):
 
 class Forbidden(LoramemError):
     """A valid key whose role does not allow the request."""
+
+
+class QuotaExceeded(LoramemError):
+    """The tenant holds as much as its quota allows; waiting does not help."""
+
+
+class RateLimited(LoramemError):
+    """Too many requests or tokens in this window; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(RateLimited):
+    """This gateway has no room right now (answered 503); retry after `retry_after_s`."""

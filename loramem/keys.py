@@ -23,6 +23,9 @@ Layout (all under the prefix `loramem:`):
   apikey:{id}                   hash   hash (sha256 of the key), tenant, role, name,
                                        created_at_s, last_used_s, revoked_at_s
   apikeys                       set    every API key id, revoked ones included
+  tenant:{tenant}:open_jobs     set    ids of the tenant's non-terminal jobs (quota)
+  tenant:{tenant}:adapter_bytes string bytes of the tenant's stored version blobs (quota)
+  rate:{kind}:{subject}:{n}     string requests or tokens of one rate window n; expires
 """
 
 PREFIX = "loramem:"
@@ -103,3 +106,16 @@ def api_key(key_id: str) -> str:
 
 def api_keys() -> str:
     return f"{PREFIX}apikeys"
+
+
+def tenant_open_jobs(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:open_jobs"
+
+
+def tenant_adapter_bytes(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:adapter_bytes"
+
+
+def rate_window(kind: str, subject: str, window: int) -> str:
+    """`kind` "requests" or "tokens"; `subject` a key id, or "tenant=<name>" with auth off."""
+    return f"{PREFIX}rate:{kind}:{subject}:{window}"

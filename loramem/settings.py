@@ -76,6 +76,26 @@ class Settings(BaseSettings):
     # --- router ---
     # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway
     # between paraphrases of held facts (lowest 0.65) and unrelated questions (highest 0.45)
+    # --- limits and backpressure (README, Security) ---
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # larger bodies: 413, unread
+    max_messages: int = Field(default=256, ge=1)  # per chat request
+    max_prompt_chars: int = Field(default=100_000, ge=1)  # messages' or prompt's text, summed
+    max_completion_tokens: int = Field(default=2048, ge=1)  # max_tokens, max_completion_tokens
+    max_choices: int = Field(default=8, ge=1)  # n
+    min_target_loss: float = Field(default=0.001, gt=0)  # a request's training.target_loss
+    max_job_steps: int = Field(default=600, ge=1)  # a request's training.max_steps
+    quota_facts: int = Field(default=10_000, ge=0)  # per tenant; 0 means no limit (all four)
+    quota_modules: int = Field(default=500, ge=0)
+    quota_open_jobs: int = Field(default=100, ge=0)  # jobs not yet published or failed
+    quota_adapter_bytes: int = Field(default=10 * 1024**3, ge=0)  # stored version blobs
+    # Per API key (per tenant with auth off), shared by every gateway through Redis, in
+    # fixed windows of rate_window_s; 0 means no limit.
+    rate_requests_per_window: int = Field(default=600, ge=0)
+    rate_tokens_per_window: int = Field(default=200_000, ge=0)  # completion tokens
+    rate_window_s: int = Field(default=60, ge=1)
+    completions_max_in_flight: int = Field(default=64, ge=1)  # per gateway, then a fast 429
+    ingest_threads: int = Field(default=2, ge=1)  # fact embedding, apart from chat's pool
+    ingest_max_queued: int = Field(default=16, ge=1)  # fact requests waiting or embedding
     # on bench/router_latency.py's set; above it, facts stored as bare statements start to
     # lose their paraphrased questions (0.60: 93% routed, 0.55: 97%).
     route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)

@@ -1,4 +1,5 @@
-"""Knowledge API: facts in, jobs to follow, modules to list. Sync handlers run in a pool."""
+"""Knowledge API: facts in, jobs to follow, modules to list. Sync handlers run in a pool;
+embedding and storing facts runs in the ingest pool (server/limits.py), apart from it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from loramem.engine import max_lora_rank, unserved_lora_shape
 from loramem.errors import InvalidRequest, NotFound
 from loramem.knobs import PartialTrainingKnobs
 from loramem.registry import Registry
+from loramem.registry.limits import TenantQuotas
 from loramem.settings import Settings
 from router.embedder import to_bytes
 from router.router import Router
-from server.deps import ReaderDep, RegistryDep, RouterDep, SettingsDep, WriterDep
+from server.deps import IngestDep, ReaderDep, RegistryDep, RouterDep, SettingsDep, WriterDep
 from server.protocol import (
     FactIn,
     FactOut,
@@ -30,12 +32,13 @@ api = APIRouter(tags=["knowledge"])
 
 
 @api.post("/facts", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
-def post_facts(
+async def post_facts(
     body: PostFactsRequest,
     caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
     router: RouterDep,
+    ingest: IngestDep,
 ) -> PostFactsResponse:
     facts = body.normalized()
     if not facts:
@@ -46,16 +49,19 @@ def post_facts(
         )
     for position, fact in enumerate(facts):
         _check_text(fact.text, settings.max_fact_chars, f"facts.{position}")
-    return _store(facts, body.module, body.training, caller.tenant, settings, registry, router)
+    return await ingest.run(
+        _store, facts, body.module, body.training, caller.tenant, settings, registry, router
+    )
 
 
 @api.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
-def post_document(
+async def post_document(
     body: PostDocumentRequest,
     caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
     router: RouterDep,
+    ingest: IngestDep,
 ) -> PostFactsResponse:
     """A free-text document, stored as one fact per sentence."""
     _check_text(body.text, settings.max_document_chars, "text")
@@ -67,7 +73,9 @@ def post_document(
             param="text",
         )
     facts = [FactIn(text=s) for s in sentences]
-    return _store(facts, body.module, body.training, caller.tenant, settings, registry, router)
+    return await ingest.run(
+        _store, facts, body.module, body.training, caller.tenant, settings, registry, router
+    )
 
 
 def _store(
@@ -89,6 +97,12 @@ def _store(
         [to_bytes(v) for v in vectors],
         module=module,
         training=overrides,
+        quotas=TenantQuotas(
+            settings.quota_facts,
+            settings.quota_modules,
+            settings.quota_open_jobs,
+            settings.quota_adapter_bytes,
+        ),
     )
     return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
 
@@ -98,6 +112,19 @@ def _check_servable(overrides: dict[str, Any], settings: Settings) -> None:
     (LORAMEM_ENGINE_LORA_MODULES) the layers carrying LoRA at start-up."""
     if not overrides:
         return  # the settings' own knobs: the engines were started for them
+    # Tighter than TrainingKnobs' own bounds, which the settings share: a request may not
+    # ask for a loss it never reaches (0: every job runs to max_steps) or a longer job.
+    if overrides.get("target_loss", settings.min_target_loss) < settings.min_target_loss:
+        raise InvalidRequest(
+            f"training.target_loss must be at least {settings.min_target_loss} "
+            "(LORAMEM_MIN_TARGET_LOSS)",
+            param="training.target_loss",
+        )
+    if overrides.get("max_steps", 0) > settings.max_job_steps:
+        raise InvalidRequest(
+            f"training.max_steps must be at most {settings.max_job_steps} (LORAMEM_MAX_JOB_STEPS)",
+            param="training.max_steps",
+        )
     knobs = settings.training.with_overrides(overrides)
     if why := unserved_lora_shape(settings, knobs.targets, knobs.top_layers):
         raise InvalidRequest(f"{why} (LORAMEM_ENGINE_LORA_MODULES)", param="training")
@@ -123,18 +150,23 @@ def _check_text(text: str, max_chars: int, param: str) -> None:
 
 
 @api.put("/facts/{fact_id}", status_code=status.HTTP_202_ACCEPTED, response_model=PostFactsResponse)
-def put_fact(
+async def put_fact(
     fact_id: str,
     body: PutFactRequest,
     caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
     router: RouterDep,
+    ingest: IngestDep,
 ) -> PostFactsResponse:
     _check_text(body.text, settings.max_fact_chars, "text")
-    vector = router.embed([body.text])[0]
-    job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
-    return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
+
+    def replace() -> PostFactsResponse:
+        vector = router.embed([body.text])[0]
+        job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
+        return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
+
+    return await ingest.run(replace)
 
 
 @api.delete(

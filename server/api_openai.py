@@ -7,12 +7,22 @@ the service returns: the engine's JSON, its error body as it came, or its SSE st
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from server.completions import Completion
-from server.deps import CompletionsDep, ReaderDep, RouterDep
+from server.completions import Completion, chunk_tokens
+from server.deps import (
+    Caller,
+    CompletionsDep,
+    ReaderDep,
+    RegistryDep,
+    RouterDep,
+    SettingsDep,
+)
+from server.limits import check_completion
 from server.protocol import ChatCompletionRequest, CompletionRequest
 
 api = APIRouter(tags=["openai"])
@@ -20,16 +30,69 @@ api = APIRouter(tags=["openai"])
 
 @api.post("/v1/chat/completions")
 async def chat_completions(
-    body: ChatCompletionRequest, caller: ReaderDep, service: CompletionsDep
+    body: ChatCompletionRequest,
+    caller: ReaderDep,
+    service: CompletionsDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
 ) -> Response:
-    return completion_response(await service.serve(caller.tenant, "/v1/chat/completions", body))
+    check_completion(body, settings)
+    count = await _token_budget(caller, settings, registry)
+    completion = await service.serve(caller.tenant, "/v1/chat/completions", body)
+    return await _counted(completion, count)
 
 
 @api.post("/v1/completions")
 async def completions(
-    body: CompletionRequest, caller: ReaderDep, service: CompletionsDep
+    body: CompletionRequest,
+    caller: ReaderDep,
+    service: CompletionsDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
 ) -> Response:
-    return completion_response(await service.serve(caller.tenant, "/v1/completions", body))
+    check_completion(body, settings)
+    count = await _token_budget(caller, settings, registry)
+    completion = await service.serve(caller.tenant, "/v1/completions", body)
+    return await _counted(completion, count)
+
+
+async def _token_budget(
+    caller: Caller, settings: SettingsDep, registry: RegistryDep
+) -> Callable[[int], None]:
+    """Refuse (429) when the caller's completion tokens of this window are spent; return
+    what counts an answer's tokens into the window once they are known."""
+    limits, subject = registry.rate_limits, caller.rate_subject
+    limit, window_s = settings.rate_tokens_per_window, settings.rate_window_s
+    await run_in_threadpool(limits.check_tokens, subject, limit, window_s, time.time())
+
+    def count(tokens: int) -> None:
+        if limit:
+            limits.add_tokens(subject, tokens, window_s, time.time())
+
+    return count
+
+
+async def _counted(completion: Completion, count: Callable[[int], None]) -> Response:
+    if completion.payload is not None:
+        usage = completion.payload.get("usage") or {}
+        await run_in_threadpool(count, int(usage.get("completion_tokens") or 0))
+    elif completion.stream is not None:
+        completion.stream = _counting(completion.stream, count)
+    return completion_response(completion)
+
+
+async def _counting(
+    lines: AsyncIterator[bytes], count: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """Relay a stream, then count its tokens (one chunk with text per token)."""
+    tokens = 0
+    try:
+        async for line in lines:
+            if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                tokens += chunk_tokens(line[6:].decode())
+            yield line
+    finally:
+        count(tokens)  # one Redis round trip as the stream closes
 
 
 @api.get("/v1/models")

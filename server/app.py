@@ -22,6 +22,7 @@ from server import api_admin, api_knowledge, api_merges, api_openai, api_ops, er
 from server.completions import CompletionService
 from server.engines import EnginePool
 from server.forwarding import EngineForwarder
+from server.limits import BodyLimit, InFlightLimit, IngestPool
 from server.metrics import GatewayMetrics
 from server.reconcile import EventFollower, Reconciler
 
@@ -77,14 +78,19 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             yield
         finally:
             stop.set()
+        app.state.ingest = IngestPool(settings.ingest_threads, settings.ingest_max_queued)
             await http.aclose()
 
     app = FastAPI(title="loramem gateway", lifespan=lifespan)
     errors.install(app)
+            app.state.ingest.close()
     app.include_router(api_knowledge.api)
     app.include_router(api_merges.api)
     app.include_router(api_openai.api)
     app.include_router(api_ops.api)
+    # Pure ASGI, outermost last: the body limit and the in-flight bound act before parsing.
+    app.add_middleware(InFlightLimit, limit=settings.completions_max_in_flight)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_admin.api)
     return app
 

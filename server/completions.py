@@ -151,7 +151,7 @@ class CompletionService:
                     self.metrics.ttft.labels(label).observe(time.perf_counter() - started)
                     first = False
                 if line.startswith("data: ") and line != "data: [DONE]":
-                    self.metrics.tokens_out.labels(label).inc(_chunk_tokens(line[6:]))
+                    self.metrics.tokens_out.labels(label).inc(chunk_tokens(line[6:]))
                 yield (line + "\n").encode()
         finally:
             await reply.aclose()
@@ -159,7 +159,7 @@ class CompletionService:
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
-def _chunk_tokens(data: str) -> int:
+def chunk_tokens(data: str) -> int:
     """The engine streams one chunk per generated token; count chunks with text."""
     try:
         chunk = json.loads(data)

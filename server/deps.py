@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -14,6 +15,7 @@ from loramem.registry.apikeys import TENANT, Role, bearer_key
 from loramem.settings import Settings
 from router.router import Router
 from server.completions import CompletionService
+from server.limits import IngestPool
 from server.metrics import GatewayMetrics
 
 
@@ -37,11 +39,16 @@ def _completions(request: Request) -> CompletionService:
     return request.app.state.completions  # type: ignore[no-any-return]
 
 
+def _ingest(request: Request) -> IngestPool:
+    return request.app.state.ingest  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RouterDep = Annotated[Router, Depends(_router)]
 MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 CompletionsDep = Annotated[CompletionService, Depends(_completions)]
+IngestDep = Annotated[IngestPool, Depends(_ingest)]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,11 @@ class Caller:
     role: Role
     key_id: str | None
 
+    @property
+    def rate_subject(self) -> str:
+        """Whose rate windows count this request: the key's, or the tenant's with auth off."""
+        return self.key_id or f"tenant={self.tenant}"
+
 
 def _caller(
     settings: SettingsDep,
@@ -63,15 +75,21 @@ def _caller(
     """Auth on: the key decides tenant and role, and x-loramem-tenant is ignored. Auth
     off (loopback only, server/app.py): the header names the tenant, everything is
     allowed. Runs once per request; the key is read from Redis each time, so a revoked
-    key fails on its next request at every gateway."""
+    key fails on its next request at every gateway. Counts the request in the caller's
+    rate window (shared by every gateway through Redis)."""
     if settings.auth == "off":
-        return Caller(_header_tenant(x_loramem_tenant), Role.admin, None)
-    key = bearer_key(authorization)
-    record = registry.api_keys.authenticate(key) if key else None
-    if record is None:
-        reason = "is unknown or revoked" if key else "is missing: send Authorization: Bearer"
-        raise Unauthorized(f"API key {reason}")
-    return Caller(record.tenant, record.role, record.id)
+        caller = Caller(_header_tenant(x_loramem_tenant), Role.admin, None)
+    else:
+        key = bearer_key(authorization)
+        record = registry.api_keys.authenticate(key) if key else None
+        if record is None:
+            reason = "is unknown or revoked" if key else "is missing: send Authorization: Bearer"
+            raise Unauthorized(f"API key {reason}")
+        caller = Caller(record.tenant, record.role, record.id)
+    registry.rate_limits.hit(
+        caller.rate_subject, settings.rate_requests_per_window, settings.rate_window_s, time.time()
+    )
+    return caller
 
 
 def _header_tenant(header: str | None) -> str:

@@ -17,6 +17,9 @@ from loramem.errors import (
     LoramemError,
     ModelNotFound,
     NotFound,
+    Overloaded,
+    QuotaExceeded,
+    RateLimited,
     Unauthorized,
 )
 from server.protocol import ErrorBody, ErrorResponse
@@ -24,6 +27,9 @@ from server.protocol import ErrorBody, ErrorResponse
 _STATUS: list[tuple[type[LoramemError], HTTPStatus, str]] = [
     (Unauthorized, HTTPStatus.UNAUTHORIZED, "authentication_error"),
     (Forbidden, HTTPStatus.FORBIDDEN, "permission_error"),
+    (QuotaExceeded, HTTPStatus.FORBIDDEN, "quota_exceeded"),
+    (Overloaded, HTTPStatus.SERVICE_UNAVAILABLE, "overloaded"),
+    (RateLimited, HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_exceeded"),
     (ModelNotFound, HTTPStatus.NOT_FOUND, "model_not_found"),
     (NotFound, HTTPStatus.NOT_FOUND, "not_found"),
     (Conflict, HTTPStatus.CONFLICT, "conflict"),
@@ -54,8 +60,10 @@ def for_exception(exc: LoramemError) -> JSONResponse:
     for cls, status, type_ in _STATUS:
         if isinstance(exc, cls):
             # RFC 9110: a 401 names the scheme the client should use.
-            challenge = {"WWW-Authenticate": "Bearer"} if cls is Unauthorized else None
-            return error_response(status, exc.message, type_, exc.param, challenge)
+            headers = {"WWW-Authenticate": "Bearer"} if cls is Unauthorized else None
+            if isinstance(exc, RateLimited):
+                headers = {"Retry-After": str(exc.retry_after_s)}
+            return error_response(status, exc.message, type_, exc.param, headers)
     return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, exc.message, "internal_error")
 
 

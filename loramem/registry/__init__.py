@@ -8,6 +8,7 @@ half-done is one MULTI/EXEC transaction (with WATCH where it reads first).
   registry.jobs     the job lifecycle                                 (jobs.py)
   registry.queue    the trainers' job stream, and per-module locks    (loramem/queue.py)
   registry.api_keys who may call the gateway: tenant and role of a key (apikeys.py)
+  registry.rate_limits  per-key request and token windows; quotas too   (limits.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loramem.queue import JobQueue, ModuleLock
 from loramem.registry.apikeys import ApiKeyStore
 from loramem.registry.facts import FactStore
 from loramem.registry.jobs import DEFAULT_FINISHED_TTL_S, JobStore
+from loramem.registry.limits import RateLimiter
 from loramem.registry.merges import MergeStore
 from loramem.registry.modules import ModuleStore
 
@@ -36,6 +38,7 @@ class Registry:
         self.merges = MergeStore(client, self.modules, self.jobs)
         self.queue = JobQueue(client)
         self.api_keys = ApiKeyStore(client)
+        self.rate_limits = RateLimiter(client)
 
     @classmethod
     def from_url(

@@ -17,6 +17,7 @@ from loramem.errors import Conflict, NotFound
 from loramem.names import new_id
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, stage_job
+from loramem.registry.limits import TenantQuotas
 from loramem.registry.modules import stage_module
 
 
@@ -42,8 +43,10 @@ class FactStore:
         embeddings: list[bytes],
         module: str | None = None,
         training: dict[str, Any] | None = None,
+        quotas: TenantQuotas | None = None,
     ) -> tuple[Job, list[str]]:
-        """Store facts and queue the job that trains them into a module, atomically."""
+        """Store facts and queue the job that trains them into a module, atomically; over
+        a quota (checked in the same transaction) nothing is stored."""
         ids = [fid or new_id() for fid in fact_ids]
         if len(set(ids)) != len(ids):
             raise Conflict("fact ids in one request must be unique", param="facts")
@@ -54,11 +57,9 @@ class FactStore:
             if existing:
                 raise Conflict(f"fact id already exists: {existing[0]}", param="facts")
             target = module or self._packing_target(pipe, tenant, len(ids))
-            owner = pipe.hget(keys.module(target), "tenant")
-            if owner is not None and decode(owner) != tenant:
-                raise Conflict(f"module name is taken: {target}", param="module")
-            if pipe.hexists(keys.module(target), "sources"):  # its facts belong to its sources
-                raise Conflict(f"module {target} is a merged module", param="module")
+            owner = _target_owner(pipe, tenant, target)
+            if quotas is not None:
+                quotas.check(pipe, tenant, len(ids), new_module=owner is None)
             job.module = target
             now = time.time()
             pipe.multi()
@@ -79,6 +80,8 @@ class FactStore:
         watched = [keys.tenant_open_module(tenant)] + [keys.fact(tenant, f) for f in ids]
         if module:
             watched.append(keys.module(module))
+        if quotas is not None:
+            watched += quotas.watched(tenant)
         self._redis.transaction(write, *watched)
         return job, ids
 
@@ -159,6 +162,17 @@ class FactStore:
         return [
             _fact(tenant, fid, raw) for fid, raw in zip(ids, pipe.execute(), strict=True) if raw
         ]
+
+
+def _target_owner(pipe: redis.client.Pipeline, tenant: str, target: str) -> bytes | None:
+    """The target module's tenant (None: a new module); refuses another tenant's module
+    and a merged one."""
+    owner = pipe.hget(keys.module(target), "tenant")
+    if owner is not None and decode(owner) != tenant:
+        raise Conflict(f"module name is taken: {target}", param="module")
+    if pipe.hexists(keys.module(target), "sources"):  # its facts belong to its sources
+        raise Conflict(f"module {target} is a merged module", param="module")
+    return owner  # type: ignore[no-any-return]
 
 
 def _fact(tenant: str, fact_id: str, raw: dict[bytes, bytes]) -> Fact:

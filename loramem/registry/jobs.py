@@ -97,6 +97,7 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
             "created_at_s": job.created_at_s,
         },
     )
+    pipe.sadd(keys.tenant_open_jobs(job.tenant), job.id)  # until terminal (quota)
     pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
 
 
@@ -146,7 +147,7 @@ class JobStore:
         reads what they depend on, from keys named in `watch`."""
 
         def write(pipe: redis.client.Pipeline) -> None:
-            current = pipe.hget(keys.job(job_id), "status")
+            current, tenant = pipe.hmget(keys.job(job_id), "status", "tenant")
             if current is None:
                 raise NotFound(f"job not found: {job_id}")
             if not can_transition(JobStatus(decode(current)), new):
@@ -159,6 +160,8 @@ class JobStore:
             pipe.hset(keys.job(job_id), mapping=mapping)
             if new in TERMINAL:  # finished jobs do not pile up in Redis
                 pipe.expire(keys.job(job_id), max(0, round(self.finished_ttl_s)))
+                if tenant is not None:
+                    pipe.srem(keys.tenant_open_jobs(decode(tenant)), job_id)
             if also is not None:
                 also(pipe)
 

@@ -97,6 +97,7 @@ class ModuleStore:
         """Record a version, switch the active pointer, announce it and finish its job, in
         one transaction; the version it replaces is recorded as retired."""
         previous = _ActiveVersion(info.module)
+        size_bytes = sum(len(blob) for blob in files.values())
 
         def write(pipe: redis.client.Pipeline) -> None:
             pipe.hset(
@@ -109,10 +110,12 @@ class ModuleStore:
                     "recipe": info.recipe.to_json(),
                     "merged_from": json.dumps(info.merged_from),
                     "created_at_s": time.time(),
+                    "size_bytes": size_bytes,
                 },
             )
             if files:
                 pipe.hset(keys.version_files(info.module, info.version), mapping=files)
+                pipe.incrby(keys.tenant_adapter_bytes(info.tenant), size_bytes)  # quota
             pipe.hset(keys.module(info.module), "active_version", info.version)
             previous.record_retired(pipe, unless=info.version)
             _announce(
@@ -164,13 +167,33 @@ class ModuleStore:
         `retention_s` ago; returns the versions swept. Safe to run from many workers."""
         swept = []
         for module, version in self.retired_before(time.time() - retention_s)[:limit]:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.zrem(keys.retired_versions(), served_name(module, version))
-            pipe.delete(keys.version(module, version), keys.version_files(module, version))
-            removed, _deleted = pipe.execute()
-            if removed:
+            if self._sweep(module, version):
                 swept.append((module, version))
         return swept
+
+    def tenant_adapter_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's stored version blobs, retired ones until swept."""
+        return int(self._redis.get(keys.tenant_adapter_bytes(tenant)) or 0)
+
+    def _sweep(self, module: str, version: int) -> bool:
+        """Delete one version and take its blobs off its tenant's adapter bytes; WATCH
+        keeps two sweepers from both subtracting."""
+        record = keys.version(module, version)
+        pipe = self._redis.pipeline(transaction=True)
+        try:
+            pipe.watch(record)
+            tenant, size_bytes = pipe.hmget(record, "tenant", "size_bytes")
+            pipe.multi()
+            pipe.zrem(keys.retired_versions(), served_name(module, version))
+            pipe.delete(record, keys.version_files(module, version))
+            if tenant is not None and size_bytes:
+                pipe.decrby(keys.tenant_adapter_bytes(decode(tenant)), int(size_bytes))
+            removed = pipe.execute()[0]
+        except redis.WatchError:
+            return False  # another sweeper took it
+        finally:
+            pipe.reset()
+        return bool(removed)
 
     def version(self, module: str, version: int) -> VersionInfo:
         raw = self._redis.hgetall(keys.version(module, version))
