@@ -25,6 +25,10 @@ from loramem.settings import Settings
 
 E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
 JOB_TIMEOUT_S = 900
+# The engine's own key: the gateway and worker send it; a test talking to the engine
+# directly sends ENGINE_HEADERS (tests/e2e/test_internal.py checks it is refused without).
+ENGINE_KEY = "e2e-engine-key"
+ENGINE_HEADERS = {"Authorization": f"Bearer {ENGINE_KEY}"}
 
 
 @dataclass
@@ -101,6 +105,10 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
         "LORAMEM_TRAINER_METRICS_PORT": "18200",
         "LORAMEM_RETIRE_GRACE_S": "5",
+        "LORAMEM_ENGINE_API_KEY": ENGINE_KEY,
+        # Retired versions' files go soon (tests/e2e/test_retention.py waits for it); long
+        # enough that a test reading a just-replaced version still finds its record.
+        "LORAMEM_RETIRED_VERSION_RETENTION_S": "60",
         # Every linear layer LoRA-ready: the eval's `targets` arms train attention modules.
         "LORAMEM_ENGINE_LORA_MODULES": "all",
         # A two-person question scores its two people's facts up to 0.19 apart on the
