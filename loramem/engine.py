@@ -111,9 +111,7 @@ def engine_headers(api_key: str | None) -> dict[str, str]:
 class EngineClient:
     """Synchronous client for the engine's adapter endpoints (trainer and CLI side)."""
 
-    def __init__(
-        self, base_url: str, timeout_s: float = 60.0, api_key: str | None = None
-    ) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 60.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(
             base_url=self.base_url, timeout=timeout_s, headers=engine_headers(api_key)
