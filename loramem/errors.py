@@ -52,3 +52,7 @@ class RateLimited(LoramemError):
 
 class Overloaded(RateLimited):
     """This gateway has no room right now (answered 503); retry after `retry_after_s`."""
+
+
+class LockLost(Conflict):
+    """A worker's module lock expired or passed to another worker: it must not publish."""

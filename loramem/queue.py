@@ -118,6 +118,11 @@ class ModuleLock:
         self.ttl_ms = ttl_ms
         self.token = secrets.token_hex(8)
 
+    @property
+    def fence(self) -> tuple[str, str]:
+        """What a publish checks in its transaction: this lock is still this holder's."""
+        return self.key, self.token
+
     def acquire(self) -> bool:
         return bool(self._redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
 

@@ -12,8 +12,9 @@ import logging
 from loramem.adapter_store import RECIPE_FILE, AdapterRef, checksum, validate_adapter_config
 from loramem.engine import EngineClient, max_lora_rank
 from loramem.errors import EngineUnavailable
+from loramem.queue import ModuleLock
 from loramem.registry.jobs import Job
-from loramem.registry.modules import VersionInfo
+from loramem.registry.modules import Fence, VersionInfo
 from trainer.context import TrainerContext
 from trainer.outcomes import Artifact, Covered, Outcome, Retirement
 
@@ -27,20 +28,25 @@ class Publisher:
         # One limit for every version: what the engines were started to accept.
         self.max_rank = max_lora_rank(ctx.settings)
 
-    def apply(self, job: Job, outcome: Outcome) -> None:
+    def apply(self, job: Job, outcome: Outcome, lock: ModuleLock | None = None) -> None:
+        """Make the outcome served. With the worker's `lock`, the publish or retire
+        transaction checks the lock is still the worker's (LockLost if not)."""
         jobs = self.ctx.registry.jobs
+        fence = lock.fence if lock is not None else None
         with self.ctx.metrics.phase_seconds.labels("publishing").time():
             match outcome:
                 case Artifact():
-                    self.publish(job, outcome)
+                    self.publish(job, outcome, fence)
                 case Retirement():
                     jobs.skip_to_publishing(job.id, {"phase": "retiring"})
-                    self.ctx.registry.modules.retire(job.module, job.tenant, job_id=job.id)
+                    self.ctx.registry.modules.retire(
+                        job.module, job.tenant, job_id=job.id, fence=fence
+                    )
                 case Covered(version):
                     jobs.skip_to_publishing(job.id, {"phase": "already published"})
                     jobs.finish(job.id, version)
 
-    def publish(self, job: Job, artifact: Artifact) -> AdapterRef:
+    def publish(self, job: Job, artifact: Artifact, fence: Fence | None = None) -> AdapterRef:
         files = {**artifact.files, RECIPE_FILE: artifact.recipe.to_json().encode()}
         validate_adapter_config(files, max_rank=self.max_rank)
         registry = self.ctx.registry
@@ -57,7 +63,7 @@ class Publisher:
             recipe=artifact.recipe,
             merged_from=artifact.sources,
         )
-        registry.modules.publish(info, files, job_id=job.id)
+        registry.modules.publish(info, files, job_id=job.id, fence=fence)
         log.info("published %s (recall %.3f)", ref.name, artifact.recall)
         return ref
 

@@ -24,12 +24,13 @@ import socket
 import threading
 import time
 
+import redis
 import torch
 
 from loramem.adapter_store import AdapterStore
 from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
-from loramem.errors import NotFound
+from loramem.errors import LockLost, NotFound
 from loramem.queue import JobQueue, ModuleLock
 from loramem.registry import Registry
 from loramem.registry.jobs import TERMINAL, Job
@@ -43,6 +44,9 @@ from trainer.synth import make_generator
 
 log = logging.getLogger("loramem.trainer")
 
+REDIS_BACKOFF_MIN_S = 0.5
+REDIS_BACKOFF_MAX_S = 30.0
+
 
 class Heartbeat:
     """Keeps a claimed stream entry and the module lock alive while a job runs."""
@@ -51,6 +55,7 @@ class Heartbeat:
         self, queue: JobQueue, consumer: str, entry_id: str, lock: ModuleLock, interval_s: float
     ) -> None:
         self._stop = threading.Event()
+        self.lost = threading.Event()  # set once the module lock is no longer ours
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.queue, self.consumer, self.entry_id, self.lock = queue, consumer, entry_id, lock
         self.interval_s = interval_s
@@ -59,7 +64,10 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 self.queue.heartbeat(self.consumer, self.entry_id)
-                self.lock.renew()
+                if not self.lock.renew():  # expired and maybe taken: another worker may
+                    self.lost.set()  # be training this module now; this job must stop
+                    log.error("lost the lock of %s; abandoning the job", self.lock.key)
+                    return
             except Exception:  # a missed beat is retried; the job itself is unaffected
                 log.exception("heartbeat failed")
 
@@ -105,10 +113,20 @@ class Worker:
         self._stopping.set()
 
     def run_forever(self) -> None:
-        self.queue.ensure_group()
+        """Jobs until stopped. Redis going away does not end the worker: each failed loop
+        is logged and retried after a backoff that doubles up to REDIS_BACKOFF_MAX_S (the
+        client reconnects on the next call); a job it held stays pending and is retried."""
         log.info("worker %s waiting for jobs", self.consumer)
+        backoff_s = 0.0
         while not self._stopping.is_set():
-            self.run_once()
+            try:
+                self.queue.ensure_group()
+                self.run_once()
+                backoff_s = 0.0
+            except redis.RedisError as exc:
+                backoff_s = min(REDIS_BACKOFF_MAX_S, max(REDIS_BACKOFF_MIN_S, backoff_s * 2))
+                log.error("redis error: %s; retrying in %.1f s", exc, backoff_s)
+                self._stopping.wait(backoff_s)
 
     def run_once(self) -> bool:
         """Handle at most one job; reclaimed jobs of dead workers go first."""
@@ -153,9 +171,14 @@ class Worker:
             time.sleep(1.0)
         interval_s = self.settings.job_claim_idle_ms / 3000
         try:
-            with Heartbeat(self.queue, self.consumer, entry_id, lock, interval_s):
-                self.publisher.apply(job, handlers.handle(self.ctx, job))
+            with Heartbeat(self.queue, self.consumer, entry_id, lock, interval_s) as beat:
+                outcome = handlers.handle(self.ctx, job)
+                if beat.lost.is_set():  # the publish would also refuse: say why here
+                    raise LockLost(f"lost the lock of {job.module} while training")
+                self.publisher.apply(job, outcome, lock=lock)
             self._finished(entry_id, "published")
+        except LockLost as exc:  # another worker holds the module: leave the job to it
+            log.error("job %s abandoned: %s", job.id, exc)
         except JobRefused as exc:
             self.registry.jobs.fail(job.id, str(exc))
             self._finished(entry_id, "failed")
@@ -182,9 +205,7 @@ class Worker:
 
 
 def main(settings: Settings) -> None:
-    registry = Registry.from_url(
-        settings.redis_url, settings.module_capacity_facts, settings.job_retention_s
-    )
+    registry = Registry.from_settings(settings)
     engines = [EngineClient(url, api_key=settings.engine_api_key) for url in settings.engines]
     worker = Worker(settings, registry, engines)
     worker.metrics.serve(settings.trainer_metrics_port)

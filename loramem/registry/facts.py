@@ -127,17 +127,25 @@ class FactStore:
         return job
 
     def split(self, module: str, tenant: str, fact_ids: list[str], training: dict[str, Any]) -> Job:
-        """Move facts into a new module of the same tenant and queue its training job."""
+        """Move facts into a new module of the same tenant and queue its training job.
+        Atomic against edits and deletes (WATCH on each fact): a fact deleted or moved
+        since the trainer read it is skipped, never brought back as a text-less hash."""
         target = f"{module[:37]}-s{new_id()[:6]}"
         job = Job(id=new_id(), tenant=tenant, module=target, training=training)
-        pipe = self._redis.pipeline(transaction=True)
-        stage_module(pipe, tenant, target)
-        pipe.srem(keys.module_facts(module), *fact_ids)
-        pipe.sadd(keys.module_facts(target), *fact_ids)
-        for fact_id in fact_ids:
-            pipe.hset(keys.fact(tenant, fact_id), "module", target)
-        stage_job(pipe, job)
-        pipe.execute()
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            owners = [pipe.hget(keys.fact(tenant, fid), "module") for fid in fact_ids]
+            moving = [fid for fid, m in zip(fact_ids, owners, strict=True) if m == module.encode()]
+            pipe.multi()
+            stage_module(pipe, tenant, target)
+            if moving:
+                pipe.srem(keys.module_facts(module), *moving)
+                pipe.sadd(keys.module_facts(target), *moving)
+            for fact_id in moving:
+                pipe.hset(keys.fact(tenant, fact_id), "module", target)
+            stage_job(pipe, job)  # no fact left to move: the job retires the empty module
+
+        self._redis.transaction(write, *[keys.fact(tenant, fid) for fid in fact_ids])
         return job
 
     def get(self, tenant: str, fact_id: str) -> Fact:

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 import redis
 
 from loramem import keys
-from loramem.errors import NotFound
+from loramem.errors import LockLost, NotFound
 from loramem.knobs import VersionRecipe
 from loramem.names import parse_served_name, served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
+
+# A module lock's key and the token of the worker holding it (loramem/queue.py ModuleLock).
+Fence = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,17 @@ class ModuleStore:
         return int(self._redis.hincrby(keys.module(module), "version_seq", 1))
 
     def publish(
-        self, info: VersionInfo, files: dict[str, bytes], job_id: str | None = None
+        self,
+        info: VersionInfo,
+        files: dict[str, bytes],
+        job_id: str | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """Record a version, switch the active pointer, announce it and finish its job, in
-        one transaction; the version it replaces is recorded as retired."""
-        previous = _ActiveVersion(info.module)
+        one transaction; the version it replaces is recorded as retired. With `fence` (the
+        module lock's key and the worker's token) the transaction also checks, under WATCH,
+        that the worker still holds the lock, and raises LockLost if not."""
+        previous = _ActiveVersion(info.module, fence)
         size_bytes = sum(len(blob) for blob in files.values())
 
         def write(pipe: redis.client.Pipeline) -> None:
@@ -129,9 +138,12 @@ class ModuleStore:
 
         self._in_transaction(write, previous, job_id, info.version)
 
-    def retire(self, module: str, tenant: str, job_id: str | None = None) -> None:
-        """A module left with no facts serves nothing: clear its active version."""
-        previous = _ActiveVersion(module)
+    def retire(
+        self, module: str, tenant: str, job_id: str | None = None, fence: Fence | None = None
+    ) -> None:
+        """A module left with no facts serves nothing: clear its active version (`fence`:
+        as for publish)."""
+        previous = _ActiveVersion(module, fence)
 
         def write(pipe: redis.client.Pipeline) -> None:
             pipe.hset(keys.module(module), "active_version", 0)
@@ -145,7 +157,7 @@ class ModuleStore:
     ) -> None:
         """Run `write` atomically, after reading the version it replaces: with the job's
         finish when a job asked for it."""
-        watch = (keys.module(previous.module),)
+        watch = (keys.module(previous.module),) + ((previous.fence[0],) if previous.fence else ())
         if job_id is not None:
             self._jobs.finish(job_id, version, also=write, read=previous.read, watch=watch)
             return
@@ -254,13 +266,20 @@ def _entry_id(entry_id: str) -> tuple[int, int]:
 
 
 class _ActiveVersion:
-    """The version a publish or retire replaces, read inside its transaction."""
+    """The version a publish or retire replaces, read inside its transaction; and the
+    writer's fence, checked there too."""
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, fence: Fence | None = None) -> None:
         self.module = module
+        self.fence = fence
         self.version = 0
 
     def read(self, pipe: redis.client.Pipeline) -> None:
+        if self.fence is not None:
+            lock_key, token = self.fence
+            holder = pipe.get(lock_key)
+            if holder is None or decode(holder) != token:
+                raise LockLost(f"the lock of {self.module} is not this worker's any more")
         self.version = int(pipe.hget(keys.module(self.module), "active_version") or 0)
 
     def record_retired(self, pipe: redis.client.Pipeline, unless: int = 0) -> None:
