@@ -26,7 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = Registry.from_url(settings.redis_url).api_keys
+    store = Registry.from_settings(settings).api_keys
     try:
         if args.keys_command == "create":
             key, record = store.create(args.tenant, args.role, args.name)

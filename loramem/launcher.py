@@ -26,16 +26,29 @@ from loramem.settings import Settings
 
 log = logging.getLogger("loramem.run")
 
+RESTART_MAX_DELAY_S = 30.0  # the longest wait before starting a dead child again
+RESTART_RESET_S = 60.0  # a child that ran this long starts its backoff from 1 s again
+
 
 class Launcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        # How to start each child again, how often it was restarted, and when it started.
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+        self._restarts: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
 
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         log.info("starting %s: %s", name, " ".join(command[:6]))
         process = subprocess.Popen(command, env=env, start_new_session=True)
-        self.children.append((name, process))
+        self._commands[name] = (command, env)
+        self._started_at[name] = time.monotonic()
+        names = [n for n, _p in self.children]
+        if name in names:  # a restart keeps its place: stop_all stops in reverse order
+            self.children[names.index(name)] = (name, process)
+        else:
+            self.children.append((name, process))
 
     def ensure_redis(self) -> None:
         url = self.settings.redis_url
@@ -115,11 +128,31 @@ class Launcher:
         return {**os.environ, "LORAMEM_ENGINE_API_KEY": key}
 
     def wait(self) -> int:
+        """Watch the children until Ctrl-C or SIGTERM: one that dies is started again after
+        a backoff (1 s, doubling to RESTART_MAX_DELAY_S; back to 1 s after a child ran
+        RESTART_RESET_S), so one crash does not stop the system."""
+        due: dict[str, float] = {}  # child -> when to start it again
         while True:
+            now = time.monotonic()
             for name, process in self.children:
-                if process.poll() is not None:
-                    log.error("%s exited with code %s; stopping", name, process.returncode)
-                    return 1
+                if process.poll() is None or name in due:
+                    continue
+                if now - self._started_at[name] > RESTART_RESET_S:
+                    self._restarts[name] = 0
+                self._restarts[name] = self._restarts.get(name, 0) + 1
+                delay_s = min(RESTART_MAX_DELAY_S, 2.0 ** (self._restarts[name] - 1))
+                log.error(
+                    "%s exited with code %s; restart %d in %.0f s",
+                    name,
+                    process.returncode,
+                    self._restarts[name],
+                    delay_s,
+                )
+                due[name] = now + delay_s
+            for name, at in list(due.items()):
+                if now >= at:
+                    del due[name]
+                    self.spawn(name, *self._commands[name])
             time.sleep(0.5)
 
     def stop_all(self) -> None:

@@ -24,6 +24,7 @@ from server.deps import (
 )
 from server.limits import check_completion
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.redis_outage import RedisOutage
 
 api = APIRouter(tags=["openai"])
 
@@ -37,7 +38,7 @@ async def chat_completions(
     registry: RegistryDep,
 ) -> Response:
     check_completion(body, settings)
-    count = await _token_budget(caller, settings, registry)
+    count = await _token_budget(caller, settings, registry, service.redis_outage)
     completion = await service.serve(caller.tenant, "/v1/chat/completions", body)
     return await _counted(completion, count)
 
@@ -51,23 +52,32 @@ async def completions(
     registry: RegistryDep,
 ) -> Response:
     check_completion(body, settings)
-    count = await _token_budget(caller, settings, registry)
+    count = await _token_budget(caller, settings, registry, service.redis_outage)
     completion = await service.serve(caller.tenant, "/v1/completions", body)
     return await _counted(completion, count)
 
 
 async def _token_budget(
-    caller: Caller, settings: SettingsDep, registry: RegistryDep
+    caller: Caller, settings: SettingsDep, registry: RegistryDep, outage: RedisOutage
 ) -> Callable[[int], None]:
     """Refuse (429) when the caller's completion tokens of this window are spent; return
-    what counts an answer's tokens into the window once they are known."""
+    what counts an answer's tokens into the window once they are known. Both fail open
+    while Redis is away (server/redis_outage.py)."""
     limits, subject = registry.rate_limits, caller.rate_subject
     limit, window_s = settings.rate_tokens_per_window, settings.rate_window_s
-    await run_in_threadpool(limits.check_tokens, subject, limit, window_s, time.time())
+
+    def check() -> None:
+        limits.check_tokens(subject, limit, window_s, time.time())
+
+    await run_in_threadpool(outage.optional, "token limit", check, None)
 
     def count(tokens: int) -> None:
         if limit:
-            limits.add_tokens(subject, tokens, window_s, time.time())
+            outage.optional(
+                "token count",
+                lambda: limits.add_tokens(subject, tokens, window_s, time.time()),
+                None,
+            )
 
     return count
 

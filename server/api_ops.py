@@ -24,7 +24,9 @@ def healthz() -> dict:
 
 
 @api.get("/readyz")
-async def readyz(request: Request, registry: RegistryDep) -> Response:
+def readyz(request: Request, registry: RegistryDep) -> Response:
+    # Sync on purpose: FastAPI runs it in a thread, so a Redis that does not answer holds
+    # that thread for the client's timeout (LORAMEM_REDIS_SOCKET_TIMEOUT_S), never the loop.
     problems = []
     try:
         registry.ping()

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -21,9 +22,11 @@ from loramem.errors import LoramemError
 from loramem.registry import Registry
 from router import answer
 from router.router import RouteDecision, Router
+from server.errors import error_body
 from server.forwarding import EngineForwarder, Upstream
 from server.metrics import GatewayMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.redis_outage import RedisOutage
 
 log = logging.getLogger("loramem.gateway")
 
@@ -51,6 +54,7 @@ class CompletionService:
         self.registry = registry
         self.metrics = metrics
         self.forwarder = forwarder
+        self.redis_outage = RedisOutage()  # what chat skips while Redis is away
 
     async def serve(
         self, tenant: str, path: str, request: ChatCompletionRequest | CompletionRequest
@@ -84,7 +88,10 @@ class CompletionService:
             self.router, tenant, request.model, request.query_text(), mode, request.loramem.merge
         )
         if decision.merge_wanted:
-            self._request_merge(tenant, decision.merge_wanted)
+            wanted = decision.merge_wanted
+            self.redis_outage.optional(
+                "merge request", lambda: self._request_merge(tenant, wanted), None
+            )
         return decision
 
     def _request_merge(self, tenant: str, modules: list[str]) -> None:
@@ -101,7 +108,13 @@ class CompletionService:
             self.metrics.merge_builds.inc()
 
     def _add_context(self, tenant: str, body: dict[str, Any], fact_ids: list[str]) -> None:
-        answer.add_context(body, [f.text for f in self.registry.facts.by_id(tenant, fact_ids)])
+        texts: list[str] = self.redis_outage.optional(
+            "facts in context",
+            lambda: [f.text for f in self.registry.facts.by_id(tenant, fact_ids)],
+            [],
+        )
+        if texts:
+            answer.add_context(body, texts)
 
     def _unary(
         self,
@@ -153,10 +166,20 @@ class CompletionService:
                 if line.startswith("data: ") and line != "data: [DONE]":
                     self.metrics.tokens_out.labels(label).inc(chunk_tokens(line[6:]))
                 yield (line + "\n").encode()
+        except httpx.TransportError as exc:  # the engine died or hung mid-answer
+            log.warning("stream from the engine cut: %s", exc)
+            self.metrics.stream_aborts.inc()
+            yield stream_error_event(f"the engine stopped mid-answer: {type(exc).__name__}")
         finally:
             await reply.aclose()
             release()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+def stream_error_event(message: str) -> bytes:
+    """The OpenAI stream's way to end with an error: an error event, then [DONE]."""
+    body = error_body(HTTPStatus.BAD_GATEWAY, message, "engine_error")
+    return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n".encode()
 
 
 def chunk_tokens(data: str) -> int:

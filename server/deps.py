@@ -69,6 +69,7 @@ class Caller:
 def _caller(
     settings: SettingsDep,
     registry: RegistryDep,
+    completions: CompletionsDep,
     authorization: Annotated[str | None, Header()] = None,
     x_loramem_tenant: Annotated[str | None, Header()] = None,
 ) -> Caller:
@@ -86,8 +87,16 @@ def _caller(
             reason = "is unknown or revoked" if key else "is missing: send Authorization: Bearer"
             raise Unauthorized(f"API key {reason}")
         caller = Caller(record.tenant, record.role, record.id)
-    registry.rate_limits.hit(
-        caller.rate_subject, settings.rate_requests_per_window, settings.rate_window_s, time.time()
+    # Fails open while Redis is away (logged): chat goes on uncounted, writes get a 503.
+    completions.redis_outage.optional(
+        "rate limit",
+        lambda: registry.rate_limits.hit(
+            caller.rate_subject,
+            settings.rate_requests_per_window,
+            settings.rate_window_s,
+            time.time(),
+        ),
+        None,
     )
     return caller
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +25,10 @@ from loramem.errors import (
     Unauthorized,
 )
 from server.protocol import ErrorBody, ErrorResponse
+
+log = logging.getLogger("loramem.gateway")
+
+REDIS_RETRY_AFTER_S = 5  # about what a Redis restart or failover takes
 
 _STATUS: list[tuple[type[LoramemError], HTTPStatus, str]] = [
     (Unauthorized, HTTPStatus.UNAUTHORIZED, "authentication_error"),
@@ -71,6 +77,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LoramemError)
     async def _domain(_request: Request, exc: LoramemError) -> JSONResponse:
         return for_exception(exc)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis_down(_request: Request, exc: Exception) -> JSONResponse:
+        # Redis is away (refused, reset or timed out): the write was not made; try later.
+        log.warning("redis unavailable: %s", exc)
+        return error_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "the registry (Redis) is unavailable; retry later",
+            "service_unavailable",
+            headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

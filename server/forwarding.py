@@ -56,8 +56,11 @@ class EngineForwarder:
     async def _send(
         self, target: str, is_module: bool, path: str, body: dict[str, Any], stream: bool
     ) -> tuple[str, httpx.Response]:
-        """Send to the preferred engine; fail over on a refused connection, and load a
-        module version the engine lacks (it restarted, or joined late) before retrying."""
+        """Send to the preferred engine, and load a module version the engine lacks (it
+        restarted, or joined late) before retrying. Fail over to the next engine on any
+        transport error before a byte reached the client: a refused or dropped connection
+        (the engine is marked down), or a timeout (it is busy or hung; not marked). A
+        streamed reply has returned nothing to the client until this returns."""
         for engine in self.pool.candidates(target):
             request = self.http.build_request("POST", engine + path, json=body)
             self.pool.in_flight[engine] += 1
@@ -67,9 +70,11 @@ class EngineForwarder:
                     await reply.aclose()
                     if await self.load_adapter(engine, target):
                         reply = await self.http.send(request, stream=stream)
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
-                self.pool.mark(engine, healthy=False)  # nothing was generated: try another
+            except (httpx.ConnectTimeout, httpx.NetworkError, httpx.RemoteProtocolError):
+                self.pool.mark(engine, healthy=False)  # nothing was returned: try another
                 continue
+            except httpx.TimeoutException:
+                continue  # nothing was returned: the next engine may answer in time
             except httpx.HTTPError as exc:
                 raise EngineUnavailable(f"engine {engine} failed: {exc}") from exc
             finally:

@@ -93,6 +93,11 @@ class GatewayMetrics:
             "Routing state rebuilt from the registry: events were trimmed before applied.",
             registry=r,
         )
+        self.stream_aborts = Counter(
+            "loramem_stream_aborts_total",
+            "Streamed answers cut by the engine mid-way (ended with an error event).",
+            registry=r,
+        )
 
     def module_label(self, module: str | None) -> str:
         if module is None:

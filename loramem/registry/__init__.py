@@ -22,6 +22,7 @@ from loramem.registry.jobs import DEFAULT_FINISHED_TTL_S, JobStore
 from loramem.registry.limits import RateLimiter
 from loramem.registry.merges import MergeStore
 from loramem.registry.modules import ModuleStore
+from loramem.settings import Settings
 
 
 class Registry:
@@ -46,8 +47,25 @@ class Registry:
         url: str,
         module_capacity_facts: int = 64,
         job_retention_s: float = DEFAULT_FINISHED_TTL_S,
+        connect_timeout_s: float = 2.0,
+        socket_timeout_s: float = 5.0,
     ) -> Registry:
-        return cls(redis.Redis.from_url(url), module_capacity_facts, job_retention_s)
+        """The one place a client is made: a Redis that stops answering fails a call after
+        the timeout (redis.TimeoutError / ConnectionError) instead of hanging it."""
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s
+        )
+        return cls(client, module_capacity_facts, job_retention_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        return cls.from_url(
+            settings.redis_url,
+            settings.module_capacity_facts,
+            settings.job_retention_s,
+            settings.redis_connect_timeout_s,
+            settings.redis_socket_timeout_s,
+        )
 
     def module_lock(self, module: str, ttl_ms: int) -> ModuleLock:
         return ModuleLock(self._redis, module, ttl_ms)

@@ -55,3 +55,40 @@ def test_the_launcher_stops_its_children(stop_with: signal.Signals) -> None:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in children)
+
+
+RESTART_SCRIPT = """
+import logging, sys, time
+from loramem.launcher import Launcher
+from loramem.settings import Settings
+
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+launcher = Launcher(Settings())
+launcher.spawn("worker", ["sleep", "600"])
+launcher.spawn("flaky", ["true"])  # dies at once, every time
+try:
+    launcher.wait()
+except KeyboardInterrupt:
+    pass
+finally:
+    launcher.stop_all()
+"""
+
+
+def test_a_dead_child_is_restarted_with_backoff_and_the_rest_keeps_running() -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", RESTART_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    assert launcher.stdout is not None
+    lines = []
+    try:
+        while len([x for x in lines if "restart" in x]) < 3:
+            lines.append(launcher.stdout.readline())
+    finally:
+        launcher.send_signal(signal.SIGINT)  # stop_all, in the script's finally
+        launcher.wait(timeout=30)
+    restarts = [x for x in lines if "flaky exited" in x]
+    assert restarts[0].strip().endswith("restart 1 in 1 s")
+    assert restarts[1].strip().endswith("restart 2 in 2 s")  # backoff doubles
+    assert restarts[2].strip().endswith("restart 3 in 4 s")
+    assert not any("worker exited" in x for x in lines)

@@ -1,0 +1,109 @@
+"""Redis going away under a running gateway: a throwaway redis-server is paused (SIGSTOP)
+for a few seconds. Chat on a published module still routes and answers (the engine is an
+httpx MockTransport), /healthz answers, POST /facts is a 503 with Retry-After within the
+client's timeout, and after SIGCONT everything works again."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
+from loramem.settings import Settings
+from server.app import create_app
+from tests.recipes import TRAINED
+
+SOCKET_TIMEOUT_S = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def throwaway_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield server, url
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _engine(request: httpx.Request) -> httpx.Response:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    return httpx.Response(200, json={**body, "echo": request.read().decode()})
+
+
+def test_chat_goes_on_while_redis_is_paused(
+    throwaway_redis: tuple[subprocess.Popen[bytes], str], settings: Settings, fake_embedder
+) -> None:
+    server, url = throwaway_redis
+    settings = settings.model_copy(
+        update={
+            "redis_url": url,
+            "redis_socket_timeout_s": SOCKET_TIMEOUT_S,
+            "redis_connect_timeout_s": 0.5,
+            "worker_block_ms": 100,
+        }
+    )
+    registry = Registry.from_settings(settings)
+    with TestClient(create_app(settings, embedder=fake_embedder)) as client:
+        forwarder = client.app.state.completions.forwarder  # type: ignore[attr-defined]
+        forwarder.http = httpx.AsyncClient(transport=httpx.MockTransport(_engine))
+        body = client.post("/facts", json={"facts": ["the sky is green"]}).json()
+        module = body["module"]
+        registry.modules.publish(
+            VersionInfo(module, 1, "default", body["fact_ids"], 1.0, "c", TRAINED), {}
+        )
+        chat = {"model": f"{module}@v1", "messages": [{"role": "user", "content": "sky?"}]}
+        deadline = time.monotonic() + 10
+        while (reply := client.post("/v1/chat/completions", json=chat)).status_code != 200:
+            assert time.monotonic() < deadline, reply.text  # the follower applies the publish
+            time.sleep(0.05)
+
+        server.send_signal(signal.SIGSTOP)
+        try:
+            assert client.get("/healthz").status_code == 200
+            started = time.monotonic()
+            refused = client.post("/facts", json={"facts": ["the sea is red"]})
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"]
+            assert refused.json()["error"]["type"] == "service_unavailable"
+            assert time.monotonic() - started < 4 * SOCKET_TIMEOUT_S + 2
+            for _ in range(3):
+                answered = client.post("/v1/chat/completions", json=chat)
+                assert answered.status_code == 200, answered.text
+                assert f"{module}@v1" in answered.json()["echo"]  # routed to the module
+                assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").status_code == 503
+        finally:
+            server.send_signal(signal.SIGCONT)
+
+        time.sleep(5.5)  # the chat path asks Redis again after RedisOutage.skip_s
+        assert client.post("/facts", json={"facts": ["the sea is red"]}).status_code == 202
+        assert client.post("/v1/chat/completions", json=chat).status_code == 200
