@@ -23,6 +23,11 @@ class Settings(BaseSettings):
 
     # --- infrastructure ---
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis client the project makes (Registry.from_settings): a Redis that stops
+    # answering fails a call after this long instead of hanging it. The read timeout must
+    # stay above the longest blocking read (worker_block_ms; the follower blocks 0.5 s).
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     adapter_dir: Path | None = None  # default: <cache_dir>/adapters
     # The paper's data (PhoneBook, CounterFact, PaperQA); never copied into the project.
@@ -183,6 +188,8 @@ class Settings(BaseSettings):
             self.adapter_dir = self.cache_dir / "adapters"
         if self.served_model_name is None:
             self.served_model_name = self.base_model.rstrip("/").split("/")[-1]
+        if self.redis_socket_timeout_s * 1000 <= self.worker_block_ms + 500:
+            raise ValueError("LORAMEM_REDIS_SOCKET_TIMEOUT_S must exceed LORAMEM_WORKER_BLOCK_MS")
         if self.training.variant != "lora":
             # vLLM serves plain LoRA; a variant is a per-job experiment (knobs.py).
             raise ValueError("LORAMEM_TRAINING__VARIANT must be lora")

@@ -34,9 +34,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = Registry.from_url(
-            settings.redis_url, settings.module_capacity_facts, settings.job_retention_s
-        )
+        registry = Registry.from_settings(settings)
         router = Router.from_settings(
             registry,
             embedder
