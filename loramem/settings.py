@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     engine_kv_cache_gib: int = 2
     engine_start_timeout_s: float = 600.0
     engine_request_timeout_s: float = 300.0
+    # The engines' own key (vLLM's VLLM_API_KEY), known only to the gateway and workers:
+    # without it, no one who reaches an engine can load adapters or ask it anything. Unset,
+    # `loramem run` makes one per run for its children; a deployment sets it from a secret.
+    engine_api_key: str | None = Field(default=None, repr=False)
 
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
@@ -77,10 +81,6 @@ class Settings(BaseSettings):
     metrics_max_modules: int = Field(default=100, ge=1)  # module label values, then "other"
     max_fact_chars: int = Field(default=2000, ge=1)
     max_document_chars: int = Field(default=100_000, ge=1)
-
-    # --- router ---
-    # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway
-    # between paraphrases of held facts (lowest 0.65) and unrelated questions (highest 0.45)
     # --- limits and backpressure (README, Security) ---
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # larger bodies: 413, unread
     max_messages: int = Field(default=256, ge=1)  # per chat request
@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     completions_max_in_flight: int = Field(default=64, ge=1)  # per gateway, then a fast 429
     ingest_threads: int = Field(default=2, ge=1)  # fact embedding, apart from chat's pool
     ingest_max_queued: int = Field(default=16, ge=1)  # fact requests waiting or embedding
+
+    # --- router ---
+    # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway
+    # between paraphrases of held facts (lowest 0.65) and unrelated questions (highest 0.45)
     # on bench/router_latency.py's set; above it, facts stored as bare statements start to
     # lose their paraphrased questions (0.60: 93% routed, 0.55: 97%).
     route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from loramem.adapter_store import AdapterStore
-from loramem.engine import EngineClient
+from loramem.engine import EngineClient, engine_headers
 from loramem.registry import Registry
 from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, SentenceEmbedder
@@ -42,14 +42,18 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             settings,
         )
         metrics = GatewayMetrics(max_modules=settings.metrics_max_modules)
-        http = httpx.AsyncClient(timeout=settings.engine_request_timeout_s)
+        # Every forwarded request carries the engines' key (forwarding.py builds on it).
+        http = httpx.AsyncClient(
+            timeout=settings.engine_request_timeout_s,
+            headers=engine_headers(settings.engine_api_key),
+        )
         pool = EnginePool(settings.engines, settings.engine_spill_in_flight)
         stop = threading.Event()
         reconciler = Reconciler(
             registry,
             router,
             pool,
-            {url: EngineClient(url) for url in pool.urls},
+            {url: EngineClient(url, api_key=settings.engine_api_key) for url in pool.urls},
             AdapterStore(settings.adapters_path, registry),
             metrics,
             stop,
@@ -72,23 +76,23 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         app.state.metrics = metrics
         app.state.http = http
         app.state.completions = completions
+        app.state.ingest = IngestPool(settings.ingest_threads, settings.ingest_max_queued)
         try:
             yield
         finally:
             stop.set()
-        app.state.ingest = IngestPool(settings.ingest_threads, settings.ingest_max_queued)
+            app.state.ingest.close()
             await http.aclose()
 
     app = FastAPI(title="loramem gateway", lifespan=lifespan)
     errors.install(app)
-            app.state.ingest.close()
+    # Pure ASGI, outermost last: the body limit and the in-flight bound act before parsing.
+    app.add_middleware(InFlightLimit, limit=settings.completions_max_in_flight)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_knowledge.api)
     app.include_router(api_merges.api)
     app.include_router(api_openai.api)
     app.include_router(api_ops.api)
-    # Pure ASGI, outermost last: the body limit and the in-flight bound act before parsing.
-    app.add_middleware(InFlightLimit, limit=settings.completions_max_in_flight)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_admin.api)
     return app
 
