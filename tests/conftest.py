@@ -78,6 +78,10 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
         cache_dir=tmp_path / "cache",
         engine_url="http://127.0.0.1:9",  # nothing listens: unit tests never reach an engine
         module_capacity_facts=8,
+        # No rate windows by default: their counters are keys, and many tests count keys to
+        # show that a refused request stores nothing (test_limits.py sets its own windows).
+        rate_requests_per_window=0,
+        rate_tokens_per_window=0,
     )
 
 

@@ -15,16 +15,7 @@ from tests.recipes import TRAINED
 
 @pytest.fixture
 def client(settings: Settings, registry: Registry, fake_embedder) -> Iterator[TestClient]:
-    # No rate windows: their counters are keys, and these tests count keys to show that a
-    # refused request stores nothing (tests/integration/test_limits.py tests the windows).
-    settings = settings.model_copy(
-        update={
-            "max_facts_per_request": 5,
-            "max_fact_chars": 100,
-            "rate_requests_per_window": 0,
-            "rate_tokens_per_window": 0,
-        }
-    )
+    settings = settings.model_copy(update={"max_facts_per_request": 5, "max_fact_chars": 100})
     with TestClient(create_app(settings, embedder=fake_embedder)) as test_client:
         yield test_client
 
