@@ -13,7 +13,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.completions import Completion, chunk_tokens
+from loramem.registry import Registry
+from loramem.settings import Settings
+from server.completions import Completion, CompletionService, chunk_tokens
 from server.deps import (
     Caller,
     CompletionsDep,
@@ -37,10 +39,7 @@ async def chat_completions(
     settings: SettingsDep,
     registry: RegistryDep,
 ) -> Response:
-    check_completion(body, settings)
-    count = await _token_budget(caller, settings, registry, service.redis_outage)
-    completion = await service.serve(caller.tenant, "/v1/chat/completions", body)
-    return await _counted(completion, count)
+    return await _complete("/v1/chat/completions", body, caller, service, settings, registry)
 
 
 @api.post("/v1/completions")
@@ -51,9 +50,21 @@ async def completions(
     settings: SettingsDep,
     registry: RegistryDep,
 ) -> Response:
+    return await _complete("/v1/completions", body, caller, service, settings, registry)
+
+
+async def _complete(
+    path: str,
+    body: ChatCompletionRequest | CompletionRequest,
+    caller: Caller,
+    service: CompletionService,
+    settings: Settings,
+    registry: Registry,
+) -> Response:
+    """Bounds, the caller's token budget, then the completion, counted when it ends."""
     check_completion(body, settings)
     count = await _token_budget(caller, settings, registry, service.redis_outage)
-    completion = await service.serve(caller.tenant, "/v1/completions", body)
+    completion = await service.serve(caller.tenant, path, body)
     return await _counted(completion, count)
 
 
