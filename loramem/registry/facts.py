@@ -14,7 +14,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, NotFound
-from loramem.names import new_id
+from loramem.names import is_reserved_module_name, new_id
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, stage_job
 from loramem.registry.limits import TenantQuotas
@@ -57,7 +57,7 @@ class FactStore:
             if existing:
                 raise Conflict(f"fact id already exists: {existing[0]}", param="facts")
             target = module or self._packing_target(pipe, tenant, len(ids))
-            owner = _target_owner(pipe, tenant, target)
+            owner = _target_owner(pipe, tenant, target, chosen=module is not None)
             if quotas is not None:
                 quotas.check(pipe, tenant, len(ids), new_module=owner is None)
             job.module = target
@@ -172,14 +172,22 @@ class FactStore:
         ]
 
 
-def _target_owner(pipe: redis.client.Pipeline, tenant: str, target: str) -> bytes | None:
-    """The target module's tenant (None: a new module); refuses another tenant's module
-    and a merged one."""
+def _target_owner(
+    pipe: redis.client.Pipeline, tenant: str, target: str, chosen: bool
+) -> bytes | None:
+    """The target module's tenant (None: a new module). Refuses, with one answer that does
+    not say which, another tenant's module, a merged one (its facts belong to its sources),
+    and a new module that the client named (`chosen`) in a form the system names its own
+    modules with (packed, split or merged: one chosen first would be squatted). Names are
+    global, so refusing a free-looking name still tells that some tenant holds it (README,
+    Security)."""
     owner = pipe.hget(keys.module(target), "tenant")
-    if owner is not None and decode(owner) != tenant:
-        raise Conflict(f"module name is taken: {target}", param="module")
-    if pipe.hexists(keys.module(target), "sources"):  # its facts belong to its sources
-        raise Conflict(f"module {target} is a merged module", param="module")
+    if (
+        (owner is not None and decode(owner) != tenant)
+        or pipe.hexists(keys.module(target), "sources")
+        or (chosen and owner is None and is_reserved_module_name(target))
+    ):
+        raise Conflict(f"module name is not available: {target}", param="module")
     return owner  # type: ignore[no-any-return]
 
 
