@@ -32,16 +32,29 @@ class Answer:
 
 class EvalClient:
     def __init__(
-        self, gateway: str, tenant: str, concurrency: int = 8, timeout_s: float = 600.0
+        self,
+        gateway: str,
+        tenant: str,
+        concurrency: int = 8,
+        timeout_s: float = 600.0,
+        api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`api_key` (the setting `LORAMEM_API_KEY`, as `loramem add` sends it) is sent as
+        `Authorization: Bearer`; a gateway that requires keys takes the tenant from the key
+        and ignores the tenant header. `transport` is for tests."""
         self.gateway = gateway.rstrip("/")
         self.tenant = tenant
         self.concurrency = concurrency
+        headers = {"x-loramem-tenant": tenant}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
         self.http = httpx.Client(
             base_url=self.gateway,
-            headers={"x-loramem-tenant": tenant},
+            headers=headers,
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency + 2),
+            transport=transport,
         )
 
     # ------------------------------------------------------------------ ingest

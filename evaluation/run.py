@@ -49,7 +49,9 @@ class EvalRun:
     def client(self, part: str = "") -> EvalClient:
         tenant = self.tenant(part)
         if tenant not in self._clients:
-            self._clients[tenant] = EvalClient(self.gateway, tenant, self.concurrency)
+            self._clients[tenant] = EvalClient(
+                self.gateway, tenant, self.concurrency, api_key=self.settings.api_key
+            )
         return self._clients[tenant]
 
     def skip(self, arm: str, reason: str) -> None:

@@ -1,0 +1,53 @@
+"""The eval client's requests carry the key of `LORAMEM_API_KEY`, as `loramem add` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from evaluation.client import EvalClient
+from evaluation.run import EvalRun
+from loramem.settings import Settings
+
+
+def recording_client(api_key: str | None) -> tuple[EvalClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/facts":
+            return httpx.Response(202, json={"job_id": "j1", "fact_ids": ["f1"], "module": "m"})
+        reply = {"choices": [{"message": {"content": "Paris"}}]}
+        return httpx.Response(200, json=reply, headers={"x-loramem-module": "base"})
+
+    client = EvalClient("http://gw", "t1", api_key=api_key, transport=httpx.MockTransport(answer))
+    return client, seen
+
+
+def test_a_set_api_key_is_sent_as_a_bearer_on_every_request() -> None:
+    client, seen = recording_client("lm-secret")
+    client.post_facts(["X is y."], module=None)
+    assert client.chat("Where?", model="auto").text == "Paris"
+    assert [r.headers["authorization"] for r in seen] == ["Bearer lm-secret"] * 2
+    assert all(r.headers["x-loramem-tenant"] == "t1" for r in seen)  # for a gateway with keys off
+
+
+def test_no_api_key_sends_no_authorization() -> None:
+    client, seen = recording_client(None)
+    client.post_facts(["X is y."], module=None)
+    assert "authorization" not in seen[0].headers
+
+
+@pytest.mark.parametrize("api_key", ["lm-from-settings", None])
+def test_eval_runs_take_the_key_from_the_settings(tmp_path: Path, api_key: str | None) -> None:
+    run = EvalRun(
+        experiment="capacity",
+        gateway="http://gw",
+        out=tmp_path,
+        settings=Settings(api_key=api_key),
+        flags={},
+    )
+    headers = run.client("a").http.headers
+    assert headers.get("authorization") == (f"Bearer {api_key}" if api_key else None)
