@@ -264,6 +264,30 @@ def test_requests_past_the_rate_are_429_with_retry_after_and_recover_next_window
     asyncio.run(scenario())
 
 
+def test_with_keys_each_key_of_a_tenant_has_its_own_request_window(
+    settings: Settings, registry: Registry, fake_embedder: Any
+) -> None:
+    first = {"authorization": f"Bearer {registry.api_keys.create('t', 'writer')[0]}"}
+    second = {"authorization": f"Bearer {registry.api_keys.create('t', 'writer')[0]}"}
+
+    async def scenario() -> None:
+        limits = {"auth": "required", "rate_requests_per_window": 3, "rate_window_s": 2}
+        async with gateway(settings, fake_embedder, **limits) as (_, client):
+            await _until_fresh_window(2)
+            for _ in range(3):
+                assert (await client.get("/facts", headers=first)).status_code == 200
+            refused = await client.get("/facts", headers=first)
+            assert_openai_error(refused, 429)
+            assert int(refused.headers["retry-after"]) >= 1
+            # the same tenant's other key: a window of its own, reads and writes go on
+            facts = {"facts": ["X is y."]}
+            assert (await client.post("/facts", json=facts, headers=second)).status_code == 202
+            assert (await client.get("/facts", headers=second)).status_code == 200
+            assert_openai_error(await client.get("/facts", headers=first), 429)
+
+    asyncio.run(scenario())
+
+
 def test_completion_tokens_past_the_rate_are_429_until_the_next_window(
     settings: Settings, registry: Registry, fake_embedder: Any
 ) -> None:
