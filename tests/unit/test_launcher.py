@@ -7,8 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+import loramem.launcher as launcher_module
+from loramem.launcher import Launcher
+from loramem.settings import Settings
 
 # A launcher whose parts are plain `sleep`s: the signal handling is what is under test.
 SCRIPT = """
@@ -92,3 +97,53 @@ def test_a_dead_child_is_restarted_with_backoff_and_the_rest_keeps_running() -> 
     assert restarts[1].strip().endswith("restart 2 in 2 s")  # backoff doubles
     assert restarts[2].strip().endswith("restart 3 in 4 s")
     assert not any("worker exited" in x for x in lines)
+
+
+def _run_recording(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """`Launcher.run` with nothing started: what each child would be started with."""
+    spawned: dict[str, tuple[list[str], dict[str, str]]] = {}
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')  # the "base model"
+    launcher = Launcher(settings)
+    monkeypatch.setattr(launcher_module, "prepare_base_model", lambda _settings: tmp_path)
+    monkeypatch.setattr(launcher, "ensure_redis", lambda: None)
+    monkeypatch.setattr(launcher, "_engine_healthy", lambda: True)
+    monkeypatch.setattr(launcher, "wait", lambda: 0)
+
+    def spawn(name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        spawned[name] = (command, dict(env or {}))
+        launcher.children.append((name, subprocess.Popen(["true"])))
+
+    monkeypatch.setattr(launcher, "spawn", spawn)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert launcher.run() == 0
+    finally:  # run() installs its own handlers in this process
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    return spawned
+
+
+def test_a_run_without_an_engine_key_makes_one_and_hands_it_to_its_children(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LORAMEM_ENGINE_API_KEY", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    spawned = _run_recording(Settings(engine_api_key=None), monkeypatch, tmp_path)
+    key = spawned["engine"][1]["VLLM_API_KEY"]
+    assert len(key) >= 32
+    assert spawned["worker"][1]["LORAMEM_ENGINE_API_KEY"] == key
+    assert spawned["gateway"][1]["LORAMEM_ENGINE_API_KEY"] == key
+    assert not any(key in " ".join(command) for command, _env in spawned.values())  # not in ps
+    again = _run_recording(Settings(engine_api_key=None), monkeypatch, tmp_path)
+    assert again["engine"][1]["VLLM_API_KEY"] != key  # one per run
+
+
+def test_a_set_engine_key_is_kept_and_handed_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spawned = _run_recording(Settings(engine_api_key="set-by-a-secret"), monkeypatch, tmp_path)
+    assert spawned["engine"][1]["VLLM_API_KEY"] == "set-by-a-secret"
+    assert spawned["worker"][1]["LORAMEM_ENGINE_API_KEY"] == "set-by-a-secret"
+    assert spawned["gateway"][1]["LORAMEM_ENGINE_API_KEY"] == "set-by-a-secret"
