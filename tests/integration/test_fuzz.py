@@ -8,6 +8,10 @@ For every generated request, valid (positive) and invalid (negative) by the sche
 - every error body in the OpenAI shape {"error": {"message", "type", "param", "code"}};
 - a rejected (4xx) request leaves Redis exactly as it was (every key's value compared).
 
+Generated completion requests rarely name a model that exists, so half of those whose body
+is an object with a `model` get `auto` or the base model's name instead (alternately): with
+an otherwise valid body they go past the checks to the forwarding path and its 503.
+
 Deterministic (derandomize): the same requests every run, about 1,150 of them.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from itertools import count
 from typing import Any
 
 import pytest
@@ -35,7 +40,8 @@ from server.app import create_app
 # one, and a fuzz run next to them (two checkouts on one Redis) lost its key mid-run.
 FUZZ_REDIS_URL = "redis://127.0.0.1:6379/13"
 EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30}
-ENGINE_DOWN_OK = {"/v1/chat/completions", "/v1/completions", "/readyz"}
+COMPLETION_PATHS = {"/v1/chat/completions", "/v1/completions"}
+ENGINE_DOWN_OK = COMPLETION_PATHS | {"/readyz"}
 # Limits that would count every request in Redis (rate windows) are off: this test is
 # about what a request's content can do, and a counter would change Redis on every call.
 NO_COUNTERS = {"rate_requests_per_window": 0, "rate_tokens_per_window": 0}
@@ -109,8 +115,20 @@ def run_operation(operation: Any, mode: GenerationMode, examples: int, send: Any
     return True
 
 
+def with_a_served_model(
+    path: str, request: dict[str, Any], base_name: str, seen: Iterator[int]
+) -> None:
+    """Every other completion request with a `model` names `auto` or the base model."""
+    body = request.get("json")
+    if path not in COMPLETION_PATHS or not isinstance(body, dict) or "model" not in body:
+        return
+    n = next(seen)
+    if n % 2:
+        request["json"] = {**body, "model": "auto" if n % 4 == 1 else base_name}
+
+
 def test_fuzzed_requests_never_fail_the_gateway_nor_change_redis_when_rejected(
-    gateway: tuple[TestClient, dict[str, str], str], fuzz_redis: redis.Redis
+    gateway: tuple[TestClient, dict[str, str], str], fuzz_redis: redis.Redis, settings: Settings
 ) -> None:
     client, auth, key_record = gateway
     redis_client = fuzz_redis
@@ -119,12 +137,14 @@ def test_fuzzed_requests_never_fail_the_gateway_nor_change_redis_when_rejected(
     statuses: Counter[tuple[str, int]] = Counter()
     failures: list[str] = []
     skipped: list[str] = []  # negative mode: nothing in the operation can be made invalid
+    completions = count()
 
     def send(case: Any) -> None:
         request = case.as_transport_kwargs(base_url="http://testserver", headers=auth)
         request.pop("cookies", None)  # none are generated; httpx deprecates them per call
         if isinstance(request.get("data"), str | bytes):
             request["content"] = request.pop("data")
+        with_a_served_model(case.path, request, settings.base_name, completions)
         where = f"{case.method} {case.path}"
         before = snapshot(redis_client, key_record)
         reply = client.request(**request)
@@ -149,3 +169,7 @@ def test_fuzzed_requests_never_fail_the_gateway_nor_change_redis_when_rejected(
         print(f"[fuzz]   {where}: {status} x{n}")
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:5])
     assert total >= 1000
+    forwarded = sum(
+        n for (where, status), n in statuses.items() if status == 503 and "/v1/" in where
+    )
+    assert forwarded >= 10, "no generated completion reached the forwarding path"
