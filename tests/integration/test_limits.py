@@ -305,11 +305,14 @@ def test_completion_tokens_past_the_rate_are_429_until_the_next_window(
     asyncio.run(scenario())
 
 
-def test_a_flood_of_ten_times_the_in_flight_limit_is_answered_within_a_second(
+ENGINE_DELAY_S = 4.0
+
+
+def test_a_flood_past_the_in_flight_limit_is_refused_at_once_not_queued(
     settings: Settings, registry: Registry, fake_embedder: Any
 ) -> None:
     async def slow_engine(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.5)  # the requests let in stay in flight meanwhile
+        await asyncio.sleep(ENGINE_DELAY_S)  # the requests let in stay in flight meanwhile
         return await _engine(request)
 
     async def scenario() -> list[tuple[int, float]]:
@@ -330,10 +333,13 @@ def test_a_flood_of_ten_times_the_in_flight_limit_is_answered_within_a_second(
 
     results = asyncio.run(scenario())
     statuses = [status for status, _ in results]
-    slowest_s = max(latency for _, latency in results)
+    slowest_refusal_s = max(latency for status, latency in results if status == 429)
     print(
         f"\nflood of 40 against an in-flight limit of 4: {statuses.count(200)} answered 200, "
-        f"{statuses.count(429)} refused 429, slowest answer {slowest_s * 1000:.0f} ms"
+        f"{statuses.count(429)} refused 429, slowest refusal {slowest_refusal_s * 1000:.0f} ms "
+        f"(the engine takes {ENGINE_DELAY_S:.0f} s)"
     )
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 4 and 429 in statuses
-    assert slowest_s < 1.0
+    # A refusal never waits for the requests in flight: it comes back long before the
+    # engine answers any of them (no absolute time bound: these machines are noisy).
+    assert slowest_refusal_s < ENGINE_DELAY_S / 2
