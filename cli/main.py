@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(settings)
         return 0
     if args.command == "engine":
-        import subprocess
-
         from loramem.base_model import prepare_base_model
         from loramem.engine import engine_command, engine_env
 
         command = engine_command(settings, prepare_base_model(settings))
-        return subprocess.call(command, env=engine_env(settings))
+        # Become the engine: a stop signal (a container's SIGTERM) then reaches vLLM
+        # itself, where a child process would outlive this one.
+        os.execve(command[0], command, engine_env(settings))
     if args.command == "prepare-model":
         from loramem.base_model import prepare_base_model
 
