@@ -21,8 +21,9 @@ import redis
 
 from loramem.registry import Registry
 from loramem.settings import Settings
+from tests.services import redis_db_url
 
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, flushed per test
+TEST_REDIS_URL = redis_db_url(15)  # a database of its own, flushed per test
 TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "integration", "e2e")
 NEEDS_REDIS = {"redis_client", "registry"}

@@ -22,8 +22,9 @@ import redis
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
+from tests.services import redis_db_url
 
-E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
+E2E_REDIS_URL = redis_db_url(14)
 JOB_TIMEOUT_S = 900
 # The engine's own key: the gateway and worker send it; a test talking to the engine
 # directly sends ENGINE_HEADERS (tests/e2e/test_internal.py checks it is refused without).

@@ -35,10 +35,11 @@ from loramem import keys
 from loramem.registry import Registry
 from loramem.settings import Settings
 from server.app import create_app
+from tests.services import redis_db_url
 
 # A database of its own, not the shared db 15: every other integration test flushes that
 # one, and a fuzz run next to them (two checkouts on one Redis) lost its key mid-run.
-FUZZ_REDIS_URL = "redis://127.0.0.1:6379/13"
+FUZZ_REDIS_URL = redis_db_url(13)
 EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 30}
 COMPLETION_PATHS = {"/v1/chat/completions", "/v1/completions"}
 ENGINE_DOWN_OK = COMPLETION_PATHS | {"/readyz"}

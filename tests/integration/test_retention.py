@@ -21,6 +21,7 @@ from loramem.registry.jobs import Job, JobStatus
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from tests.recipes import TRAINED
+from tests.services import redis_db_url
 from trainer import handlers
 from trainer.context import TrainerContext
 from trainer.metrics import TrainerMetrics
@@ -151,7 +152,7 @@ def test_many_publish_cycles_leave_storage_bounded(
     tmp_path: Path, registry: Registry, redis_client: redis.Redis, monkeypatch
 ) -> None:
     settings = Settings(
-        redis_url="redis://127.0.0.1:6379/15",
+        redis_url=redis_db_url(15),
         cache_dir=tmp_path / "cache",
         engine_url="http://127.0.0.1:9",
         retired_version_retention_s=0,
