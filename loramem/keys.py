@@ -17,8 +17,12 @@ Layout (all under the prefix `loramem:`):
   job:{id}                      hash   status, module, tenant, progress (json), error, ...;
                                        expires job_retention_s after it is published/failed
   lock:module:{name}            string worker token; one trainer per module at a time
-  stream:jobs                   stream job ids for the trainer consumer group; an entry is
-                                       deleted when it is acknowledged
+  stream:jobs:{tenant}          stream the tenant's job ids for the trainer consumer group; an
+                                       entry is deleted when it is acknowledged
+  jobs:ready                    zset   tenants that may have undelivered jobs -> their turn (0 for
+                                       a tenant new to the rotation); a worker pops the lowest
+  jobs:turns                    string counter handing out turns (round-robin over tenants)
+  jobs:streams                  set    tenants that have a job stream (reclaim and backlog scans)
   stream:events                 stream registry events (published, retired) for routers
   apikey:{id}                   hash   hash (sha256 of the key), tenant, role, name,
                                        created_at_s, last_used_s, revoked_at_s
@@ -30,9 +34,15 @@ Layout (all under the prefix `loramem:`):
 
 PREFIX = "loramem:"
 
-JOBS_STREAM = PREFIX + "stream:jobs"
 EVENTS_STREAM = PREFIX + "stream:events"
-TRAINER_GROUP = "trainers"
+TRAINER_GROUP = "trainers"  # the consumer group of every tenant's job stream
+
+# Fair service: each tenant's jobs wait in a stream of their own, and workers take turns
+# over the tenants that have work (loramem/queue.py), so one tenant's burst cannot queue
+# ahead of another tenant's single job. Per-tenant keys are also what Redis Cluster needs.
+JOBS_READY = PREFIX + "jobs:ready"
+JOBS_TURNS = PREFIX + "jobs:turns"
+JOB_STREAMS = PREFIX + "jobs:streams"
 
 # Bounded so that the events stream cannot grow without limit; routers that fall further
 # behind than this rebuild their index from the registry (server/reconcile.py EventFollower).
@@ -94,6 +104,10 @@ def retired_versions() -> str:
 
 def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
+
+
+def job_stream(tenant: str) -> str:
+    return f"{PREFIX}stream:jobs:{tenant}"
 
 
 def module_lock(name: str) -> str:

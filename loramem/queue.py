@@ -1,15 +1,28 @@
-"""The trainer job queue: a Redis Stream read through one consumer group.
+"""The trainer job queue: one Redis Stream per tenant, read through one consumer group
+each, and a round-robin over the tenants that have work.
 
-Delivery is at least once. A worker heartbeats the entry it holds (XCLAIM to itself resets
-the idle time), so only entries of dead workers grow idle enough to be reclaimed. Reading
-and reclaiming count a delivery (heartbeats do not: JUSTID), so `deliveries` tells how
-many workers an entry has already been handed to. An acknowledged entry is deleted: the
-stream holds only what is waiting or running.
+Fair service. A tenant with work is in `jobs:ready` (a sorted set) with its turn: 0 when
+it enters the rotation, a fresh number from `jobs:turns` each time a worker takes one of
+its jobs. A worker pops the tenant with the lowest turn (BZPOPMIN, which also blocks
+while nobody has work), reads one entry of that tenant's stream, and puts the tenant back
+with a new turn if more are waiting. So a tenant that posts fifty jobs gets one job served
+per round, and another tenant's single job is next but one at worst. Queuing a job adds
+its tenant with turn 0 unless it is there already (ZADD NX, in the job's transaction), so
+no job waits without its tenant in the rotation, except for the moment between a pop and
+the put-back; `tidy` repairs that after a worker died there.
+
+Crash safety. Delivery is at least once. A worker heartbeats the entry it holds (XCLAIM to
+itself resets the idle time), so only entries of dead workers grow idle enough to be
+reclaimed (XAUTOCLAIM, over every tenant's stream). Reading and reclaiming count a
+delivery (heartbeats do not: JUSTID), so `deliveries` tells how many workers an entry has
+already been handed to. An acknowledged entry is deleted: a stream holds only what is
+waiting or running, and an empty one is dropped by `tidy` (the next job makes it again).
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 import redis
 
@@ -17,81 +30,159 @@ from loramem import keys
 from loramem.registry.codec import decode
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One stream entry handed to this worker: which tenant's stream, and the job."""
+
+    tenant: str
+    entry_id: str
+    job_id: str
+
+    @property
+    def stream(self) -> str:
+        return keys.job_stream(self.tenant)
+
+
 class JobQueue:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def ensure_group(self) -> None:
+    def claim(self, consumer: str, block_ms: int) -> Claim | None:
+        """The next job in the round-robin over tenants, waiting up to `block_ms` for one."""
+        popped = self._redis.bzpopmin(keys.JOBS_READY, timeout=block_ms / 1000)
+        tenant = decode(popped[1]) if popped else None
+        while tenant is not None:
+            claim = self._read_one(tenant, consumer)
+            if claim is not None:
+                return claim
+            # That tenant had nothing undelivered (another worker took its last job):
+            # the next one, without waiting.
+            rest = self._redis.zpopmin(keys.JOBS_READY)
+            tenant = decode(rest[0][0]) if rest else None
+        return None
+
+    def _read_one(self, tenant: str, consumer: str) -> Claim | None:
+        stream = keys.job_stream(tenant)
         try:
-            self._redis.xgroup_create(keys.JOBS_STREAM, keys.TRAINER_GROUP, id="0", mkstream=True)
+            reply = self._xreadgroup(stream, consumer)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._ensure_group(stream)  # a new stream (the first job, or after `tidy`)
+            reply = self._xreadgroup(stream, consumer)
+        entries = [(decode(i), data) for _s, got in reply or [] for i, data in got]
+        if not entries:
+            return None
+        entry_id, data = entries[0]
+        if self._redis.xrange(stream, min="(" + entry_id, count=1):  # more are waiting
+            turn = self._redis.incr(keys.JOBS_TURNS)
+            self._redis.zadd(keys.JOBS_READY, {tenant: turn}, gt=True)
+        return Claim(tenant, entry_id, decode(data[b"job_id"]))
+
+    def _xreadgroup(self, stream: str, consumer: str) -> list:  # type: ignore[type-arg]
+        return self._redis.xreadgroup(keys.TRAINER_GROUP, consumer, {stream: ">"}, count=1)  # type: ignore[no-any-return]
+
+    def _ensure_group(self, stream: str) -> None:
+        try:  # from the start: acknowledged entries are deleted, so all left are work
+            self._redis.xgroup_create(stream, keys.TRAINER_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
-        """New entries for this consumer: (entry id, job id)."""
-        reply = self._redis.xreadgroup(
-            keys.TRAINER_GROUP, consumer, {keys.JOBS_STREAM: ">"}, count=1, block=block_ms
-        )
-        return [
-            (decode(entry_id), decode(data[b"job_id"]))
-            for _stream, entries in reply or []
-            for entry_id, data in entries
-        ]
+    def tenants(self) -> list[str]:
+        """Tenants that have a job stream."""
+        return sorted(decode(t) for t in self._redis.smembers(keys.JOB_STREAMS))
 
-    def reclaim(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
-        """Entries whose worker stopped heartbeating, taken over by this consumer."""
-        _next, entries, _deleted = self._redis.xautoclaim(
-            keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, min_idle_ms, count=1
-        )
-        return [(decode(entry_id), decode(data[b"job_id"])) for entry_id, data in entries if data]
+    def reclaim(self, consumer: str, min_idle_ms: int) -> Claim | None:
+        """An entry whose worker stopped heartbeating, taken over by this consumer."""
+        for tenant in self.tenants():
+            stream = keys.job_stream(tenant)
+            try:
+                _next, entries, _deleted = self._redis.xautoclaim(
+                    stream, keys.TRAINER_GROUP, consumer, min_idle_ms, count=1
+                )
+            except redis.ResponseError as exc:  # no stream or group yet: nothing pending
+                if "NOGROUP" not in str(exc):
+                    raise
+                continue
+            for entry_id, data in entries:
+                if data:
+                    return Claim(tenant, decode(entry_id), decode(data[b"job_id"]))
+        return None
 
-    def heartbeat(self, consumer: str, entry_id: str) -> None:
+    def tidy(self) -> None:
+        """Put back in the rotation a tenant with undelivered jobs that is missing from it
+        (its worker died between pop and put-back), and drop empty streams. Both check
+        under WATCH of the stream, so a job queued meanwhile is never left out."""
+        for tenant in self.tenants():
+            stream = keys.job_stream(tenant)
+            with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(stream)
+                    if not pipe.xlen(stream):
+                        pipe.multi()
+                        pipe.delete(stream)
+                        pipe.srem(keys.JOB_STREAMS, tenant)
+                        pipe.execute()
+                    elif self._undelivered(pipe, stream):
+                        pipe.multi()
+                        pipe.zadd(keys.JOBS_READY, {tenant: 0}, nx=True)
+                        pipe.execute()
+                except redis.WatchError:
+                    continue  # a job was queued or read meanwhile; the next tidy looks again
+
+    @staticmethod
+    def _undelivered(client: redis.Redis | redis.client.Pipeline, stream: str) -> bool:
+        groups = {decode(g["name"]): g for g in client.xinfo_groups(stream)}
+        group = groups.get(keys.TRAINER_GROUP)
+        if group is None:  # no worker has read it yet: all of it waits
+            return True
+        after = "(" + decode(group["last-delivered-id"])
+        return bool(client.xrange(stream, min=after, count=1))
+
+    def heartbeat(self, consumer: str, claim: Claim) -> None:
         self._redis.xclaim(
-            keys.JOBS_STREAM, keys.TRAINER_GROUP, consumer, 0, [entry_id], justid=True
+            claim.stream, keys.TRAINER_GROUP, consumer, 0, [claim.entry_id], justid=True
         )
 
-    def ack(self, entry_id: str) -> None:
+    def ack(self, claim: Claim) -> None:
         """Done with for good: acknowledged and deleted in one step. One consumer group
         reads the stream, so once acknowledged no consumer holds the entry any more."""
         pipe = self._redis.pipeline(transaction=True)
-        pipe.xack(keys.JOBS_STREAM, keys.TRAINER_GROUP, entry_id)
-        pipe.xdel(keys.JOBS_STREAM, entry_id)
+        pipe.xack(claim.stream, keys.TRAINER_GROUP, claim.entry_id)
+        pipe.xdel(claim.stream, claim.entry_id)
         pipe.execute()
 
-    def deliveries(self, entry_id: str) -> int:
+    def deliveries(self, claim: Claim) -> int:
         """How many times the group has delivered this pending entry (0: not pending)."""
         rows = self._redis.xpending_range(
-            keys.JOBS_STREAM, keys.TRAINER_GROUP, min=entry_id, max=entry_id, count=1
+            claim.stream, keys.TRAINER_GROUP, min=claim.entry_id, max=claim.entry_id, count=1
         )
         return int(rows[0]["times_delivered"]) if rows else 0
 
     def pending_count(self) -> int:
-        try:
-            info = self._redis.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
-        except redis.ResponseError:
-            return 0
-        return int(info["pending"])
+        """Jobs handed to a worker and not yet acknowledged, over every tenant."""
+        total = 0
+        for tenant in self.tenants():
+            try:
+                total += int(
+                    self._redis.xpending(keys.job_stream(tenant), keys.TRAINER_GROUP)["pending"]
+                )
+            except redis.ResponseError:  # no group yet: nothing handed out
+                continue
+        return total
 
     def backlog(self) -> tuple[int, int | None]:
-        """(jobs waiting or running, creation time in ms of the oldest of them)."""
-        if not self._redis.exists(keys.JOBS_STREAM):
-            return 0, None
-        groups = {decode(g["name"]): g for g in self._redis.xinfo_groups(keys.JOBS_STREAM)}
-        group = groups.get(keys.TRAINER_GROUP)
-        if group is None:  # no worker has started yet: everything waits
-            first = self._redis.xrange(keys.JOBS_STREAM, count=1)
-            return int(self._redis.xlen(keys.JOBS_STREAM)), _entry_ms(
-                first[0][0]
-            ) if first else None
-        summary = self._redis.xpending(keys.JOBS_STREAM, keys.TRAINER_GROUP)
-        lag = int(group.get("lag") or 0)
-        oldest = [_entry_ms(summary["min"])] if summary["pending"] else []
-        if lag:
-            after = "(" + decode(group["last-delivered-id"])
-            first = self._redis.xrange(keys.JOBS_STREAM, min=after, count=1)
-            oldest += [_entry_ms(first[0][0])] if first else []
-        return int(summary["pending"]) + lag, min(oldest) if oldest else None
+        """(jobs waiting or running, creation time in ms of the oldest of them). An
+        acknowledged entry is deleted, so every entry left is one of them."""
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant in self.tenants():
+            pipe.xlen(keys.job_stream(tenant))
+            pipe.xrange(keys.job_stream(tenant), count=1)
+        replies = pipe.execute()
+        count = sum(int(n) for n in replies[0::2])
+        oldest = [_entry_ms(first[0][0]) for first in replies[1::2] if first]
+        return count, min(oldest) if oldest else None
 
 
 def _entry_ms(entry_id: bytes | str) -> int:

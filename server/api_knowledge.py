@@ -18,6 +18,7 @@ from router.embedder import to_bytes
 from router.router import Router
 from server.deps import IngestDep, ReaderDep, RegistryDep, RouterDep, SettingsDep, WriterDep
 from server.protocol import (
+    ErrorResponse,
     FactIn,
     FactOut,
     JobOut,
@@ -191,6 +192,21 @@ def get_job(job_id: str, caller: ReaderDep, registry: RegistryDep) -> JobOut:
     if job.tenant != caller.tenant:
         raise NotFound(f"job not found: {job_id}")
     return JobOut(**job.public())
+
+
+@api.delete(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses={
+        404: {"model": ErrorResponse, "description": "no such job of this tenant"},
+        409: {"model": ErrorResponse, "description": "finished, or an edit or delete job"},
+    },
+)
+def cancel_job(job_id: str, caller: WriterDep, registry: RegistryDep) -> JobOut:
+    """Cancel an unfinished add or merge job: a queued one never runs, a running one stops
+    at its next step and publishes nothing. Its facts stay stored; the module's next job
+    learns them (`progress.unlearned_fact_ids` lists those no version knows yet)."""
+    return JobOut(**registry.jobs.cancel(job_id, caller.tenant).public())
 
 
 @api.get("/modules", response_model=list[ModuleOut])

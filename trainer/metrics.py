@@ -56,7 +56,11 @@ class TrainerMetrics:
             "loramem_trainer_steps_total", "Optimizer steps taken.", registry=self.registry
         )
         self.registry.register(QueueCollector(queue))
-        for status in ("published", "failed"):  # so rates exist before the first job ends
+        for status in (
+            "published",
+            "failed",
+            "cancelled",
+        ):  # so rates exist before the first job ends
             self.jobs.labels(status)
         for phase in ("training", "validating", "publishing"):
             self.phase_seconds.labels(phase)

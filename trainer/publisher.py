@@ -11,9 +11,9 @@ import logging
 
 from loramem.adapter_store import RECIPE_FILE, AdapterRef, checksum, validate_adapter_config
 from loramem.engine import EngineClient, max_lora_rank
-from loramem.errors import EngineUnavailable
+from loramem.errors import EngineUnavailable, LockLost
 from loramem.queue import ModuleLock
-from loramem.registry.jobs import Job
+from loramem.registry.jobs import Job, JobCancelled
 from loramem.registry.modules import Fence, VersionInfo
 from trainer.context import TrainerContext
 from trainer.outcomes import Artifact, Covered, Outcome, Retirement
@@ -63,9 +63,21 @@ class Publisher:
             recipe=artifact.recipe,
             merged_from=artifact.sources,
         )
-        registry.modules.publish(info, files, job_id=job.id, fence=fence)
+        try:
+            registry.modules.publish(info, files, job_id=job.id, fence=fence)
+        except (JobCancelled, LockLost):  # never published: take back what was laid out
+            self.unload_everywhere(ref.name)
+            self.ctx.store.remove_local(ref.module, ref.version)
+            raise
         log.info("published %s (recall %.3f)", ref.name, artifact.recall)
         return ref
+
+    def unload_everywhere(self, name: str) -> None:
+        for engine in self.engines:
+            try:
+                engine.unload_adapter(name)
+            except EngineUnavailable as exc:  # it cannot serve the name: nobody routes there
+                log.warning("could not unload %s: %s", name, exc)
 
     def load_everywhere(self, ref: AdapterRef) -> None:
         """Load into every reachable engine; one that is down gets it from the gateway's

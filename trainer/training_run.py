@@ -10,7 +10,7 @@ from typing import Any
 from loramem.adapter_store import read_files
 from loramem.knobs import TrainingKnobs, VersionRecipe
 from loramem.registry.facts import Fact
-from loramem.registry.jobs import Job, JobStatus
+from loramem.registry.jobs import Job, JobCancelled, JobStatus
 from trainer import train as training
 from trainer import variants
 from trainer.context import TrainerContext
@@ -41,7 +41,8 @@ class TrainingRun:
     def on_step(self, step: int, _total: int, loss: float) -> None:
         self.ctx.metrics.steps.inc()
         self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
-        self.jobs.set_progress(self.job.id, self.progress)
+        if not self.jobs.set_progress(self.job.id, self.progress):  # cancelled: stop here
+            raise JobCancelled(self.job.id, "cancelled", "training")
 
     def train_until_gate(self, facts: list[Fact], warm: bool) -> float:
         """Train on `facts`, with extra rounds below the gate; return the measured recall."""

@@ -1,9 +1,14 @@
 """The trainer worker: a loop that claims a job, hands it to its handler, publishes the
 outcome, and acknowledges it.
 
-Jobs arrive through the Redis consumer group (at least once). A job is acknowledged only
-after it reached a terminal state, so a worker that dies mid-job leaves it pending, and
-another worker reclaims it once the heartbeat has stopped for `job_claim_idle_ms`.
+Jobs arrive through the per-tenant streams of loramem/queue.py, in turns over the tenants
+that have work (at least once). A job is acknowledged only after it reached a terminal
+state, so a worker that dies mid-job leaves it pending, and another worker reclaims it
+once the heartbeat has stopped for `job_claim_idle_ms`.
+
+A cancelled job (DELETE /jobs/{id}) is abandoned at the next step's progress write, at
+the next heartbeat (checked before publishing), or at the latest by the publish
+transaction itself; nothing is published for it, and it is acknowledged.
 
 Attempts are counted at delivery (the stream's delivery count), not when an error is
 caught: a job that kills its worker (OOM, segfault) is delivered again and again, and
@@ -31,9 +36,9 @@ from loramem.adapter_store import AdapterStore
 from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
 from loramem.errors import LockLost, NotFound
-from loramem.queue import JobQueue, ModuleLock
+from loramem.queue import Claim, JobQueue, ModuleLock
 from loramem.registry import Registry
-from loramem.registry.jobs import TERMINAL, Job
+from loramem.registry.jobs import TERMINAL, Job, JobCancelled, JobStore
 from loramem.settings import Settings
 from trainer import handlers
 from trainer.context import TrainerContext
@@ -49,25 +54,35 @@ REDIS_BACKOFF_MAX_S = 30.0
 
 
 class Heartbeat:
-    """Keeps a claimed stream entry and the module lock alive while a job runs."""
+    """Keeps a claimed stream entry and the module lock alive while a job runs, and
+    notices when the job was cancelled meanwhile."""
 
     def __init__(
-        self, queue: JobQueue, consumer: str, entry_id: str, lock: ModuleLock, interval_s: float
+        self,
+        queue: JobQueue,
+        jobs: JobStore,
+        consumer: str,
+        claim: Claim,
+        lock: ModuleLock,
+        interval_s: float,
     ) -> None:
         self._stop = threading.Event()
         self.lost = threading.Event()  # set once the module lock is no longer ours
+        self.cancelled = threading.Event()  # set once the job is finished elsewhere
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.queue, self.consumer, self.entry_id, self.lock = queue, consumer, entry_id, lock
-        self.interval_s = interval_s
+        self.queue, self.jobs, self.consumer, self.claim = queue, jobs, consumer, claim
+        self.lock, self.interval_s = lock, interval_s
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.queue.heartbeat(self.consumer, self.entry_id)
+                self.queue.heartbeat(self.consumer, self.claim)
                 if not self.lock.renew():  # expired and maybe taken: another worker may
                     self.lost.set()  # be training this module now; this job must stop
                     log.error("lost the lock of %s; abandoning the job", self.lock.key)
                     return
+                if self.jobs.status(self.claim.job_id) in TERMINAL | {None}:
+                    self.cancelled.set()
             except Exception:  # a missed beat is retried; the job itself is unaffected
                 log.exception("heartbeat failed")
 
@@ -107,6 +122,7 @@ class Worker:
         self.publisher = Publisher(self.ctx, engines)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = threading.Event()
+        self._next_scan_s = 0.0  # when to look for dead workers' jobs again
         torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
 
     def stop(self) -> None:
@@ -120,7 +136,6 @@ class Worker:
         backoff_s = 0.0
         while not self._stopping.is_set():
             try:
-                self.queue.ensure_group()
                 self.run_once()
                 backoff_s = 0.0
             except redis.RedisError as exc:
@@ -131,12 +146,22 @@ class Worker:
     def run_once(self) -> bool:
         """Handle at most one job; reclaimed jobs of dead workers go first."""
         self.sweep()
-        entries = self.queue.reclaim(self.consumer, self.settings.job_claim_idle_ms)
-        if not entries:
-            entries = self.queue.read(self.consumer, self.settings.worker_block_ms)
-        for entry_id, job_id in entries:
-            self.handle(entry_id, job_id)
-        return bool(entries)
+        claim = self._reclaim() or self.queue.claim(self.consumer, self.settings.worker_block_ms)
+        if claim is not None:
+            self.handle(claim)
+        return claim is not None
+
+    def _reclaim(self) -> Claim | None:
+        """A dead worker's job, looked for over every tenant's stream at most every few
+        seconds (a job is reclaimable only after `job_claim_idle_ms` anyway); `tidy`
+        rides along, putting back a tenant left out of the rotation by a crash."""
+        if time.monotonic() < self._next_scan_s:
+            return None
+        claim = self.queue.reclaim(self.consumer, self.settings.job_claim_idle_ms)
+        if claim is None:  # else look again right after this job: there may be more
+            self.queue.tidy()
+            self._next_scan_s = time.monotonic() + self.settings.job_claim_idle_ms / 4000
+        return claim
 
     def sweep(self) -> None:
         """Delete retired versions older than the retention: record, blobs, local folder."""
@@ -149,58 +174,78 @@ class Worker:
             self.ctx.store.remove_local(module, version)
             log.info("swept retired version %s@v%d", module, version)
 
-    def handle(self, entry_id: str, job_id: str) -> None:
+    def handle(self, claim: Claim) -> None:
         """Run one job to a terminal state, or leave it pending for a retry."""
-        try:
-            job = self.registry.jobs.get(job_id)
-        except NotFound:  # a finished job that has expired since: nothing left to do
-            self.queue.ack(entry_id)
+        started = self._start(claim)
+        if started is None:
             return
-        if job.status in TERMINAL:  # a redelivery of finished work
-            self.queue.ack(entry_id)
-            return
-        deliveries = self.queue.deliveries(entry_id)
-        if deliveries > self.settings.max_job_attempts:
-            self._dead_letter(entry_id, job, deliveries - 1)
-            return
-        self.registry.jobs.record_deliveries(job.id, deliveries)
+        job, deliveries = started
         # The lock expires like a dead worker's claim does, so a crash frees the module too.
         lock = self.registry.module_lock(job.module, ttl_ms=self.settings.job_claim_idle_ms)
         while not lock.acquire():  # another worker is training this module right now
-            self.queue.heartbeat(self.consumer, entry_id)
+            self.queue.heartbeat(self.consumer, claim)
             time.sleep(1.0)
         interval_s = self.settings.job_claim_idle_ms / 3000
+        jobs = self.registry.jobs
         try:
-            with Heartbeat(self.queue, self.consumer, entry_id, lock, interval_s) as beat:
+            with Heartbeat(self.queue, jobs, self.consumer, claim, lock, interval_s) as beat:
                 outcome = handlers.handle(self.ctx, job)
                 if beat.lost.is_set():  # the publish would also refuse: say why here
                     raise LockLost(f"lost the lock of {job.module} while training")
+                if beat.cancelled.is_set():  # so would it here
+                    raise JobCancelled(job.id, "cancelled", "publishing")
                 self.publisher.apply(job, outcome, lock=lock)
-            self._finished(entry_id, "published")
+            self._finished(claim, "published")
         except LockLost as exc:  # another worker holds the module: leave the job to it
             log.error("job %s abandoned: %s", job.id, exc)
+        except JobCancelled:
+            log.info("job %s was cancelled; abandoned, nothing published", job.id)
+            self._finished(claim, "cancelled")
         except JobRefused as exc:
-            self.registry.jobs.fail(job.id, str(exc))
-            self._finished(entry_id, "failed")
+            self._fail(claim, job, str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)
             if deliveries >= self.settings.max_job_attempts:
-                self.registry.jobs.fail(job.id, f"{type(exc).__name__}: {exc}")
-                self._finished(entry_id, "failed")
+                self._fail(claim, job, f"{type(exc).__name__}: {exc}")
             # else: left pending; it is reclaimed and retried after the idle time
         finally:
             lock.release()
 
-    def _dead_letter(self, entry_id: str, job: Job, attempts: int) -> None:
+    def _start(self, claim: Claim) -> tuple[Job, int] | None:
+        """The job and its delivery count, when it is to run now; None when it is done
+        with (acknowledged, or dead-lettered)."""
+        try:
+            job = self.registry.jobs.get(claim.job_id)
+        except NotFound:  # a finished job that has expired since: nothing left to do
+            self.queue.ack(claim)
+            return None
+        if job.status in TERMINAL:  # a redelivery of finished work, or a cancelled job
+            self.queue.ack(claim)
+            return None
+        deliveries = self.queue.deliveries(claim)
+        if deliveries > self.settings.max_job_attempts:
+            self._dead_letter(claim, job, deliveries - 1)
+            return None
+        self.registry.jobs.record_deliveries(job.id, deliveries)
+        return job, deliveries
+
+    def _dead_letter(self, claim: Claim, job: Job, attempts: int) -> None:
         """Every earlier delivery ended without a terminal state or a caught error: the
         job took its worker down with it. Stop handing it out."""
         error = f"gave up after {attempts} deliveries: the worker died each time"
         log.error("job %s dead-lettered: %s", job.id, error)
-        self.registry.jobs.fail(job.id, error)
-        self._finished(entry_id, "failed")
+        self._fail(claim, job, error)
 
-    def _finished(self, entry_id: str, status: str) -> None:
-        self.queue.ack(entry_id)
+    def _fail(self, claim: Claim, job: Job, error: str) -> None:
+        try:
+            self.registry.jobs.fail(job.id, error)
+        except JobCancelled:  # cancelled first: that is its end
+            self._finished(claim, "cancelled")
+            return
+        self._finished(claim, "failed")
+
+    def _finished(self, claim: Claim, status: str) -> None:
+        self.queue.ack(claim)
         self.metrics.jobs.labels(status).inc()
 
 

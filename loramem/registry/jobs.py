@@ -3,6 +3,11 @@
 Every status write goes through `JobStore.transition` (or `finish` / `fail`, which call
 it), so the allowed-transition table below is the only way a status changes. A job that
 reaches a terminal state expires `finished_ttl_s` later, set in the same transaction.
+
+A client may cancel an unfinished job (`cancel`). Cancelling is a status change like any
+other, so a worker still running the job finds out at its next write: its next step's
+progress (`set_progress` refuses), its next transition (JobCancelled), or, last of all,
+the publish transaction, which finishes the job and so cannot publish for a cancelled one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import redis
 
 from loramem import keys
-from loramem.errors import NotFound
+from loramem.errors import Conflict, NotFound
 from loramem.registry.codec import decode, encode
 
 
@@ -28,19 +33,26 @@ class JobStatus(StrEnum):
     PUBLISHING = "publishing"
     PUBLISHED = "published"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({JobStatus.PUBLISHED, JobStatus.FAILED})
+TERMINAL = frozenset({JobStatus.PUBLISHED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Only these kinds may be cancelled: an "edit" or "delete" job is what makes the served
+# module forget the old or deleted fact, which is already gone from storage.
+CANCELLABLE_KINDS = frozenset({"add", "merge"})
 
 # A reclaimed job (its worker died) restarts training from any non-terminal state, and a
-# failed gate sends a job from validating back to training for more steps.
+# failed gate sends a job from validating back to training for more steps. Any unfinished
+# job may be cancelled.
+_ENDS = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.TRAINING, JobStatus.FAILED}),
-    JobStatus.TRAINING: frozenset({JobStatus.TRAINING, JobStatus.VALIDATING, JobStatus.FAILED}),
-    JobStatus.VALIDATING: frozenset({JobStatus.TRAINING, JobStatus.PUBLISHING, JobStatus.FAILED}),
-    JobStatus.PUBLISHING: frozenset({JobStatus.TRAINING, JobStatus.PUBLISHED, JobStatus.FAILED}),
+    JobStatus.QUEUED: frozenset({JobStatus.TRAINING}) | _ENDS,
+    JobStatus.TRAINING: frozenset({JobStatus.TRAINING, JobStatus.VALIDATING}) | _ENDS,
+    JobStatus.VALIDATING: frozenset({JobStatus.TRAINING, JobStatus.PUBLISHING}) | _ENDS,
+    JobStatus.PUBLISHING: frozenset({JobStatus.TRAINING, JobStatus.PUBLISHED}) | _ENDS,
     JobStatus.PUBLISHED: frozenset(),
     JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
 }
 
 
@@ -51,6 +63,11 @@ def can_transition(current: JobStatus, new: JobStatus) -> bool:
 class InvalidTransition(Exception):
     def __init__(self, job_id: str, current: str, new: str) -> None:
         super().__init__(f"job {job_id}: {current} -> {new} is not allowed")
+
+
+class JobCancelled(InvalidTransition):
+    """The job was cancelled (or finished elsewhere) while this worker ran it: stop, and
+    publish nothing."""
 
 
 @dataclass
@@ -98,7 +115,11 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
         },
     )
     pipe.sadd(keys.tenant_open_jobs(job.tenant), job.id)  # until terminal (quota)
-    pipe.xadd(keys.JOBS_STREAM, {"job_id": job.id})
+    # The tenant's own stream, and the tenant into the round-robin unless it is there
+    # already with its turn (loramem/queue.py).
+    pipe.xadd(keys.job_stream(job.tenant), {"job_id": job.id})
+    pipe.zadd(keys.JOBS_READY, {job.tenant: 0}, nx=True)
+    pipe.sadd(keys.JOB_STREAMS, job.tenant)
 
 
 # More writes to make in the same transaction as a status change (a publish, a retire).
@@ -108,6 +129,14 @@ AlsoWrite = Callable[[redis.client.Pipeline], None]
 AlsoRead = Callable[[redis.client.Pipeline], None]
 
 DEFAULT_FINISHED_TTL_S = 7 * 86_400.0
+
+# Write one field of a job that is still unfinished; 0 when it is gone or finished, so a
+# worker never writes into a cancelled job, nor brings back an expired one as a stub.
+_SET_IF_UNFINISHED = (
+    "local status = redis.call('hget', KEYS[1], 'status') "
+    "if not status or status == 'published' or status == 'failed' or status == 'cancelled' "
+    "then return 0 end redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) return 1"
+)
 
 
 class JobStore:
@@ -133,6 +162,11 @@ class JobStore:
             training=json.loads(raw.get(b"training", b"{}")),
         )
 
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's status; None once it has expired."""
+        raw = self._redis.hget(keys.job(job_id), "status")
+        return JobStatus(decode(raw)) if raw is not None else None
+
     def transition(
         self,
         job_id: str,
@@ -150,6 +184,8 @@ class JobStore:
             current, tenant = pipe.hmget(keys.job(job_id), "status", "tenant")
             if current is None:
                 raise NotFound(f"job not found: {job_id}")
+            if JobStatus(decode(current)) is JobStatus.CANCELLED:
+                raise JobCancelled(job_id, decode(current), new.value)
             if not can_transition(JobStatus(decode(current)), new):
                 raise InvalidTransition(job_id, decode(current), new.value)
             if read is not None:
@@ -190,9 +226,63 @@ class JobStore:
         self.transition(job_id, JobStatus.VALIDATING)
         self.transition(job_id, JobStatus.PUBLISHING)
 
-    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        self._redis.hset(keys.job(job_id), "progress", json.dumps(progress))
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """False, writing nothing, when the job is no longer running (cancelled, or
+        finished by another worker): the caller must stop."""
+        return self._set_if_unfinished(job_id, "progress", json.dumps(progress))
 
     def record_deliveries(self, job_id: str, deliveries: int) -> None:
         """How often the queue has handed this job to a worker (its attempts so far)."""
-        self._redis.hset(keys.job(job_id), "attempts", deliveries)
+        self._set_if_unfinished(job_id, "attempts", deliveries)
+
+    def _set_if_unfinished(self, job_id: str, field: str, value: str | int) -> bool:
+        return bool(self._redis.eval(_SET_IF_UNFINISHED, 1, keys.job(job_id), field, value))
+
+    def cancel(self, job_id: str, tenant: str) -> Job:
+        """Cancel an unfinished job of `tenant` (another tenant's job: NotFound). A queued
+        job never runs; a running one is abandoned by its worker at its next write, and
+        nothing is published for it. The facts of a cancelled "add" job stay stored and
+        in their module: the module's next job learns them. Until then no published
+        version knows them; they are listed in the job's `progress.unlearned_fact_ids`."""
+        job = self.get(job_id)
+        if job.tenant != tenant:
+            raise NotFound(f"job not found: {job_id}")
+        if job.kind not in CANCELLABLE_KINDS:
+            raise Conflict(
+                f"a {job.kind} job cannot be cancelled: it is what makes the served module "
+                "forget the old text, which is already gone from storage",
+                param="job_id",
+            )
+        unlearned: list[str] = []
+
+        def read(pipe: redis.client.Pipeline) -> None:
+            unlearned[:] = _unlearned_facts(pipe, job.module)
+
+        def also(pipe: redis.client.Pipeline) -> None:
+            progress = {**job.progress, "unlearned_fact_ids": unlearned}
+            pipe.hset(keys.job(job_id), "progress", json.dumps(progress))
+
+        watch = (keys.module(job.module), keys.module_facts(job.module))
+        try:
+            self.transition(
+                job_id,
+                JobStatus.CANCELLED,
+                also=also,
+                read=read,
+                watch=watch,
+                error="cancelled by the client",
+            )
+        except InvalidTransition as exc:  # finished meanwhile, or already cancelled
+            current = self.get(job_id).status.value
+            raise Conflict(f"job {job_id} is already {current}", param="job_id") from exc
+        job.status, job.error = JobStatus.CANCELLED, "cancelled by the client"
+        job.progress = {**job.progress, "unlearned_fact_ids": unlearned}
+        return job  # not read back: with a retention of 0 it is already gone
+
+
+def _unlearned_facts(pipe: redis.client.Pipeline, module: str) -> list[str]:
+    """The module's facts that its active version was not trained on."""
+    facts = {decode(f) for f in pipe.smembers(keys.module_facts(module))}
+    active = int(pipe.hget(keys.module(module), "active_version") or 0)
+    trained = pipe.hget(keys.version(module, active), "fact_ids") if active else None
+    return sorted(facts - set(json.loads(trained) if trained else []))

@@ -10,7 +10,6 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from loramem import keys
 from loramem.errors import Conflict, InvalidRequest, NotFound
 from loramem.registry import Registry
 from loramem.registry.jobs import JobStatus
@@ -102,7 +101,7 @@ def test_facts_cannot_be_posted_into_a_merged_module(
     with pytest.raises(InvalidRequest):  # no merges of merges
         _publish_merge(registry, job.module, "t", {"a": 1, "b": 1})
         registry.merges.request("t", ["a", job.module], "ties", None)
-    assert redis_client.xlen(keys.JOBS_STREAM) == 3  # a, b and the one merge
+    assert registry.queue.backlog()[0] == 3  # a, b and the one merge
 
 
 # ------------------------------------------------ router (fake embedder, real Redis)
@@ -202,7 +201,7 @@ def test_bad_merges_are_refused_and_nothing_changes(
     assert reply.status_code == status, reply.text
     assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
     assert {k: redis_client.type(k) for k in redis_client.keys()} == before
-    assert redis_client.xlen(keys.JOBS_STREAM) == 4
+    assert registry.queue.backlog()[0] == 4
 
 
 def test_opted_in_requests_queue_one_build_and_rag_none(
@@ -224,6 +223,6 @@ def test_opted_in_requests_queue_one_build_and_rag_none(
                             headers=headers)  # fmt: skip
         assert reply.status_code == 503
     assert [m.sources for m in registry.merges.of_tenant("t")] == [["ann", "bob"]]
-    assert redis_client.xlen(keys.JOBS_STREAM) == 3  # ann, bob and one merge build
+    assert registry.queue.backlog()[0] == 3  # ann, bob and one merge build
     metrics = client.get("/metrics").text
     assert "loramem_merge_builds_requested_total 1.0" in metrics

@@ -23,7 +23,7 @@ def test_facts_and_job_are_stored_together(registry: Registry, redis_client: red
     ]
     assert {f.id for f in registry.facts.of_tenant("t1")} == set(ids)
     assert registry.jobs.get(job.id).status is JobStatus.QUEUED
-    assert redis_client.xlen(keys.JOBS_STREAM) == 1
+    assert redis_client.xlen(keys.job_stream("t1")) == 1
 
 
 def test_packing_fills_the_open_module_then_starts_another(registry: Registry) -> None:
@@ -74,19 +74,24 @@ def test_a_dead_workers_job_is_reclaimed_by_another(
     registry: Registry, redis_client: redis.Redis
 ) -> None:
     queue = registry.queue
-    queue.ensure_group()
     job, _ = add(registry, "t1", ["a"])
-    [(entry, job_id)] = queue.read("dead-worker", block_ms=10)
-    assert job_id == job.id
-    assert queue.read("live-worker", block_ms=10) == []  # delivered once
+    claim = queue.claim("dead-worker", block_ms=10)
+    assert claim is not None and claim.job_id == job.id
+    assert queue.claim("live-worker", block_ms=10) is None  # delivered once
     # Make the entry look abandoned: idle for 10 s, as after its worker died.
     redis_client.xclaim(
-        keys.JOBS_STREAM, keys.TRAINER_GROUP, "dead-worker", 0, [entry], idle=10_000, justid=True
+        claim.stream,
+        keys.TRAINER_GROUP,
+        "dead-worker",
+        0,
+        [claim.entry_id],
+        idle=10_000,
+        justid=True,
     )
-    assert queue.reclaim("live-worker", min_idle_ms=5_000) == [(entry, job.id)]
-    queue.heartbeat("live-worker", entry)
-    assert queue.reclaim("third-worker", min_idle_ms=5_000) == []  # heartbeat keeps it
-    queue.ack(entry)
+    assert queue.reclaim("live-worker", min_idle_ms=5_000) == claim
+    queue.heartbeat("live-worker", claim)
+    assert queue.reclaim("third-worker", min_idle_ms=5_000) is None  # heartbeat keeps it
+    queue.ack(claim)
     assert queue.pending_count() == 0
 
 
@@ -108,10 +113,10 @@ def test_backlog_counts_waiting_and_running_jobs_and_their_age(registry: Registr
     add(registry, "t1", ["b"])
     count, oldest_ms = queue.backlog()
     assert count == 2 and oldest_ms is not None
-    queue.ensure_group()
-    [(entry, _job)] = queue.read("w", block_ms=10)
+    claim = queue.claim("w", block_ms=10)
+    assert claim is not None
     assert queue.backlog() == (2, oldest_ms)  # one running, one waiting
-    queue.ack(entry)
+    queue.ack(claim)
     count, newer_ms = queue.backlog()
     assert count == 1 and newer_ms is not None and newer_ms >= oldest_ms
     text = generate_latest(TrainerMetrics(queue).registry).decode()

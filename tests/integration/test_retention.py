@@ -44,7 +44,6 @@ def make_worker(settings: Settings, registry: Registry) -> Worker:
         model_path=Path("/nonexistent"),
     )
     worker = Worker(settings, registry, [FakeEngine()], ctx=ctx)  # type: ignore[list-item]
-    worker.queue.ensure_group()
     return worker
 
 
@@ -83,14 +82,14 @@ def test_a_finished_job_expires_and_an_acknowledged_entry_is_deleted(
 ) -> None:
     registry.jobs.finished_ttl_s = 600
     job, _ = registry.facts.add("t1", ["a"], [None], [b""])
-    registry.queue.ensure_group()
-    [(entry, _job)] = registry.queue.read("w", block_ms=10)
+    claim = registry.queue.claim("w", block_ms=10)
+    assert claim is not None
     registry.jobs.skip_to_publishing(job.id, {})
     assert redis_client.ttl(keys.job(job.id)) == -1  # running jobs never expire
     registry.jobs.finish(job.id, 1)
     assert 0 < redis_client.ttl(keys.job(job.id)) <= 600
-    registry.queue.ack(entry)
-    assert redis_client.xlen(keys.JOBS_STREAM) == 0 and registry.queue.pending_count() == 0
+    registry.queue.ack(claim)
+    assert redis_client.xlen(claim.stream) == 0 and registry.queue.pending_count() == 0
 
 
 def test_a_job_that_kills_its_workers_is_dead_lettered_and_the_next_is_served(
@@ -105,12 +104,13 @@ def test_a_job_that_kills_its_workers_is_dead_lettered_and_the_next_is_served(
 
     monkeypatch.setattr(handlers, "handle", handle)
     deadly, _ = registry.facts.add("t1", ["a"], [None], [b""], module="deadly")
-    [(entry, _job)] = registry.queue.read("dead-1", block_ms=10)  # delivery 1: it died
+    claim = registry.queue.claim("dead-1", block_ms=10)  # delivery 1: it died
+    assert claim is not None
     for dead in ("dead-2", "dead-3"):  # two more workers took it over and died too
-        redis_client.xclaim(keys.JOBS_STREAM, keys.TRAINER_GROUP, dead, 0, [entry])
-    assert registry.queue.deliveries(entry) == settings.max_job_attempts == 3
+        redis_client.xclaim(claim.stream, keys.TRAINER_GROUP, dead, 0, [claim.entry_id])
+    assert registry.queue.deliveries(claim) == settings.max_job_attempts == 3
     redis_client.xclaim(  # and it has been idle long since
-        keys.JOBS_STREAM, keys.TRAINER_GROUP, "dead-3", 0, [entry], idle=10**6, justid=True
+        claim.stream, keys.TRAINER_GROUP, "dead-3", 0, [claim.entry_id], idle=10**6, justid=True
     )
     behind, _ = registry.facts.add("t1", ["b"], [None], [b""], module="healthy")
 
@@ -123,7 +123,7 @@ def test_a_job_that_kills_its_workers_is_dead_lettered_and_the_next_is_served(
     assert worker.run_once()  # the job behind it is served
     assert handled == [behind.id]
     assert registry.jobs.get(behind.id).status is JobStatus.PUBLISHED
-    assert redis_client.xlen(keys.JOBS_STREAM) == 0
+    assert registry.queue.backlog() == (0, None)
 
 
 def test_a_job_counts_its_deliveries_as_attempts(
@@ -183,7 +183,7 @@ def test_many_publish_cycles_leave_storage_bounded(
         f"({after_200 / after_20 - 1:+.1%}); server used_memory {server_20} -> {server_200}"
     )
     assert abs(after_200 - after_20) <= 0.10 * after_20
-    assert redis_client.xlen(keys.JOBS_STREAM) == 0
+    assert registry.queue.backlog() == (0, None)
     assert not list(redis_client.scan_iter(keys.PREFIX + "job:*"))
     # v201 is active; v200 was retired by its publish and goes at the next sweep
     assert sorted(v for _m, v in worker.ctx.store.local_versions()) == [200, 201]

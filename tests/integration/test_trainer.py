@@ -63,7 +63,6 @@ ONE_STEP_NO_GATE = {"recall_gate": 0.0, "max_steps": 1}
 def _run_one_job(settings: Settings, registry: Registry) -> Worker:
     """A worker on the real base model takes one job (no engine listens: loading fails)."""
     worker = Worker(settings, registry, [EngineClient(settings.engine_url)])
-    worker.queue.ensure_group()
     assert worker.run_once()
     return worker
 
@@ -106,8 +105,8 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
         f.id for f in registry.facts.of_module(moved_to, "t")
     } == set(ids)
     assert registry.modules.get(moved_to).fact_count == 1
-    follow_up = worker.queue.read("check", block_ms=10)  # the moved half has its own job
-    assert [registry.jobs.get(j).module for _e, j in follow_up] == [moved_to]
+    follow_up = worker.queue.claim("check", block_ms=10)  # the moved half has its own job
+    assert follow_up is not None and registry.jobs.get(follow_up.job_id).module == moved_to
 
 
 def test_a_job_whose_facts_are_already_published_is_not_retrained(

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import redis
 
+from loramem.queue import Claim
 from server.completions import CompletionService
 from server.engines import EnginePool
 from server.forwarding import EngineForwarder
@@ -79,10 +80,6 @@ def test_the_worker_loop_survives_redis_errors_and_goes_on(monkeypatch: Any) -> 
     worker.consumer, worker._stopping = "w", threading.Event()
     calls: list[int] = []
 
-    class Queue:
-        def ensure_group(self) -> None:
-            pass
-
     def run_once() -> bool:
         calls.append(1)
         if len(calls) <= 2:  # Redis is away twice in a row: backed off, not dead
@@ -90,7 +87,6 @@ def test_the_worker_loop_survives_redis_errors_and_goes_on(monkeypatch: Any) -> 
         worker.stop()
         return True
 
-    worker.queue = Queue()  # type: ignore[assignment]
     worker.run_once = run_once  # type: ignore[method-assign]
     worker.run_forever()
     assert len(calls) == 3
@@ -98,8 +94,12 @@ def test_the_worker_loop_survives_redis_errors_and_goes_on(monkeypatch: Any) -> 
 
 def test_the_heartbeat_notices_a_lost_lock() -> None:
     class Queue:
-        def heartbeat(self, consumer: str, entry_id: str) -> None:
+        def heartbeat(self, consumer: str, claim: Claim) -> None:
             pass
+
+    class Jobs:
+        def status(self, job_id: str) -> None:
+            raise AssertionError("a beat that lost the lock stops before this")
 
     class Lock:
         key = "lock:module:m"
@@ -107,5 +107,6 @@ def test_the_heartbeat_notices_a_lost_lock() -> None:
         def renew(self) -> bool:
             return False  # expired, maybe taken by another worker
 
-    with Heartbeat(Queue(), "w", "1-0", Lock(), 0.01) as beat:  # type: ignore[arg-type]
+    claim = Claim("t", "1-0", "j")
+    with Heartbeat(Queue(), Jobs(), "w", claim, Lock(), 0.01) as beat:  # type: ignore[arg-type]
         assert beat.lost.wait(5)
