@@ -21,6 +21,8 @@ from loramem.registry import Registry
 # recipe.json: how the version was made (loramem/knobs.py VersionRecipe); the publisher
 # (trainer/publisher.py) is its only writer.
 RECIPE_FILE = "recipe.json"
+# In adapters/<module>/: the highest version number written on this host (highest_local).
+HIGHEST_FILE = ".highest"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", RECIPE_FILE)
 
 
@@ -72,6 +74,7 @@ class AdapterStore:
 
     def write_local(self, module: str, version: int, files: dict[str, bytes]) -> AdapterRef:
         target = self.folder(module, version)
+        self._raise_highest(module, version)
         staging = target.with_name(target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -88,6 +91,24 @@ class AdapterStore:
             return False
         shutil.rmtree(target, ignore_errors=True)
         return True
+
+    def highest_local(self, module: str) -> int:
+        """The highest version of `module` this host ever wrote, its folder swept or not
+        (0: none). Kept outside Redis, so a Redis restored from an older snapshot cannot
+        make a publisher reuse a number this host has seen."""
+        marker = self.root / module / HIGHEST_FILE
+        written = int(marker.read_text()) if marker.is_file() else 0
+        folders = [v for m, v in self.local_versions() if m == module]
+        return max([written, *folders])
+
+    def _raise_highest(self, module: str, version: int) -> None:
+        if version <= self.highest_local(module):
+            return
+        marker = self.root / module / HIGHEST_FILE
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        partial = marker.with_name(HIGHEST_FILE + ".partial")
+        partial.write_text(str(version))
+        partial.replace(marker)  # whole or absent
 
     def local_versions(self) -> list[tuple[str, int]]:
         """(module, version) of every complete version folder on this host."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from loramem.adapter_store import AdapterRef
-from loramem.errors import EngineUnavailable
+from loramem.errors import EngineUnavailable, NameTaken
 from loramem.knobs import LORA_TARGETS, TargetName, first_lora_layer
 from loramem.settings import Settings
 
@@ -127,14 +127,18 @@ class EngineClient:
         response = self._call("GET", "/v1/models")
         return {m["id"] for m in response.json()["data"]}
 
-    def load_adapter(self, ref: AdapterRef) -> None:
+    def load_adapter(self, ref: AdapterRef, fresh: bool = False) -> None:
+        """`fresh`: a version being published, whose name no engine may know yet; an
+        engine that has it already holds other weights under it (NameTaken)."""
         response = self._call(
             "POST",
             "/v1/load_lora_adapter",
             json={"lora_name": ref.name, "lora_path": str(ref.path)},
         )
         if response.status_code == 400 and "already been loaded" in response.text:
-            return  # loading is idempotent: a retried publish finds it there
+            if fresh:
+                raise NameTaken(f"{self.base_url} already serves {ref.name}")
+            return  # loading an existing version is idempotent
         if response.status_code != 200:
             raise EngineUnavailable(f"engine refused {ref.name}: {response.text[:300]}")
 

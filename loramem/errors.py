@@ -54,5 +54,9 @@ class Overloaded(RateLimited):
     """This gateway has no room right now (answered 503); retry after `retry_after_s`."""
 
 
+class NameTaken(Conflict):
+    """An engine already serves a new version's name (under other weights)."""
+
+
 class LockLost(Conflict):
     """A worker's module lock expired or passed to another worker: it must not publish."""

@@ -3,6 +3,13 @@
 For a new version the order matters: validate, take the next version number, write it
 locally, load it into the engines, then publish (record, switch, announce, finish the job
 in one transaction), so that a version is servable before anyone can be routed to it.
+
+A served name must never name other weights than it first did, or an engine that has it
+loaded would go on serving the old ones. Version numbers come from Redis, which may be
+restored from an older snapshot; so the number taken is also above every version of the
+module seen outside Redis: this host's adapter folders (with a record that outlives
+their sweeping) and the engines' loaded adapters. An engine that still answers "already
+loaded" for the new name makes the publisher take the next number.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import logging
 
 from loramem.adapter_store import RECIPE_FILE, AdapterRef, checksum, validate_adapter_config
 from loramem.engine import EngineClient, max_lora_rank
-from loramem.errors import EngineUnavailable, LockLost
+from loramem.errors import EngineUnavailable, LockLost, NameTaken
+from loramem.names import parse_served_name
 from loramem.queue import ModuleLock
 from loramem.registry.jobs import Job, JobCancelled
 from loramem.registry.modules import Fence, VersionInfo
@@ -19,6 +27,8 @@ from trainer.context import TrainerContext
 from trainer.outcomes import Artifact, Covered, Outcome, Retirement
 
 log = logging.getLogger("loramem.trainer")
+
+NAME_TRIES = 3  # numbers to try when engines already hold the new name (a race)
 
 
 class Publisher:
@@ -50,12 +60,10 @@ class Publisher:
         files = {**artifact.files, RECIPE_FILE: artifact.recipe.to_json().encode()}
         validate_adapter_config(files, max_rank=self.max_rank)
         registry = self.ctx.registry
-        version = registry.modules.next_version(artifact.module)
-        ref = self.ctx.store.write_local(artifact.module, version, files)
-        self.load_everywhere(ref)
+        ref = self.lay_out(artifact.module, files)
         info = VersionInfo(
             module=artifact.module,
-            version=version,
+            version=ref.version,
             tenant=job.tenant,
             fact_ids=artifact.fact_ids,
             recall=artifact.recall,
@@ -72,21 +80,54 @@ class Publisher:
         log.info("published %s (recall %.3f)", ref.name, artifact.recall)
         return ref
 
-    def unload_everywhere(self, name: str) -> None:
+    def lay_out(self, module: str, files: dict[str, bytes]) -> AdapterRef:
+        """A new version under a name nobody has seen, written here and loaded into the
+        engines."""
+        at_least = self.unseen_floor(module)
+        for _ in range(NAME_TRIES):
+            version = self.ctx.registry.modules.next_version(module, at_least)
+            ref = self.ctx.store.write_local(module, version, files)
+            try:
+                self.load_everywhere(ref)
+                return ref
+            except NameTaken as exc:
+                log.error("%s; taking a higher version number", exc)
+                self.ctx.store.remove_local(module, version)
+                at_least = version + 1
+        raise NameTaken(f"no unused version name for {module} after {NAME_TRIES} tries")
+
+    def unseen_floor(self, module: str) -> int:
+        """One above every version of `module` this host wrote or a reachable engine has
+        loaded."""
+        seen = [self.ctx.store.highest_local(module)]
         for engine in self.engines:
+            try:
+                names = engine.loaded_models()
+            except EngineUnavailable:  # down: it restarts empty, knowing no name
+                continue
+            seen += [p[1] for n in names if (p := parse_served_name(n)) and p[0] == module]
+        return 1 + max(seen)
+
+    def unload_everywhere(self, name: str, engines: list[EngineClient] | None = None) -> None:
+        for engine in self.engines if engines is None else engines:
             try:
                 engine.unload_adapter(name)
             except EngineUnavailable as exc:  # it cannot serve the name: nobody routes there
                 log.warning("could not unload %s: %s", name, exc)
 
     def load_everywhere(self, ref: AdapterRef) -> None:
-        """Load into every reachable engine; one that is down gets it from the gateway's
-        reconciler when it is back. No engine at all: the job is retried later."""
-        loaded = 0
+        """Load a new version into every reachable engine; one that is down gets it from
+        the gateway's reconciler when it is back. No engine at all: the job is retried
+        later. An engine that already has the name: taken back from the others (and
+        NameTaken)."""
+        loaded = []
         for engine in self.engines:
             try:
-                engine.load_adapter(ref)
-                loaded += 1
+                engine.load_adapter(ref, fresh=True)
+                loaded.append(engine)
+            except NameTaken:
+                self.unload_everywhere(ref.name, loaded)
+                raise
             except EngineUnavailable as exc:
                 log.warning("could not load %s: %s", ref.name, exc)
         if not loaded:

@@ -21,6 +21,12 @@ from loramem.names import parse_served_name, served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
 
+# The next version number: one above the last handed out, and at least ARGV[1].
+_NEXT_VERSION = (
+    "local n = math.max(tonumber(redis.call('hget', KEYS[1], 'version_seq') or '0') + 1, "
+    "tonumber(ARGV[1])) redis.call('hset', KEYS[1], 'version_seq', n) return n"
+)
+
 # A module lock's key and the token of the worker holding it (loramem/queue.py ModuleLock).
 Fence = tuple[str, str]
 
@@ -90,9 +96,11 @@ class ModuleStore:
     def tenants(self) -> list[str]:
         return sorted(decode(t) for t in self._redis.smembers(keys.tenants()))
 
-    def next_version(self, module: str) -> int:
-        """Versions only ever grow, even when a publish fails after taking a number."""
-        return int(self._redis.hincrby(keys.module(module), "version_seq", 1))
+    def next_version(self, module: str, at_least: int = 1) -> int:
+        """Versions only ever grow, even when a publish fails after taking a number.
+        `at_least`: the lowest number not seen outside Redis (trainer/publisher.py), so
+        that a Redis restored from an older snapshot never hands out a name again."""
+        return int(self._redis.eval(_NEXT_VERSION, 1, keys.module(module), at_least))
 
     def publish(
         self,

@@ -30,8 +30,11 @@ from trainer.worker import Worker
 
 
 class FakeEngine:
-    def load_adapter(self, ref) -> None:  # type: ignore[no-untyped-def]
+    def load_adapter(self, ref, fresh: bool = False) -> None:  # type: ignore[no-untyped-def]
         pass
+
+    def loaded_models(self) -> set[str]:
+        return set()
 
 
 def make_worker(settings: Settings, registry: Registry) -> Worker:

@@ -1,0 +1,113 @@
+"""A served name never names other weights, even after Redis is restored from an older
+snapshot: real Redis (the snapshot is DUMP/RESTORE of every key), the real publisher and
+adapter store, and the real EngineClient talking to an engine that answers the adapter
+routes as vLLM 0.32 does (an httpx transport: no model needed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import redis
+
+from loramem.adapter_store import AdapterStore
+from loramem.engine import EngineClient
+from loramem.registry import Registry
+from loramem.settings import Settings
+from tests.integration.test_retention import adapter_files, make_worker
+from tests.recipes import TRAINED
+from trainer.outcomes import Artifact
+from trainer.publisher import Publisher
+
+
+class VllmAdapters:
+    """vLLM's adapter residency over HTTP: /v1/models, load and unload by name."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, bytes] = {}  # served name -> the weights it was loaded with
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            names = ["base", *self.loaded]
+            return httpx.Response(200, json={"data": [{"id": n} for n in names]})
+        body = json.loads(request.content)
+        name = body["lora_name"]
+        if request.url.path == "/v1/unload_lora_adapter":
+            self.loaded.pop(name, None)
+            return httpx.Response(200, text="ok")
+        if name in self.loaded:  # vLLM's own words (serving_models.py)
+            message = f"The lora adapter '{name}' has already been loaded."
+            return httpx.Response(400, json={"error": {"message": message}})
+        weights = Path(body["lora_path"], "adapter_model.safetensors").read_bytes()
+        self.loaded[name] = weights
+        return httpx.Response(200, text="ok")
+
+
+def engine(adapters: VllmAdapters) -> EngineClient:
+    client = EngineClient("http://engine")
+    client.http = httpx.Client(base_url="http://engine", transport=httpx.MockTransport(adapters))
+    return client
+
+
+def publish(publisher: Publisher, registry: Registry, module: str = "m") -> tuple[str, bytes]:
+    job, ids = registry.facts.add("t", [f"fact {module}"], [None], [b""], module=module)
+    registry.jobs.skip_to_publishing(job.id, {})
+    files = adapter_files(256)
+    ref = publisher.publish(job, Artifact(module, files, TRAINED, ids, 1.0))
+    return ref.name, files["adapter_model.safetensors"]
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, bytes]:
+    return {key: client.dump(key) for key in client.scan_iter()}  # type: ignore[misc]
+
+
+def restore(client: redis.Redis, saved: dict[bytes, bytes]) -> None:
+    client.flushdb()
+    for key, value in saved.items():
+        client.restore(key, 0, value)
+
+
+def test_after_a_restore_from_an_older_snapshot_a_new_version_gets_an_unused_name(
+    settings: Settings, registry: Registry, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    adapters = VllmAdapters()
+    ctx = make_worker(settings, registry).ctx
+    publisher = Publisher(ctx, [engine(adapters)])
+    names = {publish(publisher, registry)[0]}
+    after_v1 = snapshot(redis_client)
+    names |= {publish(publisher, registry)[0], publish(publisher, registry)[0]}
+    assert names == {"m@v1", "m@v2", "m@v3"}
+
+    restore(redis_client, after_v1)  # Redis now believes v1 is the latest
+    assert registry.modules.get("m").active_version == 1
+    name, weights = publish(publisher, registry)
+    print(f"\n[names] published before the restore: {sorted(names)}; after: {name}")
+    assert name not in names and name == "m@v4"
+    assert adapters.loaded[name] == weights  # the engine serves the new weights under it
+
+    # Engines restarted empty and this host's folders swept: the host's record remains.
+    restore(redis_client, after_v1)
+    adapters.loaded.clear()
+    for version in (2, 3, 4):
+        ctx.store.remove_local("m", version)
+    assert publish(publisher, registry)[0] == "m@v5"
+
+    # A worker on another host (no folders of its own): the engines' loaded list remains.
+    restore(redis_client, after_v1)
+    other_host = replace(ctx, store=AdapterStore(tmp_path / "other", registry))
+    elsewhere = Publisher(other_host, [engine(adapters)])
+    assert publish(elsewhere, registry)[0] == "m@v6"
+
+
+def test_an_engine_that_already_has_the_new_name_makes_the_publisher_take_the_next(
+    settings: Settings, registry: Registry
+) -> None:
+    adapters = VllmAdapters()
+    publisher = Publisher(make_worker(settings, registry).ctx, [engine(adapters)])
+    publisher.unseen_floor = lambda module: 1  # type: ignore[method-assign] # a race: not seen
+    adapters.loaded["m@v1"] = b"other weights"
+    name, weights = publish(publisher, registry)
+    assert name == "m@v2" and adapters.loaded[name] == weights
+    assert adapters.loaded["m@v1"] == b"other weights"  # not ours: left alone
