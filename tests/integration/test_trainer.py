@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,30 @@ def test_batches_posted_back_to_back_train_in_one_job(
     )  # fmt: skip
     _run_one_job(settings, registry)
     assert registry.jobs.get(first.id).progress["facts"] == 4  # the second batch joined it
+
+
+def test_a_job_cancelled_while_it_trains_stops_at_the_next_step(
+    settings: Settings, registry: Registry
+) -> None:
+    settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
+    people = phonebook(settings.data_dir, 2, offset=340)
+    long_run = {"recall_gate": 0.0, "max_steps": 200, "target_loss": 0.0}
+    job, ids = registry.facts.add(
+        "t", [p.fact for p in people], [None] * 2, [b""] * 2, training=long_run
+    )
+
+    def cancel_after_the_first_step() -> None:
+        while registry.jobs.get(job.id).progress.get("step", 0) < 1:
+            time.sleep(0.05)
+        registry.jobs.cancel(job.id, "t")  # what DELETE /jobs/{id} does
+
+    canceller = threading.Thread(target=cancel_after_the_first_step, daemon=True)
+    canceller.start()
+    _run_one_job(settings, registry)
+    canceller.join(timeout=5)
+    done = registry.jobs.get(job.id)
+    assert done.status is JobStatus.CANCELLED
+    assert done.progress["step"] < 200  # stopped, not trained to the end
+    assert registry.modules.get(job.module).active_version == 0
+    assert sorted(done.progress["unlearned_fact_ids"]) == sorted(ids)  # stored, reported
+    assert {f.id for f in registry.facts.of_module(job.module, "t")} == set(ids)

@@ -18,6 +18,13 @@ CASES = [
     (S.PUBLISHED, S.FAILED, False),
     (S.FAILED, S.QUEUED, False),
     (S.FAILED, S.TRAINING, False),
+    (S.QUEUED, S.CANCELLED, True),  # DELETE /jobs/{id}, at any unfinished status
+    (S.TRAINING, S.CANCELLED, True),
+    (S.PUBLISHING, S.CANCELLED, True),
+    (S.PUBLISHED, S.CANCELLED, False),
+    (S.FAILED, S.CANCELLED, False),
+    (S.CANCELLED, S.TRAINING, False),
+    (S.CANCELLED, S.PUBLISHED, False),
 ]
 
 
@@ -28,4 +35,4 @@ def test_transition_table(current: JobStatus, new: JobStatus, allowed: bool) -> 
 
 def test_every_status_has_a_rule_and_terminal_states_are_final() -> None:
     assert set(ALLOWED) == set(JobStatus)
-    assert not ALLOWED[S.PUBLISHED] and not ALLOWED[S.FAILED]
+    assert not ALLOWED[S.PUBLISHED] and not ALLOWED[S.FAILED] and not ALLOWED[S.CANCELLED]
