@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -79,8 +80,8 @@ class JobQueue:
             self._redis.zadd(keys.JOBS_READY, {tenant: turn}, gt=True)
         return Claim(tenant, entry_id, decode(data[b"job_id"]))
 
-    def _xreadgroup(self, stream: str, consumer: str) -> list:  # type: ignore[type-arg]
-        return self._redis.xreadgroup(keys.TRAINER_GROUP, consumer, {stream: ">"}, count=1)  # type: ignore[no-any-return]
+    def _xreadgroup(self, stream: str, consumer: str) -> Any:
+        return self._redis.xreadgroup(keys.TRAINER_GROUP, consumer, {stream: ">"}, count=1)
 
     def _ensure_group(self, stream: str) -> None:
         try:  # from the start: acknowledged entries are deleted, so all left are work

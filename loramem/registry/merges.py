@@ -101,7 +101,8 @@ class MergeStore:
             earlier = pipe.get(request_key)
             if earlier is not None:
                 status = pipe.hget(keys.job(decode(earlier)), "status")
-                if status is not None and decode(status) != JobStatus.FAILED.value:
+                ended = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)  # ask again
+                if status is not None and decode(status) not in ended:
                     existing.append(decode(earlier))
                     return
             fresh = not pipe.exists(keys.module(name))

@@ -67,11 +67,15 @@ def test_a_merge_is_queued_once_and_goes_stale_on_a_new_source_version(
         registry.merges.request("t", ["a", "b"], "ties", None)
 
 
-def test_a_failed_build_may_be_queued_again(registry: Registry) -> None:
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_failed_or_cancelled_build_may_be_queued_again(registry: Registry, end: str) -> None:
     _published(registry, "t", "a")
     _published(registry, "t", "b")
     job, _ = registry.merges.request("t", ["a", "b"], "ties", None)
-    registry.jobs.transition(job.id, JobStatus.FAILED, error="boom")
+    if end == "failed":
+        registry.jobs.transition(job.id, JobStatus.FAILED, error="boom")
+    else:
+        registry.jobs.cancel(job.id, "t")
     retry, queued = registry.merges.request("t", ["a", "b"], "ties", None)
     assert queued and retry.id != job.id
 
