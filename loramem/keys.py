@@ -19,9 +19,9 @@ Layout (all under the prefix `loramem:`):
   lock:module:{name}            string worker token; one trainer per module at a time
   stream:jobs:{tenant}          stream the tenant's job ids for the trainer consumer group; an
                                        entry is deleted when it is acknowledged
-  jobs:ready                    zset   tenants that may have undelivered jobs -> their turn (0 for
-                                       a tenant new to the rotation); a worker pops the lowest
-  jobs:turns                    string counter handing out turns (round-robin over tenants)
+  jobs:ready                    zset   tenants that may have undelivered jobs -> when (Redis
+                                       clock, us) they joined or were last served; a worker
+                                       pops the lowest (round-robin over tenants)
   jobs:streams                  set    tenants that have a job stream (reclaim and backlog scans)
   stream:events                 stream registry events (published, retired) for routers
   apikey:{id}                   hash   hash (sha256 of the key), tenant, role, name,
@@ -41,7 +41,6 @@ TRAINER_GROUP = "trainers"  # the consumer group of every tenant's job stream
 # over the tenants that have work (loramem/queue.py), so one tenant's burst cannot queue
 # ahead of another tenant's single job. Per-tenant keys are also what Redis Cluster needs.
 JOBS_READY = PREFIX + "jobs:ready"
-JOBS_TURNS = PREFIX + "jobs:turns"
 JOB_STREAMS = PREFIX + "jobs:streams"
 
 # Bounded so that the events stream cannot grow without limit; routers that fall further

@@ -1,15 +1,16 @@
 """The trainer job queue: one Redis Stream per tenant, read through one consumer group
 each, and a round-robin over the tenants that have work.
 
-Fair service. A tenant with work is in `jobs:ready` (a sorted set) with its turn: 0 when
-it enters the rotation, a fresh number from `jobs:turns` each time a worker takes one of
-its jobs. A worker pops the tenant with the lowest turn (BZPOPMIN, which also blocks
-while nobody has work), reads one entry of that tenant's stream, and puts the tenant back
-with a new turn if more are waiting. So a tenant that posts fifty jobs gets one job served
-per round, and another tenant's single job is next but one at worst. Queuing a job adds
-its tenant with turn 0 unless it is there already (ZADD NX, in the job's transaction), so
-no job waits without its tenant in the rotation, except for the moment between a pop and
-the put-back; `tidy` repairs that after a worker died there.
+Fair service. A tenant with work is in `jobs:ready` (a sorted set) with its turn: the
+time, on Redis's clock, it joined the rotation or was last served. A worker pops the
+tenant with the lowest turn (BZPOPMIN, which also blocks while nobody has work), reads one
+entry of that tenant's stream, and puts the tenant back with the time now if more are
+waiting. So a tenant that posts fifty jobs gets one job served per round, and another
+tenant's single job is next but one at worst; a tenant that paces its jobs one at a time
+joins behind those already waiting, so it cannot starve them either. Queuing a job adds
+its tenant unless it is there already (ZADD NX, in the job's transaction), so no job
+waits without its tenant in the rotation, except for the moment between a pop and the
+put-back; `tidy` repairs that after a worker died there.
 
 Crash safety. Delivery is at least once. A worker heartbeats the entry it holds (XCLAIM to
 itself resets the idle time), so only entries of dead workers grow idle enough to be
@@ -29,6 +30,12 @@ import redis
 
 from loramem import keys
 from loramem.registry.codec import decode
+
+# Back in the rotation behind every tenant now waiting (GT: a turn only moves later).
+_NEXT_TURN = (
+    "local t = redis.call('time') "
+    "return redis.call('zadd', KEYS[1], 'GT', t[1] * 1000000 + t[2], ARGV[1])"
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,7 @@ class JobQueue:
             return None
         entry_id, data = entries[0]
         if self._redis.xrange(stream, min="(" + entry_id, count=1):  # more are waiting
-            turn = self._redis.incr(keys.JOBS_TURNS)
-            self._redis.zadd(keys.JOBS_READY, {tenant: turn}, gt=True)
+            self._redis.eval(_NEXT_TURN, 1, keys.JOBS_READY, tenant)
         return Claim(tenant, entry_id, decode(data[b"job_id"]))
 
     def _xreadgroup(self, stream: str, consumer: str) -> Any:
@@ -127,7 +133,7 @@ class JobQueue:
                         pipe.execute()
                     elif self._undelivered(pipe, stream):
                         pipe.multi()
-                        pipe.zadd(keys.JOBS_READY, {tenant: 0}, nx=True)
+                        pipe.zadd(keys.JOBS_READY, {tenant: 0}, nx=True)  # first in line
                         pipe.execute()
                 except redis.WatchError:
                     continue  # a job was queued or read meanwhile; the next tidy looks again

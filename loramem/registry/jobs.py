@@ -118,9 +118,15 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
     # The tenant's own stream, and the tenant into the round-robin unless it is there
     # already with its turn (loramem/queue.py).
     pipe.xadd(keys.job_stream(job.tenant), {"job_id": job.id})
-    pipe.zadd(keys.JOBS_READY, {job.tenant: 0}, nx=True)
+    pipe.eval(_JOIN_ROTATION, 1, keys.JOBS_READY, job.tenant)
     pipe.sadd(keys.JOB_STREAMS, job.tenant)
 
+
+# The tenant joins the trainers' round-robin unless it is in it already, with Redis's clock
+# as its turn: behind every tenant waiting since earlier, whichever host queues the job.
+_JOIN_ROTATION = (
+    "local t = redis.call('time') redis.call('zadd', KEYS[1], 'NX', t[1] * 1000000 + t[2], ARGV[1])"
+)
 
 # More writes to make in the same transaction as a status change (a publish, a retire).
 AlsoWrite = Callable[[redis.client.Pipeline], None]

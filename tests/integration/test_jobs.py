@@ -65,6 +65,21 @@ def test_tenants_take_turns_while_both_have_work(registry: Registry) -> None:
     assert tenants == ["a", "b", "c", "a", "b", "a", "b"]
 
 
+def test_a_tenant_pacing_its_jobs_one_at_a_time_cannot_starve_a_burst(
+    registry: Registry,
+) -> None:
+    for n in range(5):
+        add(registry, "a", f"a {n}")
+    tenants = []
+    for n in range(6):  # "s" always has exactly one job waiting, queued after each claim
+        add(registry, "s", f"s {n}")
+        claim = registry.queue.claim("w", block_ms=10)
+        assert claim is not None
+        tenants.append(claim.tenant)
+        registry.queue.ack(claim)
+    assert tenants == ["a", "s", "a", "s", "a", "s"]
+
+
 def test_the_worker_serves_the_single_job_of_another_tenant_second(
     settings: Settings, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,7 +230,7 @@ def test_a_job_cancelled_after_training_is_not_published(
     monkeypatch.setattr(Heartbeat, "__enter__", lambda beat: beats.append(beat) or enter(beat))
     loaded: list[str] = []
     engine = worker.publisher.engines[0]
-    engine.load_adapter = lambda ref: loaded.append(ref.name)  # type: ignore[method-assign]
+    engine.load_adapter = lambda ref, fresh: loaded.append(ref.name)  # type: ignore[method-assign]
     engine.unload_adapter = loaded.remove  # type: ignore[method-assign]
     noticed = add(registry, "a", "x is 1", module="noticed")
     refused = add(registry, "a", "y is 1", module="refused")
@@ -237,6 +252,7 @@ def test_a_job_cancelled_after_training_is_not_published(
     assert registry.modules.next_version("refused") == 2  # took v1, then the publish refused
     assert worker.ctx.store.local_versions() == [] and loaded == []  # all taken back
     assert registry.queue.backlog() == (0, None)
+    assert worker.metrics.jobs.labels("cancelled")._value.get() == 2  # neither failed
 
 
 def test_a_version_is_published_only_for_a_job_not_cancelled(registry: Registry) -> None:
