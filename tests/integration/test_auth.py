@@ -29,6 +29,7 @@ WRITER_ROUTES = [
     ("PUT", "/facts/f1", {"text": "x"}),
     ("DELETE", "/facts/f1", None),
     ("POST", "/merges", {"modules": ["a", "b"]}),
+    ("DELETE", "/jobs/j1", None),
 ]
 ADMIN_ROUTES = [
     ("GET", "/metrics", None),
@@ -167,6 +168,7 @@ def test_a_key_of_one_tenant_learns_nothing_of_another(
             ("GET", "/jobs/{}", None, (b["merge"]["job_id"], "nojob")),
             ("PUT", "/facts/{}", {"text": "mine now"}, (b["fact"], "nofact")),
             ("DELETE", "/facts/{}", None, (b["fact"], "nofact")),
+            ("DELETE", "/jobs/{}", None, (b["merge"]["job_id"], "nojob")),
         ]
         for method, path, body, (foreign, absent) in pairs:
             seen = assert_error(call(client, method, path.format(foreign), body, headers), 404)
@@ -187,6 +189,7 @@ def test_a_key_of_one_tenant_learns_nothing_of_another(
     # Nothing of b's changed, and a's attempts left nothing behind in b.
     assert {f.text for f in registry.facts.of_tenant("b")} == {"B secret 1.", "B secret 2."}
     assert registry.facts.of_tenant("a") == [] and registry.merges.of_tenant("a") == []
+    assert registry.jobs.get(b["merge"]["job_id"]).status.value == "queued"  # not cancelled
 
 
 def test_a_revoked_key_fails_on_its_next_request(client: TestClient, registry: Registry) -> None:
