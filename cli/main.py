@@ -112,7 +112,7 @@ def follow(client: httpx.Client, job_id: str) -> int:
         if "loss" in progress:
             bar.set_postfix(loss=progress["loss"])
         bar.refresh()
-        if job["status"] in ("published", "failed"):
+        if job["status"] in ("published", "failed", "cancelled"):  # DELETE /jobs/{id}
             bar.close()
             detail = f"v{job['version']}" if job["status"] == "published" else job["error"]
             print(f"{job['status']}: {job['module']} {detail}")

@@ -107,7 +107,7 @@ class EvalClient:
                     if job_id in done:
                         continue
                     job = self.http.get(f"/jobs/{job_id}").json()
-                    if job["status"] in ("published", "failed"):
+                    if job["status"] in ("published", "failed", "cancelled"):
                         done[job_id] = job
                         bar.update(1)
                     else:
