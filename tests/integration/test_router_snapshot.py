@@ -1,0 +1,148 @@
+"""A restarted router loads its index snapshot and catches up from the real registry:
+modules published, changed or retired after the snapshot are routed as the registry says,
+and a snapshot that is corrupt or was made under other settings is rebuilt, not trusted."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
+from router import snapshot
+from router.embedder import to_bytes
+from router.index import index_factory
+from router.router import Router
+from tests.recipes import TRAINED
+
+# ivf: trained clusters from the 4th fact on, every list probed (exact answers).
+BACKENDS: dict[str, dict] = {
+    "exact": {},
+    "ivf": {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4},
+}
+PHONES = [
+    "The phone number of Ann Lee is 555-0101.",
+    "The phone number of Bob Stone is 555-0102.",
+    "Dee Fox can be called on 555-0104.",
+    "Eve Hill can be called on 555-0105.",
+]
+MakeRouter = Callable[..., Router]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_router(
+    request: pytest.FixtureRequest, registry: Registry, fake_embedder, tmp_path: Path
+) -> MakeRouter:
+    def make(config: dict | None = None) -> Router:
+        return Router(
+            registry,
+            fake_embedder,
+            "base-model",
+            threshold=0.5,
+            new_index=index_factory(request.param, **BACKENDS[request.param]),
+            snapshot_dir=tmp_path / "router",
+            index_config=config or {"backend": request.param},
+            snapshot_scope="test",
+        )
+
+    return make
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Modules any router reads from Redis from now on (the real read still runs)."""
+    seen: list[str] = []
+    real = Router._apply_version
+
+    def spy(self: Router, tenant: str, info: VersionInfo) -> None:
+        seen.append(info.module)
+        real(self, tenant, info)
+
+    monkeypatch.setattr(Router, "_apply_version", spy)
+    return seen
+
+
+def post(registry: Registry, router: Router, module: str, texts: list[str]) -> list[str]:
+    vectors = [to_bytes(v) for v in router.embedder.embed(texts)]
+    return registry.facts.add("t", texts, [None] * len(texts), vectors, module)[1]
+
+
+def publish(registry: Registry, module: str, version: int, ids: list[str]) -> None:
+    checksum = f"sum-{module}-{version}"
+    registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, checksum, TRAINED), {})
+
+
+def snapshotted(registry: Registry, make_router: MakeRouter) -> tuple[Router, list[str]]:
+    """A router over phones (4 facts), places and cars, its snapshot written."""
+    router = make_router()
+    phones = post(registry, router, "phones", PHONES)
+    publish(registry, "phones", 1, phones)
+    publish(registry, "places", 1, post(registry, router, "places", ["Cyd Park lives by the sea."]))
+    publish(registry, "cars", 1, post(registry, router, "cars", ["Hal Jude drives a tractor."]))
+    router.load_all()
+    assert router.save_snapshots() == 1
+    assert router.save_snapshots() == 0  # nothing changed since
+    return router, phones
+
+
+def routed(router: Router, question: str) -> str | None:
+    return router.route("t", "auto", question).module
+
+
+def test_restart_reads_nothing_when_nothing_changed(
+    registry: Registry, make_router: MakeRouter, reads: list[str]
+) -> None:
+    first, _ = snapshotted(registry, make_router)
+    reads.clear()
+    second = make_router()
+    second.load_all()
+    assert reads == []  # every module came from the file
+    assert second.active_modules("t") == first.active_modules("t")
+    assert second.index_stats("t")[0] == 6
+    assert routed(second, "What is the phone number of Bob Stone?") == "phones"
+    assert routed(second, "Who drives a tractor?") == "cars"
+
+
+def test_changes_after_the_snapshot_are_routed_as_the_registry_says(
+    registry: Registry, make_router: MakeRouter, reads: list[str]
+) -> None:
+    first, phones = snapshotted(registry, make_router)
+    registry.facts.delete("t", phones[1])  # Bob goes: phones v2 without him
+    publish(registry, "phones", 2, [p for p in phones if p != phones[1]])
+    registry.modules.retire("places", "t")
+    publish(registry, "pets", 1, post(registry, first, "pets", ["Gus Ray owns a parrot."]))
+    reads.clear()
+    second = make_router()
+    second.load_all()
+    assert sorted(reads) == ["pets", "phones"]  # cars came from the file
+    assert second.active_modules("t") == {"phones": 2, "cars": 1, "pets": 1}
+    assert routed(second, "What is the phone number of Ann Lee?") == "phones"
+    bob = second.route("t", "auto", "What is the phone number of Bob Stone?")
+    assert phones[1] not in {h.fact_id for h in bob.candidates}  # deleted
+    assert routed(second, "Where does Cyd Park live by the sea?") is None  # retired
+    assert routed(second, "Who owns a parrot?") == "pets"
+    assert routed(second, "Who drives a tractor?") == "cars"
+    assert second.index_stats("t")[0] == 5
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "config"])
+def test_a_corrupt_or_foreign_snapshot_is_rebuilt_not_trusted(
+    registry: Registry, make_router: MakeRouter, reads: list[str], damage: str
+) -> None:
+    first, _ = snapshotted(registry, make_router)
+    (path,) = first.snapshot_dir.glob("*.npz")  # type: ignore[union-attr]
+    data = bytearray(path.read_bytes())
+    if damage == "flip":  # a byte inside the stored vectors or lists
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncate":
+        del data[len(data) // 3 :]
+    path.write_bytes(bytes(data))
+    reads.clear()
+    second = make_router({"backend": "another"} if damage == "config" else None)
+    second.load_all()
+    assert sorted(reads) == ["cars", "phones", "places"]  # all rebuilt from Redis
+    assert not path.exists()  # the untrusted file is gone
+    assert routed(second, "What is the phone number of Bob Stone?") == "phones"
+    assert second.save_snapshots() == 1  # and a good one replaces it
+    key = second._snapshot_key("t")
+    assert snapshot.read(second.snapshot_dir, key, second._snapshot_config) is not None  # type: ignore[arg-type]
