@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "phonebook": "PhoneBook through the system against base, ICL, RAG and hybrid",
     "counterfact": "CounterFact efficacy and greedy containment, with the baselines",
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
+    "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
 }
 _VALUES = {
     "formats": "qa,rewrite,mixed",
@@ -67,6 +68,10 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
         sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
     if name in ("phonebook", "counterfact"):
         sub.add_argument("--count", type=int, default=32 if name == "phonebook" else 16)
+    if name == "routing":
+        sub.add_argument("--sizes", default="16,64,256", help="module counts")
+        sub.add_argument("--weights", default="0,0.3", help="lexical weights (0: dense)")
+        sub.add_argument("--people", type=int, default=200, help="people asked per size")
     if name == "paperqa":
         sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
         sub.add_argument("--questions", type=int, default=10, help="per paper")
@@ -74,7 +79,7 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation import data_evals, experiments
+    from evaluation import data_evals, experiments, routing
     from evaluation.run import EvalRun
 
     handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "phonebook": data_evals.phonebook_eval,
         "counterfact": data_evals.counterfact_eval,
         "paperqa": data_evals.paperqa_eval,
+        "routing": routing.routing_eval,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
     evaluation = EvalRun(

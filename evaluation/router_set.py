@@ -20,7 +20,7 @@ from loramem import datasets
 
 PHONEBOOK, COUNTERFACT, PAPERQA = "phonebook", "counterfact", "paperqa"
 
-_PHONE_TEMPLATES = (
+PHONE_TEMPLATES = (
     "How can I reach {name} by phone?",
     "Which number should I dial for {name}?",
     "What's {name}'s telephone number?",
@@ -142,7 +142,7 @@ class EvalSet:
     questions: list[tuple[str, str | None]]  # (question, expected module; None = base)
 
 
-def _plain_name(name: str) -> str:
+def plain_name(name: str) -> str:
     return re.sub(r"^(Dr|Mr|Mrs|Ms|Miss) ", "", name)
 
 
@@ -165,8 +165,8 @@ def eval_set(data_dir: Path) -> EvalSet:
     qa = _paper_qa(data_dir, 0)
     questions: list[tuple[str, str | None]] = []
     for i, person in enumerate(people):
-        for j, name in ((i, person.name), (i + 2, _plain_name(person.name))):
-            template = _PHONE_TEMPLATES[j % len(_PHONE_TEMPLATES)]
+        for j, name in ((i, person.name), (i + 2, plain_name(person.name))):
+            template = PHONE_TEMPLATES[j % len(PHONE_TEMPLATES)]
             questions.append((template.format(name=name), PHONEBOOK))
     for edit in edits:
         subject = next((s for s in _COUNTERFACT_PARAPHRASES if s in edit.sentence), None)

@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     # "exact" (brute force: 100 ms a query at 1M) or "hnsw" (hnswlib: minutes to build).
     router_index_backend: Literal["exact", "ivf", "hnsw"] = "ivf"
     router_ivf_lists: int = Field(default=1024, ge=1)  # k-means clusters of a tenant's facts
-    router_ivf_probe: int = Field(default=16, ge=1)  # clusters a query scans: recall vs time
+    # Clusters a query scans: recall vs time. At 1M facts (bench/router_restart.py) 16 found
+    # the exact best fact for 85% of paraphrased questions, 64 for all of them.
+    router_ivf_probe: int = Field(default=64, ge=1)
     # Codes of the vectors in the lists: fp16 kept recall of the exact top-k at 1.00 at
     # 1M facts; int8 halves the memory again but lost recall (docs/RESULTS.md).
     router_ivf_codes: Literal["fp16", "int8", "fp32"] = "fp16"
@@ -129,6 +131,14 @@ class Settings(BaseSettings):
     # A module scores max + weight * sum(its other top-k hits) (router/policy.py).
     router_support_weight: float = Field(default=0.02, ge=0.0, le=1.0)
     router_max_candidates: int = Field(default=3, ge=1)  # modules reported per decision
+    # Lexical signal beside the embedding (router/lexical.py): the top router_lexical_pool
+    # dense facts are re-scored by dense + weight * idf-weighted word overlap with the
+    # question, and the threshold applies to that. Off (0) by default: 0.3 lifted
+    # surname-only PhoneBook questions from 0.68-0.73 to 0.93-0.97 top-1 at 16-256
+    # modules (`loramem eval routing`), but sent 4 of 30 unrelated questions of the
+    # router set to a module instead of 1 (tests/integration/test_router_real.py).
+    router_lexical_weight: float = Field(default=0.0, ge=0.0, le=2.0)
+    router_lexical_pool: int = Field(default=32, ge=1, le=1024)
     router_hnsw_m: int = Field(default=16, ge=2, le=128)  # graph degree
     router_hnsw_ef_construction: int = Field(default=200, ge=8)
     router_hnsw_ef_search: int = Field(default=64, ge=1)  # recall vs query time

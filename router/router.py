@@ -31,7 +31,8 @@ from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router import snapshot
 from router.embedder import Embedder, from_bytes
-from router.index import ExactIndex, FactIndex, Hit, index_factory
+from router.index import ExactIndex, FactIndex, Hit, index_factory, pack_strings, unpack_strings
+from router.lexical import LexicalIndex
 from router.policy import ModuleScore, aggregate, choose, merge_group
 
 log = logging.getLogger("loramem.router")
@@ -78,6 +79,8 @@ class Router:
         snapshot_dir: Path | None = None,
         index_config: dict[str, Any] | None = None,
         snapshot_scope: str = "",
+        lexical_weight: float = 0.0,
+        lexical_pool: int = 32,
     ) -> None:
         self.registry = registry
         self.embedder = embedder
@@ -98,6 +101,9 @@ class Router:
         self.snapshot_dir = snapshot_dir
         self.snapshot_scope = snapshot_scope  # the registry's Redis URL
         self._snapshot_config = {**(index_config or {}), "dim": embedder.dim}
+        # Lexical signal (router/lexical.py): weight 0 keeps no words and the dense order.
+        self.lexical_weight, self.lexical_pool = lexical_weight, lexical_pool
+        self._lexical: dict[str, LexicalIndex] = {}
         self._stamps: dict[str, str] = {}  # module -> stamp of the version indexed
         self._dirty: set[str] = set()  # tenants changed since their last snapshot
         self._lock = threading.Lock()
@@ -131,6 +137,8 @@ class Router:
             else None,
             index_config=_index_config(settings),
             snapshot_scope=settings.redis_url,
+            lexical_weight=settings.router_lexical_weight,
+            lexical_pool=settings.router_lexical_pool,
         )
 
     # ------------------------------------------------------------- decisions
@@ -164,16 +172,23 @@ class Router:
         index = self._indexes.get(tenant)
         if index is None or not len(index) or not query.strip():
             return RouteDecision(target=self.base_name, module=None, outcome="below_threshold")
-        return self.decide(tenant, self.embedder.embed([query])[0], merge)
+        return self.decide(tenant, self.embedder.embed([query])[0], merge, query)
 
-    def decide(self, tenant: str, vector: np.ndarray, merge: bool = False) -> RouteDecision:
-        """Route an already embedded query: top-k facts, module ranking, threshold."""
+    def decide(
+        self, tenant: str, vector: np.ndarray, merge: bool = False, query: str = ""
+    ) -> RouteDecision:
+        """Route an already embedded query: top-k facts, module ranking, threshold. With
+        the query's text and a lexical weight, the candidates are re-scored first."""
         with self._lock:  # the version lookup too: a retire may race the search
             index = self._indexes.get(tenant)
-            hits = index.search(vector, self.top_k) if index is not None else []
+            lexical = self._lexical.get(tenant) if query and self.lexical_weight else None
+            pool = max(self.top_k, self.lexical_pool) if lexical else self.top_k
+            hits = index.search(vector, pool) if index is not None else []
             if not hits:
                 return RouteDecision(self.base_name, None, "below_threshold")
             ranked = aggregate(hits, self.support_weight)
+            if lexical is not None:
+                hits, ranked = self._fused(lexical, query, hits)
             chosen = choose(ranked, self.threshold)
             version = self._active[chosen.module][1] if chosen else 0
             group = (
@@ -184,13 +199,31 @@ class Router:
                 else []
             )
             merged = self._current_merge(tenant, group) if group else None
-        best, top = hits[0].score, ranked[: self.max_candidates]
+        best, top = max(m.best for m in ranked), ranked[: self.max_candidates]
         if chosen is None:
             return RouteDecision(self.base_name, None, "below_threshold", best, hits, top)
         if merged is not None:
             return RouteDecision(served_name(*merged), merged[0], "merged", best, hits, top)
         target = served_name(chosen.module, version)
         return RouteDecision(target, chosen.module, "module", best, hits, top, group)
+
+    def _fused(
+        self, lexical: LexicalIndex, query: str, hits: list[Hit]
+    ) -> tuple[list[Hit], list[ModuleScore]]:
+        """The top-k of the pool by dense + weight * lexical, ranked by the policy on the
+        fused scores (which the threshold then applies to)."""
+        weights = lexical.weights(query)
+        fused = [
+            Hit(
+                h.fact_id,
+                h.module,
+                h.score + self.lexical_weight * lexical.score(weights, h.fact_id),
+            )
+            for h in hits
+        ]
+        fused.sort(key=lambda h: -h.score)
+        fused = fused[: self.top_k]
+        return fused, aggregate(fused, self.support_weight)
 
     def _current_merge(self, tenant: str, group: list[str]) -> tuple[str, int] | None:
         """The published merged module of exactly these sources' active versions."""
@@ -234,7 +267,10 @@ class Router:
         vectors = np.stack([from_bytes(f.embedding) for f in facts]) if facts else None
         # A merged module owns no facts and is re-read at every start: no stamp.
         mark = None if info.merged_from else stamp(info)
-        self.index_module(tenant, info.module, info.version, [f.id for f in facts], vectors, mark)
+        texts = [f.text for f in facts]
+        self.index_module(
+            tenant, info.module, info.version, [f.id for f in facts], vectors, mark, texts
+        )
         if info.merged_from:  # a merged module: servable by name, owner of no facts
             with self._lock:
                 if self._active.get(info.module) == (tenant, info.version):
@@ -248,6 +284,7 @@ class Router:
         fact_ids: list[str],
         vectors: np.ndarray | None,
         version_stamp: str | None = None,
+        texts: list[str] | None = None,
     ) -> None:
         """Make `module@v<version>` active with exactly these facts (rows of `vectors`);
         `version_stamp` (stamp()) lets a snapshot of the index cover the module."""
@@ -258,10 +295,15 @@ class Router:
             previous = self._active.get(module)
             if previous and previous[1] > version:
                 return  # an older event arriving late
+            lexical = self._lexical.setdefault(tenant, LexicalIndex())
             for fact_id in index.facts_of(module) - set(fact_ids):
                 index.remove(fact_id)
+                lexical.remove(fact_id)
             if fact_ids and vectors is not None:
                 index.upsert_many(fact_ids, [module] * len(fact_ids), vectors)
+                if self.lexical_weight and texts is not None:
+                    for fact_id, text in zip(fact_ids, texts, strict=True):
+                        lexical.add(fact_id, text)
             self._active[module] = (tenant, version)
             self._stamps.pop(module, None)
             if version_stamp is not None:
@@ -278,8 +320,10 @@ class Router:
             if entry:
                 self._dirty.add(entry[0])
             if index is not None:
+                lexical = self._lexical.get(entry[0], LexicalIndex()) if entry else LexicalIndex()
                 for fact_id in index.facts_of(module):
                     index.remove(fact_id)
+                    lexical.remove(fact_id)
 
     def index_stats(self, tenant: str) -> tuple[int, int]:
         """(facts indexed, bytes of the index's vector structures) for one tenant."""
@@ -310,13 +354,24 @@ class Router:
         except (ValueError, KeyError, NotImplementedError) as exc:
             log.warning("router snapshot of %s not loadable, rebuilding: %s", tenant, exc)
             return
+        lexical = LexicalIndex()
+        if self.lexical_weight and "lexical_ids" in saved.arrays:
+            ids = unpack_strings(saved.arrays["lexical_ids"])
+            for fact_id, text in zip(
+                ids, unpack_strings(saved.arrays["lexical_words"]), strict=True
+            ):
+                lexical.add(fact_id, text)
         now = {info.module: info for info in versions}
         kept = {m for m, s in saved.modules.items() if m in now and stamp(now[m]) == s}
+        if self.lexical_weight and len(lexical) != len(index):
+            kept = set()  # the words were saved without (or apart from) the vectors: reread
         for module in index.modules() - kept:  # stale, retired, or never covered
             for fact_id in index.facts_of(module):
                 index.remove(fact_id)
+                lexical.remove(fact_id)
         with self._lock:
             self._indexes[tenant] = index
+            self._lexical[tenant] = lexical
             for module in kept:
                 self._active[module] = (tenant, now[module].version)
                 self._stamps[module] = saved.modules[module]
@@ -343,6 +398,10 @@ class Router:
                 self._dirty.discard(tenant)
                 try:
                     arrays = index.state()
+                    if tenant in self._lexical and self.lexical_weight:
+                        ids, texts = self._lexical[tenant].texts()
+                        arrays["lexical_ids"] = pack_strings(ids)
+                        arrays["lexical_words"] = pack_strings(texts)
                 except NotImplementedError:
                     log.info("router: the %s index has no snapshots", type(index).__name__)
                     return saved

@@ -33,7 +33,7 @@ MakeRouter = Callable[..., Router]
 def make_router(
     request: pytest.FixtureRequest, registry: Registry, fake_embedder, tmp_path: Path
 ) -> MakeRouter:
-    def make(config: dict | None = None) -> Router:
+    def make(config: dict | None = None, lexical_weight: float = 0.0) -> Router:
         return Router(
             registry,
             fake_embedder,
@@ -43,6 +43,7 @@ def make_router(
             snapshot_dir=tmp_path / "router",
             index_config=config or {"backend": request.param},
             snapshot_scope="test",
+            lexical_weight=lexical_weight,
         )
 
     return make
@@ -146,3 +147,29 @@ def test_a_corrupt_or_foreign_snapshot_is_rebuilt_not_trusted(
     assert second.save_snapshots() == 1  # and a good one replaces it
     key = second._snapshot_key("t")
     assert snapshot.read(second.snapshot_dir, key, second._snapshot_config) is not None  # type: ignore[arg-type]
+
+
+def test_the_lexical_index_comes_back_with_the_snapshot(
+    registry: Registry, make_router: MakeRouter, reads: list[str]
+) -> None:
+    first = make_router(lexical_weight=0.3)
+    phones = post(registry, first, "phones", PHONES)
+    publish(registry, "phones", 1, phones)
+    first.load_all()
+    first.save_snapshots()
+    reads.clear()
+    second = make_router(lexical_weight=0.3)
+    second.load_all()
+    assert reads == []
+    assert len(second._lexical["t"]) == 4
+    decision = second.route("t", "auto", "What's Stone's number?")
+    assert decision.candidates[0].fact_id == phones[1]  # the surname, a rare word, decides
+    for path in first.snapshot_dir.glob("*.npz"):  # type: ignore[union-attr]
+        path.unlink()
+    without = make_router()  # a snapshot without words is reread when words are wanted
+    without.load_all()
+    without.save_snapshots()
+    reads.clear()
+    third = make_router(lexical_weight=0.3)
+    third.load_all()
+    assert reads == ["phones"] and len(third._lexical["t"]) == 4

@@ -1,0 +1,306 @@
+"""A router at a million facts: restart-to-ready from its snapshot, route latency, recall
+of the exact top-k, memory per million facts.
+
+    .venv/bin/python -m bench.router_restart --facts 1000000 --real 10000
+
+How the vectors are made (embedding a million texts takes hours on 2 cores):
+- `--real` generated fact texts ("<person> works as a <job> in <city> ..." over
+  PhoneBook's names and fixed word lists) embedded with the real model, plus the
+  router paraphrase set's three evaluated modules (evaluation/router_set.py);
+- the rest are perturbations of those real embeddings: a real vector plus Gaussian noise
+  of norm `--noise` (0.45: cosine ~0.9 to its source), renormalised.
+
+Everything goes through the real registry (Redis `LORAMEM_REDIS_URL`, database
+`--db`, flushed before and after): facts with their embeddings, 64 to a module, each
+module published as version 1. Then:
+1. cold: a router `load_all()` from Redis (what every start cost before snapshots),
+   then `save_snapshots()`;
+2. changes after the snapshot: `--changed` modules republished without one fact, as many
+   new modules published, as many retired;
+3. restart: a new router `load_all()` (snapshot + the changed modules from Redis), timed
+   as restart-to-ready; then route p50/p99 with the query embedding (paraphrase set),
+   module and base accuracy, recall@k of the exact top-k (brute force over the float32
+   vectors), the index's bytes and the process's RSS growth per million facts;
+4. per `--codes`: an index of the same vectors built directly with other codes, for
+   its recall and bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from bench.router_latency import _percentiles, _rss_bytes
+from evaluation.router_set import EvalSet, eval_set
+from loramem import datasets
+from loramem.knobs import TrainingKnobs, VersionRecipe
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
+from loramem.settings import Settings
+from router.embedder import SentenceEmbedder, to_bytes
+from router.index import FactIndex, IvfIndex
+from router.router import Router
+
+TENANT, MODULE_FACTS = "bench", 64
+RECIPE = VersionRecipe(made_by="trained", base_model="bench", rank=8, training=TrainingKnobs())
+_JOBS = ("nurse", "pilot", "baker", "lawyer", "chemist", "plumber", "teacher", "architect")
+_CITIES = ("Lisbon", "Osaka", "Denver", "Lagos", "Tromso", "Quito", "Perth", "Bergen")
+_PETS = ("a parrot", "two cats", "a tortoise", "a collie", "goldfish", "a ferret")
+
+
+def generated_texts(data_dir: Path, count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    # Not the ten people the evaluation set asks about.
+    names = [p.name for p in datasets.phonebook(data_dir, 2000, offset=10)]
+    shapes = (
+        "{n} works as a {j} in {c}.",
+        "{n} was born in {c} in {y}.",
+        "{n} keeps {p} at home in {c}.",
+        "The phone number of {n} is {d}.",
+        "{n} moved to {c} to become a {j}.",
+    )
+    return [
+        rng.choice(shapes).format(
+            n=rng.choice(names),
+            j=rng.choice(_JOBS),
+            c=rng.choice(_CITIES),
+            p=rng.choice(_PETS),
+            y=rng.randint(1930, 2010),
+            d=f"{rng.randint(200, 999)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+        )
+        for _ in range(count)
+    ]
+
+
+def perturbed(real: np.ndarray, count: int, noise: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, real.shape[1]), dtype=np.float32)
+    for start in range(0, count, 100_000):  # in blocks: no second full-size temporary
+        n = min(100_000, count - start)
+        block = real[rng.integers(0, len(real), n)]
+        block += rng.standard_normal(block.shape, dtype=np.float32) * (
+            noise / np.sqrt(block.shape[1])
+        )
+        out[start : start + n] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def store(registry: Registry, modules: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Facts into the registry (a module each), every module published as v1."""
+    ids_of = {}
+    for i, (module, vectors) in enumerate(modules.items()):
+        texts = [f"{module} fact {j}" for j in range(len(vectors))]
+        embeddings = [to_bytes(v) for v in vectors]
+        _job, ids = registry.facts.add(TENANT, texts, [None] * len(texts), embeddings, module)
+        registry.modules.publish(VersionInfo(module, 1, TENANT, ids, 1.0, f"c{i}", RECIPE), {})
+        ids_of[module] = ids
+    return ids_of
+
+
+def exact_top(matrix: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]:
+    scores = np.concatenate(
+        [queries @ matrix[s : s + 200_000].T for s in range(0, len(matrix), 200_000)], axis=1
+    )
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return [set(row.tolist()) for row in top]
+
+
+def timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def build(args: argparse.Namespace, settings: Settings, embedder: SentenceEmbedder) -> Data:
+    """The vectors: the evaluated modules, `--real` embedded texts, perturbed copies."""
+    evalset = eval_set(settings.data_dir)
+    started = time.perf_counter()
+    real = embedder.embed(generated_texts(settings.data_dir, args.real))
+    embed_s = time.perf_counter() - started
+    evaluated = {m: embedder.embed(t) for m, t in evalset.modules.items()}
+    held = sum(len(v) for v in evaluated.values())
+    rest = perturbed(real, args.facts - held - len(real), args.noise)
+    matrix = np.concatenate([*evaluated.values(), real, rest])
+    modules = dict(evaluated)
+    for start in range(held, len(matrix), MODULE_FACTS):
+        modules[f"m{start // MODULE_FACTS:06d}"] = matrix[start : start + MODULE_FACTS]
+    return Data(evalset, real, matrix, modules, embed_s)
+
+
+@dataclass
+class Data:
+    evalset: EvalSet
+    real: np.ndarray
+    matrix: np.ndarray
+    modules: dict[str, np.ndarray]
+    embed_s: float
+
+
+def change(registry: Registry, data: Data, ids_of: dict[str, list[str]], count: int) -> dict:
+    """After the snapshot: `count` modules lose a fact (v2), as many are new, as many
+    retire. Returns the facts the router should hold now (fact id -> vector)."""
+    live = {f: v for m, vs in data.modules.items() for f, v in zip(ids_of[m], vs, strict=True)}
+    names = [m for m in data.modules if m.startswith("m")]
+    for i, module in enumerate(names[:count]):
+        registry.facts.delete(TENANT, ids_of[module][0])
+        live.pop(ids_of[module][0])
+        info = VersionInfo(module, 2, TENANT, ids_of[module][1:], 1.0, f"d{i}", RECIPE)
+        registry.modules.publish(info, {})
+    extra = perturbed(data.real, count * MODULE_FACTS, 0.45, seed=2)
+    fresh = {f"new{i:03d}": extra[i * MODULE_FACTS : (i + 1) * MODULE_FACTS] for i in range(count)}
+    for module, ids in store(registry, fresh).items():
+        live.update(zip(ids, fresh[module], strict=True))
+    for module in names[count : 2 * count]:
+        registry.modules.retire(module, TENANT)
+        for fact_id in ids_of[module]:
+            live.pop(fact_id)
+    return live
+
+
+def latency(router: Router, evalset: EvalSet, rounds: int) -> dict[str, float]:
+    questions = [q for q, _ in evalset.questions]
+    for q in questions[:10]:  # warm-up
+        router.route(TENANT, "auto", q)
+    samples = [
+        timed(partial(router.route, TENANT, "auto", q)) for _ in range(rounds) for q in questions
+    ]
+    p50, p99 = _percentiles(samples)
+    decisions = [(router.route(TENANT, "auto", q).module, want) for q, want in evalset.questions]
+    return {
+        "p50": p50,
+        "p99": p99,
+        "to_module": float(np.mean([got == want for got, want in decisions if want])),
+        "to_base": float(np.mean([got is None for got, want in decisions if want is None])),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--facts", type=int, default=1_000_000)
+    parser.add_argument("--real", type=int, default=10_000, help="texts embedded for real")
+    parser.add_argument("--noise", type=float, default=0.45)
+    parser.add_argument("--changed", type=int, default=10)
+    parser.add_argument("--db", type=int, default=9, help="Redis database (flushed)")
+    parser.add_argument("--codes", default="int8,fp32")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--probes", default="16,32,128", help="other probes to measure")
+    args = parser.parse_args(argv)
+    base = Settings()
+    url = base.redis_url.rsplit("/", 1)[0] + f"/{args.db}"
+    folder = Path(tempfile.mkdtemp(prefix="router-restart-"))
+    settings = base.model_copy(
+        update={"redis_url": url, "router_snapshot_dir": folder, "module_capacity_facts": 1024}
+    )
+    embedder = SentenceEmbedder(settings.embedding_model, threads=settings.router_embed_threads)
+    data = build(args, settings, embedder)
+    redis.Redis.from_url(url).flushdb()  # the bench's own database
+    registry = Registry.from_settings(settings)
+    ids_of: dict[str, list[str]] = {}
+    store_s = timed(lambda: ids_of.update(store(registry, data.modules)))
+
+    cold = Router.from_settings(registry, embedder, settings)
+    cold_s = timed(cold.load_all)
+    save_s = timed(cold.save_snapshots)
+    snap_mib = sum(p.stat().st_size for p in folder.glob("*.npz")) / 2**20
+    del cold
+    live = change(registry, data, ids_of, args.changed)
+
+    rss_before = _rss_bytes()
+    router = Router.from_settings(registry, embedder, settings)
+    ready_s = timed(router.load_all)
+    rss = _rss_bytes() - rss_before
+    count, nbytes = router.index_stats(TENANT)
+    assert count == len(live), (count, len(live))
+    lat = latency(router, data.evalset, args.rounds)
+
+    # Recall of the exact top-k over what the router holds now: the paraphrase questions
+    # that a module answers (for unrelated ones the top k are near-ties among distant
+    # facts, and they go to base whatever they are), and fact-like queries (a held
+    # vector perturbed again).
+    k = settings.router_top_k
+    asked = [q for q, want in data.evalset.questions if want]
+    sets = {
+        "questions": embedder.embed(asked),
+        "fact-like": perturbed(data.matrix, 200, args.noise, seed=3),
+    }
+    live_ids, live_matrix = list(live), np.stack(list(live.values()))
+    del live
+    row_of = {f: i for i, f in enumerate(live_ids)}
+    truth = {name: exact_top(live_matrix, q, k) for name, q in sets.items()}
+
+    top1 = exact_top(live_matrix, sets["questions"], 1)
+
+    def recall(index: FactIndex) -> str:
+        at_k = [f"{name} {_recall(index, sets[name], truth[name], row_of, k):.4f}" for name in sets]
+        at_1 = _recall(index, sets["questions"], top1, row_of, 1)
+        return ", ".join(at_k) + f" (recall@1 questions {at_1:.4f})"
+
+    mib = 2**20 * len(data.matrix) / 1e6
+    print(
+        f"facts={args.facts}: {len(data.real)} generated texts embedded ({data.embed_s:.0f} s) "
+        f"plus the evaluation set's facts; the rest perturbed copies (noise {args.noise})"
+    )
+    print(f"store in Redis {store_s:.0f} s; cold load_all from Redis {cold_s:.1f} s")
+    print(f"snapshot write {save_s:.1f} s, {snap_mib:.0f} MiB")
+    print(
+        f"restart-to-ready (snapshot + {3 * args.changed} changed modules from Redis): "
+        f"{ready_s:.1f} s; cold / restart x{cold_s / ready_s:.1f}"
+    )
+    print(
+        f"route p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms (query embedding included, "
+        f"probe {settings.router_ivf_probe}); "
+        f"to module {lat['to_module']:.1%}, unrelated to base {lat['to_base']:.1%}"
+    )
+    index = router._indexes[TENANT]  # noqa: SLF001 - the bench reads the live index
+    assert isinstance(index, IvfIndex)
+    print(
+        f"{settings.router_ivf_codes} (restored): recall@{k} {recall(index)}; "
+        f"index {nbytes / mib:.0f} MiB per 1M facts; process RSS growth {rss / mib:.0f} MiB per 1M"
+    )
+    embed = [timed(partial(embedder.embed, [q])) for q in asked]
+    p50, p99 = _percentiles(embed)
+    print(f"query embedding alone: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    for probe in [settings.router_ivf_probe] + [int(p) for p in args.probes.split(",") if p]:
+        index.set_probe(probe)
+        search = [timed(partial(index.search, q, k)) for q in sets["questions"]]
+        print(
+            f"probe {probe}: recall@{k} {recall(index)}; search p99 "
+            f"{np.percentile(search, 99) * 1000:.2f} ms"
+        )
+    del router, index
+    for codes in [c for c in args.codes.split(",") if c]:
+        other = IvfIndex(
+            embedder.dim,
+            settings.router_ivf_lists,
+            settings.router_ivf_probe,
+            codes,  # type: ignore[arg-type]
+            settings.router_ivf_train_at,
+        )
+        build_s = timed(partial(other.upsert_many, live_ids, ["m"] * len(live_ids), live_matrix))
+        print(
+            f"{codes} (built at once in {build_s:.0f} s): recall@{k} {recall(other)}; "
+            f"index {other.nbytes / mib:.0f} MiB per 1M facts"
+        )
+        del other
+    redis.Redis.from_url(url).flushdb()
+
+
+def _recall(
+    index: FactIndex, queries: np.ndarray, truth: list[set[int]], row_of: dict[str, int], k: int
+) -> float:
+    """Share of the exact top-k rows that the index's top-k found."""
+    found = [{row_of[h.fact_id] for h in index.search(q, k)} for q in queries]
+    return float(np.mean([len(f & t) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+if __name__ == "__main__":
+    main()
