@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -292,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         del other
     redis.Redis.from_url(url).flushdb()
+    shutil.rmtree(folder)  # the snapshot: hundreds of MiB at a million facts
 
 
 def _recall(
