@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loramem.errors import InvalidRequest
-from loramem.names import served_name
+from loramem.names import public_served_name, served_name
 from loramem.registry import Registry
 
 # recipe.json: how the version was made (loramem/knobs.py VersionRecipe); the publisher
@@ -128,5 +128,6 @@ class AdapterStore:
             return AdapterRef(module, version, target)
         files = self.registry.modules.version_files(module, version)
         if checksum(files) != expected:
-            raise InvalidRequest(f"stored files of {served_name(module, version)} are corrupt")
+            shown = public_served_name(served_name(module, version))  # a client may see it
+            raise InvalidRequest(f"stored files of {shown} are corrupt")
         return self.write_local(module, version, files)

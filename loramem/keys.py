@@ -1,6 +1,7 @@
 """The Redis key schema. No other module spells a key name.
 
-Layout (all under the prefix `loramem:`):
+Layout (all under the prefix `loramem:`). A module `{name}` here is its id
+`<tenant>~<name>` (loramem/names.py), unique across tenants:
   fact:{tenant}:{id}            hash   text, module, embedding (float32 bytes), created_at_s
   tenant:{tenant}:facts         set    fact ids
   tenant:{tenant}:modules       set    module names

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from loramem.errors import ModelNotFound
-from loramem.names import parse_served_name, served_name
+from loramem.names import module_id, module_name, parse_served_name, public_served_name, served_name
 from loramem.registry import Registry
 from loramem.registry.merges import merge_is_current, merged_module_name
 from loramem.registry.modules import VersionInfo
@@ -40,8 +40,8 @@ log = logging.getLogger("loramem.router")
 
 @dataclass(frozen=True)
 class RouteDecision:
-    target: str  # engine model name: "<module>@v<N>" or the base model's name
-    module: str | None  # None when the base model answers
+    target: str  # engine model name: "<module id>@v<N>" or the base model's name
+    module: str | None  # the module's id; None when the base model answers
     # "module" (named or routed), "merged" (routed to a merged module), "base" (asked
     # for), "below_threshold"
     outcome: str
@@ -52,13 +52,18 @@ class RouteDecision:
     merge_wanted: list[str] = field(default_factory=list)
 
     @property
+    def public_target(self) -> str:
+        """The model name the tenant is shown: "<module>@v<N>" or the base model's."""
+        return public_served_name(self.target)
+
+    @property
     def header(self) -> str:
-        return self.target if self.module else "base"
+        return self.public_target if self.module else "base"
 
     @property
     def candidates_header(self) -> str:
         """Top modules with their aggregated scores, e.g. "m1:0.83,m2:0.41" ("" if none)."""
-        return ",".join(f"{m.module}:{m.score:.2f}" for m in self.modules)
+        return ",".join(f"{module_name(m.module)}:{m.score:.2f}" for m in self.modules)
 
 
 class Router:
@@ -151,11 +156,13 @@ class Router:
 
     def _named(self, tenant: str, model: str) -> RouteDecision:
         """`<module>` (its active version) or `<module>@v<N>` when N is the active version:
-        a replaced or retired version is never served again (its facts may be deleted)."""
-        module, version = parse_served_name(model) or (model, None)
+        a replaced or retired version is never served again (its facts may be deleted).
+        The name is looked up in the caller's namespace only."""
+        name, version = parse_served_name(model) or (model, None)
+        module = module_id(tenant, name)
         with self._lock:
             active = self._active.get(module)
-        if active is None or active[0] != tenant or "@" in module:
+        if active is None or active[0] != tenant or module_name(module) != name:
             # foreign modules look exactly like absent ones
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
         if version is not None and version != active[1] and not self._newer(module, version):
@@ -332,6 +339,7 @@ class Router:
             return (len(index), index.nbytes) if index is not None else (0, 0)
 
     def active_modules(self, tenant: str) -> dict[str, int]:
+        """The tenant's active modules by id, with their versions."""
         with self._lock:  # the event follower writes it from another thread
             return {m: v for m, (t, v) in self._active.items() if t == tenant}
 

@@ -11,6 +11,7 @@ from loramem.documents import split_document
 from loramem.engine import max_lora_rank, unserved_lora_shape
 from loramem.errors import InvalidRequest, NotFound
 from loramem.knobs import PartialTrainingKnobs
+from loramem.names import module_id, module_name, public_served_name
 from loramem.registry import Registry
 from loramem.registry.limits import TenantQuotas
 from loramem.settings import Settings
@@ -88,6 +89,7 @@ def _store(
     registry: Registry,
     router: Router,
 ) -> PostFactsResponse:
+    """`module`: a name in the tenant's namespace (None packs the facts)."""
     overrides = training.model_dump(exclude_none=True) if training else {}
     _check_servable(overrides, settings)
     vectors = router.embed([f.text for f in facts])
@@ -96,7 +98,7 @@ def _store(
         [f.text for f in facts],
         [f.id for f in facts],
         [to_bytes(v) for v in vectors],
-        module=module,
+        module=module_id(tenant, module) if module else None,
         training=overrides,
         quotas=TenantQuotas(
             settings.quota_facts,
@@ -105,7 +107,11 @@ def _store(
             settings.quota_adapter_bytes,
         ),
     )
-    return PostFactsResponse(job_id=job.id, fact_ids=fact_ids, module=job.module)
+    return _accepted(job.id, fact_ids, job.module)
+
+
+def _accepted(job_id: str, fact_ids: list[str], module: str) -> PostFactsResponse:
+    return PostFactsResponse(job_id=job_id, fact_ids=fact_ids, module=module_name(module))
 
 
 def _check_servable(overrides: dict[str, Any], settings: Settings) -> None:
@@ -165,7 +171,7 @@ async def put_fact(
     def replace() -> PostFactsResponse:
         vector = router.embed([body.text])[0]
         job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
-        return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
+        return _accepted(job.id, [fact_id], job.module)
 
     return await ingest.run(replace)
 
@@ -175,13 +181,13 @@ async def put_fact(
 )
 def delete_fact(fact_id: str, caller: WriterDep, registry: RegistryDep) -> PostFactsResponse:
     job = registry.facts.delete(caller.tenant, fact_id)
-    return PostFactsResponse(job_id=job.id, fact_ids=[fact_id], module=job.module)
+    return _accepted(job.id, [fact_id], job.module)
 
 
 @api.get("/facts", response_model=list[FactOut])
 def list_facts(caller: ReaderDep, registry: RegistryDep) -> list[FactOut]:
     return [
-        FactOut(id=f.id, text=f.text, module=f.module)
+        FactOut(id=f.id, text=f.text, module=module_name(f.module))
         for f in registry.facts.of_tenant(caller.tenant)
     ]
 
@@ -213,9 +219,9 @@ def cancel_job(job_id: str, caller: WriterDep, registry: RegistryDep) -> JobOut:
 def list_modules(caller: ReaderDep, registry: RegistryDep) -> list[ModuleOut]:
     return [
         ModuleOut(
-            name=m.name,
+            name=module_name(m.name),
             active_version=m.active_version or None,
-            served_name=m.active_name,
+            served_name=public_served_name(m.active_name) if m.active_name else None,
             fact_count=m.fact_count,
         )
         for m in registry.modules.of_tenant(caller.tenant)

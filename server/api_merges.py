@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from loramem.engine import max_lora_rank
 from loramem.errors import InvalidRequest
-from loramem.names import served_name
+from loramem.names import module_id, module_name, served_name
 from loramem.registry.merges import merged_rank
 from server.deps import ReaderDep, RegistryDep, SettingsDep, WriterDep
 from server.protocol import MergeOut, PostMergeRequest, PostMergeResponse
@@ -24,28 +24,30 @@ def post_merge(
     if body.weights is not None and len(body.weights) != len(body.modules):
         raise InvalidRequest("weights must hold one weight per module", param="weights")
     combination = body.combination or settings.merge_combination
-    # Everything is checked before anything is written: unknown or foreign modules 404.
-    versions = registry.merges.source_versions(caller.tenant, body.modules)
+    sources = [module_id(caller.tenant, name) for name in body.modules]  # its own namespace
+    # Everything is checked before anything is written: unknown modules 404.
+    versions = registry.merges.source_versions(caller.tenant, sources)
     ranks = [registry.modules.version(m, v).recipe.rank for m, v in versions.items()]
     merged_rank(ranks, combination, max_lora_rank(settings))  # refuses a cat that won't fit
-    job, _queued = registry.merges.request(caller.tenant, body.modules, combination, body.weights)
-    return PostMergeResponse(job_id=job.id, module=job.module)
+    job, _queued = registry.merges.request(caller.tenant, sources, combination, body.weights)
+    return PostMergeResponse(job_id=job.id, module=module_name(job.module))
 
 
 @api.get("/merges", response_model=list[MergeOut])
 def list_merges(caller: ReaderDep, registry: RegistryDep) -> list[MergeOut]:
     out = []
     for spec in registry.merges.of_tenant(caller.tenant):
-        active = spec.active_version
+        active, name = spec.active_version, module_name(spec.name)
+        built_from = registry.merges.built_from(spec)
         out.append(
             MergeOut(
-                name=spec.name,
-                sources=spec.sources,
+                name=name,
+                sources=[module_name(s) for s in spec.sources],
                 combination=spec.combination,
                 weights=spec.weights,
                 active_version=active or None,
-                served_name=served_name(spec.name, active) if active else None,
-                built_from=registry.merges.built_from(spec),
+                served_name=served_name(name, active) if active else None,
+                built_from={module_name(m): v for m, v in built_from.items()},
                 current=registry.merges.is_current(spec),
             )
         )

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from loramem.names import module_name
 from loramem.registry import Registry
 from loramem.settings import Settings
 from server.completions import Completion, CompletionService, chunk_tokens
@@ -119,7 +120,8 @@ async def _counting(
 @api.get("/v1/models")
 def list_models(caller: ReaderDep, router: RouterDep) -> dict:
     created = int(time.time())
-    names = ["auto", router.base_name] + sorted(router.active_modules(caller.tenant))
+    modules = [module_name(m) for m in router.active_modules(caller.tenant)]
+    names = ["auto", router.base_name] + sorted(modules)
     return {
         "object": "list",
         "data": [

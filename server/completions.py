@@ -128,8 +128,10 @@ class CompletionService:
         self.metrics.latency.labels(label).observe(time.perf_counter() - started)
         if reply.status_code != 200:
             self.metrics.request_errors.labels(str(reply.status_code)).inc()
-            return Completion(decision, mode, engine, reply.status_code, content=reply.content)
+            content = _public_content(decision, reply.content)
+            return Completion(decision, mode, engine, reply.status_code, content=content)
         payload = reply.json()
+        payload["model"] = decision.public_target  # the engine's name holds the module id
         usage = payload.get("usage") or {}
         self.metrics.tokens_out.labels(label).inc(usage.get("completion_tokens", 0))
         return Completion(decision, mode, engine, 200, payload=payload)
@@ -146,18 +148,26 @@ class CompletionService:
         """The engine's SSE stream, relayed; the upstream is released once it has ended."""
         reply = upstream.reply
         if reply.status_code != 200:
-            content = await reply.aread()
+            content = _public_content(decision, await reply.aread())
             await reply.aclose()
             upstream.release()
             self.metrics.request_errors.labels(str(reply.status_code)).inc()
             return Completion(decision, mode, engine, reply.status_code, content=content)
-        lines = self._relay(reply, label, started, upstream.release)
+        lines = self._relay(reply, decision, label, started, upstream.release)
         return Completion(decision, mode, engine, 200, stream=lines)
 
     async def _relay(
-        self, reply: httpx.Response, label: str, started: float, release: Callable[[], None]
+        self,
+        reply: httpx.Response,
+        decision: RouteDecision,
+        label: str,
+        started: float,
+        release: Callable[[], None],
     ) -> AsyncIterator[bytes]:
         first = True
+        # Every chunk names the engine's model, which holds the module id: show the name.
+        engine_model = f'"model":{json.dumps(decision.target)}'
+        shown_model = f'"model":{json.dumps(decision.public_target)}'
         try:
             async for line in reply.aiter_lines():
                 if first:
@@ -165,6 +175,7 @@ class CompletionService:
                     first = False
                 if line.startswith("data: ") and line != "data: [DONE]":
                     self.metrics.tokens_out.labels(label).inc(chunk_tokens(line[6:]))
+                    line = line.replace(engine_model, shown_model, 1)
                 yield (line + "\n").encode()
         except httpx.TransportError as exc:  # the engine died or hung mid-answer
             log.warning("stream from the engine cut: %s", exc)
@@ -174,6 +185,12 @@ class CompletionService:
             await reply.aclose()
             release()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+def _public_content(decision: RouteDecision, content: bytes) -> bytes:
+    """An engine's error body with the engine-side model name (it holds the module id)
+    replaced by the name the tenant knows."""
+    return content.replace(decision.target.encode(), decision.public_target.encode())
 
 
 def stream_error_event(message: str) -> bytes:

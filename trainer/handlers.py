@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from loramem.names import module_name
 from loramem.registry.facts import Fact
 from loramem.registry.jobs import Job, JobStatus
 from trainer.context import TrainerContext
@@ -78,5 +79,5 @@ def split(ctx: TrainerContext, job: Job, facts: list[Fact], run: TrainingRun) ->
     the facts kept are trained again, from scratch."""
     keep, move = facts[: len(facts) // 2], facts[len(facts) // 2 :]
     moved = ctx.registry.facts.split(job.module, job.tenant, [f.id for f in move], job.training)
-    run.progress.setdefault("split_into", []).append(moved.module)
+    run.progress.setdefault("split_into", []).append(module_name(moved.module))  # shown
     return keep

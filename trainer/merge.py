@@ -21,6 +21,7 @@ from loramem.adapter_store import read_files
 from loramem.engine import max_lora_rank
 from loramem.errors import LoramemError
 from loramem.knobs import MergeRecipe, VersionRecipe
+from loramem.names import module_name
 from loramem.registry.jobs import Job
 from loramem.registry.merges import merged_rank
 from trainer import train as training
@@ -79,7 +80,8 @@ def build_merge(ctx: TrainerContext, job: Job) -> Artifact:
     """The merge job: combine the sources' active versions into one adapter."""
     registry, settings = ctx.registry, ctx.settings
     spec = registry.merges.get(job.module)
-    registry.jobs.skip_to_publishing(job.id, {"phase": "merging", "sources": spec.sources})
+    shown = [module_name(s) for s in spec.sources]  # progress is what the tenant sees
+    registry.jobs.skip_to_publishing(job.id, {"phase": "merging", "sources": shown})
     try:
         versions = registry.merges.source_versions(spec.tenant, spec.sources)
     except LoramemError as exc:  # a source was retired or replaced by something foreign

@@ -14,7 +14,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, NotFound
-from loramem.names import is_reserved_module_name, new_id
+from loramem.names import is_module_of, is_reserved_module_name, module_id, module_name, new_id
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, stage_job
 from loramem.registry.limits import TenantQuotas
@@ -46,7 +46,8 @@ class FactStore:
         quotas: TenantQuotas | None = None,
     ) -> tuple[Job, list[str]]:
         """Store facts and queue the job that trains them into a module, atomically; over
-        a quota (checked in the same transaction) nothing is stored."""
+        a quota (checked in the same transaction) nothing is stored. `module` is the id of
+        a module of `tenant` (loramem/names.py module_id); None packs the facts."""
         ids = [fid or new_id() for fid in fact_ids]
         if len(set(ids)) != len(ids):
             raise Conflict("fact ids in one request must be unique", param="facts")
@@ -57,13 +58,13 @@ class FactStore:
             if existing:
                 raise Conflict(f"fact id already exists: {existing[0]}", param="facts")
             target = module or self._packing_target(pipe, tenant, len(ids))
-            owner = _target_owner(pipe, tenant, target, chosen=module is not None)
+            exists = _check_target(pipe, tenant, target, chosen=module is not None)
             if quotas is not None:
-                quotas.check(pipe, tenant, len(ids), new_module=owner is None)
+                quotas.check(pipe, tenant, len(ids), new_module=not exists)
             job.module = target
             now = time.time()
             pipe.multi()
-            if owner is None:
+            if not exists:
                 stage_module(pipe, tenant, target)
             if module is None:
                 pipe.set(keys.tenant_open_module(tenant), target)
@@ -93,7 +94,7 @@ class FactStore:
             pipe.watch(keys.module_facts(name))
             if pipe.scard(keys.module_facts(name)) + count <= self.module_capacity_facts:
                 return name
-        return "m-" + new_id()[:10]
+        return module_id(tenant, "m-" + new_id()[:10])
 
     def replace(self, tenant: str, fact_id: str, text: str, embedding: bytes) -> Job:
         """New text for a fact, and the job that retrains its module with it."""
@@ -130,7 +131,7 @@ class FactStore:
         """Move facts into a new module of the same tenant and queue its training job.
         Atomic against edits and deletes (WATCH on each fact): a fact deleted or moved
         since the trainer read it is skipped, never brought back as a text-less hash."""
-        target = f"{module[:37]}-s{new_id()[:6]}"
+        target = module_id(tenant, f"{module_name(module)[:37]}-s{new_id()[:6]}")
         job = Job(id=new_id(), tenant=tenant, module=target, training=training)
 
         def write(pipe: redis.client.Pipeline) -> None:
@@ -172,23 +173,19 @@ class FactStore:
         ]
 
 
-def _target_owner(
-    pipe: redis.client.Pipeline, tenant: str, target: str, chosen: bool
-) -> bytes | None:
-    """The target module's tenant (None: a new module). Refuses, with one answer that does
-    not say which, another tenant's module, a merged one (its facts belong to its sources),
-    and a new module that the client named (`chosen`) in a form the system names its own
-    modules with (packed, split or merged: one chosen first would be squatted). Names are
-    global, so refusing a free-looking name still tells that some tenant holds it (README,
-    Security)."""
-    owner = pipe.hget(keys.module(target), "tenant")
-    if (
-        (owner is not None and decode(owner) != tenant)
-        or pipe.hexists(keys.module(target), "sources")
-        or (chosen and owner is None and is_reserved_module_name(target))
-    ):
-        raise Conflict(f"module name is not available: {target}", param="module")
-    return owner  # type: ignore[no-any-return]
+def _check_target(pipe: redis.client.Pipeline, tenant: str, target: str, chosen: bool) -> bool:
+    """Whether the target module exists. Refuses, with one answer that does not say which,
+    a merged module (its facts belong to its sources) and a new module that the client
+    named (`chosen`) in a form the system names its own modules with (packed, split or
+    merged: one chosen first would be squatted). Names are per tenant, so no other
+    tenant's module is ever in question: an id outside `tenant`'s namespace is a bug."""
+    if not is_module_of(tenant, target):
+        raise ValueError(f"module {target!r} is not in tenant {tenant!r}'s namespace")
+    raw = pipe.hmget(keys.module(target), "tenant", "sources")
+    exists, merged = raw[0] is not None, raw[1] is not None
+    if merged or (chosen and not exists and is_reserved_module_name(module_name(target))):
+        raise Conflict(f"module name is not available: {module_name(target)}", param="module")
+    return exists
 
 
 def _fact(tenant: str, fact_id: str, raw: dict[bytes, bytes]) -> Fact:

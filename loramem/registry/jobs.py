@@ -23,6 +23,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, NotFound
+from loramem.names import module_name
 from loramem.registry.codec import decode, encode
 
 
@@ -88,10 +89,11 @@ class Job:
     training: dict[str, Any] = field(default_factory=dict)  # knobs this job overrides
 
     def public(self) -> dict[str, Any]:
+        """What the job's tenant is shown: the module by its name in the tenant's namespace."""
         return {
             "id": self.id,
             "status": self.status.value,
-            "module": self.module,
+            "module": module_name(self.module),
             "version": self.version,
             "progress": self.progress,
             "error": self.error,

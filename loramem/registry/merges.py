@@ -12,7 +12,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, InvalidRequest, NotFound
-from loramem.names import new_id, served_name
+from loramem.names import module_id, module_name, new_id, served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, JobStatus, JobStore, stage_job
 from loramem.registry.modules import ModuleStore, stage_module
@@ -29,10 +29,11 @@ def merge_recipe(sources: list[str], weights: list[float] | None) -> tuple[list[
 def merged_module_name(
     tenant: str, sources: list[str], combination: str, weights: list[float] | None = None
 ) -> str:
-    """The same tenant, sources, combination and weights (in any order) always name the
-    same merged module; its versions follow the sources' versions."""
+    """The same tenant, sources (module ids), combination and weights (in any order)
+    always name the same merged module (the id is returned); its versions follow the
+    sources' versions."""
     recipe = [tenant, combination, *merge_recipe(sources, weights)]
-    return "mx-" + hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
+    return module_id(tenant, "mx-" + hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12])
 
 
 def merged_rank(ranks: list[int], combination: str, max_rank: int) -> int:
@@ -132,7 +133,7 @@ class MergeStore:
     def get(self, name: str) -> MergeSpec:
         raw = self._redis.hgetall(keys.module(name))
         if not raw or b"sources" not in raw:
-            raise NotFound(f"merged module not found: {name}")
+            raise NotFound(f"merged module not found: {module_name(name)}")
         return MergeSpec(
             name=name,
             tenant=decode(raw[b"tenant"]),
@@ -167,11 +168,13 @@ def _source_versions(
     for source in sources:
         raw = client.hgetall(keys.module(source))
         if not raw or decode(raw[b"tenant"]) != tenant:  # foreign looks like absent
-            raise NotFound(f"module not found: {source}", param="modules")
+            raise NotFound(f"module not found: {module_name(source)}", param="modules")
         if b"sources" in raw:
-            raise InvalidRequest(f"module {source} is itself a merge", param="modules")
+            raise InvalidRequest(f"module {module_name(source)} is itself a merge", param="modules")
         active = int(raw.get(b"active_version", 0))
         if not active:
-            raise Conflict(f"module {source} has no published version yet", param="modules")
+            raise Conflict(
+                f"module {module_name(source)} has no published version yet", param="modules"
+            )
         versions[source] = active
     return versions

@@ -17,7 +17,7 @@ import redis
 from loramem import keys
 from loramem.errors import LockLost, NotFound
 from loramem.knobs import VersionRecipe
-from loramem.names import parse_served_name, served_name
+from loramem.names import module_name, parse_served_name, public_served_name, served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
 
@@ -81,7 +81,7 @@ class ModuleStore:
         pipe.scard(keys.module_facts(name))
         raw, count = pipe.execute()
         if not raw:
-            raise NotFound(f"module not found: {name}")
+            raise NotFound(f"module not found: {module_name(name)}")
         return ModuleInfo(
             name=name,
             tenant=decode(raw[b"tenant"]),
@@ -218,7 +218,7 @@ class ModuleStore:
     def version(self, module: str, version: int) -> VersionInfo:
         raw = self._redis.hgetall(keys.version(module, version))
         if not raw:
-            raise NotFound(f"version not found: {served_name(module, version)}")
+            raise NotFound(f"version not found: {public_served_name(served_name(module, version))}")
         return _version_info(module, version, raw)
 
     def active_versions(self, tenant: str) -> list[VersionInfo]:

@@ -6,6 +6,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -109,7 +110,7 @@ def test_published_module_is_listed_and_foreign_names_are_404(
         "/facts", json={"facts": ["secret"]}, headers={"x-loramem-tenant": "a"}
     ).json()
     registry.modules.publish(
-        VersionInfo(body["module"], 1, "a", body["fact_ids"], 1.0, "c", TRAINED), {}
+        VersionInfo(module_id("a", body["module"]), 1, "a", body["fact_ids"], 1.0, "c", TRAINED), {}
     )
     name = f"{body['module']}@v1"
     deadline_models = []
@@ -157,7 +158,7 @@ def test_put_and_delete_queue_a_retrain_of_the_facts_module(
     deleted = client.delete("/facts/l1")
     assert deleted.status_code == 202 and deleted.json()["module"] == body["module"]
     assert client.get("/facts").json() == []
-    assert registry.modules.get(body["module"]).fact_count == 0
+    assert registry.modules.get(module_id("default", body["module"])).fact_count == 0
 
 
 def test_edits_of_missing_or_foreign_facts_are_404_and_change_nothing(

@@ -14,6 +14,7 @@ import redis
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -139,8 +140,9 @@ def _publish_b(client: TestClient, registry: Registry, b: dict[str, str]) -> dic
     first = posted[0].json()
     for reply in posted:
         body = reply.json()
+        module = module_id("b", body["module"])
         registry.modules.publish(
-            VersionInfo(body["module"], 1, "b", body["fact_ids"], 1.0, "c", TRAINED), {}
+            VersionInfo(module, 1, "b", body["fact_ids"], 1.0, "c", TRAINED), {}
         )
     merge = client.post("/merges", json={"modules": ["bm1", "bm2"]}, headers=b)
     assert merge.status_code == 202, merge.text
@@ -258,35 +260,35 @@ def test_auth_off_keeps_the_tenant_header(
 
 
 def test_every_refused_module_name_gets_one_answer(client: TestClient, registry: Registry) -> None:
-    """Another tenant's module, a merged module and a new name in a system form (packed,
-    split, merged) are refused alike: the answer does not say which."""
+    """A new name in a system form (packed, split, merged) is refused, so that none can be
+    squatted; the answer does not say which."""
     b = make_key(registry, "b", "writer")
     client.post("/facts", json={"facts": ["B secret."], "module": "bm1"}, headers=b)
     a = make_key(registry, "a", "writer")
     packed = client.post("/facts", json={"facts": ["A fact."]}, headers=a).json()["module"]
     assert packed.startswith("m-")
-    for name in ["bm1", "m-0123456789", "mx-0123456789ab", "notes-s0a1b2c"]:
+    for name in ["m-0123456789", "mx-0123456789ab", "notes-s0a1b2c"]:
         reply = client.post("/facts", json={"facts": ["mine"], "module": name}, headers=a)
         assert assert_error(reply, 409)["message"] == f"module name is not available: {name}"
     # its own packed module stays open to it by name; names near the forms are free
     for name in [packed, "m", "mxy-1", "notes-s0a1b2", "notes-sxa1b2c"]:
         reply = client.post("/facts", json={"facts": ["mine"], "module": name}, headers=a)
         assert reply.status_code == 202, (name, reply.text)
-    assert {f.module for f in registry.facts.of_tenant("b")} == {"bm1"}
+    assert {f.module for f in registry.facts.of_tenant("b")} == {module_id("b", "bm1")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="module names are global, not per tenant: a free-looking name that another "
-    "tenant holds is refused (409 'module name is not available') where a free one is "
-    "accepted, which tells that some tenant holds it",
-)
 def test_naming_a_foreign_module_tells_nothing(client: TestClient, registry: Registry) -> None:
+    """Module names are per tenant: a name another tenant holds is as free as any other,
+    and taking it makes a module of one's own."""
     b = make_key(registry, "b", "writer")
     client.post("/facts", json={"facts": ["B secret."], "module": "bm1"}, headers=b)
     a = make_key(registry, "a", "writer")
     seen = client.post("/facts", json={"facts": ["mine"], "module": "bm1"}, headers=a)
-    assert seen.status_code == 202
+    unseen = client.post("/facts", json={"facts": ["mine too"], "module": "free"}, headers=a)
+    assert (seen.status_code, unseen.status_code) == (202, 202)
+    assert seen.json()["module"] == "bm1"
+    assert [f.text for f in registry.facts.of_module(module_id("a", "bm1"), "a")] == ["mine"]
+    assert [f.text for f in registry.facts.of_module(module_id("b", "bm1"), "b")] == ["B secret."]
 
 
 def test_the_openai_client_sends_its_api_key_as_ours(

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -40,7 +41,7 @@ def test_published_modules_and_merges_are_routed_within_a_second(
     follower.start()
     try:
         lags = {}
-        for module, text in (("ann", ANN), ("bob", BOB)):
+        for module, text in ((module_id("t", "ann"), ANN), (module_id("t", "bob"), BOB)):
             _job, ids = registry.facts.add(
                 "t", [text], [None], [to_bytes(router.embed([text])[0])], module
             )
@@ -48,9 +49,9 @@ def test_published_modules_and_merges_are_routed_within_a_second(
             lags[module] = _routed_after_publish_ms(registry, router, module, text)
 
         both = "What are the phone numbers of Ann Lee and Bob Ray?"
-        job, queued = registry.merges.request("t", ["ann", "bob"], settings.merge_combination, None)
+        sources = {module_id("t", "ann"): 1, module_id("t", "bob"): 1}
+        job, queued = registry.merges.request("t", list(sources), settings.merge_combination, None)
         assert queued
-        sources = {"ann": 1, "bob": 1}
         merged = VersionInfo(job.module, 1, "t", [], math.nan, "c", merged_recipe(sources), sources)
         registry.modules.publish(merged, {})
         lags["merged"] = _routed_after_publish_ms(registry, router, job.module, both, merge=True)

@@ -16,6 +16,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -76,11 +77,11 @@ def test_chat_goes_on_while_redis_is_paused(
         forwarder = client.app.state.completions.forwarder  # type: ignore[attr-defined]
         forwarder.http = httpx.AsyncClient(transport=httpx.MockTransport(_engine))
         body = client.post("/facts", json={"facts": ["the sky is green"]}).json()
-        module = body["module"]
+        module = module_id("default", body["module"])
         registry.modules.publish(
             VersionInfo(module, 1, "default", body["fact_ids"], 1.0, "c", TRAINED), {}
         )
-        chat = {"model": f"{module}@v1", "messages": [{"role": "user", "content": "sky?"}]}
+        chat = {"model": f"{body['module']}@v1", "messages": [{"role": "user", "content": "sky?"}]}
         deadline = time.monotonic() + 10
         while (reply := client.post("/v1/chat/completions", json=chat)).status_code != 200:
             assert time.monotonic() < deadline, reply.text  # the follower applies the publish

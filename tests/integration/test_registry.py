@@ -5,6 +5,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.jobs import InvalidTransition, JobStatus
 from loramem.registry.modules import VersionInfo
@@ -12,7 +13,9 @@ from tests.recipes import TRAINED
 
 
 def add(registry: Registry, tenant: str, texts: list[str], module: str | None = None):
-    return registry.facts.add(tenant, texts, [None] * len(texts), [b""] * len(texts), module)
+    """`module`: a name in the tenant's namespace."""
+    target = module_id(tenant, module) if module else None
+    return registry.facts.add(tenant, texts, [None] * len(texts), [b""] * len(texts), target)
 
 
 def test_facts_and_job_are_stored_together(registry: Registry, redis_client: redis.Redis) -> None:
@@ -45,10 +48,18 @@ def test_duplicate_fact_id_is_refused_and_nothing_is_written(
     assert redis_client.dbsize() == before
 
 
-def test_a_tenant_cannot_write_into_another_tenants_module(registry: Registry) -> None:
-    add(registry, "t1", ["a"], module="shared")
-    with pytest.raises(Conflict):
-        add(registry, "t2", ["b"], module="shared")
+def test_one_module_name_in_two_tenants_is_two_modules(registry: Registry) -> None:
+    first, _ = add(registry, "t1", ["a"], module="shared")
+    second, _ = add(registry, "t2", ["b"], module="shared")
+    assert first.module != second.module
+    assert [f.text for f in registry.facts.of_module(first.module, "t1")] == ["a"]
+    assert [f.text for f in registry.facts.of_module(second.module, "t2")] == ["b"]
+    assert [m.tenant for m in map(registry.modules.get, [first.module, second.module])] == [
+        "t1",
+        "t2",
+    ]
+    with pytest.raises(ValueError):  # an id outside the caller's namespace is a bug
+        registry.facts.add("t2", ["c"], [None], [b""], module=first.module)
 
 
 def test_transitions_are_checked(registry: Registry) -> None:

@@ -16,6 +16,7 @@ import redis
 
 from loramem import keys
 from loramem.adapter_store import AdapterStore
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.jobs import Job, JobStatus
 from loramem.registry.modules import VersionInfo
@@ -106,7 +107,7 @@ def test_a_job_that_kills_its_workers_is_dead_lettered_and_the_next_is_served(
         return Covered(1)
 
     monkeypatch.setattr(handlers, "handle", handle)
-    deadly, _ = registry.facts.add("t1", ["a"], [None], [b""], module="deadly")
+    deadly, _ = registry.facts.add("t1", ["a"], [None], [b""], module=module_id("t1", "deadly"))
     claim = registry.queue.claim("dead-1", block_ms=10)  # delivery 1: it died
     assert claim is not None
     for dead in ("dead-2", "dead-3"):  # two more workers took it over and died too
@@ -115,7 +116,7 @@ def test_a_job_that_kills_its_workers_is_dead_lettered_and_the_next_is_served(
     redis_client.xclaim(  # and it has been idle long since
         claim.stream, keys.TRAINER_GROUP, "dead-3", 0, [claim.entry_id], idle=10**6, justid=True
     )
-    behind, _ = registry.facts.add("t1", ["b"], [None], [b""], module="healthy")
+    behind, _ = registry.facts.add("t1", ["b"], [None], [b""], module=module_id("t1", "healthy"))
 
     assert worker.run_once()  # reclaims the deadly job: a fourth delivery is refused
     job = registry.jobs.get(deadly.id)
@@ -170,7 +171,8 @@ def test_many_publish_cycles_leave_storage_bounded(
         return Artifact(job.module, adapter_files(256 * 1024), TRAINED, ids, 1.0)
 
     monkeypatch.setattr(handlers, "handle", train)
-    job, [fact_id] = registry.facts.add("t1", ["x is 0"], [None], [b"\0" * 1536], module="m")
+    module = module_id("t1", "m")
+    job, [fact_id] = registry.facts.add("t1", ["x is 0"], [None], [b"\0" * 1536], module=module)
     assert worker.run_once()
     figures: dict[int, tuple[int, int]] = {}
     for cycle in range(1, 201):
@@ -179,7 +181,7 @@ def test_many_publish_cycles_leave_storage_bounded(
         if cycle in (20, 200):
             info = redis_client.info("memory")
             figures[cycle] = (used_bytes(redis_client), int(info["used_memory"]))
-    assert registry.modules.get("m").active_version == 201
+    assert registry.modules.get(job.module).active_version == 201
     (after_20, server_20), (after_200, server_200) = figures[20], figures[200]
     print(
         f"\n[retention] db bytes after 20 cycles: {after_20}, after 200: {after_200} "

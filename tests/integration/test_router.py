@@ -3,6 +3,7 @@
 import pytest
 
 from loramem.errors import ModelNotFound
+from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from router.embedder import to_bytes
@@ -16,9 +17,11 @@ JEFFREY = "The phone number of Jeffrey Buck is 603-556-7631."
 def publish(
     registry: Registry, router: Router, tenant: str, texts: list[str], module: str | None = None
 ) -> str:
+    """Publish `texts` as a module (`module`: a name in the tenant's namespace); its id."""
     vectors = router.embedder.embed(texts)
+    target = module_id(tenant, module) if module else None
     job, ids = registry.facts.add(
-        tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
+        tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], target
     )
     registry.modules.publish(VersionInfo(job.module, 1, tenant, ids, 1.0, "c", TRAINED), {})
     router.apply_published(tenant, job.module, 1)
@@ -38,7 +41,7 @@ def test_nearest_fact_picks_its_module(registry: Registry, router: Router) -> No
     assert (decision.target, decision.outcome) == (f"{module}@v1", "module")
     assert decision.score is not None and decision.score > 0.4
     assert [m.module for m in decision.modules] == [module]
-    assert decision.candidates_header == f"{module}:{decision.modules[0].score:.2f}"
+    assert decision.candidates_header == f"{module_name(module)}:{decision.modules[0].score:.2f}"
 
 
 def test_unrelated_query_goes_to_base(registry: Registry, router: Router) -> None:
@@ -57,7 +60,7 @@ def test_top_module_wins_and_the_others_are_reported(registry: Registry, router:
     decision = router.route("t", "auto", "What is the phone number of Jeffrey Buck?")
     assert decision.module == phones
     assert decision.modules[0].module == phones
-    assert decision.candidates_header.startswith(f"{phones}:")
+    assert decision.candidates_header.startswith(f"{module_name(phones)}:")
     assert router.route("t", "auto", "Does grass look green?").module == grass
 
 
@@ -65,7 +68,7 @@ def test_routing_never_crosses_tenants(registry: Registry, router: Router) -> No
     module = publish(registry, router, "a", [JEFFREY])
     assert router.route("b", "auto", "What is the phone number of Jeffrey Buck?").module is None
     with pytest.raises(ModelNotFound):
-        router.route("b", module, "x")
+        router.route("b", module_name(module), "x")
 
 
 def test_near_identical_facts_of_another_tenant_are_invisible(
@@ -76,9 +79,9 @@ def test_near_identical_facts_of_another_tenant_are_invisible(
     for question in (JEFFREY, "What is the phone number of Jeffrey Buck?", "Jeffrey Buck phone"):
         decision = router.route("b", "auto", question)
         assert decision.module == b
-        assert a not in decision.candidates_header
+        assert module_name(a) not in decision.candidates_header
         assert {h.module for h in decision.candidates} == {b}
-    for name in (a, f"{a}@v1", f"{a}@v2"):
+    for name in (module_name(a), f"{module_name(a)}@v1", a, f"{a}@v1"):
         with pytest.raises(ModelNotFound):
             router.route("b", name, "What is the phone number of Jeffrey Buck?")
     assert router.active_modules("b") == {b: 1}
@@ -86,10 +89,12 @@ def test_near_identical_facts_of_another_tenant_are_invisible(
 
 def test_named_module_and_base(registry: Registry, router: Router) -> None:
     module = publish(registry, router, "t", ["a fact"])
-    assert router.route("t", module, "anything").target == f"{module}@v1"
+    named = router.route("t", module_name(module), "anything")
+    assert (named.target, named.header) == (f"{module}@v1", f"{module_name(module)}@v1")
     assert router.route("t", "base-model", "anything").header == "base"
-    with pytest.raises(ModelNotFound):
-        router.route("t", f"{module}@vX", "anything")
+    for model in (f"{module_name(module)}@vX", module):  # by name, not by id
+        with pytest.raises(ModelNotFound):
+            router.route("t", model, "anything")
 
 
 def test_retired_module_is_no_longer_routed(registry: Registry, router: Router) -> None:
@@ -97,7 +102,7 @@ def test_retired_module_is_no_longer_routed(registry: Registry, router: Router) 
     router.apply_retired(module)
     assert router.route("t", "auto", "What is the phone number of Jeffrey Buck?").module is None
     with pytest.raises(ModelNotFound):
-        router.route("t", module, "x")
+        router.route("t", module_name(module), "x")
 
 
 def test_a_new_version_replaces_the_facts_it_no_longer_holds(

@@ -13,6 +13,7 @@ import pytest
 
 from evaluation.router_set import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
 from loramem.datasets import WHERE_TO_GET
+from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -40,7 +41,8 @@ def evalset() -> EvalSet:
     return eval_set(data_dir)
 
 
-def publish(registry: Registry, router: Router, tenant: str, module: str, texts: list[str]) -> None:
+def publish(registry: Registry, router: Router, tenant: str, name: str, texts: list[str]) -> None:
+    module = module_id(tenant, name)
     vectors = router.embed(texts)
     _job, ids = registry.facts.add(
         tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
@@ -64,14 +66,14 @@ def test_paraphrases_reach_their_module_and_unrelated_questions_base(
     assert router.route("t", "auto", jeffrey).module is None  # nothing published yet
     publish(registry, router, "t", PHONEBOOK, evalset.modules[PHONEBOOK])
     decision = router.route("t", "auto", jeffrey)  # routed the moment it is published
-    assert (decision.target, decision.outcome) == (f"{PHONEBOOK}@v1", "module")
+    assert (decision.header, decision.outcome) == (f"{PHONEBOOK}@v1", "module")
     for module in (COUNTERFACT, PAPERQA):
         publish(registry, router, "t", module, evalset.modules[module])
 
     misses = []
     for question, want in evalset.questions:
         decision = router.route("t", "auto", question)
-        if decision.module != want:
+        if (decision.module and module_name(decision.module)) != want:
             misses.append((question, want, decision.module, decision.candidates_header))
     asked = [want for _q, want in evalset.questions]
     in_domain = sum(1 for w in asked if w is not None)
@@ -91,4 +93,4 @@ def test_another_tenant_never_reaches_these_modules(
         decision = router.route("b", "auto", fact)
         assert decision.module is None
         assert PHONEBOOK not in decision.candidates_header
-        assert all(h.module == "b-notes" for h in decision.candidates)
+        assert all(h.module == module_id("b", "b-notes") for h in decision.candidates)

@@ -13,6 +13,7 @@ import pytest
 from loramem.base_model import prepare_base_model
 from loramem.datasets import phonebook
 from loramem.engine import EngineClient
+from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.jobs import JobStatus
 from loramem.settings import Settings
@@ -102,7 +103,9 @@ def test_below_the_gate_a_module_is_split(settings: Settings, registry: Registry
     worker = _run_one_job(settings, registry)
     failed = registry.jobs.get(job.id)  # one step cannot store even one fact: it still fails
     assert failed.status is JobStatus.FAILED
-    [moved_to] = failed.progress["split_into"]
+    [moved_name] = failed.progress["split_into"]  # as the tenant knows it
+    moved_to = module_id("t", moved_name)
+    assert moved_name.startswith(module_name(job.module)[:37] + "-s")
     assert {f.id for f in registry.facts.of_module(job.module, "t")} | {
         f.id for f in registry.facts.of_module(moved_to, "t")
     } == set(ids)

@@ -11,6 +11,7 @@ import httpx
 import redis
 
 from loramem.queue import Claim
+from router.router import RouteDecision
 from server.completions import CompletionService
 from server.engines import EnginePool
 from server.forwarding import EngineForwarder
@@ -55,23 +56,34 @@ def test_a_non_streamed_request_fails_over_on_timeouts_and_read_errors() -> None
 
 class _CutStream(httpx.AsyncByteStream):
     async def __aiter__(self):  # type: ignore[no-untyped-def]
-        yield b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n'
+        yield b'data: {"model":"t~m@v1","choices":[{"delta":{"content":"Hi t~m@v1"}}]}\n\n'
         raise httpx.ReadError("engine died")
 
 
-def test_a_stream_cut_mid_way_ends_with_an_error_event_and_is_counted() -> None:
-    metrics = GatewayMetrics()
-
+def _relayed(metrics: GatewayMetrics) -> list[bytes]:
     async def go() -> list[bytes]:
         reply = httpx.Response(200, stream=_CutStream())
         service = CompletionService.__new__(CompletionService)
         service.metrics = metrics
-        return [line async for line in service._relay(reply, "m", 0.0, lambda: None)]
+        decision = RouteDecision("t~m@v1", "t~m", "module")
+        return [line async for line in service._relay(reply, decision, "m", 0.0, lambda: None)]
 
-    lines = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_a_stream_cut_mid_way_ends_with_an_error_event_and_is_counted() -> None:
+    metrics = GatewayMetrics()
+    lines = _relayed(metrics)
     tail = b"".join(lines[-1:]).decode()
     assert tail.startswith('data: {"error": {') and tail.rstrip().endswith("data: [DONE]")
     assert metrics.registry.get_sample_value("loramem_stream_aborts_total") == 1
+
+
+def test_a_relayed_stream_names_the_module_as_its_tenant_knows_it() -> None:
+    """The engine's model name holds the module id (tenant~name); the chunks show the
+    name only, and leave the answer's own text alone."""
+    first = _relayed(GatewayMetrics())[0].decode()
+    assert first.startswith('data: {"model":"m@v1",') and '"content":"Hi t~m@v1"' in first
 
 
 def test_the_worker_loop_survives_redis_errors_and_goes_on(monkeypatch: Any) -> None:

@@ -11,6 +11,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from loramem.errors import InvalidRequest
+from loramem.names import module_name
 from loramem.registry.merges import merge_is_current, merged_module_name, merged_rank
 from router.index import Hit
 from router.policy import aggregate, choose, merge_group
@@ -43,7 +44,7 @@ def test_one_relevant_module_or_a_second_below_the_threshold_is_no_group() -> No
 def test_merged_names_ignore_order_and_depend_on_every_part_of_the_recipe() -> None:
     name = merged_module_name("t", ["a", "b"], "ties")
     assert name == merged_module_name("t", ["b", "a"], "ties", [1.0, 1.0])
-    assert name.startswith("mx-") and len(name) <= 48
+    assert name.startswith("t~mx-") and len(module_name(name)) <= 48
     assert name != merged_module_name("u", ["a", "b"], "ties")
     assert name != merged_module_name("t", ["a", "b"], "cat")
     assert name != merged_module_name("t", ["a", "b"], "ties", [1.0, 0.5])

@@ -171,14 +171,16 @@ def test_a_retired_version_is_never_loaded_again_and_its_folder_goes(tmp_path: P
 
 
 def test_an_explicit_old_version_is_not_found() -> None:
-    modules = FakeModules([], {"m": 2})
+    modules = FakeModules([], {"t~m": 2})
     router = Router(SimpleNamespace(modules=modules), FakeEmbedder(), "base", 0.5)  # type: ignore[arg-type]
-    router.index_module("t", "m", 2, [], None)
-    assert router.route("t", "m@v2", "q").target == "m@v2"
-    assert router.route("t", "m", "q").target == "m@v2"
+    router.index_module("t", "t~m", 2, [], None)
+    decision = router.route("t", "m@v2", "q")
+    assert (decision.target, decision.header) == ("t~m@v2", "m@v2")
+    assert router.route("t", "m", "q").target == "t~m@v2"
     with pytest.raises(ModelNotFound):
         router.route("t", "m@v1", "q")
-    modules.active["m"] = 3  # published, but this router has not heard yet
-    assert router.route("t", "m@v3", "q").target == "m@v3"
-    with pytest.raises(ModelNotFound):
-        router.route("other-tenant", "m@v2", "q")
+    modules.active["t~m"] = 3  # published, but this router has not heard yet
+    assert router.route("t", "m@v3", "q").target == "t~m@v3"
+    for tenant, model in [("other-tenant", "m@v2"), ("t", "t~m@v2"), ("other-tenant", "t~m")]:
+        with pytest.raises(ModelNotFound):  # in the caller's namespace only, by name only
+            router.route(tenant, model, "q")
