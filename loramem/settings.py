@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     auth: Literal["required", "off"] = "off"
     allow_open_gateway: bool = False  # the escape hatch: auth off on a non-loopback host
     api_key: str | None = None  # the key `loramem add` and `loramem job` send, if any
+    # While Redis cannot be reached, a gateway accepts the keys Redis accepted in this many
+    # last seconds (chat goes on; a key revoked just before the outage works this long at
+    # most). Whenever Redis answers, its answer counts. 0: every key needs Redis.
+    auth_outage_cache_s: float = Field(default=300.0, ge=0)
     retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
     max_facts_per_request: int = Field(default=256, ge=1)
     metrics_max_modules: int = Field(default=100, ge=1)  # module label values, then "other"

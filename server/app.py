@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient, engine_headers
 from loramem.registry import Registry
+from loramem.registry.apikeys import VerifiedKeys
 from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, SentenceEmbedder
 from router.router import Router
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         app.state.http = http
         app.state.completions = completions
         app.state.ingest = IngestPool(settings.ingest_threads, settings.ingest_max_queued)
+        app.state.verified_keys = VerifiedKeys(settings.auth_outage_cache_s)
         try:
             yield
         finally:

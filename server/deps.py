@@ -11,12 +11,13 @@ from fastapi import Depends, Header, Request
 
 from loramem.errors import Forbidden, InvalidRequest, Unauthorized
 from loramem.registry import Registry
-from loramem.registry.apikeys import TENANT, Role, bearer_key
+from loramem.registry.apikeys import TENANT, ApiKey, Role, VerifiedKeys, bearer_key
 from loramem.settings import Settings
 from router.router import Router
 from server.completions import CompletionService
 from server.limits import IngestPool
 from server.metrics import GatewayMetrics
+from server.redis_outage import REDIS_DOWN, RedisOutage
 
 
 def _settings(request: Request) -> Settings:
@@ -43,12 +44,17 @@ def _ingest(request: Request) -> IngestPool:
     return request.app.state.ingest  # type: ignore[no-any-return]
 
 
+def _verified_keys(request: Request) -> VerifiedKeys:
+    return request.app.state.verified_keys  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RouterDep = Annotated[Router, Depends(_router)]
 MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 CompletionsDep = Annotated[CompletionService, Depends(_completions)]
 IngestDep = Annotated[IngestPool, Depends(_ingest)]
+VerifiedKeysDep = Annotated[VerifiedKeys, Depends(_verified_keys)]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ def _caller(
     settings: SettingsDep,
     registry: RegistryDep,
     completions: CompletionsDep,
+    verified: VerifiedKeysDep,
     authorization: Annotated[str | None, Header()] = None,
     x_loramem_tenant: Annotated[str | None, Header()] = None,
 ) -> Caller:
@@ -82,7 +89,7 @@ def _caller(
         caller = Caller(_header_tenant(x_loramem_tenant), Role.admin, None)
     else:
         key = bearer_key(authorization)
-        record = registry.api_keys.authenticate(key) if key else None
+        record = _authenticate(key, registry, verified, completions.redis_outage) if key else None
         if record is None:
             reason = "is unknown or revoked" if key else "is missing: send Authorization: Bearer"
             raise Unauthorized(f"API key {reason}")
@@ -99,6 +106,23 @@ def _caller(
         None,
     )
     return caller
+
+
+def _authenticate(
+    key: str, registry: Registry, verified: VerifiedKeys, outage: RedisOutage
+) -> ApiKey | None:
+    """Redis's verdict on the key whenever Redis answers; while it cannot be reached, the
+    record of a key it accepted lately (else the Redis error stands: 503)."""
+    try:
+        record = registry.api_keys.authenticate(key)
+    except REDIS_DOWN as exc:
+        record = verified.recall(key)
+        if record is None:
+            raise
+        outage.note("rate limit", exc)  # the rest of this request need not wait on it too
+        return record
+    verified.remember(key, record)
+    return record
 
 
 def _header_tenant(header: str | None) -> str:

@@ -42,6 +42,10 @@ class RedisOutage:
         try:
             return fn()
         except REDIS_DOWN as exc:
-            self._until = time.monotonic() + self.skip_s
-            log.warning("redis unavailable, %s skipped for %.0f s: %s", what, self.skip_s, exc)
+            self.note(what, exc)
             return default
+
+    def note(self, what: str, exc: Exception) -> None:
+        """Redis failed a call: the optional ones are skipped for `skip_s`."""
+        self._until = time.monotonic() + self.skip_s
+        log.warning("redis unavailable, %s skipped for %.0f s: %s", what, self.skip_s, exc)

@@ -3,7 +3,9 @@
 A key is shown once, when it is made; Redis keeps only its sha256. The key's id is the
 first 16 hex digits of that hash, so a request finds its record in one read, and the
 full hash is compared before the record counts. Revoking keeps the record (for
-`keys list`) and takes effect on the next request: every request reads Redis.
+`keys list`) and takes effect on the next request: every request reads Redis. Only when
+Redis cannot be reached does a gateway fall back on the keys it verified lately
+(`VerifiedKeys`), so that chat goes on through an outage.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import redis
+from cachetools import TTLCache
 
 from loramem import keys
 from loramem.errors import InvalidRequest, NotFound
@@ -29,6 +34,8 @@ TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 KEY_NAME_MAX_CHARS = 100
 # A key's last use is written at most this often, so that reads do not all become writes.
 LAST_USED_EVERY_S = 60.0
+# Keys a gateway remembers as verified (VerifiedKeys); past this, the least recent go.
+VERIFIED_KEYS_MAX = 10_000
 
 
 class Role(StrEnum):
@@ -171,6 +178,42 @@ class ApiKeyStore:
         now = time.time()
         self._redis.hsetnx(keys.api_key(record.id), "revoked_at_s", now)
         return self.get(record.id)
+
+
+class VerifiedKeys:
+    """The keys this process saw Redis accept in the last `ttl_s`, by their sha256: what
+    a gateway trusts while Redis cannot be reached, and only then. Every verdict Redis
+    gives replaces what is remembered, so a key revoked or unknown is forgotten the first
+    time Redis answers for it; one revoked while this gateway could not see Redis is
+    trusted here for `ttl_s` at most. `ttl_s` 0 remembers nothing."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_keys: int = VERIFIED_KEYS_MAX,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache: TTLCache[str, ApiKey] | None = (
+            TTLCache(maxsize=max_keys, ttl=ttl_s, timer=timer) if ttl_s > 0 else None
+        )
+        self._lock = threading.Lock()  # request threads share it
+
+    def remember(self, key: str, record: ApiKey | None) -> None:
+        """Redis's verdict on `key`: its record, or None (unknown or revoked)."""
+        if self._cache is None:
+            return
+        with self._lock:
+            if record is None:
+                self._cache.pop(key_hash(key), None)
+            else:
+                self._cache[key_hash(key)] = record
+
+    def recall(self, key: str) -> ApiKey | None:
+        """The record Redis gave for `key` within the last `ttl_s`, if any."""
+        if self._cache is None:
+            return None
+        with self._lock:
+            return self._cache.get(key_hash(key))
 
 
 def _record(id_: str, fields: dict) -> ApiKey:

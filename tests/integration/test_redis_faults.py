@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -60,18 +60,17 @@ def _engine(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={**body, "echo": request.read().decode()})
 
 
+def _on(settings: Settings, url: str, **extra: object) -> Settings:
+    """The test settings on the throwaway Redis, with short timeouts."""
+    timeouts = {"redis_socket_timeout_s": SOCKET_TIMEOUT_S, "redis_connect_timeout_s": 0.5}
+    return settings.model_copy(update={"redis_url": url, **timeouts, **extra})
+
+
 def test_chat_goes_on_while_redis_is_paused(
     throwaway_redis: tuple[subprocess.Popen[bytes], str], settings: Settings, fake_embedder
 ) -> None:
     server, url = throwaway_redis
-    settings = settings.model_copy(
-        update={
-            "redis_url": url,
-            "redis_socket_timeout_s": SOCKET_TIMEOUT_S,
-            "redis_connect_timeout_s": 0.5,
-            "worker_block_ms": 100,
-        }
-    )
+    settings = _on(settings, url, worker_block_ms=100)
     registry = Registry.from_settings(settings)
     with TestClient(create_app(settings, embedder=fake_embedder)) as client:
         forwarder = client.app.state.completions.forwarder  # type: ignore[attr-defined]
@@ -108,3 +107,55 @@ def test_chat_goes_on_while_redis_is_paused(
         time.sleep(5.5)  # the chat path asks Redis again after RedisOutage.skip_s
         assert client.post("/facts", json={"facts": ["the sea is red"]}).status_code == 202
         assert client.post("/v1/chat/completions", json=chat).status_code == 200
+
+
+def test_keys_verified_lately_keep_chat_going_while_redis_is_paused(
+    throwaway_redis: tuple[subprocess.Popen[bytes], str], settings: Settings, fake_embedder
+) -> None:
+    """With keys required: a key Redis accepted lately still chats while Redis is paused
+    (a key never seen, or a writer's write, gets 503: nothing can vouch for it); and once
+    Redis answers again, a key revoked meanwhile fails at once and is forgotten."""
+    server, url = throwaway_redis
+    settings = _on(settings, url, auth="required")
+    registry = Registry.from_settings(settings)
+    seen, revoked, unseen = (
+        {"authorization": f"Bearer {registry.api_keys.create('a', 'writer')[0]}"} for _ in range(3)
+    )
+    chat = {"model": settings.base_name, "messages": [{"role": "user", "content": "hi"}]}
+
+    def paused(during: Callable[[], None]) -> None:
+        server.send_signal(signal.SIGSTOP)
+        try:
+            during()
+        finally:
+            server.send_signal(signal.SIGCONT)
+
+    with TestClient(create_app(settings, embedder=fake_embedder)) as client:
+        forwarder = client.app.state.completions.forwarder  # type: ignore[attr-defined]
+        forwarder.http = httpx.AsyncClient(transport=httpx.MockTransport(_engine))
+        for headers in (seen, revoked):  # Redis accepts both
+            reply = client.post("/v1/chat/completions", json=chat, headers=headers)
+            assert reply.status_code == 200, reply.text
+
+        def outage() -> None:
+            for headers in (seen, revoked):
+                answered = client.post("/v1/chat/completions", json=chat, headers=headers)
+                assert answered.status_code == 200, answered.text
+            refused = client.post("/v1/chat/completions", json=chat, headers=unseen)
+            assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+            write = client.post("/facts", json={"facts": ["x"]}, headers=seen)
+            assert write.status_code == 503, write.text
+            assert client.post("/v1/chat/completions", json=chat).status_code == 401
+
+        paused(outage)
+        registry.api_keys.revoke(revoked["authorization"].removeprefix("Bearer "))
+        reply = client.post("/v1/chat/completions", json=chat, headers=revoked)
+        assert reply.status_code == 401, reply.text  # Redis answers: revocation wins
+
+        def forgotten() -> None:
+            reply = client.post("/v1/chat/completions", json=chat, headers=revoked)
+            assert reply.status_code == 503, reply.text
+            reply = client.post("/v1/chat/completions", json=chat, headers=seen)
+            assert reply.status_code == 200, reply.text
+
+        paused(forgotten)

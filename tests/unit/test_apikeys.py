@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from loramem.registry.apikeys import (
+    ApiKey,
     Role,
+    VerifiedKeys,
     bearer_key,
     key_hash,
     key_id,
@@ -98,3 +100,22 @@ def test_auth_setting_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LORAMEM_AUTH", "maybe")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_verified_keys_are_remembered_for_their_ttl_and_forgotten_on_a_no() -> None:
+    now = [0.0]
+    verified = VerifiedKeys(ttl_s=300, timer=lambda: now[0])
+    key, other = new_key(), new_key()
+    record = ApiKey(key_id(key), "a", Role.reader, "", 0.0, None, None)
+    verified.remember(key, record)
+    assert verified.recall(key) == record and verified.recall(other) is None
+    now[0] = 299.0
+    assert verified.recall(key) == record
+    now[0] = 301.0  # verified too long ago
+    assert verified.recall(key) is None
+    verified.remember(key, record)
+    verified.remember(key, None)  # Redis says revoked or unknown
+    assert verified.recall(key) is None
+    off = VerifiedKeys(ttl_s=0)
+    off.remember(key, record)
+    assert off.recall(key) is None
