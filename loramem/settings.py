@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     completions_max_in_flight: int = Field(default=64, ge=1)  # per gateway, then a fast 429
     ingest_threads: int = Field(default=2, ge=1)  # fact embedding, apart from chat's pool
     ingest_max_queued: int = Field(default=16, ge=1)  # fact requests waiting or embedding
+    # Facts are embedded in a child process of the gateway at this niceness (0-19), so that
+    # a flood of facts yields the cores to the engine and chat (router/embedder.py
+    # ProcessEmbedder); false embeds them in the gateway's ingest threads.
+    ingest_embed_process: bool = True
+    ingest_embed_nice: int = Field(default=19, ge=0, le=19)
 
     # --- router ---
     # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +47,49 @@ class SentenceEmbedder:
             texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class ProcessEmbedder:
+    """A SentenceEmbedder in a child process of lower CPU priority (`nice`), on one torch
+    thread: the gateway embeds facts at ingest with it, so that a flood of facts takes
+    only the cores that the engine and chat leave idle. In a thread of the gateway the
+    embedding would share its process's priority, and a thread niced alone would stall
+    chat on the GIL it holds while descheduled; a process has no GIL to share. Calls from
+    several threads queue for the one child."""
+
+    def __init__(self, model: str | None = None, nice: int = 19) -> None:
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded gateway
+            initializer=_start_child,
+            initargs=(model, nice),
+        )
+        self.dim = int(self._pool.submit(_child_dim).result())  # waits for the model to load
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._pool.submit(_child_embed, texts).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_child: SentenceEmbedder | None = None  # the ProcessEmbedder child's own embedder
+
+
+def _start_child(model: str | None, nice: int) -> None:
+    global _child
+    os.nice(nice)
+    _child = SentenceEmbedder(model, threads=1)
+
+
+def _child_dim() -> int:
+    assert _child is not None
+    return _child.dim
+
+
+def _child_embed(texts: list[str]) -> np.ndarray:
+    assert _child is not None
+    return _child.embed(texts)
 
 
 def to_bytes(vector: np.ndarray) -> bytes:

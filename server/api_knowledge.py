@@ -16,8 +16,8 @@ from loramem.registry import Registry
 from loramem.registry.limits import TenantQuotas
 from loramem.settings import Settings
 from router.embedder import to_bytes
-from router.router import Router
-from server.deps import IngestDep, ReaderDep, RegistryDep, RouterDep, SettingsDep, WriterDep
+from server.deps import IngestDep, ReaderDep, RegistryDep, SettingsDep, WriterDep
+from server.limits import IngestPool
 from server.protocol import (
     ErrorResponse,
     FactIn,
@@ -39,7 +39,6 @@ async def post_facts(
     caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
-    router: RouterDep,
     ingest: IngestDep,
 ) -> PostFactsResponse:
     facts = body.normalized()
@@ -52,7 +51,7 @@ async def post_facts(
     for position, fact in enumerate(facts):
         _check_text(fact.text, settings.max_fact_chars, f"facts.{position}")
     return await ingest.run(
-        _store, facts, body.module, body.training, caller.tenant, settings, registry, router
+        _store, facts, body.module, body.training, caller.tenant, settings, registry, ingest
     )
 
 
@@ -62,7 +61,6 @@ async def post_document(
     caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
-    router: RouterDep,
     ingest: IngestDep,
 ) -> PostFactsResponse:
     """A free-text document, stored as one fact per sentence."""
@@ -76,7 +74,7 @@ async def post_document(
         )
     facts = [FactIn(text=s) for s in sentences]
     return await ingest.run(
-        _store, facts, body.module, body.training, caller.tenant, settings, registry, router
+        _store, facts, body.module, body.training, caller.tenant, settings, registry, ingest
     )
 
 
@@ -87,12 +85,12 @@ def _store(
     tenant: str,
     settings: Settings,
     registry: Registry,
-    router: Router,
+    ingest: IngestPool,
 ) -> PostFactsResponse:
     """`module`: a name in the tenant's namespace (None packs the facts)."""
     overrides = training.model_dump(exclude_none=True) if training else {}
     _check_servable(overrides, settings)
-    vectors = router.embed([f.text for f in facts])
+    vectors = ingest.embedder.embed([f.text for f in facts])
     job, fact_ids = registry.facts.add(
         tenant,
         [f.text for f in facts],
@@ -163,13 +161,12 @@ async def put_fact(
     caller: WriterDep,
     settings: SettingsDep,
     registry: RegistryDep,
-    router: RouterDep,
     ingest: IngestDep,
 ) -> PostFactsResponse:
     _check_text(body.text, settings.max_fact_chars, "text")
 
     def replace() -> PostFactsResponse:
-        vector = router.embed([body.text])[0]
+        vector = ingest.embedder.embed([body.text])[0]
         job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
         return _accepted(job.id, [fact_id], job.module)
 

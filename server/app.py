@@ -17,7 +17,7 @@ from loramem.engine import EngineClient, engine_headers
 from loramem.registry import Registry
 from loramem.registry.apikeys import VerifiedKeys
 from loramem.settings import Settings, get_settings
-from router.embedder import Embedder, SentenceEmbedder
+from router.embedder import Embedder, ProcessEmbedder, SentenceEmbedder
 from router.router import Router
 from server import api_admin, api_knowledge, api_merges, api_openai, api_ops, errors
 from server.completions import CompletionService
@@ -79,13 +79,22 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         app.state.metrics = metrics
         app.state.http = http
         app.state.completions = completions
-        app.state.ingest = IngestPool(settings.ingest_threads, settings.ingest_max_queued)
+        ingest_embedder = (
+            ProcessEmbedder(settings.embedding_model, settings.ingest_embed_nice)
+            if settings.ingest_embed_process and embedder is None
+            else router.embedder
+        )
+        app.state.ingest = IngestPool(
+            settings.ingest_threads, settings.ingest_max_queued, ingest_embedder
+        )
         app.state.verified_keys = VerifiedKeys(settings.auth_outage_cache_s)
         try:
             yield
         finally:
             stop.set()
             app.state.ingest.close()
+            if isinstance(ingest_embedder, ProcessEmbedder):
+                ingest_embedder.close()
             try:  # the next start loads this instead of rebuilding from Redis
                 await run_in_threadpool(router.save_snapshots)
             except Exception:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loramem.errors import InvalidRequest, Overloaded
 from loramem.settings import Settings
+from router.embedder import Embedder
 from server.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
 
 T = TypeVar("T")
@@ -150,11 +151,15 @@ def _check_count(value: object, name: str, limit: int) -> None:
 class IngestPool:
     """Fact embedding (and storing) at ingest, in threads of its own: a flood of facts
     does not take the threads that route chat. At most `max_queued` requests wait or run;
-    past that a 503 with Retry-After."""
+    past that a 503 with Retry-After. `embedder` embeds the facts (in the gateway, a
+    ProcessEmbedder: a child process of low priority, so not the engine's cores either)."""
 
-    def __init__(self, threads: int, max_queued: int, retry_after_s: int = 1) -> None:
+    def __init__(
+        self, threads: int, max_queued: int, embedder: Embedder, retry_after_s: int = 1
+    ) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="ingest")
         self.max_queued = max_queued
+        self.embedder = embedder
         self.retry_after_s = retry_after_s
         self.queued = 0  # the event loop's thread only: no lock
 

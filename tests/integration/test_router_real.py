@@ -7,8 +7,10 @@ contained (evaluation/router_set.py holds the set; bench/router_latency.py measu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from evaluation.router_set import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
@@ -17,7 +19,7 @@ from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
-from router.embedder import SentenceEmbedder, to_bytes
+from router.embedder import ProcessEmbedder, SentenceEmbedder, to_bytes
 from router.router import Router
 from tests.recipes import TRAINED
 
@@ -94,3 +96,18 @@ def test_another_tenant_never_reaches_these_modules(
         assert decision.module is None
         assert PHONEBOOK not in decision.candidates_header
         assert all(h.module == module_id("b", "b-notes") for h in decision.candidates)
+
+
+def test_the_ingest_embedder_child_embeds_alike_at_low_priority(
+    embedder: SentenceEmbedder,
+) -> None:
+    """Facts embedded at ingest in the niced child process (server/limits.py IngestPool)
+    get the vectors the router compares queries with."""
+    texts = ["The phone number of Jeffrey Buck is 603-556-7631.", "Grass looks green."]
+    child = ProcessEmbedder(nice=19)
+    try:
+        assert child.dim == embedder.dim
+        assert np.allclose(child.embed(texts), embedder.embed(texts), atol=1e-5)
+        assert child._pool.submit(os.nice, 0).result() == 19  # the child's own niceness
+    finally:
+        child.close()

@@ -15,6 +15,7 @@ from loramem.registry.limits import window_of
 from loramem.settings import Settings
 from server.limits import BodyLimit, InFlightLimit, IngestPool, check_completion
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from tests.conftest import FakeEmbedder
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ def test_completion_bounds_pass_a_request_within_them() -> None:
 
 def test_ingest_pool_refuses_past_its_queue_and_recovers() -> None:
     async def scenario() -> None:
-        pool = IngestPool(threads=1, max_queued=2)
+        pool = IngestPool(threads=1, max_queued=2, embedder=FakeEmbedder())
         gate = threading.Event()
         running = [asyncio.create_task(pool.run(gate.wait)) for _ in range(2)]
         await asyncio.sleep(0.05)
