@@ -11,6 +11,7 @@ import time
 import httpx
 
 from loramem.datasets import phonebook
+from loramem.names import module_id
 from loramem.registry import Registry
 from tests.e2e.support import E2E_REDIS_URL, System
 from tests.e2e.support import answer as _answer
@@ -169,7 +170,8 @@ def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> No
 def _assert_routable_within_a_second_of_publish(system: System, module: str, tenant: str) -> None:
     """The gateway lists the module (so routes to it) within 1 s of the publish event."""
     events = Registry.from_url(E2E_REDIS_URL).modules.events_after("0-0", block_ms=10)
-    published_ms = max(int(i.split("-")[0]) for i, e in events if e.get("module") == module)
+    module_ = module_id(tenant, module)  # events name modules by id
+    published_ms = max(int(i.split("-")[0]) for i, e in events if e.get("module") == module_)
     while True:
         listed = system.gateway.get("/v1/models", headers={"x-loramem-tenant": tenant}).json()
         if module in {m["id"] for m in listed["data"]}:

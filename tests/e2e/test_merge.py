@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 
 from loramem.datasets import phonebook
+from loramem.names import module_id
 from loramem.registry import Registry
 from tests.e2e.support import E2E_REDIS_URL, System, answer
 
 
 def _published_ms(module: str) -> int:
-    """When the registry announced the module's publish (the event id is a Redis time)."""
+    """When the registry announced the module's publish (the event id is a Redis time;
+    `module` is the module's id)."""
     events = Registry.from_url(E2E_REDIS_URL).modules.events_after("0-0", block_ms=10)
     return max(
         int(i.split("-")[0])
@@ -40,7 +42,7 @@ def test_a_publish_routes_model_auto_within_a_second(system: System) -> None:
             ).json()
             assert job["status"] != "failed", job["error"]
             if job["status"] == "published":
-                published_ms = _published_ms("fresh")
+                published_ms = _published_ms(module_id(tenant, "fresh"))
         time.sleep(0.1)
     late = [module for at, module in sent if at >= published_ms + 1000]
     routed = [at for at, module in sent if module == "fresh@v1"]

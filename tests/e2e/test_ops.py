@@ -20,6 +20,7 @@ import pytest
 
 from loramem.datasets import phonebook
 from loramem.engine import engine_command, engine_env
+from loramem.names import module_id, served_name
 from loramem.registry import Registry
 from server.engines import EnginePool
 from tests.e2e.support import (
@@ -108,7 +109,8 @@ def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> N
             job = system.wait_job(posted["job_id"], tenant="workers")
             finished.append(job)
             # Read at once: a replaced version's record is swept after the retention.
-            version = registry.modules.version(job["module"], job["version"])
+            module = module_id("workers", job["module"])
+            version = registry.modules.version(module, job["version"])
             trained[job["id"]] = version.fact_ids
     finally:
         os.killpg(second.pid, signal.SIGTERM)
@@ -118,7 +120,8 @@ def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> N
         for _id, e in registry.modules.events_after("0-0", block_ms=10)
         if e["type"] == "published"
     ]
-    pairs = [(e["module"], e["version"]) for e in events if e["module"].startswith("pair-")]
+    pair = module_id("workers", "pair-")
+    pairs = [(e["module"], e["version"]) for e in events if e["module"].startswith(pair)]
     assert len(pairs) == len(set(pairs))  # no module version was published twice
     per_job = Counter(e["job_id"] for e in events)
     for posted, job in zip(jobs, finished, strict=True):
@@ -140,8 +143,11 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
     for url in urls:
         pool.mark(url, True)
     name = next(
-        f"affinity-{i}" for i in range(100) if pool.candidates(f"affinity-{i}@v1")[0] == urls[1]
+        f"affinity-{i}"
+        for i in range(100)
+        if pool.candidates(served_name(module_id("e2e", f"affinity-{i}"), 1))[0] == urls[1]
     )
+    engine_name = served_name(module_id("e2e", name), 1)  # what the engines serve it as
     system.wait_job(system.post_facts([person[0].fact], module=name)["job_id"])
     settings = system.settings.model_copy(update={"engine_port": extra_port})
     engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
@@ -153,7 +159,7 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
     try:
         wait_http(f"{urls[1]}/health", settings.engine_start_timeout_s, engine)
         wait_http("http://127.0.0.1:18001/healthz", 120, gateway)
-        _wait_loaded(urls[1], f"{name}@v1")
+        _wait_loaded(urls[1], engine_name)
 
         def ask() -> httpx.Response:
             body = {
@@ -178,7 +184,7 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
 
         engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
         wait_http(f"{urls[1]}/health", settings.engine_start_timeout_s, engine)
-        _wait_loaded(urls[1], f"{name}@v1")  # the reconciler refills the empty engine
+        _wait_loaded(urls[1], engine_name)  # the reconciler refills the empty engine
         deadline = time.monotonic() + 30
         while ask().headers["x-loramem-engine"] != "1":
             assert time.monotonic() < deadline, "affinity did not return to the restarted engine"

@@ -11,6 +11,7 @@ import redis
 
 from loramem import keys
 from loramem.datasets import phonebook
+from loramem.names import module_id, served_name
 from tests.e2e.support import E2E_REDIS_URL, ENGINE_HEADERS, System
 
 TENANT = {"x-loramem-tenant": "e2e"}
@@ -33,7 +34,8 @@ def test_a_deleted_facts_old_version_is_not_served_and_its_files_go(system: Syst
     assert current.status_code == 200 and current.headers["x-loramem-module"] == "forget@v2"
 
     settings = system.settings
-    folder = Path(settings.adapters_path) / "forget" / "v1"
+    module = module_id("e2e", "forget")  # what Redis, the folders and the engine know
+    folder = Path(settings.adapters_path) / module / "v1"
     client = redis.Redis.from_url(E2E_REDIS_URL)
     engine = "http://127.0.0.1:18100/v1/models"
 
@@ -45,9 +47,9 @@ def test_a_deleted_facts_old_version_is_not_served_and_its_files_go(system: Syst
             what
             for what, present in [
                 ("folder", folder.exists()),
-                ("blob", client.exists(keys.version_files("forget", 1))),
-                ("record", client.exists(keys.version("forget", 1))),
-                ("engine", "forget@v1" in served),
+                ("blob", client.exists(keys.version_files(module, 1))),
+                ("record", client.exists(keys.version(module, 1))),
+                ("engine", served_name(module, 1) in served),
             ]
             if present
         ]
@@ -57,5 +59,5 @@ def test_a_deleted_facts_old_version_is_not_served_and_its_files_go(system: Syst
     while (left := old_version_left()) and time.monotonic() < deadline:
         time.sleep(1)
     assert not left, f"still there after {budget_s:.0f} s: {left}"
-    assert (folder.parent / "v2").exists() and client.exists(keys.version_files("forget", 2))
+    assert (folder.parent / "v2").exists() and client.exists(keys.version_files(module, 2))
     assert system.chat(people[0].question, model="forget@v1").status_code == 404
