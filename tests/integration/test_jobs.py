@@ -16,6 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from loramem import keys
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.jobs import Job, JobStatus
 from loramem.registry.modules import VersionInfo
@@ -32,7 +33,9 @@ from trainer.worker import Heartbeat
 
 
 def add(registry: Registry, tenant: str, text: str, module: str | None = None) -> Job:
-    job, _ids = registry.facts.add(tenant, [text], [None], [b""], module=module)
+    """`module`: a name in the tenant's namespace."""
+    target = module_id(tenant, module) if module else None
+    job, _ids = registry.facts.add(tenant, [text], [None], [b""], module=target)
     return job
 
 
@@ -212,7 +215,7 @@ def test_a_running_job_stops_at_its_next_step_and_publishes_nothing(
     assert steps == [1, 2, 3]  # step 4's progress write found the job cancelled
     done = registry.jobs.get(job.id)
     assert done.status is JobStatus.CANCELLED and done.progress["step"] == 3
-    assert registry.modules.get("m").active_version == 0  # nothing published
+    assert registry.modules.get(job.module).active_version == 0  # nothing published
     assert registry.queue.backlog() == (0, None)  # acknowledged, not retried
     assert worker.metrics.jobs.labels("cancelled")._value.get() == 1
 
@@ -248,8 +251,8 @@ def test_a_job_cancelled_after_training_is_not_published(
     for job in (noticed, refused):
         assert registry.jobs.get(job.id).status is JobStatus.CANCELLED
         assert registry.modules.get(job.module).active_version == 0
-    assert registry.modules.next_version("noticed") == 1  # stopped before taking a number
-    assert registry.modules.next_version("refused") == 2  # took v1, then the publish refused
+    assert registry.modules.next_version(noticed.module) == 1  # stopped before taking a number
+    assert registry.modules.next_version(refused.module) == 2  # took v1, then the publish refused
     assert worker.ctx.store.local_versions() == [] and loaded == []  # all taken back
     assert registry.queue.backlog() == (0, None)
     assert worker.metrics.jobs.labels("cancelled")._value.get() == 2  # neither failed
@@ -259,7 +262,7 @@ def test_a_version_is_published_only_for_a_job_not_cancelled(registry: Registry)
     job = add(registry, "a", "x is 1", module="m")
     registry.jobs.skip_to_publishing(job.id, {})
     registry.jobs.cancel(job.id, "a")
-    info = VersionInfo("m", 1, "a", [], 1.0, "sum", TRAINED)
+    info = VersionInfo(job.module, 1, "a", [], 1.0, "sum", TRAINED)
     with pytest.raises(Exception, match="cancelled"):
         registry.modules.publish(info, {"adapter_config.json": b"{}"}, job_id=job.id)
-    assert registry.modules.get("m").active_version == 0
+    assert registry.modules.get(job.module).active_version == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from router import snapshot
@@ -56,21 +57,25 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     real = Router._apply_version
 
     def spy(self: Router, tenant: str, info: VersionInfo) -> None:
-        seen.append(info.module)
+        seen.append(module_name(info.module))
         real(self, tenant, info)
 
     monkeypatch.setattr(Router, "_apply_version", spy)
     return seen
 
 
-def post(registry: Registry, router: Router, module: str, texts: list[str]) -> list[str]:
+def post(registry: Registry, router: Router, name: str, texts: list[str]) -> list[str]:
     vectors = [to_bytes(v) for v in router.embedder.embed(texts)]
-    return registry.facts.add("t", texts, [None] * len(texts), vectors, module)[1]
+    return registry.facts.add("t", texts, [None] * len(texts), vectors, module_id("t", name))[1]
 
 
-def publish(registry: Registry, module: str, version: int, ids: list[str]) -> None:
-    checksum = f"sum-{module}-{version}"
+def publish(registry: Registry, name: str, version: int, ids: list[str]) -> None:
+    checksum, module = f"sum-{name}-{version}", module_id("t", name)
     registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, checksum, TRAINED), {})
+
+
+def named(modules: dict[str, int]) -> dict[str, int]:
+    return {module_name(m): v for m, v in modules.items()}
 
 
 def snapshotted(registry: Registry, make_router: MakeRouter) -> tuple[Router, list[str]]:
@@ -87,7 +92,8 @@ def snapshotted(registry: Registry, make_router: MakeRouter) -> tuple[Router, li
 
 
 def routed(router: Router, question: str) -> str | None:
-    return router.route("t", "auto", question).module
+    module = router.route("t", "auto", question).module
+    return module_name(module) if module else None
 
 
 def test_restart_reads_nothing_when_nothing_changed(
@@ -110,13 +116,13 @@ def test_changes_after_the_snapshot_are_routed_as_the_registry_says(
     first, phones = snapshotted(registry, make_router)
     registry.facts.delete("t", phones[1])  # Bob goes: phones v2 without him
     publish(registry, "phones", 2, [p for p in phones if p != phones[1]])
-    registry.modules.retire("places", "t")
+    registry.modules.retire(module_id("t", "places"), "t")
     publish(registry, "pets", 1, post(registry, first, "pets", ["Gus Ray owns a parrot."]))
     reads.clear()
     second = make_router()
     second.load_all()
     assert sorted(reads) == ["pets", "phones"]  # cars came from the file
-    assert second.active_modules("t") == {"phones": 2, "cars": 1, "pets": 1}
+    assert named(second.active_modules("t")) == {"phones": 2, "cars": 1, "pets": 1}
     assert routed(second, "What is the phone number of Ann Lee?") == "phones"
     bob = second.route("t", "auto", "What is the phone number of Bob Stone?")
     assert phones[1] not in {h.fact_id for h in bob.candidates}  # deleted

@@ -14,12 +14,15 @@ import redis
 
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
+from loramem.names import module_id, served_name
 from loramem.registry import Registry
 from loramem.settings import Settings
 from tests.integration.test_retention import adapter_files, make_worker
 from tests.recipes import TRAINED
 from trainer.outcomes import Artifact
 from trainer.publisher import Publisher
+
+M = module_id("t", "m")  # the module these tests publish, by its id
 
 
 class VllmAdapters:
@@ -51,7 +54,7 @@ def engine(adapters: VllmAdapters) -> EngineClient:
     return client
 
 
-def publish(publisher: Publisher, registry: Registry, module: str = "m") -> tuple[str, bytes]:
+def publish(publisher: Publisher, registry: Registry, module: str = M) -> tuple[str, bytes]:
     job, ids = registry.facts.add("t", [f"fact {module}"], [None], [b""], module=module)
     registry.jobs.skip_to_publishing(job.id, {})
     files = adapter_files(256)
@@ -78,27 +81,27 @@ def test_after_a_restore_from_an_older_snapshot_a_new_version_gets_an_unused_nam
     names = {publish(publisher, registry)[0]}
     after_v1 = snapshot(redis_client)
     names |= {publish(publisher, registry)[0], publish(publisher, registry)[0]}
-    assert names == {"m@v1", "m@v2", "m@v3"}
+    assert names == {served_name(M, 1), served_name(M, 2), served_name(M, 3)}
 
     restore(redis_client, after_v1)  # Redis now believes v1 is the latest
-    assert registry.modules.get("m").active_version == 1
+    assert registry.modules.get(M).active_version == 1
     name, weights = publish(publisher, registry)
     print(f"\n[names] published before the restore: {sorted(names)}; after: {name}")
-    assert name not in names and name == "m@v4"
+    assert name not in names and name == served_name(M, 4)
     assert adapters.loaded[name] == weights  # the engine serves the new weights under it
 
     # Engines restarted empty and this host's folders swept: the host's record remains.
     restore(redis_client, after_v1)
     adapters.loaded.clear()
     for version in (2, 3, 4):
-        ctx.store.remove_local("m", version)
-    assert publish(publisher, registry)[0] == "m@v5"
+        ctx.store.remove_local(M, version)
+    assert publish(publisher, registry)[0] == served_name(M, 5)
 
     # A worker on another host (no folders of its own): the engines' loaded list remains.
     restore(redis_client, after_v1)
     other_host = replace(ctx, store=AdapterStore(tmp_path / "other", registry))
     elsewhere = Publisher(other_host, [engine(adapters)])
-    assert publish(elsewhere, registry)[0] == "m@v6"
+    assert publish(elsewhere, registry)[0] == served_name(M, 6)
 
 
 def test_an_engine_that_already_has_the_new_name_makes_the_publisher_take_the_next(
@@ -107,7 +110,7 @@ def test_an_engine_that_already_has_the_new_name_makes_the_publisher_take_the_ne
     adapters = VllmAdapters()
     publisher = Publisher(make_worker(settings, registry).ctx, [engine(adapters)])
     publisher.unseen_floor = lambda module: 1  # type: ignore[method-assign] # a race: not seen
-    adapters.loaded["m@v1"] = b"other weights"
+    adapters.loaded[served_name(M, 1)] = b"other weights"
     name, weights = publish(publisher, registry)
-    assert name == "m@v2" and adapters.loaded[name] == weights
-    assert adapters.loaded["m@v1"] == b"other weights"  # not ours: left alone
+    assert name == served_name(M, 2) and adapters.loaded[name] == weights
+    assert adapters.loaded[served_name(M, 1)] == b"other weights"  # not ours: left alone
