@@ -105,9 +105,11 @@ class JobQueue:
         for tenant in self.tenants():
             stream = keys.job_stream(tenant)
             try:
-                _next, entries, _deleted = self._redis.xautoclaim(
+                # Redis 7 answers [next, entries, deleted ids]; 6.2 (the server `loramem run`
+                # brings from PyPI where none is installed) [next, entries], a deleted one nil.
+                entries = self._redis.xautoclaim(
                     stream, keys.TRAINER_GROUP, consumer, min_idle_ms, count=1
-                )
+                )[1]
             except redis.ResponseError as exc:  # no stream or group yet: nothing pending
                 if "NOGROUP" not in str(exc):
                     raise
