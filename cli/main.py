@@ -6,12 +6,10 @@ import argparse
 import logging
 import os
 import sys
-import time
-
-import httpx
 
 from cli import keys
 from evaluation import cli as evaluation
+from loramem.client import Client, GatewayError
 from loramem.settings import Settings, get_settings
 
 
@@ -79,32 +77,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client_command(args: argparse.Namespace, settings: Settings) -> int:
-    """`add` and `job`: talk to a running gateway."""
-    gateway = args.gateway or f"http://{settings.gateway_host}:{settings.gateway_port}"
-    headers = {"x-loramem-tenant": args.tenant}  # ignored by a gateway that requires keys
-    if settings.api_key:
-        headers["authorization"] = f"Bearer {settings.api_key}"
-    client = httpx.Client(base_url=gateway, headers=headers, timeout=30)
-    if args.command == "add":
-        body: dict = {"facts": args.facts}
-        if args.module:
-            body["module"] = args.module
-        reply = client.post("/facts", json=body)
-        if reply.status_code != 202:
-            print(reply.json()["error"]["message"], file=sys.stderr)
-            return 1
-        print(f"job {reply.json()['job_id']} -> module {reply.json()['module']}")
-        return 0 if args.no_follow else follow(client, reply.json()["job_id"])
-    return follow(client, args.job_id)
+    """`add` and `job`: talk to a running gateway through loramem's client."""
+    memory = Client.from_settings(settings, args.gateway, tenant=args.tenant, timeout_s=30)
+    try:
+        if args.command == "add":
+            reply = memory.add_facts(args.facts, module=args.module)
+            print(f"job {reply['job_id']} -> module {reply['module']}")
+            return 0 if args.no_follow else follow(memory, reply["job_id"])
+        return follow(memory, args.job_id)
+    except GatewayError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
 
 
-def follow(client: httpx.Client, job_id: str) -> int:
+def follow(memory: Client, job_id: str) -> int:
     """Show a job's training steps as a progress bar until it ends."""
     from tqdm import tqdm
 
     bar = tqdm(total=1, unit="step")
-    while True:
-        job = client.get(f"/jobs/{job_id}").json()
+
+    def show(job: dict) -> None:
         progress = job.get("progress") or {}
         bar.total = progress.get("total_steps", bar.total)
         bar.n = progress.get("step", 0)
@@ -112,12 +104,12 @@ def follow(client: httpx.Client, job_id: str) -> int:
         if "loss" in progress:
             bar.set_postfix(loss=progress["loss"])
         bar.refresh()
-        if job["status"] in ("published", "failed", "cancelled"):  # DELETE /jobs/{id}
-            bar.close()
-            detail = f"v{job['version']}" if job["status"] == "published" else job["error"]
-            print(f"{job['status']}: {job['module']} {detail}")
-            return 0 if job["status"] == "published" else 1
-        time.sleep(1.0)
+
+    job = memory.wait_job(job_id, on_progress=show)
+    bar.close()
+    detail = f"v{job['version']}" if job["status"] == "published" else job["error"]
+    print(f"{job['status']}: {job['module']} {detail}")
+    return 0 if job["status"] == "published" else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The gateway as the experiments see it: ingest, follow jobs, ask. Nothing else is used."""
+"""The gateway as the experiments see it: ingest, follow jobs, ask. Every call goes through
+loramem's one client (loramem/client.py); this adds what experiments need on top: refusals
+as skipped arms, many jobs followed at once, scores from prompt log-probabilities."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import Any, TypeVar
 
 import httpx
 from tqdm import tqdm
+
+from loramem.client import FINISHED, Client, GatewayError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,54 +50,39 @@ class EvalClient:
         self.gateway = gateway.rstrip("/")
         self.tenant = tenant
         self.concurrency = concurrency
-        headers = {"x-loramem-tenant": tenant}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self.http = httpx.Client(
-            base_url=self.gateway,
-            headers=headers,
+        http = httpx.Client(
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency + 2),
             transport=transport,
+        )
+        # No retries: a refused or failed request is part of what an experiment measures.
+        self.api = Client(
+            self.gateway,
+            api_key=api_key,
+            tenant=tenant,
+            timeout_s=timeout_s,
+            max_retries=0,
+            http=http,
         )
 
     # ------------------------------------------------------------------ ingest
     def post_facts(
         self, facts: Sequence[str], module: str | None, training: dict[str, Any] | None = None
     ) -> dict:
-        body: dict[str, Any] = {"facts": list(facts)}
-        if module:
-            body["module"] = module
-        if training:
-            body["training"] = training
-        return self._accepted(self.http.post("/facts", json=body))
+        return _accepted(lambda: self.api.add_facts(facts, module, training))
 
     def post_document(
         self, text: str, module: str | None, training: dict[str, Any] | None = None
     ) -> dict:
-        body: dict[str, Any] = {"text": text, **({"module": module} if module else {})}
-        if training:
-            body["training"] = training
-        return self._accepted(self.http.post("/documents", json=body))
+        return _accepted(lambda: self.api.add_document(text, module, training))
 
     def post_merge(self, modules: Sequence[str], combination: str) -> dict:
-        reply = self.http.post(
-            "/merges", json={"modules": list(modules), "combination": combination}
-        )
-        if reply.status_code in (404, 405):
-            raise Unsupported("POST /merges is not offered by this gateway")
-        return self._accepted(reply)
-
-    @staticmethod
-    def _accepted(reply: httpx.Response) -> dict:
-        if reply.status_code == 202:
-            return dict(reply.json())
-        error = _error(reply)
-        if reply.status_code == 400:
-            # Our requests are well formed: a 400 is this configuration refused (a knob not
-            # offered yet, or one the engines cannot serve), so the arm is skipped.
-            raise Unsupported(f"the gateway refused it: {error.get('message')}")
-        raise RuntimeError(f"ingest refused ({reply.status_code}): {error.get('message')}")
+        try:
+            return dict(self.api.merge(modules, combination))
+        except GatewayError as exc:
+            if exc.status in (404, 405):
+                raise Unsupported("POST /merges is not offered by this gateway") from exc
+            raise _refused(exc) from exc
 
     def wait_jobs(self, job_ids: Sequence[str], desc: str, timeout_s: float = 7200) -> list[dict]:
         """Poll until every job is published or failed; a bar counts finished jobs."""
@@ -106,8 +95,8 @@ class EvalClient:
                 for job_id in job_ids:
                     if job_id in done:
                         continue
-                    job = self.http.get(f"/jobs/{job_id}").json()
-                    if job["status"] in ("published", "failed", "cancelled"):
+                    job = self.api.job(job_id)
+                    if job["status"] in FINISHED:
                         done[job_id] = job
                         bar.update(1)
                     else:
@@ -124,7 +113,7 @@ class EvalClient:
         last: list[tuple[str, int | None]] = []
         changed = time.monotonic()
         while True:
-            modules = list(self.http.get("/modules").json())
+            modules = self.api.modules()
             state = [(m["name"], m["active_version"]) for m in modules]
             if state != last:
                 last, changed = state, time.monotonic()
@@ -143,20 +132,11 @@ class EvalClient:
         system: str | None = None,
         max_tokens: int = 32,
     ) -> Answer:
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": question})
-        body = {
-            "model": model,
-            "messages": messages,
-            "temperature": 0,
-            "max_tokens": max_tokens,
-            "loramem": {"mode": mode},
-        }
-        reply = self.http.post("/v1/chat/completions", json=body)
-        module = reply.headers.get("x-loramem-module", "")
-        if reply.status_code != 200:
-            return Answer("", module, str(_error(reply).get("message")))
-        return Answer(str(reply.json()["choices"][0]["message"]["content"]), module)
+        try:
+            answer = self.api.ask(question, model, mode, system, max_tokens)
+        except GatewayError as exc:
+            return Answer("", "", exc.message)
+        return Answer(answer.text, answer.module)
 
     def continuation_logprob(
         self,
@@ -171,20 +151,24 @@ class EvalClient:
         vLLM's prompt_logprobs with the assistant turn continued (no generation prompt).
 
         None when the tail tokens do not spell the candidate (a token spans the boundary)."""
-        body = _continued(question, f"{answer_prefix} {candidate}".strip(), model, mode, system)
-        reply = self.http.post("/v1/chat/completions", json={**body, "prompt_logprobs": 0})
-        if reply.status_code != 200:
-            raise RuntimeError(f"scoring refused: {_error(reply).get('message')}")
-        return tail_logprob(reply.json().get("prompt_logprobs") or [], candidate)
+        messages = _continued(question, f"{answer_prefix} {candidate}".strip(), system)
+        try:
+            answer = self.api.chat(
+                messages, model, mode, max_tokens=1, prompt_logprobs=0, **CONTINUE
+            )
+        except GatewayError as exc:
+            raise RuntimeError(f"scoring refused: {exc.message}") from exc
+        return tail_logprob(answer.body.get("prompt_logprobs") or [], candidate)
 
     def continuation(self, question: str, answer_prefix: str, model: str, max_tokens: int) -> str:
         """The greedy continuation of an assistant turn that begins with `answer_prefix`:
         the same context continuation_logprob scores candidates in."""
-        body = _continued(question, answer_prefix, model, "lora", None)
-        reply = self.http.post("/v1/chat/completions", json={**body, "max_tokens": max_tokens})
-        if reply.status_code != 200:
-            raise RuntimeError(f"continuation refused: {_error(reply).get('message')}")
-        return str(reply.json()["choices"][0]["message"]["content"])
+        messages = _continued(question, answer_prefix, None)
+        try:
+            answer = self.api.chat(messages, model, "lora", max_tokens=max_tokens, **CONTINUE)
+        except GatewayError as exc:
+            raise RuntimeError(f"continuation refused: {exc.message}") from exc
+        return answer.text
 
     def map(self, func: Callable[[T], R], items: Sequence[T], desc: str) -> list[R]:
         """Run requests concurrently (the engine batches them), in order, with a bar."""
@@ -192,27 +176,35 @@ class EvalClient:
             return list(tqdm(pool.map(func, items), total=len(items), desc=desc, unit="req"))
 
     def close(self) -> None:
-        self.http.close()
+        self.api.close()
 
 
-def _continued(
-    question: str, assistant: str, model: str, mode: str, system: str | None
-) -> dict[str, Any]:
-    """A chat request that continues the assistant turn `assistant` (no generation prompt)."""
+# vLLM's chat extensions: continue the last assistant turn instead of starting a new one.
+CONTINUE: dict[str, Any] = {"add_generation_prompt": False, "continue_final_message": True}
+
+
+def _accepted(post: Callable[[], dict[str, Any]]) -> dict:
+    try:
+        return dict(post())
+    except GatewayError as exc:
+        raise _refused(exc) from exc
+
+
+def _refused(exc: GatewayError) -> Exception:
+    if exc.status == 400:
+        # Our requests are well formed: a 400 is this configuration refused (a knob not
+        # offered yet, or one the engines cannot serve), so the arm is skipped.
+        return Unsupported(f"the gateway refused it: {exc.message}")
+    return RuntimeError(f"ingest refused ({exc.status}): {exc.message}")
+
+
+def _continued(question: str, assistant: str, system: str | None) -> list[dict[str, str]]:
+    """The messages of a chat that continues the assistant turn `assistant`."""
     messages = [{"role": "system", "content": system}] if system else []
-    messages += [
+    return messages + [
         {"role": "user", "content": question},
         {"role": "assistant", "content": assistant},
     ]
-    return {
-        "model": model,
-        "messages": messages,
-        "max_tokens": 1,
-        "temperature": 0,
-        "add_generation_prompt": False,
-        "continue_final_message": True,
-        "loramem": {"mode": mode},
-    }
 
 
 def tail_logprob(entries: Sequence[dict | None], candidate: str) -> float | None:
@@ -229,12 +221,3 @@ def tail_logprob(entries: Sequence[dict | None], candidate: str) -> float | None
         if len(text.strip()) >= len(want):
             return total if text.strip() == want else None
     return None
-
-
-def _error(reply: httpx.Response) -> dict:
-    try:
-        body = reply.json()
-    except ValueError:
-        return {"message": reply.text[:200]}
-    error = body.get("error") if isinstance(body, dict) else None
-    return error if isinstance(error, dict) else {"message": str(body)[:200]}

@@ -21,7 +21,7 @@ import openai
 
 from loramem.settings import Settings
 
-FINISHED = ("published", "failed")  # a job in one of these never changes again
+FINISHED = ("published", "failed", "cancelled")  # a job in one of these never changes again
 
 
 class GatewayError(Exception):
@@ -116,6 +116,10 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._send("GET", f"/jobs/{job_id}")
 
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel an unfinished add or merge job (DELETE /jobs/{id}); its facts stay."""
+        return self._send("DELETE", f"/jobs/{job_id}")
+
     def wait_job(
         self,
         job_id: str,
@@ -123,7 +127,8 @@ class Client:
         poll_s: float = 1.0,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is published or failed; `on_progress` sees every poll."""
+        """Poll until the job is published, failed or cancelled; `on_progress` sees every
+        poll."""
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.job(job_id)

@@ -9,6 +9,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from cli.main import main
 from loramem.client import Client, GatewayError
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
@@ -92,3 +93,27 @@ def test_chat_goes_through_the_openai_package_and_refusals_keep_their_status(
     with pytest.raises(GatewayError) as no_engine:  # nothing listens at the engine's URL
         client.ask("What is the capital of France?", model="SmolLM2-135M-Instruct")
     assert no_engine.value.status == 503
+
+
+def test_loramem_add_and_job_speak_through_the_client(
+    settings: Settings,
+    registry: Registry,
+    fake_embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with TestClient(create_app(settings, embedder=fake_embedder)) as http:
+
+        def through_the_app(cls, _settings, _url=None, **options):  # type: ignore[no-untyped-def]
+            return Client("http://testserver", tenant=options["tenant"], http=http)
+
+        monkeypatch.setattr(Client, "from_settings", classmethod(through_the_app))
+        assert main(["add", "--no-follow", "--tenant", "cli", "The colour of X is red."]) == 0
+        job_id = capsys.readouterr().out.split()[1]
+        assert [f.text for f in registry.facts.of_tenant("cli")] == ["The colour of X is red."]
+        registry.jobs.fail(job_id, "no engine in this test")
+        assert main(["job", "--tenant", "cli", job_id]) == 1
+        assert capsys.readouterr().out.splitlines()[-1].endswith("no engine in this test")
+        assert main(["add", "--tenant", "cli", " "]) == 1  # refused: the gateway's message
+        assert capsys.readouterr().err.strip()
+        assert len(registry.facts.of_tenant("cli")) == 1

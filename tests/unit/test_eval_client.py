@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -49,5 +50,33 @@ def test_eval_runs_take_the_key_from_the_settings(tmp_path: Path, api_key: str |
         settings=Settings(api_key=api_key),
         flags={},
     )
-    headers = run.client("a").http.headers
+    headers = run.client("a").api.headers
     assert headers.get("authorization") == (f"Bearer {api_key}" if api_key else None)
+
+
+def test_a_continuation_is_scored_from_vllms_prompt_logprobs_through_the_openai_client() -> None:
+    seen: list[dict] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        tokens = [{"1": {"logprob": -0.5, "decoded_token": " Par"}}]
+        tokens.append({"2": {"logprob": -0.25, "decoded_token": "is"}})
+        reply = {"choices": [{"message": {"content": ""}}], "prompt_logprobs": [None, *tokens]}
+        return httpx.Response(200, json=reply, headers={"x-loramem-module": "m@v1"})
+
+    client = EvalClient("http://gw", "t1", transport=httpx.MockTransport(answer))
+    score = client.continuation_logprob("Capital?", "It is", "Paris", model="m", mode="rag")
+    assert score == -0.75
+    [body] = seen
+    assert body["prompt_logprobs"] == 0 and body["continue_final_message"] is True
+    assert body["add_generation_prompt"] is False and body["loramem"] == {"mode": "rag"}
+    assert body["messages"][-1] == {"role": "assistant", "content": "It is Paris"}
+
+
+def test_a_refused_chat_is_an_answer_with_the_gateways_message() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        error = {"message": "no such model", "type": "model_not_found", "param": None}
+        return httpx.Response(404, json={"error": {**error, "code": 404}})
+
+    client = EvalClient("http://gw", "t1", transport=httpx.MockTransport(refuse))
+    assert client.chat("Where?", model="m-x").error == "no such model"
