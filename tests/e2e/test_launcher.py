@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from loramem.client import Client
+
 READY_TIMEOUT_S = 900
 
 
@@ -96,25 +98,15 @@ def test_loramem_run_without_redis_installed_starts_everything_and_answers(
         assert f"at {url} (API docs: {url}/docs;" in final
         assert final.endswith("Ctrl-C stops everything.")
 
-        gateway = httpx.Client(base_url=url, timeout=300)
-        assert gateway.get("/readyz").status_code == 200  # Redis and the engine answer
-        assert gateway.get("/docs").status_code == 200
+        assert httpx.get(url + "/readyz").status_code == 200  # Redis and the engine answer
+        assert httpx.get(url + "/docs").status_code == 200
+        memory = Client(url, timeout_s=300)  # the README's client, on the real path
         fact = "The phone number of Ada Quill is 415-555-0199."
-        accepted = gateway.post("/facts", json={"facts": [fact]})
-        assert accepted.status_code == 202, accepted.text
-        job = gateway.get(f"/jobs/{accepted.json()['job_id']}").json()
+        accepted = memory.add_facts([fact])
+        job = memory.job(accepted["job_id"])
         assert job["status"] in {"queued", "training", "validating", "publishing", "published"}
-        chat = gateway.post(
-            "/v1/chat/completions",
-            json={
-                "model": "SmolLM2-135M-Instruct",
-                "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                "max_tokens": 8,
-                "temperature": 0,
-            },
-        )
-        assert chat.status_code == 200, chat.text
-        assert "Paris" in chat.json()["choices"][0]["message"]["content"]
+        answer = memory.ask("What is the capital of France?", model="SmolLM2-135M-Instruct")
+        assert "Paris" in answer.text and answer.module == "base"
         assert (tmp_path / "run" / "logs" / "engine.log").stat().st_size > 0
     finally:
         if launcher.poll() is None:
