@@ -61,7 +61,7 @@ class StartupReport:
         )
 
     def _stamp(self) -> str:
-        minutes, seconds = divmod(int(self.clock() - self.started), 60)
+        minutes, seconds = divmod(round(self.clock() - self.started), 60)
         return f"[loramem {minutes:2d}:{seconds:02d}]"
 
     def _write(self, text: str, final: bool) -> None:
