@@ -35,7 +35,7 @@ log = logging.getLogger("loramem.run")
 RESTART_MAX_DELAY_S = 30.0  # the longest wait before starting a dead child again
 RESTART_RESET_S = 60.0  # a child that ran this long starts its backoff from 1 s again
 CHILD_START_TIMEOUT_S = 300.0  # worker and gateway: loading torch and the embedder
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")  # where the Redis it starts listens
 
 
 class Launcher:
@@ -105,7 +105,8 @@ class Launcher:
         if password:
             lines.append(f"requirepass {password}")
         config = self.redis_dir / "redis.conf"
-        config.touch(mode=0o600)
+        config.touch()
+        config.chmod(0o600)  # before the password is written
         config.write_text("\n".join(lines) + "\n")
         return config
 
