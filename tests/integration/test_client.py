@@ -117,3 +117,10 @@ def test_loramem_add_and_job_speak_through_the_client(
         assert main(["add", "--tenant", "cli", " "]) == 1  # refused: the gateway's message
         assert capsys.readouterr().err.strip()
         assert len(registry.facts.of_tenant("cli")) == 1
+
+
+def test_a_cancelled_job_ends_the_wait(client: Client) -> None:
+    added = client.add_facts(["The colour of X is red."])
+    assert client.cancel_job(added["job_id"])["status"] == "cancelled"
+    assert client.wait_job(added["job_id"])["status"] == "cancelled"
+    assert len(client.facts()) == 1  # its facts stay
