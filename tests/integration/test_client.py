@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from cli.main import main
 from loramem.client import Client, GatewayError
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -74,7 +75,9 @@ def test_wait_job_follows_a_job_until_it_is_published(client: Client, registry: 
     added = client.add_facts(["The colour of X is red."])
     registry.jobs.skip_to_publishing(added["job_id"], {"note": "published by hand"})
     registry.modules.publish(
-        VersionInfo(added["module"], 1, "acme", added["fact_ids"], 1.0, "c", TRAINED),
+        VersionInfo(
+            module_id("acme", added["module"]), 1, "acme", added["fact_ids"], 1.0, "c", TRAINED
+        ),
         {},
         job_id=added["job_id"],
     )
