@@ -25,6 +25,7 @@ from server.engines import EnginePool
 from server.forwarding import EngineForwarder
 from server.limits import BodyLimit, InFlightLimit, IngestPool
 from server.metrics import GatewayMetrics
+from server.placement import DemandMeter, ReplicaPolicy
 from server.reconcile import EventFollower, Reconciler
 
 log = logging.getLogger("loramem.gateway")
@@ -48,7 +49,12 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             timeout=settings.engine_request_timeout_s,
             headers=engine_headers(settings.engine_api_key),
         )
-        pool = EnginePool(settings.engines, settings.engine_spill_in_flight)
+        pool = EnginePool(
+            settings.engines,
+            settings.engine_spill_in_flight,
+            ReplicaPolicy(settings.placement_rate_per_replica, settings.placement_max_replicas),
+            DemandMeter(settings.placement_rate_half_life_s),
+        )
         stop = threading.Event()
         reconciler = Reconciler(
             registry,
@@ -59,6 +65,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             metrics,
             stop,
             retire_grace_s=settings.retire_grace_s,
+            preload=not settings.engine_resolver,  # with it, engines load on first request
         )
 
         async def load_adapter(engine: str, name: str) -> bool:

@@ -1,28 +1,37 @@
-"""The gateway's view of its vLLM engines: health, adapter affinity and spill-over.
+"""The gateway's view of its vLLM engines: health, placement of module versions, spill-over.
 
-Affinity uses rendezvous (highest-random-weight) hashing of the engine model name, so a
-module version keeps going to the same healthy engine, and losing an engine moves only
-the modules it held. When the preferred engine is much busier than the next one, requests
-spill over to it.
+A module version goes to the engines it is placed on (server/placement.py: rendezvous
+hashing of its served name among the healthy engines, as many as its request rate asks
+for), the least busy of them first, so it keeps going to the same engines and losing an
+engine moves only the versions it held. When the chosen engine is much busier than the
+next one, requests spill over to it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
+import time
 from collections import Counter
 
+from server.placement import DemandMeter, ReplicaPolicy, placed, ranked
 
-def _weight(engine: str, name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{engine}|{name}".encode(), digest_size=8).digest())
+ONE_REPLICA = ReplicaPolicy(rate_per_replica=float("inf"), max_replicas=1)
 
 
 class EnginePool:
-    def __init__(self, urls: list[str], spill_in_flight: int) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        spill_in_flight: int,
+        policy: ReplicaPolicy = ONE_REPLICA,
+        demand: DemandMeter | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("at least one engine URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.spill_in_flight = spill_in_flight
+        self.policy = policy
+        self.demand = demand or DemandMeter(half_life_s=60.0)
         self.in_flight: Counter[str] = Counter()  # per engine URL
         # Unknown until the reconciler's first check; an engine marked down is still tried
         # last, so a request never fails only because no check has run yet.
@@ -39,12 +48,23 @@ class EnginePool:
     def any_healthy(self) -> bool:
         return any(self._healthy.values())
 
+    def placement(self, name: str, now: float | None = None) -> list[str]:
+        """The healthy engines `name` belongs on now (none when no engine is healthy)."""
+        healthy = [u for u in self.urls if self._healthy[u]]
+        if not healthy:
+            return []
+        rate = self.demand.rate(name, time.monotonic() if now is None else now)
+        return placed(name, healthy, self.policy.replicas(rate, len(healthy)))
+
     def candidates(self, name: str) -> list[str]:
-        """Engines to try for `name`, best first: healthy ones by affinity, then the rest."""
-        ranked = sorted(self.urls, key=lambda url: _weight(url, name), reverse=True)
-        healthy = [u for u in ranked if self._healthy[u]]
-        if len(healthy) >= 2:
-            first, second = healthy[0], healthy[1]
+        """Engines to try for `name`, best first: its placed engines (least busy first),
+        then the other healthy ones by rank, then the rest."""
+        home = self.placement(name)
+        rest = [u for u in ranked(name, self.urls) if u not in home]
+        order = sorted(home, key=lambda url: self.in_flight[url])  # stable: rank breaks ties
+        order += [u for u in rest if self._healthy[u]]
+        if len(order) >= 2:
+            first, second = order[0], order[1]
             if self.in_flight[first] - self.in_flight[second] >= self.spill_in_flight:
-                healthy[0], healthy[1] = second, first  # spill over under load
-        return healthy + [u for u in ranked if not self._healthy[u]]
+                order[0], order[1] = second, first  # spill over under load
+        return order + [u for u in rest if not self._healthy[u]]

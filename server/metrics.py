@@ -81,6 +81,38 @@ class GatewayMetrics:
             ["engine"],
             registry=r,
         )
+        # Placement (server/placement.py): what each engine holds and how it churns.
+        self.engine_adapter_loads = Counter(
+            "loramem_engine_adapter_loads_total",
+            "Adapters that became resident on an engine (seen by the reconciler), however loaded.",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_adapter_evictions = Counter(
+            "loramem_engine_adapter_evictions_total",
+            "Adapters the reconciler unloaded from an engine: replaced, or placed elsewhere.",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_resolver_loads = Gauge(
+            "loramem_engine_resolver_loads",
+            "Versions the engine's resolver fetched from Redis since it started (its /metrics).",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_resolver_load_seconds = Gauge(
+            "loramem_engine_resolver_load_seconds",
+            "Seconds the engine's resolver spent fetching, in all (divide by the loads).",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_push_load_seconds = Histogram(
+            "loramem_engine_push_load_seconds",
+            "Loads the gateway pushed into an engine (fallback after an engine 404).",
+            ["engine"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
 
         self.loop_errors = Counter(
             "loramem_loop_errors_total",

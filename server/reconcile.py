@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
@@ -21,6 +22,8 @@ from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 
 log = logging.getLogger("loramem.gateway")
+
+FORGOTTEN_RATE_PER_S = 1e-4  # about one request in three hours: demand that places nothing
 
 
 class EventFollower(threading.Thread):
@@ -101,13 +104,18 @@ class EventFollower(threading.Thread):
 
 
 class Reconciler(threading.Thread):
-    """Makes every engine hold exactly the active module versions.
+    """Keeps every engine to the desired placement of module versions.
 
-    It loads what an engine is missing (for example after it restarted empty) and unloads
-    a replaced version once no request of this gateway runs on it and it has been stale
-    for `retire_grace_s`, which covers requests other gateway replicas still run on it.
-    After the same grace it deletes this host's folders of versions no longer active.
-    It also keeps the pool's health marks current, so failed engines rejoin by themselves.
+    A version belongs on the healthy engines its placement picks (server/placement.py);
+    engines fill themselves on first request (their resolver fetches from Redis), so the
+    reconciler only unloads what no longer belongs: a version replaced or retired, or one
+    placed elsewhere now (an engine joined, or its demand fell). It unloads once the
+    version has not belonged for `retire_grace_s` (which also covers requests other
+    gateway replicas still run on it) and no request of this gateway runs on it there.
+    Engines without the resolver (`preload`) get their placed versions loaded from this
+    host's folder instead. After the same grace it deletes this host's folders of
+    versions no longer active. It also keeps the pool's health marks current, so failed
+    engines rejoin by themselves, and the per-engine residency metrics.
     """
 
     def __init__(
@@ -121,15 +129,18 @@ class Reconciler(threading.Thread):
         stop: threading.Event,
         retire_grace_s: float,
         interval_s: float = 2.0,
+        preload: bool = True,
     ) -> None:
         super().__init__(daemon=True, name="reconciler")
         self.registry, self.router, self.pool, self.engines = registry, router, pool, engines
         self.store, self.metrics, self.stop, self.interval_s = store, metrics, stop, interval_s
-        self.retire_grace_s = retire_grace_s
-        self.in_flight: Counter[str] = Counter()  # replaced by the forwarder's counter
-        # (engine URL or "local", served name) -> when it was first seen not active. The
+        self.retire_grace_s, self.preload = retire_grace_s, preload
+        # Requests in flight per (engine URL, served name); replaced by the forwarder's.
+        self.in_flight: Counter[tuple[str, str]] = Counter()
+        # (engine URL or "local", served name) -> when it was first seen not belonging. The
         # on-demand load path runs on other threads, so every access holds the lock.
         self.stale_since: dict[tuple[str, str], float] = {}
+        self.resident: dict[str, set[str]] = {}  # engine URL -> adapters seen last pass
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -140,38 +151,69 @@ class Reconciler(threading.Thread):
     def run_once(self) -> None:
         """One pass over every engine and the local folders; errors are counted, never
         raised, so the loop never stops."""
-        steps = [(url, self.reconcile_engine) for url in self.engines]
-        for name, step in [*steps, ("local folders", lambda _name: self.sweep_local())]:
-            try:
-                step(name)
-            except Exception as exc:
-                self.metrics.loop_errors.labels("reconciler").inc()
-                log.warning("reconciling %s failed: %s", name, exc)
+        # Health first, for every engine: placement is over the healthy ones.
+        for url in self.engines:
+            self._step(url, self.check_health)
+        for url in [u for u in self.engines if self.pool.healthy(u)]:
+            self._step(url, self.reconcile_engine)
+        self._step("local folders", lambda _name: self.sweep_local())
+        # Forget the demand of versions nobody asked for in a long while.
+        self.pool.demand.forget_below(FORGOTTEN_RATE_PER_S, time.monotonic())
         try:
             self.metrics.modules_active.set(len(self.router.all_active()))
         except Exception:
             self.metrics.loop_errors.labels("reconciler").inc()
             log.exception("reconciler metrics failed")
 
-    def reconcile_engine(self, url: str) -> int:
-        engine = self.engines[url]
-        up = engine.healthy()
+    def _step(self, name: str, step: Callable[[str], object]) -> None:
+        try:
+            step(name)
+        except Exception as exc:
+            self.metrics.loop_errors.labels("reconciler").inc()
+            log.warning("reconciling %s failed: %s", name, exc)
+
+    def check_health(self, url: str) -> bool:
+        up = self.engines[url].healthy()
         self.pool.mark(url, up)
         self.metrics.engine_up.labels(url).set(1 if up else 0)
-        if not up:
-            return 0
-        loaded = engine.loaded_models()
+        return up
+
+    def reconcile_engine(self, url: str) -> int:
+        """Unload from one healthy engine what no longer belongs there (and, with
+        `preload`, load what does); returns how many adapters were unloaded."""
+        engine = self.engines[url]
+        adapters = {n for n in engine.loaded_models() if parse_served_name(n)}
         active = {served_name(m, v) for m, v in self.router.all_active().items()}
-        missing = active - loaded
-        for name in sorted(missing):
-            try:
-                self.load_into(url, name)
-            except ModelNotFound:  # retired while this router had not heard yet
-                log.info("not loading %s: no longer active", name)
-        self._retire_stale(url, {n for n in loaded - active if parse_served_name(n)})
-        adapters = {n for n in loaded | missing if parse_served_name(n)}
+        placed_here = {n for n in active if url in self.pool.placement(n)}
+        if self.preload:
+            for name in sorted(placed_here - adapters):
+                try:
+                    self.load_into(url, name)
+                    adapters.add(name)
+                except ModelNotFound:  # retired while this router had not heard yet
+                    log.info("not loading %s: no longer active", name)
+        unloaded = self._unload_stale(url, adapters - placed_here)
+        self._count_residency(url, adapters - unloaded)
+        self._read_engine_loads(url, engine)
+        return len(unloaded)
+
+    def _count_residency(self, url: str, adapters: set[str]) -> None:
+        """Resident adapters per engine, and the ones that arrived since the last pass
+        (loaded on demand by the engine's resolver, or by a gateway)."""
+        previous = self.resident.get(url)
+        if previous is not None:
+            self.metrics.engine_adapter_loads.labels(url).inc(len(adapters - previous))
+        self.resident[url] = adapters
         self.metrics.engine_adapters_loaded.labels(url).set(len(adapters))
-        return len(missing)
+
+    def _read_engine_loads(self, url: str, engine: EngineClient) -> None:
+        """Mirror the engine resolver's own counters (its /metrics) per engine."""
+        loads = engine.resolver_loads()
+        if loads is None:
+            return
+        count, seconds = loads
+        self.metrics.engine_resolver_loads.labels(url).set(count)
+        self.metrics.engine_resolver_load_seconds.labels(url).set(seconds)
 
     def load_into(self, url: str, name: str) -> bool:
         """Materialise a module version from the registry and load it into one engine.
@@ -186,7 +228,9 @@ class Reconciler(threading.Thread):
             active = 0
         if version != active:
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+        started = time.monotonic()
         self.engines[url].load_adapter(self.store.materialize(module, version))
+        self.metrics.engine_push_load_seconds.labels(url).observe(time.monotonic() - started)
         log.info("loaded %s into %s", name, url)
         return True
 
@@ -206,12 +250,18 @@ class Reconciler(threading.Thread):
         with self._lock:
             self.stale_since.pop((scope, name), None)
 
-    def _retire_stale(self, url: str, stale: set[str]) -> None:
+    def _unload_stale(self, url: str, stale: set[str]) -> set[str]:
+        """Unload the names of `stale` that have not belonged on `url` for the grace and
+        run no request there; returns those unloaded."""
+        unloaded = set()
         for name in self._stale_long_enough(url, stale, time.monotonic()):
-            if self.in_flight[name] <= 0:
+            if self.in_flight[(url, name)] <= 0:
                 self.engines[url].unload_adapter(name)
                 self._forget(url, name)
-                log.info("retired %s from %s", name, url)
+                self.metrics.engine_adapter_evictions.labels(url).inc()
+                unloaded.add(name)
+                log.info("unloaded %s from %s: it no longer belongs there", name, url)
+        return unloaded
 
     def sweep_local(self) -> int:
         """Delete this host's folders of versions replaced (or retired) at least the grace

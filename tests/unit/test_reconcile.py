@@ -15,6 +15,7 @@ import pytest
 from loramem.adapter_store import AdapterStore
 from loramem.errors import ModelNotFound, NotFound
 from router.router import Router
+from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.reconcile import EventFollower, Reconciler
 from tests.conftest import FakeEmbedder
@@ -129,7 +130,7 @@ class BrokenEngine:
 def reconciler(tmp_path: Path, modules: FakeModules, engines: dict[str, Any]) -> Reconciler:
     registry = SimpleNamespace(modules=modules)
     router = SimpleNamespace(all_active=lambda: {m: v for m, v in modules.active.items() if v})
-    pool = SimpleNamespace(mark=lambda url, up: None)
+    pool = EnginePool(list(engines), spill_in_flight=4)
     return Reconciler(
         registry,  # type: ignore[arg-type]
         router,  # type: ignore[arg-type]

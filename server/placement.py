@@ -1,0 +1,81 @@
+"""Where a module version lives: the engines rendezvous hashing picks, as many as its demand.
+
+Pure code, no I/O: the forwarder asks it where to send a request, the reconciler where a
+version belongs, and `bench/placement_sim.py` drives the same functions at scale.
+
+Rendezvous (highest-random-weight) hashing ranks the engines for each served name; a
+version is placed on the first `replicas` of them. Adding or removing one of N engines
+moves only the versions whose ranking it enters or leaves, about 1/N of them, so the
+engines' adapter caches stay warm across changes. The replica count follows the version's
+request rate: one engine per `rate_per_replica` requests per second, measured by a
+decayed counter (`DemandMeter`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+def weight(engine: str, name: str) -> int:
+    """The rendezvous weight of one engine for one served name."""
+    return int.from_bytes(hashlib.blake2b(f"{engine}|{name}".encode(), digest_size=8).digest())
+
+
+def ranked(name: str, engines: Iterable[str]) -> list[str]:
+    """Engines best first for `name`; the order of `engines` does not matter."""
+    return sorted(engines, key=lambda engine: weight(engine, name), reverse=True)
+
+
+def placed(name: str, engines: Iterable[str], replicas: int) -> list[str]:
+    """The engines `name` lives on: the first `replicas` of its ranking (at least one)."""
+    return ranked(name, engines)[: max(1, replicas)]
+
+
+@dataclass(frozen=True)
+class ReplicaPolicy:
+    rate_per_replica: float  # requests/s one engine takes for a version before a second joins
+    max_replicas: int  # 0: up to every engine
+
+    def replicas(self, rate_per_s: float, engines: int) -> int:
+        """1 engine per started `rate_per_replica` requests/s, within [1, max, engines]."""
+        wanted = 1 + math.floor(rate_per_s / self.rate_per_replica)
+        limit = engines if self.max_replicas <= 0 else min(engines, self.max_replicas)
+        return max(1, min(wanted, limit))
+
+
+class DemandMeter:
+    """Request rate per served name, an exponentially decayed count (requests/s).
+
+    A burst counts at once; a version left alone decays to half its rate every
+    `half_life_s`, so its extra replicas go after a few half-lives. Thread-safe: the
+    forwarder records on the event loop, the reconciler reads from its thread.
+    """
+
+    def __init__(self, half_life_s: float) -> None:
+        self.decay_per_s = math.log(2) / half_life_s
+        self._state: dict[str, tuple[float, float]] = {}  # name -> (rate, at time)
+        self._lock = threading.Lock()
+
+    def record(self, name: str, now: float) -> None:
+        with self._lock:
+            rate = self._decayed(name, now)
+            # An event adds decay_per_s to the rate: a steady r/s settles at r/s.
+            self._state[name] = (rate + self.decay_per_s, now)
+
+    def rate(self, name: str, now: float) -> float:
+        with self._lock:
+            return self._decayed(name, now)
+
+    def forget_below(self, rate_per_s: float, now: float) -> None:
+        """Drop names whose rate decayed below `rate_per_s`, so the map stays bounded."""
+        with self._lock:
+            for name in [n for n in self._state if self._decayed(n, now) < rate_per_s]:
+                del self._state[name]
+
+    def _decayed(self, name: str, now: float) -> float:
+        rate, at = self._state.get(name, (0.0, now))
+        return rate * math.exp(-self.decay_per_s * max(0.0, now - at))
