@@ -8,11 +8,17 @@ import sys
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from loramem.adapter_store import AdapterRef
 from loramem.errors import EngineUnavailable, NameTaken
 from loramem.knobs import LORA_TARGETS, TargetName, first_lora_layer
 from loramem.settings import Settings
+
+# The engine resolver's metric names (loramem/vllm_resolver.py, which imports vLLM and so
+# cannot be imported here).
+LOADS_METRIC = "loramem_resolver_loads"
+LOAD_SECONDS_METRIC = "loramem_resolver_load_seconds"
 
 
 def engine_command(settings: Settings, model_path: Path, port: int | None = None) -> list[str]:
@@ -96,6 +102,12 @@ def engine_env(settings: Settings) -> dict[str, str]:
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.engine_kv_cache_gib))
     env.setdefault("HF_HUB_OFFLINE", "1")
+    # The resolver (loramem/vllm_resolver.py) runs inside the engine and reads these
+    # settings from its environment: Redis (its URL carries the password, kept off the
+    # command line) and its own cache folder.
+    env["LORAMEM_ENGINE_RESOLVER"] = "true" if settings.engine_resolver else "false"
+    env["LORAMEM_REDIS_URL"] = settings.redis_url
+    env["LORAMEM_ENGINE_ADAPTER_CACHE_DIR"] = str(settings.engine_adapter_cache_dir)
     if settings.engine_api_key:
         # vLLM then answers /v1/* (chat, completions, load_lora_adapter) only with this key;
         # in the environment, not on the command line, where `ps` would show it.
@@ -141,6 +153,22 @@ class EngineClient:
             return  # loading an existing version is idempotent
         if response.status_code != 200:
             raise EngineUnavailable(f"engine refused {ref.name}: {response.text[:300]}")
+
+    def resolver_loads(self) -> tuple[float, float] | None:
+        """(versions fetched, seconds spent) by the engine's resolver, read from its
+        /metrics; None when it has no resolver or does not answer."""
+        try:
+            text = self.http.get("/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            return None
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        count = samples.get(f"{LOADS_METRIC}_total")
+        seconds = samples.get(f"{LOAD_SECONDS_METRIC}_total")
+        return None if count is None or seconds is None else (count, seconds)
 
     def unload_adapter(self, name: str) -> None:
         self._call("POST", "/v1/unload_lora_adapter", json={"lora_name": name})

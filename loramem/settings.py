@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     # without it, no one who reaches an engine can load adapters or ask it anything. Unset,
     # `loramem run` makes one per run for its children; a deployment sets it from a secret.
     engine_api_key: str | None = Field(default=None, repr=False)
+    # The engine fetches a module version it is asked for and does not hold from Redis
+    # itself (loramem/vllm_resolver.py, a vLLM LoRA resolver), into its own folder: no
+    # volume shared with workers and gateways. Off: workers and the gateway load versions
+    # into the engines by a local path (one host only).
+    engine_resolver: bool = True
+    engine_adapter_cache_dir: Path | None = None  # its folder; default <cache_dir>/engine-adapters
+
+    # --- placement of module versions on engines (server/placement.py) ---
+    # A version lives on the engines rendezvous hashing picks: one, plus one for every
+    # placement_rate_per_replica requests/s it gets at this gateway, up to
+    # placement_max_replicas (0: every engine). The rate decays by half every half-life.
+    placement_rate_per_replica: float = Field(default=4.0, gt=0)
+    placement_max_replicas: int = Field(default=0, ge=0)
+    placement_rate_half_life_s: float = Field(default=60.0, gt=0)
 
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
@@ -228,6 +242,8 @@ class Settings(BaseSettings):
             self.adapter_dir = self.cache_dir / "adapters"
         if self.router_snapshot_dir is None:
             self.router_snapshot_dir = self.cache_dir / "router"
+        if self.engine_adapter_cache_dir is None:
+            self.engine_adapter_cache_dir = self.cache_dir / "engine-adapters"
         if self.served_model_name is None:
             self.served_model_name = self.base_model.rstrip("/").split("/")[-1]
         if self.redis_socket_timeout_s * 1000 <= self.worker_block_ms + 500:

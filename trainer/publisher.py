@@ -1,8 +1,11 @@
 """The publisher: the one way a job's outcome becomes what the gateways serve.
 
 For a new version the order matters: validate, take the next version number, write it
-locally, load it into the engines, then publish (record, switch, announce, finish the job
-in one transaction), so that a version is servable before anyone can be routed to it.
+locally, make it servable, then publish (record, switch, announce, finish the job in one
+transaction), so that a version is servable before anyone can be routed to it. With the
+engines' resolver on (`engine_resolver`) a version is servable once its blobs are in
+Redis, which the publish transaction writes: each engine fetches it on its first request
+for it, so nothing is pushed. Without it, the version is loaded into every engine first.
 
 A served name must never name other weights than it first did, or an engine that has it
 loaded would go on serving the old ones. Version numbers come from Redis, which may be
@@ -81,12 +84,14 @@ class Publisher:
         return ref
 
     def lay_out(self, module: str, files: dict[str, bytes]) -> AdapterRef:
-        """A new version under a name nobody has seen, written here and loaded into the
-        engines."""
+        """A new version under a name nobody has seen, written here and (resolver off)
+        loaded into the engines."""
         at_least = self.unseen_floor(module)
         for _ in range(NAME_TRIES):
             version = self.ctx.registry.modules.next_version(module, at_least)
             ref = self.ctx.store.write_local(module, version, files)
+            if self.ctx.settings.engine_resolver:
+                return ref  # engines fetch it on demand; unseen_floor asked what they hold
             try:
                 self.load_everywhere(ref)
                 return ref
