@@ -17,12 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # LORAMEM_CACHE_DIR: the base model is converted into it at build time (below).
-# LORAMEM_ADAPTER_DIR: mount the shared adapter volume here, at the same path in gateway,
-#   trainer and engine (the engine loads adapters by the path the others wrote).
+# LORAMEM_ADAPTER_DIR, LORAMEM_ENGINE_ADAPTER_CACHE_DIR: each container's own adapter
+#   folder (no shared volume: an engine fetches module versions from Redis itself).
 # LORAMEM_GATEWAY_HOST: a container is reached from outside itself.
 # HF_HUB_OFFLINE: every model the app needs ships inside the image; never try the hub.
 ENV LORAMEM_CACHE_DIR=/var/cache/loramem \
     LORAMEM_ADAPTER_DIR=/var/lib/loramem/adapters \
+    LORAMEM_ENGINE_ADAPTER_CACHE_DIR=/var/lib/loramem/adapters \
     LORAMEM_GATEWAY_HOST=0.0.0.0 \
     HF_HUB_OFFLINE=1
 

@@ -99,16 +99,18 @@ def test_engine_has_replicas_gpus_and_health_probes() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
 
 
-def test_adapter_volume_is_shared_at_one_path_in_k8s() -> None:
-    (pvc,) = [o for o in k8s_objects() if o["kind"] == "PersistentVolumeClaim"]
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+def test_every_pod_has_its_own_adapter_folder_in_k8s() -> None:
+    # No shared volume: engines fetch module versions from Redis (loramem/vllm_resolver.py).
+    assert not [o for o in k8s_objects() if o["kind"] == "PersistentVolumeClaim"]
+    (config,) = [o for o in k8s_objects() if o["kind"] == "ConfigMap"]
+    assert config["data"]["LORAMEM_ENGINE_ADAPTER_CACHE_DIR"] == ADAPTER_DIR
     for name in ("engine", "gateway", "trainer"):
         (workload,) = workloads(name)
         pod = workload["spec"]["template"]["spec"]
-        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "adapters"]
+        assert "emptyDir" in volume, name
         mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
-        assert mounts[volume["name"]] == ADAPTER_DIR, name
+        assert mounts["adapters"] == ADAPTER_DIR, name
 
 
 def test_redis_persists_with_append_only_file() -> None:
@@ -119,12 +121,14 @@ def test_redis_persists_with_append_only_file() -> None:
     assert "--appendonly yes" in " ".join(compose()["services"]["redis"]["command"])
 
 
-def test_compose_services_and_shared_adapter_volume() -> None:
+def test_compose_services_without_a_shared_adapter_volume() -> None:
     services = compose()["services"]
     assert {"redis", "engine", "gateway", "trainer", "prometheus", "grafana"} <= services.keys()
+    assert "adapters" not in compose()["volumes"]
     for name in ("engine", "gateway", "trainer"):
-        assert f"adapters:{ADAPTER_DIR}" in services[name]["volumes"], name
+        assert not any(ADAPTER_DIR in v for v in services[name].get("volumes", [])), name
         assert services[name]["environment"]["LORAMEM_ADAPTER_DIR"] == ADAPTER_DIR
+    assert services["engine"]["depends_on"]["redis"]["condition"] == "service_healthy"
     devices = services["engine"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert "/readyz" in " ".join(services["gateway"]["healthcheck"]["test"])
@@ -215,7 +219,7 @@ def _container(name: str) -> dict:
     return workload["spec"]["template"]["spec"]["containers"][0]
 
 
-def test_redis_has_a_password_the_gateway_and_trainer_send() -> None:
+def test_redis_has_a_password_the_gateway_trainer_and_engine_send() -> None:
     redis = _container("redis")
     args = " ".join(redis["args"])
     assert "--requirepass $(REDIS_PASSWORD)" in args
@@ -223,7 +227,7 @@ def test_redis_has_a_password_the_gateway_and_trainer_send() -> None:
     assert _secret_env(redis)["REDISCLI_AUTH"] == "loramem-redis/password"  # the probes
     (config,) = [o for o in k8s_objects() if o["kind"] == "ConfigMap"]
     assert "LORAMEM_REDIS_URL" not in config["data"]  # no password-less URL to fall back on
-    for name in ("gateway", "trainer"):
+    for name in ("gateway", "trainer", "engine"):
         container = _container(name)
         assert _secret_env(container)["REDIS_PASSWORD"] == "loramem-redis/password", name
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -247,7 +251,7 @@ def test_the_engine_key_is_a_secret_of_engine_gateway_and_trainer() -> None:
     assert _container("engine")["command"] == ["loramem", "engine"]
 
 
-def test_network_policies_let_only_gateway_and_trainer_reach_engines_and_redis() -> None:
+def test_network_policies_let_only_our_pods_reach_engines_and_redis() -> None:
     policies = [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
     guarded = {}
     for policy in policies:
@@ -263,7 +267,7 @@ def test_network_policies_let_only_gateway_and_trainer_reach_engines_and_redis()
         guarded[component] = (set(allowed["values"]), [p["port"] for p in rule["ports"]])
     assert guarded == {
         "engine": ({"gateway", "trainer"}, [8100]),
-        "redis": ({"gateway", "trainer"}, [6379]),
+        "redis": ({"gateway", "trainer", "engine"}, [6379]),  # engines: the resolver
     }
     # The policies select the pods the workloads actually run.
     for name in ("engine", "redis"):

@@ -51,3 +51,36 @@ def test_the_engine_key_goes_in_the_environment_and_every_client_request() -> No
     )
     keyed_client.loaded_models()
     assert seen == [None, "Bearer sekret"]
+
+
+def test_the_engine_gets_what_its_resolver_needs_by_environment(tmp_path: Path) -> None:
+    settings = Settings(redis_url="redis://:pw@redis:6379/3", cache_dir=tmp_path)
+    env = engine_env(settings)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"  # vLLM asks resolvers only then
+    assert env["LORAMEM_REDIS_URL"] == "redis://:pw@redis:6379/3"
+    assert env["LORAMEM_ENGINE_ADAPTER_CACHE_DIR"] == str(tmp_path / "engine-adapters")
+    assert env["LORAMEM_ENGINE_RESOLVER"] == "true"
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')
+    assert "pw" not in " ".join(engine_command(settings, tmp_path))
+    # The engine process reads the same settings back from that environment.
+    seen = Settings(**{k[8:].lower(): v for k, v in env.items() if k.startswith("LORAMEM_")})
+    assert seen.redis_url == settings.redis_url
+    assert seen.engine_adapter_cache_dir == settings.engine_adapter_cache_dir
+
+
+def test_resolver_loads_are_read_from_the_engines_metrics() -> None:
+    text = (
+        "# TYPE loramem_resolver_loads counter\nloramem_resolver_loads_total 3.0\n"
+        "# TYPE loramem_resolver_load_seconds counter\nloramem_resolver_load_seconds_total 0.6\n"
+    )
+    client = EngineClient("http://engine")
+    client.http = httpx.Client(
+        base_url="http://engine",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, text=text)),
+    )
+    assert client.resolver_loads() == (3.0, 0.6)
+    client.http = httpx.Client(
+        base_url="http://engine",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, text="")),
+    )
+    assert client.resolver_loads() is None  # an engine without the resolver
