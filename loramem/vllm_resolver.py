@@ -41,10 +41,15 @@ RESOLVER_NAME = "loramem"
 
 class RedisAdapterResolver(LoRAResolver):
     def __init__(
-        self, registry: Registry, cache_dir: Path, metrics: CollectorRegistry = REGISTRY
+        self,
+        registry: Registry,
+        cache_dir: Path,
+        retire_grace_s: float,
+        metrics: CollectorRegistry = REGISTRY,
     ) -> None:
         self.registry = registry
         self.store = AdapterStore(cache_dir, registry)
+        self.retire_grace_s = retire_grace_s
         self.loads = Counter(
             LOADS_METRIC, "Module versions this engine fetched from Redis.", registry=metrics
         )
@@ -91,7 +96,22 @@ class RedisAdapterResolver(LoRAResolver):
         self.loads.inc()
         self.load_seconds.inc(time.monotonic() - started)
         log.info("resolved %s from Redis in %.3f s", lora_name, time.monotonic() - started)
+        self.sweep_replaced()
         return ref
+
+    def sweep_replaced(self) -> int:
+        """Delete this engine's folders of versions replaced or retired at least the grace
+        ago. vLLM reads a folder when it loads the version, and the gateways unload a
+        replaced version from the engines after the same grace. Runs after each fetch, so
+        the folder holds little more than what was asked for since."""
+        try:
+            local = set(self.store.local_versions())
+            before_s = time.time() - self.retire_grace_s
+            gone = [mv for mv in self.registry.modules.retired_before(before_s) if mv in local]
+        except RedisError as exc:
+            log.warning("could not sweep replaced versions: %s", exc)
+            return 0
+        return sum(self.store.remove_local(module, version) for module, version in gone)
 
 
 def register() -> None:
@@ -102,5 +122,7 @@ def register() -> None:
         return
     assert settings.engine_adapter_cache_dir is not None
     registry = Registry.from_settings(settings)
-    resolver = RedisAdapterResolver(registry, settings.engine_adapter_cache_dir)
+    resolver = RedisAdapterResolver(
+        registry, settings.engine_adapter_cache_dir, settings.retire_grace_s
+    )
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, resolver)

@@ -56,10 +56,10 @@ class EnginePool:
         rate = self.demand.rate(name, time.monotonic() if now is None else now)
         return placed(name, healthy, self.policy.replicas(rate, len(healthy)))
 
-    def candidates(self, name: str) -> list[str]:
+    def candidates(self, name: str, now: float | None = None) -> list[str]:
         """Engines to try for `name`, best first: its placed engines (least busy first),
-        then the other healthy ones by rank, then the rest."""
-        home = self.placement(name)
+        then the other healthy ones by rank, then the rest. (`now`: a simulation's clock.)"""
+        home = self.placement(name, now)
         rest = [u for u in ranked(name, self.urls) if u not in home]
         order = sorted(home, key=lambda url: self.in_flight[url])  # stable: rank breaks ties
         order += [u for u in rest if self._healthy[u]]

@@ -18,6 +18,7 @@ import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 def weight(engine: str, name: str) -> int:
@@ -27,7 +28,13 @@ def weight(engine: str, name: str) -> int:
 
 def ranked(name: str, engines: Iterable[str]) -> list[str]:
     """Engines best first for `name`; the order of `engines` does not matter."""
-    return sorted(engines, key=lambda engine: weight(engine, name), reverse=True)
+    return list(_ranked(name, tuple(engines)))
+
+
+@lru_cache(maxsize=1 << 16)
+def _ranked(name: str, engines: tuple[str, ...]) -> tuple[str, ...]:
+    # Cached: every request asks, and hashing every engine each time is most of the cost.
+    return tuple(sorted(engines, key=lambda engine: weight(engine, name), reverse=True))
 
 
 def placed(name: str, engines: Iterable[str], replicas: int) -> list[str]:

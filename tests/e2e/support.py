@@ -103,6 +103,8 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "LORAMEM_ENGINE_URL": "http://127.0.0.1:18100",
         "LORAMEM_GATEWAY_PORT": "18000",
         "LORAMEM_ADAPTER_DIR": str(tmp_path_factory.mktemp("adapters")),
+        # The engine's own folder, which its resolver fills from Redis.
+        "LORAMEM_ENGINE_ADAPTER_CACHE_DIR": str(tmp_path_factory.mktemp("engine-adapters")),
         "LORAMEM_JOB_CLAIM_IDLE_MS": "5000",
         "LORAMEM_TRAINER_METRICS_PORT": "18200",
         "LORAMEM_RETIRE_GRACE_S": "5",

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -134,7 +135,9 @@ def test_two_trainer_workers_publish_every_job_exactly_once(system: System) -> N
         assert in_order == sorted(in_order)  # versions never go backwards
 
 
-def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
+def test_two_engines_keep_affinity_fail_over_and_refill_themselves(
+    system: System, tmp_path: Path
+) -> None:
     extra_port = 18101
     urls = ["http://127.0.0.1:18100", f"http://127.0.0.1:{extra_port}"]
     person = phonebook(system.settings.data_dir, 8, offset=700)
@@ -149,7 +152,11 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
     )
     engine_name = served_name(module_id("e2e", name), 1)  # what the engines serve it as
     system.wait_job(system.post_facts([person[0].fact], module=name)["job_id"])
-    settings = system.settings.model_copy(update={"engine_port": extra_port})
+    # Its own cache folder, shared with nothing: it fetches versions from Redis itself.
+    cache = tmp_path / "extra-engine-cache"
+    settings = system.settings.model_copy(
+        update={"engine_port": extra_port, "engine_adapter_cache_dir": cache}
+    )
     engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
     gateway = spawn(
         [sys.executable, "-m", "cli", "gateway"],
@@ -159,7 +166,6 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
     try:
         wait_http(f"{urls[1]}/health", settings.engine_start_timeout_s, engine)
         wait_http("http://127.0.0.1:18001/healthz", 120, gateway)
-        _wait_loaded(urls[1], engine_name)
 
         def ask() -> httpx.Response:
             body = {
@@ -172,6 +178,9 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
                 "/v1/chat/completions", json=body, headers={"x-loramem-tenant": "e2e"}
             )
 
+        _wait_served_by(ask, "1")  # once the gateway has seen the engine healthy
+        # Published before the engine started and loaded by nobody: it fetched it itself.
+        assert (cache / module_id("e2e", name) / "v1" / "adapter_model.safetensors").exists()
         served_by = {ask().headers["x-loramem-engine"] for _ in range(4)}
         assert served_by == {"1"}  # the same module sticks to the same engine
 
@@ -182,18 +191,25 @@ def test_two_engines_keep_affinity_fail_over_and_reload(system: System) -> None:
         assert {r.headers["x-loramem-engine"] for r in after_kill} == {"0"}
         assert person[0].phone in answer(after_kill[0])
 
+        shutil.rmtree(cache)  # restarted on an empty folder
         engine = spawn(engine_command(settings, system.model_path), engine_env(settings))
         wait_http(f"{urls[1]}/health", settings.engine_start_timeout_s, engine)
-        _wait_loaded(urls[1], engine_name)  # the reconciler refills the empty engine
-        deadline = time.monotonic() + 30
-        while ask().headers["x-loramem-engine"] != "1":
-            assert time.monotonic() < deadline, "affinity did not return to the restarted engine"
-            time.sleep(1)
+        _wait_served_by(ask, "1")  # affinity returns; the engine refills itself on demand
+        _wait_loaded(urls[1], engine_name)
+        assert (cache / module_id("e2e", name) / "v1" / "adapter_model.safetensors").exists()
     finally:
         for process in (gateway, engine):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=30)
+
+
+def _wait_served_by(ask: Callable[[], httpx.Response], engine: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (reply := ask()).headers.get("x-loramem-engine") != engine:
+        assert reply.status_code == 200, reply.text
+        assert time.monotonic() < deadline, f"engine {engine} did not serve within {timeout_s} s"
+        time.sleep(1)
 
 
 def _wait_loaded(engine_url: str, name: str, timeout_s: float = 60) -> None:

@@ -50,7 +50,7 @@ def test_an_active_version_is_fetched_checked_and_refilled(
     registry: Registry, tmp_path: Path
 ) -> None:
     metrics = CollectorRegistry()
-    resolver = RedisAdapterResolver(registry, tmp_path / "engine-cache", metrics)
+    resolver = RedisAdapterResolver(registry, tmp_path / "engine-cache", 0, metrics)
     version, files = publish(registry, "m")
     request = resolve(resolver, f"m@v{version}")
     assert request is not None and request.lora_name == "m@v1"
@@ -68,7 +68,7 @@ def test_an_active_version_is_fetched_checked_and_refilled(
 
 def test_only_the_active_version_of_a_module_resolves(registry: Registry, tmp_path: Path) -> None:
     metrics = CollectorRegistry()
-    resolver = RedisAdapterResolver(registry, tmp_path, metrics)
+    resolver = RedisAdapterResolver(registry, tmp_path, 0, metrics)
     publish(registry, "m")
     publish(registry, "m")  # v1 is replaced: never served again
     assert resolve(resolver, "m@v1") is None
@@ -82,7 +82,7 @@ def test_only_the_active_version_of_a_module_resolves(registry: Registry, tmp_pa
 def test_corrupt_blobs_are_refused_and_nothing_is_written(
     registry: Registry, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    resolver = RedisAdapterResolver(registry, tmp_path, CollectorRegistry())
+    resolver = RedisAdapterResolver(registry, tmp_path, 0, CollectorRegistry())
     version, _files = publish(registry, "m")
     redis_client.hset(keys.version_files("m", version), "adapter_model.safetensors", b"x")
     assert resolve(resolver, "m@v1") is None
@@ -91,5 +91,16 @@ def test_corrupt_blobs_are_refused_and_nothing_is_written(
 
 def test_redis_away_is_a_refusal_not_a_crash(tmp_path: Path) -> None:
     registry = Registry.from_url("redis://127.0.0.1:9/0", 8, 60, 0.2, 0.2)  # nothing listens
-    resolver = RedisAdapterResolver(registry, tmp_path, CollectorRegistry())
+    resolver = RedisAdapterResolver(registry, tmp_path, 0, CollectorRegistry())
     assert resolve(resolver, "m@v1") is None
+
+
+def test_a_fetch_sweeps_the_folders_of_replaced_versions(registry: Registry, tmp_path: Path) -> None:
+    resolver = RedisAdapterResolver(registry, tmp_path, 0, CollectorRegistry())
+    publish(registry, "m")
+    publish(registry, "other")
+    assert resolve(resolver, "m@v1") is not None
+    publish(registry, "m")  # m@v1 is replaced; its folder goes with the next fetch
+    assert (tmp_path / "m" / "v1").exists()
+    assert resolve(resolver, "other@v1") is not None
+    assert sorted(resolver.store.local_versions()) == [("other", 1)]
