@@ -95,7 +95,9 @@ def test_redis_away_is_a_refusal_not_a_crash(tmp_path: Path) -> None:
     assert resolve(resolver, "m@v1") is None
 
 
-def test_a_fetch_sweeps_the_folders_of_replaced_versions(registry: Registry, tmp_path: Path) -> None:
+def test_a_fetch_sweeps_the_folders_of_replaced_versions(
+    registry: Registry, tmp_path: Path
+) -> None:
     resolver = RedisAdapterResolver(registry, tmp_path, 0, CollectorRegistry())
     publish(registry, "m")
     publish(registry, "other")
