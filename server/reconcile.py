@@ -1,4 +1,4 @@
-"""Background loops of the gateway: follow registry events; keep the engine in step.
+"""Background loops of the gateway: follow registry events; keep the engines to the placement.
 
 Both loops outlive any error: an iteration that fails is counted
 (`loramem_loop_errors_total{loop}`), logged, and the loop goes on.
@@ -141,6 +141,7 @@ class Reconciler(threading.Thread):
         # on-demand load path runs on other threads, so every access holds the lock.
         self.stale_since: dict[tuple[str, str], float] = {}
         self.resident: dict[str, set[str]] = {}  # engine URL -> adapters seen last pass
+        self._forgot_at = 0.0
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -157,8 +158,10 @@ class Reconciler(threading.Thread):
         for url in [u for u in self.engines if self.pool.healthy(u)]:
             self._step(url, self.reconcile_engine)
         self._step("local folders", lambda _name: self.sweep_local())
-        # Forget the demand of versions nobody asked for in a long while.
-        self.pool.demand.forget_below(FORGOTTEN_RATE_PER_S, time.monotonic())
+        # Forget, once a minute, the demand of versions nobody asked for in a long while.
+        if time.monotonic() - self._forgot_at >= 60:
+            self._forgot_at = time.monotonic()
+            self.pool.demand.forget_below(FORGOTTEN_RATE_PER_S, self._forgot_at)
         try:
             self.metrics.modules_active.set(len(self.router.all_active()))
         except Exception:
@@ -184,27 +187,32 @@ class Reconciler(threading.Thread):
         engine = self.engines[url]
         adapters = {n for n in engine.loaded_models() if parse_served_name(n)}
         active = {served_name(m, v) for m, v in self.router.all_active().items()}
-        placed_here = {n for n in active if url in self.pool.placement(n)}
-        if self.preload:
-            for name in sorted(placed_here - adapters):
+        if self.preload:  # every active version's placement: one host, few versions
+            for name in sorted(n for n in active - adapters if url in self.pool.placement(n)):
                 try:
                     self.load_into(url, name)
                     adapters.add(name)
                 except ModelNotFound:  # retired while this router had not heard yet
                     log.info("not loading %s: no longer active", name)
-        unloaded = self._unload_stale(url, adapters - placed_here)
-        self._count_residency(url, adapters - unloaded)
-        self._read_engine_loads(url, engine)
+        # Only what the engine holds is checked, so a pass costs the engine's slots, not
+        # the number of modules.
+        stale = {n for n in adapters if n not in active or url not in self.pool.placement(n)}
+        unloaded = self._unload_stale(url, stale)
+        if self._count_residency(url, adapters - unloaded):
+            self._read_engine_loads(url, engine)
         return len(unloaded)
 
-    def _count_residency(self, url: str, adapters: set[str]) -> None:
+    def _count_residency(self, url: str, adapters: set[str]) -> bool:
         """Resident adapters per engine, and the ones that arrived since the last pass
-        (loaded on demand by the engine's resolver, or by a gateway)."""
+        (loaded on demand by the engine's resolver, or by a gateway). True when some
+        arrived, or on the first pass: only then can the engine's own counts change."""
         previous = self.resident.get(url)
+        arrived = adapters - previous if previous is not None else adapters
         if previous is not None:
-            self.metrics.engine_adapter_loads.labels(url).inc(len(adapters - previous))
+            self.metrics.engine_adapter_loads.labels(url).inc(len(arrived))
         self.resident[url] = adapters
         self.metrics.engine_adapters_loaded.labels(url).set(len(adapters))
+        return previous is None or bool(arrived)
 
     def _read_engine_loads(self, url: str, engine: EngineClient) -> None:
         """Mirror the engine resolver's own counters (its /metrics) per engine."""
