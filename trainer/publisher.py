@@ -77,7 +77,8 @@ class Publisher:
         try:
             registry.modules.publish(info, files, job_id=job.id, fence=fence)
         except (JobCancelled, LockLost):  # never published: take back what was laid out
-            self.unload_everywhere(ref.name)
+            if not self.ctx.settings.engine_resolver:  # else no engine could have fetched it
+                self.unload_everywhere(ref.name)
             self.ctx.store.remove_local(ref.module, ref.version)
             raise
         log.info("published %s (recall %.3f)", ref.name, artifact.recall)

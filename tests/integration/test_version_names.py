@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from loramem.adapter_store import AdapterStore
@@ -23,6 +24,13 @@ from trainer.outcomes import Artifact
 from trainer.publisher import Publisher
 
 M = module_id("t", "m")  # the module these tests publish, by its id
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # The push path, where workers load each version into the engines by path (engines
+    # without the resolver); with it, the floor from the engines' loaded names still holds.
+    return settings.model_copy(update={"engine_resolver": False})
 
 
 class VllmAdapters:

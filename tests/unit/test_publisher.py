@@ -20,8 +20,8 @@ class Modules:
     def __init__(self) -> None:
         self.published: list[str] = []
 
-    def next_version(self, module: str) -> int:
-        return 1
+    def next_version(self, module: str, at_least: int = 1) -> int:
+        return at_least
 
     def publish(self, info, files, job_id=None, fence=None) -> None:  # type: ignore[no-untyped-def]
         self.published.append(f"{info.module}@v{info.version}")
@@ -35,7 +35,10 @@ def test_engines_get_a_push_only_without_their_resolver(tmp_path: Path, resolver
         settings=settings, registry=registry, store=AdapterStore(tmp_path / "a", registry)
     )
     pushed: list[str] = []
-    engine = SimpleNamespace(load_adapter=lambda ref: pushed.append(ref.name))
+    engine = SimpleNamespace(
+        load_adapter=lambda ref, fresh=False: pushed.append(ref.name),
+        loaded_models=lambda: {"base"},  # the publisher asks which names an engine holds
+    )
     publisher = Publisher(ctx, [engine])  # type: ignore[arg-type, list-item]
     config = {"peft_type": "LORA", "r": 8}
     files = {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": b"w"}
