@@ -23,6 +23,7 @@ from loramem import keys
 from loramem.adapter_store import checksum, read_files
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_command, engine_env
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -34,6 +35,7 @@ REDIS_URL = redis_db_url(12)
 PORT = 18150
 ENGINE = f"http://127.0.0.1:{PORT}"
 HEADERS = {"Authorization": "Bearer resolver-key"}
+MODULE = module_id("e2e", "facts-a")  # what engines and Redis know a module by
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +116,18 @@ def test_an_engine_fetches_versions_published_after_it_started_and_refills_after
     model_path = prepare_base_model(settings)
     engine = start_engine(settings, model_path)
     try:
-        name = publish(registry, "facts-a", make_adapter(model_path, tmp_path / "a"))
+        name = publish(registry, MODULE, make_adapter(model_path, tmp_path / "a"))
         reply = ask(name)  # nobody loaded it: the engine resolves the name itself
         assert reply.status_code == 200, reply.text
         assert reply.json()["model"] == name
         assert (
-            checksum(read_files(cache / "facts-a" / "v1"))
-            == registry.modules.version("facts-a", 1).checksum
+            checksum(read_files(cache / MODULE / "v1"))
+            == registry.modules.version(MODULE, 1).checksum
         )
-        assert ask("facts-a@v7").status_code == 404  # not a published version
+        assert ask(f"{MODULE}@v7").status_code == 404  # not a published version
         assert ask("nothing@v1").status_code == 404
         assert resolver_loads() == 1
-        newer = publish(registry, "facts-a", make_adapter(model_path, tmp_path / "b"))
+        newer = publish(registry, MODULE, make_adapter(model_path, tmp_path / "b"))
     finally:
         stop_engine(engine)
     shutil.rmtree(cache)  # a new pod: an empty folder of its own
@@ -135,8 +137,8 @@ def test_an_engine_fetches_versions_published_after_it_started_and_refills_after
         assert ask(name).status_code == 404  # replaced: never served again
         reply = ask(newer)
         assert reply.status_code == 200, reply.text
-        assert (cache / "facts-a" / "v2" / "adapter_model.safetensors").exists()
-        assert not (cache / "facts-a" / "v1").exists()
+        assert (cache / MODULE / "v2" / "adapter_model.safetensors").exists()
+        assert not (cache / MODULE / "v1").exists()
         assert resolver_loads() == 1
     finally:
         stop_engine(engine)
