@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     # "also relevant" when its best fact clears route_threshold and its score is within
     # router_merge_margin of the best module's.
     router_merge: bool = False
+    # Read your writes (router/pending.py): a model=auto question whose nearest fact no
+    # published version holds yet (new, edited, deleted) is answered by "rag" (base model,
+    # current facts in context), "hybrid" (the fact's module, current facts in context),
+    # or "off" (the published modules only, as if not posted yet). Set from `loramem eval
+    # read-your-writes` (docs/RESULTS.md, Memory at scale).
+    interim_mode: Literal["rag", "hybrid", "off"] = "rag"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
     # PEFT add_weighted_adapter combination (trainer/merge.py): "ties" (default: TIES on

@@ -18,6 +18,7 @@ from loramem.registry import Registry
 from loramem.registry.apikeys import VerifiedKeys
 from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, ProcessEmbedder, SentenceEmbedder
+from router.pending import PendingFacts
 from router.router import Router
 from server import api_admin, api_knowledge, api_merges, api_openai, api_ops, errors
 from server.completions import CompletionService
@@ -72,10 +73,18 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             return await run_in_threadpool(reconciler.load_into, engine, name)
 
         forwarder = EngineForwarder(http, pool, load_adapter)
-        completions = CompletionService(router, registry, metrics, forwarder)
+        pending = PendingFacts(registry, router.embedder.dim)  # exact: it holds few facts
+        completions = CompletionService(
+            router, registry, metrics, forwarder, pending, settings.interim_mode
+        )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(
-            registry, router, stop, metrics, snapshot_interval_s=settings.router_snapshot_interval_s
+            registry,
+            router,
+            stop,
+            metrics,
+            snapshot_interval_s=settings.router_snapshot_interval_s,
+            pending=pending,
         )
         follower.start()  # reads the event cursor first, then loads: no event is missed
         reconciler.start()

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from loramem.errors import LoramemError
 from loramem.registry import Registry
 from router import answer
+from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 from server.errors import error_body
 from server.forwarding import EngineForwarder, Upstream
@@ -49,8 +50,12 @@ class CompletionService:
         registry: Registry,
         metrics: GatewayMetrics,
         forwarder: EngineForwarder,
+        pending: PendingFacts | None = None,
+        interim_mode: str = "off",
     ) -> None:
         self.router = router
+        self.pending = pending  # changes no published version holds yet (read your writes)
+        self.interim_mode = interim_mode
         self.registry = registry
         self.metrics = metrics
         self.forwarder = forwarder
@@ -60,8 +65,8 @@ class CompletionService:
         self, tenant: str, path: str, request: ChatCompletionRequest | CompletionRequest
     ) -> Completion:
         started = time.perf_counter()
-        mode = request.loramem.mode
-        decision = await run_in_threadpool(self._decide, tenant, request, mode)
+        decision = await run_in_threadpool(self._decide, tenant, request, request.loramem.mode)
+        mode = answer.effective_mode(decision, request.loramem.mode)
         self.metrics.route_seconds.observe(time.perf_counter() - started)
         if decision.score is not None:
             self.metrics.route_score.observe(decision.score)
@@ -85,7 +90,14 @@ class CompletionService:
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str
     ) -> RouteDecision:
         decision = answer.route(
-            self.router, tenant, request.model, request.query_text(), mode, request.loramem.merge
+            self.router,
+            tenant,
+            request.model,
+            request.query_text(),
+            mode,
+            request.loramem.merge,
+            self.pending,
+            request.loramem.interim or self.interim_mode,
         )
         if decision.merge_wanted:
             wanted = decision.merge_wanted

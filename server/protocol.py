@@ -68,6 +68,9 @@ class LoramemOptions(BaseModel):
     mode: Literal["lora", "rag", "hybrid"] = "lora"
     # model=auto: a query whose top modules are close goes to their merged module.
     merge: bool = False
+    # model=auto: how a fact no published version holds yet is answered (default:
+    # LORAMEM_INTERIM_MODE); "off" answers as if it had not been posted.
+    interim: Literal["rag", "hybrid", "off"] | None = None
 
 
 ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]

@@ -17,6 +17,7 @@ from loramem.engine import EngineClient
 from loramem.errors import ModelNotFound, NotFound
 from loramem.names import parse_served_name, served_name
 from loramem.registry import Registry
+from router.pending import PendingFacts, decode_fact_ids
 from router.router import Router
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
@@ -43,6 +44,7 @@ class EventFollower(threading.Thread):
         metrics: GatewayMetrics | None = None,
         max_backoff_s: float = 30.0,
         snapshot_interval_s: float = 0.0,
+        pending: PendingFacts | None = None,
     ) -> None:
         super().__init__(daemon=True, name="event-follower")
         self.registry, self.router, self.stop = registry, router, stop
@@ -51,8 +53,9 @@ class EventFollower(threading.Thread):
         # Index snapshots are written between events (router/snapshot.py); 0: never here.
         self.snapshot_interval_s = snapshot_interval_s
         self._snapshot_due = time.monotonic() + snapshot_interval_s
+        self.pending = pending  # facts changed since their module's version (read your writes)
         self.cursor = registry.modules.last_event_id()  # first: no later event is missed
-        router.load_all()
+        self._load_all()
 
     def run(self) -> None:
         backoff_s = 0.0
@@ -88,19 +91,38 @@ class EventFollower(threading.Thread):
         """Rebuild routing state from the registry; events after the new cursor follow."""
         log.warning("event follower fell behind the trimmed stream at %s: resyncing", self.cursor)
         cursor = self.registry.modules.last_event_id()
-        self.router.load_all()
+        self._load_all()
         self.cursor = cursor
         self.metrics.follower_resyncs.inc()
+
+    def _load_all(self) -> None:
+        self.router.load_all()
+        if self.pending is not None:
+            self.pending.load_all()
 
     def apply(self, event: dict[str, str]) -> None:
         kind = event.get("type")
         if kind == "published":
+            tenant, module, version = event["tenant"], event["module"], int(event["version"])
             try:
-                self.router.apply_published(event["tenant"], event["module"], int(event["version"]))
+                self.router.apply_published(tenant, module, version)
+                # After the router: meanwhile a question is still answered as pending.
+                if self.pending is not None:
+                    self.pending.apply_published(tenant, module, version, event.get("job_id", ""))
             except NotFound as exc:  # replaced and swept since: nothing left to serve
                 log.info("skipping a publish that is gone: %s", exc.message)
         elif kind == "retired":
             self.router.apply_retired(event["module"])
+            if self.pending is not None:
+                self.pending.apply_retired(event.get("tenant", ""), event["module"])
+        elif kind == "facts_changed" and self.pending is not None:
+            self.pending.apply_changed(
+                event["tenant"],
+                event["module"],
+                event["job_id"],
+                event["change"],
+                decode_fact_ids(event["fact_ids"]),
+            )
 
 
 class Reconciler(threading.Thread):

@@ -1,10 +1,13 @@
 """Facts: storing them, packing them into modules, editing, deleting and splitting.
 
-Every change to facts queues, in the same transaction, the job that retrains their module.
+Every change to facts queues, in the same transaction, the job that retrains their module,
+and announces the change (a `facts_changed` event) so that routers answer the new text
+from context until a version trained on it is published (router/pending.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from loramem.names import is_module_of, is_reserved_module_name, module_id, modu
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, stage_job
 from loramem.registry.limits import TenantQuotas
-from loramem.registry.modules import stage_module
+from loramem.registry.modules import announce, stage_module
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class FactStore:
             pipe.sadd(keys.module_facts(target), *ids)
             pipe.sadd(keys.tenants(), tenant)
             stage_job(pipe, job)
+            _announce_change(pipe, job, "add", ids)
 
         watched = [keys.tenant_open_module(tenant)] + [keys.fact(tenant, f) for f in ids]
         if module:
@@ -123,6 +127,7 @@ class FactStore:
             else:
                 pipe.hset(key, mapping=update)
             stage_job(pipe, job)
+            _announce_change(pipe, job, job.kind, [fact_id])
 
         self._redis.transaction(write, key)
         return job
@@ -171,6 +176,19 @@ class FactStore:
         return [
             _fact(tenant, fid, raw) for fid, raw in zip(ids, pipe.execute(), strict=True) if raw
         ]
+
+
+def _announce_change(pipe: redis.client.Pipeline, job: Job, change: str, ids: list[str]) -> None:
+    """`change` is "add", "edit" or "delete"; the job is the one that will train it."""
+    announce(
+        pipe,
+        "facts_changed",
+        tenant=job.tenant,
+        module=job.module,
+        job_id=job.id,
+        change=change,
+        fact_ids=json.dumps(ids),
+    )
 
 
 def _check_target(pipe: redis.client.Pipeline, tenant: str, target: str, chosen: bool) -> bool:

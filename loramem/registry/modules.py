@@ -135,7 +135,7 @@ class ModuleStore:
                 pipe.incrby(keys.tenant_adapter_bytes(info.tenant), size_bytes)  # quota
             pipe.hset(keys.module(info.module), "active_version", info.version)
             previous.record_retired(pipe, unless=info.version)
-            _announce(
+            announce(
                 pipe,
                 "published",
                 module=info.module,
@@ -156,7 +156,7 @@ class ModuleStore:
         def write(pipe: redis.client.Pipeline) -> None:
             pipe.hset(keys.module(module), "active_version", 0)
             previous.record_retired(pipe)
-            _announce(pipe, "retired", module=module, tenant=tenant)
+            announce(pipe, "retired", module=module, tenant=tenant)
 
         self._in_transaction(write, previous, job_id, None)
 
@@ -316,7 +316,8 @@ class _ActiveVersion:
             pipe.zadd(keys.retired_versions(), {name: time.time()})
 
 
-def _announce(pipe: redis.client.Pipeline, kind: str, **fields: str | int) -> None:
+def announce(pipe: redis.client.Pipeline, kind: str, **fields: str | int) -> None:
+    """An event for every gateway's router, inside the caller's transaction."""
     pipe.xadd(
         keys.EVENTS_STREAM,
         {"type": kind, **fields},
