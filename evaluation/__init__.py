@@ -46,4 +46,11 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
 - paperqa: `bleu` (sacrebleu corpus BLEU, 0-100), `rouge_l` (mean F, 0-1), `judge_score`
   (mean 0-10 over parsed verdicts), `judge_parse_failures` (count); top level `judge`
   (`url`, `model`, `own_engine`, `caveat`).
+
+`read-your-writes` (evaluation/read_your_writes.py): `sets`, per data set `facts`,
+`edits`, `modules` and `phases` (`add`, `edit`), each with `first_right_s` (seconds from
+sending the POST or the first PUT to the first right `model=auto` answer, null if none in
+120 s), `first_right_tries`, `jobs` and `arms` (`rag`, `hybrid`, `off` asked while the
+jobs trained, then `published`): `right`, `old_value` (edits: the old value answered),
+`pending_share` (answered as `pending`), `jobs_published_after`, `request_errors`.
 """

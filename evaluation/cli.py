@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "counterfact": "CounterFact efficacy and greedy containment, with the baselines",
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
+    "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
 }
 _VALUES = {
     "formats": "qa,rewrite,mixed",
@@ -72,6 +73,12 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
         sub.add_argument("--sizes", default="16,64,256", help="module counts")
         sub.add_argument("--weights", default="0,0.3", help="lexical weights (0: dense)")
         sub.add_argument("--people", type=int, default=200, help="people asked per size")
+    if name == "read-your-writes":
+        sub.add_argument("--datasets", default="phonebook,counterfact")
+        sub.add_argument("--count", type=int, default=20, help="facts per data set")
+        sub.add_argument("--edits", type=int, default=4, help="facts edited (PUT) afterwards")
+        sub.add_argument("--interims", default="rag,hybrid,off", help="interim arms compared")
+        sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
     if name == "paperqa":
         sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
         sub.add_argument("--questions", type=int, default=10, help="per paper")
@@ -79,7 +86,7 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation import data_evals, experiments, routing
+    from evaluation import data_evals, experiments, read_your_writes, routing
     from evaluation.run import EvalRun
 
     handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "counterfact": data_evals.counterfact_eval,
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,
+        "read-your-writes": read_your_writes.read_your_writes,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
     evaluation = EvalRun(

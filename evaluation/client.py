@@ -32,6 +32,7 @@ class Answer:
     text: str
     module: str  # x-loramem-module: "<module>@v<N>" or "base"
     error: str | None = None  # the gateway's message when the request was refused
+    outcome: str = ""  # x-loramem-outcome: "module", "pending" (read your writes), ...
 
 
 class EvalClient:
@@ -75,6 +76,9 @@ class EvalClient:
         self, text: str, module: str | None, training: dict[str, Any] | None = None
     ) -> dict:
         return _accepted(lambda: self.api.add_document(text, module, training))
+
+    def put_fact(self, fact_id: str, text: str) -> dict:
+        return _accepted(lambda: self.api.edit_fact(fact_id, text))
 
     def post_merge(self, modules: Sequence[str], combination: str) -> dict:
         try:
@@ -131,12 +135,16 @@ class EvalClient:
         mode: str = "lora",
         system: str | None = None,
         max_tokens: int = 32,
+        interim: str | None = None,
     ) -> Answer:
+        """`interim`: how a fact no published version holds is answered (rag, hybrid,
+        off; None: the gateway's default)."""
+        extra = {"loramem": {"interim": interim}} if interim else {}
         try:
-            answer = self.api.ask(question, model, mode, system, max_tokens)
+            answer = self.api.ask(question, model, mode, system, max_tokens, **extra)
         except GatewayError as exc:
             return Answer("", "", exc.message)
-        return Answer(answer.text, answer.module)
+        return Answer(answer.text, answer.module, outcome=answer.outcome)
 
     def continuation_logprob(
         self,

@@ -42,6 +42,7 @@ class Answer:
     mode: str  # x-loramem-mode: lora, rag or hybrid
     route_score: float | None  # x-loramem-route-score, when the router decided
     body: dict[str, Any]  # the whole completion, vLLM's extra fields (prompt_logprobs) too
+    outcome: str = ""  # x-loramem-outcome: "module", "pending" (read your writes), ...
 
 
 class Client:
@@ -206,6 +207,7 @@ class Client:
             mode=raw.headers.get("x-loramem-mode", ""),
             route_score=float(score) if score else None,
             body=completion.model_dump(),
+            outcome=raw.headers.get("x-loramem-outcome", ""),
         )
 
     def close(self) -> None:

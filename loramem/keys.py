@@ -24,7 +24,8 @@ Layout (all under the prefix `loramem:`). A module `{name}` here is its id
                                        clock, us) they joined or were last served; a worker
                                        pops the lowest (round-robin over tenants)
   jobs:streams                  set    tenants that have a job stream (reclaim and backlog scans)
-  stream:events                 stream registry events (published, retired) for routers
+  stream:events                 stream registry events (published, retired, facts_changed)
+                                       for routers
   apikey:{id}                   hash   hash (sha256 of the key), tenant, role, name,
                                        created_at_s, last_used_s, revoked_at_s
   apikeys                       set    every API key id, revoked ones included

@@ -145,6 +145,8 @@ def completion_headers(completion: Completion) -> dict[str, str]:
     """Which module answered, in which mode, how it was routed, and on which engine."""
     decision = completion.decision
     headers = {"x-loramem-module": decision.header, "x-loramem-mode": completion.mode}
+    # "pending": answered from context while the version holding the fact trains
+    headers["x-loramem-outcome"] = decision.outcome
     if decision.score is not None:
         headers["x-loramem-route-score"] = f"{decision.score:.4f}"
     if decision.candidates_header:

@@ -27,6 +27,7 @@ RUNS = {
     # Gate 0: some document sentences are never recalled as the gate asks them, and the
     # module would split until that sentence's module fails (the eval then waits 120 s).
     "paperqa": ["--papers", "1", "--questions", "2", "--sentences", "3", "--recall-gate", "0"],
+    "read-your-writes": ["--datasets", "phonebook", "--count", "2", "--edits", "1"],
 }
 # Dataset evals keep the system's own gate: too few steps would fail it and split.
 DATASET_STEPS = ["--max-steps", "40", "--concurrency", "4"]
@@ -34,7 +35,8 @@ COMMON = {"experiment", "command", "flags", "gateway", "tenant", "run_id", "seco
 
 
 def run_eval(system, tmp_path: Path, name: str) -> dict:  # type: ignore[no-untyped-def]
-    tiny = DATASET_STEPS if name in ("phonebook", "counterfact", "paperqa") else TINY
+    datasets = ("phonebook", "counterfact", "paperqa", "read-your-writes")
+    tiny = DATASET_STEPS if name in datasets else TINY
     gateway = str(system.gateway.base_url)
     argv = ["eval", name, "--gateway", gateway, "--out", str(tmp_path), *tiny, *RUNS[name]]
     assert main(argv) == 0
@@ -134,3 +136,29 @@ def test_paperqa(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
         assert arm["judge_score"] is None or 0 <= arm["judge_score"] <= 10
     assert results["judge"]["own_engine"] and "weak judge" in results["judge"]["caveat"]
     assert "weak judge" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.timeout(900)
+def test_read_your_writes(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A posted and an edited fact are answered right before their version is published;
+    the figures are the eval's own (a tiny run: two facts, one edit)."""
+    results = run_eval(system, tmp_path, "read-your-writes")
+    (one,) = results["sets"].values()
+    add, edit = one["phases"]
+    assert [a["arm"] for a in add["arms"]] == ["rag", "hybrid", "off", "published"]
+    for phase in (add, edit):
+        assert phase["first_right_s"] is not None, phase  # the write was answered at all
+        assert all(j["status"] == "published" for j in phase["jobs"])
+        for arm in phase["arms"]:
+            assert in_unit(arm["right"]) and in_unit(arm["pending_share"])
+            assert arm["request_errors"] == 0
+        interim = phase["arms"][0]  # rag: the default, asked first
+        if not interim["jobs_published_after"]:  # asked while the version trained
+            assert interim["pending_share"] == 1.0 and interim["right"] == 1.0, interim
+        off = phase["arms"][2]
+        if not off["jobs_published_after"]:
+            assert off["pending_share"] == 0.0  # off: as if not written yet
+    interim = edit["arms"][0]
+    if not interim["jobs_published_after"]:
+        assert interim["old_value"] == 0.0  # the old value is not answered meanwhile
+    assert (tmp_path / "read_your_writes_phonebook.png").stat().st_size > 0
