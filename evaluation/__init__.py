@@ -50,7 +50,8 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
 `read-your-writes` (evaluation/read_your_writes.py): `sets`, per data set `facts`,
 `edits`, `modules` and `phases` (`add`, `edit`), each with `first_right_s` (seconds from
 sending the POST or the first PUT to the first right `model=auto` answer, null if none in
-120 s), `first_right_tries`, `jobs` and `arms` (`rag`, `hybrid`, `off` asked while the
+120 s), `first_right_tries`, `first_right_answer_s` (the right answer's own request),
+`jobs` and `arms` (`rag`, `hybrid`, `off` asked while the
 jobs trained, then `published`): `right`, `old_value` (edits: the old value answered),
 `pending_share` (answered as `pending`), `jobs_published_after`, `request_errors`.
 """

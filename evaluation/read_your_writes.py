@@ -136,7 +136,7 @@ def phase(
     olds: list[str] | None,
 ) -> dict:
     """Time to the first right answer, the interim arms, then the published module."""
-    first_s, tries = first_right(client, probes[0], started)
+    first_s, tries, answer_s = first_right(client, probes[0], started)
     rows = []
     for arm in arms:
         answers = ask(client, probes, arm, f"{name} {arm}")
@@ -148,6 +148,7 @@ def phase(
         "phase": name,
         "first_right_s": first_s,
         "first_right_tries": tries,
+        "first_right_answer_s": answer_s,  # of which: the right answer's own request
         "jobs": [{"status": j["status"], "version": j.get("version")} for j in finished],
         "arms": rows,
     }
@@ -155,15 +156,18 @@ def phase(
 
 def first_right(
     client: EvalClient, probe: Probe, started: float, timeout_s: float = 120.0
-) -> tuple[float | None, int]:
-    """Seconds from the write to a right answer (asked again until then), and the tries."""
+) -> tuple[float | None, int, float | None]:
+    """Seconds from the write to a right answer (asked again until then), the tries, and
+    the seconds of the request that gave it (the engine's generation, mostly)."""
     tries = 0
     while time.monotonic() - started < timeout_s:
         tries += 1
+        asked = time.monotonic()
         if probe.says(client.chat(probe.question, "auto", max_tokens=32)):
-            return round(time.monotonic() - started, 3), tries
+            now = time.monotonic()
+            return round(now - started, 3), tries, round(now - asked, 3)
         time.sleep(0.05)
-    return None, tries
+    return None, tries, None
 
 
 def ask(client: EvalClient, probes: list[Probe], interim: str | None, desc: str) -> list[Answer]:
