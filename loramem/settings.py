@@ -179,8 +179,9 @@ class Settings(BaseSettings):
     # Read your writes (router/pending.py): a model=auto question whose nearest fact no
     # published version holds yet (new, edited, deleted) is answered by "rag" (base model,
     # current facts in context), "hybrid" (the fact's module, current facts in context),
-    # or "off" (the published modules only, as if not posted yet). Set from `loramem eval
-    # read-your-writes` (docs/RESULTS.md, Memory at scale).
+    # or "off" (the published modules only, as if not posted yet). rag: `loramem eval
+    # read-your-writes` gave CounterFact edits 3/4 right with rag, 1/4 with hybrid (the
+    # module's old value won 3/4); PhoneBook 4/4 both (docs/RESULTS.md, Memory at scale).
     interim_mode: Literal["rag", "hybrid", "off"] = "rag"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
