@@ -3,12 +3,12 @@ by side in one run, through a running system (`loramem run`).
 
     .venv/bin/python -m bench.ingest_held --held 0,50 --facts 10
 
-For each `held` count: a fresh tenant gets that many PhoneBook facts first (waited until
-published, not timed), then `--facts` more are posted and timed to `published`. New facts
-are packed into the tenant's open module while it has room (LORAMEM_MODULE_CAPACITY_FACTS),
-so what a job retrains is the open module's facts: a tenant of T facts has
-T mod capacity of them there. Prints seconds, training steps, the facts the job trained,
-and each time as a ratio of the first row's.
+For each `held` count: a fresh tenant gets that many PhoneBook facts first (rows from 0, in
+batches of 50, each waited until published, not timed), then `--facts` more (rows from
+1900) are posted and timed to `published`. New facts are packed into the tenant's open
+module while it has room (LORAMEM_MODULE_CAPACITY_FACTS), so what a job retrains is the
+open module's facts: a tenant of T facts has T mod capacity of them there. Prints seconds,
+training steps, the facts the job trained, and each time as a ratio of the first row's.
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ def main() -> None:
     print("| facts held | new facts | POST->published (s) | steps | facts trained | vs first |")
     print("|---|---|---|---|---|---|")
     first = None
-    for row, held in enumerate(int(h) for h in args.held.split(",")):
+    for held in (int(h) for h in args.held.split(",")):
         tenant = f"bench-held-{uuid.uuid4().hex[:8]}"
         if held:
-            old = phonebook(data_dir, held, offset=1000 + 100 * row)
-            _s, job = post_and_wait(client, tenant, [p.fact for p in old])
-            if job["status"] != "published":
-                raise SystemExit(f"filling {held} facts failed: {job['error']}")
-        new = phonebook(data_dir, args.facts, offset=1500 + 100 * row)
+            old = [p.fact for p in phonebook(data_dir, held)]
+            for start in range(0, held, 50):  # in batches of 50, as a user posts them
+                _s, job = post_and_wait(client, tenant, old[start : start + 50])
+                if job["status"] != "published":
+                    raise SystemExit(f"filling {held} facts failed: {job['error']}")
+        new = phonebook(data_dir, args.facts, offset=1900)  # tenants are apart
         seconds, job = post_and_wait(client, tenant, [p.fact for p in new])
         if job["status"] != "published":
             raise SystemExit(f"job failed: {job['error']}")
