@@ -19,10 +19,11 @@ from loramem.registry.apikeys import VerifiedKeys
 from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, ProcessEmbedder, SentenceEmbedder
 from router.router import Router
-from server import api_admin, api_knowledge, api_merges, api_openai, api_ops, errors
+from server import api_admin, api_console, api_knowledge, api_merges, api_openai, api_ops, errors
 from server.completions import CompletionService
 from server.engines import EnginePool
 from server.forwarding import EngineForwarder
+from server.hits import HitCounter
 from server.limits import BodyLimit, InFlightLimit, IngestPool
 from server.metrics import GatewayMetrics
 from server.placement import DemandMeter, ReplicaPolicy
@@ -72,7 +73,8 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             return await run_in_threadpool(reconciler.load_into, engine, name)
 
         forwarder = EngineForwarder(http, pool, load_adapter)
-        completions = CompletionService(router, registry, metrics, forwarder)
+        hits = HitCounter(settings.hits_window_s, settings.hits_bucket_s)
+        completions = CompletionService(router, registry, metrics, forwarder, hits)
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(
             registry, router, stop, metrics, snapshot_interval_s=settings.router_snapshot_interval_s
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             settings.ingest_threads, settings.ingest_max_queued, ingest_embedder
         )
         app.state.verified_keys = VerifiedKeys(settings.auth_outage_cache_s)
+        app.state.hits = hits
         try:
             yield
         finally:
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     app.include_router(api_openai.api)
     app.include_router(api_ops.api)
     app.include_router(api_admin.api)
+    api_console.install(app)
     return app
 
 
