@@ -58,6 +58,15 @@ function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
+// Redraw `node` from `data` only when the data changed, so that a refresh leaves a
+// selection, a focused button or a hovered row alone.
+function render(node, data, build) {
+  const shown = JSON.stringify(data);
+  if (node.dataset.shown === shown) return;
+  node.dataset.shown = shown;
+  node.replaceChildren(...build());
+}
+
 const fixed = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
 
 function button(text, cls, onclick) {
@@ -85,7 +94,7 @@ async function loadModules() {
 async function showModules() {
   const [mods, hits] = await Promise.all([loadModules(), call("GET", "/stats/hits")]);
   const byModule = Object.fromEntries(hits.series.map((s) => [s.module, s.total]));
-  fill($("modules").tBodies[0], mods.map((m) => {
+  render($("modules").tBodies[0], [mods, byModule], () => mods.map((m) => {
     const count = byModule[m.name] || 0;
     const open = el("a", m.name, { href: "#facts" });
     open.addEventListener("click", () => { $("fact-module").value = m.name; });
@@ -106,7 +115,7 @@ async function showFacts() {
   const only = $("fact-module").value;
   const facts = (await call("GET", "/facts")).filter((f) => !only || f.module === only);
   $("fact-count").textContent = `${facts.length} fact${facts.length === 1 ? "" : "s"}`;
-  fill($("facts").tBodies[0], facts.map(factRow));
+  render($("facts").tBodies[0], facts, () => facts.map(factRow));
 }
 
 function factRow(fact) {
@@ -122,6 +131,7 @@ function factRow(fact) {
 
 function editFact(tr, fact) {
   editing = fact.id;
+  delete tr.parentNode.dataset.shown; // the next refresh redraws the row, edited or not
   const input = el("input", null, { class: "edit-text", "aria-label": "fact text" });
   input.value = fact.text;
   tr.cells[0].replaceChildren(input);
@@ -210,7 +220,7 @@ async function showJobs() {
   const mine = await Promise.all(tracked().filter((id) => !seen.has(id)).map(
     (id) => call("GET", `/jobs/${encodeURIComponent(id)}`).catch(() => null)));
   const jobs = [...mine.filter(Boolean), ...open.reverse()];
-  $("jobs").replaceChildren(...(jobs.length ? jobs.map(jobCard) : [el("p", "No jobs yet.", { class: "note" })]));
+  render($("jobs"), jobs, () => (jobs.length ? jobs.map(jobCard) : [el("p", "No jobs yet.", { class: "note" })]));
 }
 
 // --------------------------------------------------------------------- ask
