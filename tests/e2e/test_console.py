@@ -21,7 +21,6 @@ from loramem.datasets import phonebook
 from tests.e2e.support import JOB_TIMEOUT_S, System
 
 TENANT = "console"
-CONSOLE = "http://127.0.0.1:18000/console/"
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
-    options.add_argument("--window-size=1100,820")
+    options.add_argument("--window-size=1100,1000")
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
     try:
         yield driver
@@ -63,7 +62,7 @@ class Console:
     def fact_rows(self) -> dict[str, str]:
         script = (
             "return Array.from(document.querySelectorAll('#facts tbody tr'))"
-            ".map(r => [r.dataset.factId, r.innerText]);"
+            ".map(r => [r.dataset.factId, r.cells[0].innerText]);"
         )
         return dict(self.driver.execute_script(script))
 
@@ -96,7 +95,7 @@ def test_the_console_adds_trains_answers_and_deletes_a_fact(
 ) -> None:
     person = phonebook(system.settings.data_dir, 1)[0]
     page = Console(browser, tmp_path)
-    browser.get(CONSOLE)
+    browser.get(str(system.gateway.base_url).rstrip("/") + "/console/")
     page.type("#tenant", TENANT)  # auth is off in the e2e system: no key
     page.click("#login button[type=submit]")
 
