@@ -196,8 +196,11 @@ function percent(job) {
 
 function jobDetail(job) {
   const p = job.progress || {};
-  const parts = [p.phase || job.status];
-  if (p.total_steps) parts.push(`step ${p.step || 0}/${p.total_steps}`);
+  const done = TERMINAL.has(job.status);
+  const parts = [done ? job.status : p.phase || job.status];
+  // total_steps counts every extra round the gate may ask for: an upper bound.
+  if (p.total_steps && done) parts.push(`${p.step || 0} steps`);
+  else if (p.total_steps) parts.push(`step ${p.step || 0} of at most ${p.total_steps}`);
   if (p.loss !== undefined) parts.push(`loss ${fixed(p.loss, 4)}`);
   if (p.recall !== undefined) parts.push(`recall ${fixed(p.recall, 2)}`);
   if (job.version) parts.push(`version v${job.version}`);
