@@ -5,7 +5,7 @@
 const KEY = "loramem.key";
 const TENANT = "loramem.tenant";
 const JOBS = "loramem.jobs"; // ids of the jobs started from this tab
-const TERMINAL = new Set(["published", "failed"]);
+const TERMINAL = new Set(["published", "failed", "cancelled"]);
 const PALETTE = ["#2f6fde", "#1f9d55", "#d97706", "#9333ea", "#c23934", "#0891b2", "#64748b"];
 const $ = (id) => document.getElementById(id);
 
