@@ -19,6 +19,7 @@ import httpx
 from starlette.concurrency import run_in_threadpool
 
 from loramem.errors import LoramemError
+from loramem.names import module_name
 from loramem.registry import Registry
 from loramem.registry.facts import Fact
 from router import answer
@@ -77,7 +78,7 @@ class CompletionService:
             await run_in_threadpool(self._add_context, tenant, body, fact_ids)
         label = self.metrics.module_label(decision.module)
         self.metrics.requests.labels(label, decision.outcome, mode).inc()
-        self.hits.record(tenant, decision.module)
+        self.hits.record(tenant, module_name(decision.module) if decision.module else None)
         upstream = await self.forwarder.forward(
             decision.target, decision.module is not None, path, body, stream=request.stream
         )

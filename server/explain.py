@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
-from loramem.names import parse_served_name
+from loramem.names import module_name, parse_served_name
 from loramem.registry.facts import Fact
 from router.router import RouteDecision
 from server.protocol import MatchedFactOut, RouteCandidateOut, RouteExplanation
@@ -25,23 +25,28 @@ def explain(
     read_facts: Callable[[list[str]], list[Fact]],
 ) -> RouteExplanation:
     """`read_facts` reads the caller's tenant's facts by id (an empty list when Redis is
-    away: the ids and scores are still told)."""
+    away: the ids and scores are still told). Modules are shown by their names in the
+    tenant's namespace, never by their ids (loramem/names.py)."""
     parsed = parse_served_name(decision.target) if decision.module else None
     texts = {f.id: f.text for f in read_facts([hit.fact_id for hit in decision.candidates])}
     return RouteExplanation(
         served=decision.header,
-        module=decision.module,
+        module=module_name(decision.module) if decision.module else None,
         version=parsed[1] if parsed else None,
         outcome=decision.outcome,
         mode=mode,
         score=decision.score,
         threshold=threshold,
         candidates=[
-            RouteCandidateOut(module=m.module, score=m.score, best=m.best) for m in decision.modules
+            RouteCandidateOut(module=module_name(m.module), score=m.score, best=m.best)
+            for m in decision.modules
         ],
         facts=[
             MatchedFactOut(
-                id=hit.fact_id, module=hit.module, score=hit.score, text=texts.get(hit.fact_id)
+                id=hit.fact_id,
+                module=module_name(hit.module),
+                score=hit.score,
+                text=texts.get(hit.fact_id),
             )
             for hit in decision.candidates
         ],

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -65,7 +66,9 @@ def _publish(client: TestClient, registry: Registry, tenant: str, facts: list[st
     body = posted.json()
     registry.jobs.skip_to_publishing(body["job_id"], {"phase": "publishing"})
     registry.modules.publish(
-        VersionInfo(body["module"], 1, tenant, body["fact_ids"], 0.9, "c", TRAINED),
+        VersionInfo(
+            module_id(tenant, body["module"]), 1, tenant, body["fact_ids"], 0.9, "c", TRAINED
+        ),
         {},
         job_id=body["job_id"],
     )
@@ -112,6 +115,7 @@ def test_an_explained_answer_names_module_version_score_candidates_and_facts(
     assert told["candidates"][0]["module"] == posted["module"]
     assert told["facts"][0]["text"] == FACT and told["facts"][0]["id"] in posted["fact_ids"]
     assert reply.json()["choices"] == REPLY["choices"]  # the OpenAI fields as they came
+    assert "~" not in json.dumps(told)  # module names, never ids that hold the tenant
 
     assert "loramem" not in _chat(client, "a").json()  # only when asked for
 
@@ -130,6 +134,7 @@ def test_a_streamed_answer_carries_the_explanation_on_its_first_chunk(
     assert chunks[0]["loramem"]["module"] == posted["module"]
     assert chunks[0]["loramem"]["mode"] == "hybrid"
     assert chunks[1]["choices"][0]["delta"]["content"] == "555-0147"
+    assert "~" not in reply.text
 
 
 def test_another_tenant_sees_none_of_the_facts(client: TestClient, registry: Registry) -> None:

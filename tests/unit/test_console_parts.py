@@ -65,28 +65,31 @@ def test_a_window_must_hold_whole_buckets() -> None:
         HitCounter(window_s=100, bucket_s=60)
 
 
-DECISION = RouteDecision(
-    target="m1@v3",
-    module="m1",
+DECISION = RouteDecision(  # below the HTTP surface a module is known by its id
+    target="t~m1@v3",
+    module="t~m1",
     outcome="module",
     score=0.81,
-    candidates=[Hit("f1", "m1", 0.81), Hit("f2", "m2", 0.42)],
-    modules=[ModuleScore("m1", 0.83, 0.81), ModuleScore("m2", 0.42, 0.42)],
+    candidates=[Hit("f1", "t~m1", 0.81), Hit("f2", "t~m2", 0.42)],
+    modules=[ModuleScore("t~m1", 0.83, 0.81), ModuleScore("t~m2", 0.42, 0.42)],
 )
 
 
-def test_the_explanation_names_module_version_candidates_and_fact_texts() -> None:
+def test_the_explanation_names_module_version_candidates_and_fact_texts_by_name() -> None:
     asked: list[list[str]] = []
 
     def read(ids: list[str]) -> list[Fact]:
         asked.append(ids)
-        return [Fact(id="f1", tenant="t", text="Ann's phone is 1", module="m1")]
+        return [Fact(id="f1", tenant="t", text="Ann's phone is 1", module="t~m1")]
 
     told = explain(DECISION, "lora", 0.55, read)
     assert asked == [["f1", "f2"]]
     assert (told.served, told.module, told.version, told.outcome) == ("m1@v3", "m1", 3, "module")
     assert [c.module for c in told.candidates] == ["m1", "m2"]
-    assert [(f.id, f.text) for f in told.facts] == [("f1", "Ann's phone is 1"), ("f2", None)]
+    assert [(f.id, f.module, f.text) for f in told.facts] == [
+        ("f1", "m1", "Ann's phone is 1"),
+        ("f2", "m2", None),
+    ]
 
     base = explain(RouteDecision("SmolLM2", None, "base"), "rag", 0.55, lambda ids: [])
     assert (base.served, base.module, base.version, base.facts) == ("base", None, None, [])
