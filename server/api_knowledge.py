@@ -189,6 +189,12 @@ def list_facts(caller: ReaderDep, registry: RegistryDep) -> list[FactOut]:
     ]
 
 
+@api.get("/jobs", response_model=list[JobOut])
+def list_jobs(caller: ReaderDep, registry: RegistryDep) -> list[JobOut]:
+    """The caller's jobs that are still queued or running, oldest first."""
+    return [JobOut(**job.public()) for job in registry.jobs.open_of_tenant(caller.tenant)]
+
+
 @api.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, caller: ReaderDep, registry: RegistryDep) -> JobOut:
     job = registry.jobs.get(job_id)
@@ -220,6 +226,16 @@ def list_modules(caller: ReaderDep, registry: RegistryDep) -> list[ModuleOut]:
             active_version=m.active_version or None,
             served_name=public_served_name(m.active_name) if m.active_name else None,
             fact_count=m.fact_count,
+            recall=_recall(registry, m.name, m.active_version),
         )
         for m in registry.modules.of_tenant(caller.tenant)
     ]
+
+
+def _recall(registry: Registry, module: str, version: int) -> float | None:
+    if not version:
+        return None
+    try:
+        return registry.modules.version(module, version).recall
+    except NotFound:  # replaced between the two reads; the next listing has it
+        return None

@@ -20,10 +20,11 @@ from loramem.settings import Settings, get_settings
 from router.embedder import Embedder, ProcessEmbedder, SentenceEmbedder
 from router.pending import PendingFacts
 from router.router import Router
-from server import api_admin, api_knowledge, api_merges, api_openai, api_ops, errors
+from server import api_admin, api_console, api_knowledge, api_merges, api_openai, api_ops, errors
 from server.completions import CompletionService
 from server.engines import EnginePool
 from server.forwarding import EngineForwarder
+from server.hits import HitCounter
 from server.limits import BodyLimit, InFlightLimit, IngestPool
 from server.metrics import GatewayMetrics
 from server.placement import DemandMeter, ReplicaPolicy
@@ -74,8 +75,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
         forwarder = EngineForwarder(http, pool, load_adapter)
         pending = PendingFacts(registry, router.embedder.dim)  # exact: it holds few facts
+        hits = HitCounter(settings.hits_window_s, settings.hits_bucket_s)
         completions = CompletionService(
-            router, registry, metrics, forwarder, pending, settings.interim_mode
+            router, registry, metrics, forwarder, hits, pending, settings.interim_mode
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(
@@ -104,6 +106,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             settings.ingest_threads, settings.ingest_max_queued, ingest_embedder
         )
         app.state.verified_keys = VerifiedKeys(settings.auth_outage_cache_s)
+        app.state.hits = hits
         try:
             yield
         finally:
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     app.include_router(api_openai.api)
     app.include_router(api_ops.api)
     app.include_router(api_admin.api)
+    api_console.install(app)
     return app
 
 

@@ -19,12 +19,16 @@ import httpx
 from starlette.concurrency import run_in_threadpool
 
 from loramem.errors import LoramemError
+from loramem.names import module_name
 from loramem.registry import Registry
+from loramem.registry.facts import Fact
 from router import answer
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 from server.errors import error_body
+from server.explain import explain, on_first_chunk
 from server.forwarding import EngineForwarder, Upstream
+from server.hits import HitCounter
 from server.metrics import GatewayMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.redis_outage import RedisOutage
@@ -50,6 +54,7 @@ class CompletionService:
         registry: Registry,
         metrics: GatewayMetrics,
         forwarder: EngineForwarder,
+        hits: HitCounter,
         pending: PendingFacts | None = None,
         interim_mode: str = "off",
     ) -> None:
@@ -59,6 +64,7 @@ class CompletionService:
         self.registry = registry
         self.metrics = metrics
         self.forwarder = forwarder
+        self.hits = hits  # per tenant, for the console's chart
         self.redis_outage = RedisOutage()  # what chat skips while Redis is away
 
     async def serve(
@@ -77,14 +83,33 @@ class CompletionService:
             await run_in_threadpool(self._add_context, tenant, body, fact_ids)
         label = self.metrics.module_label(decision.module)
         self.metrics.requests.labels(label, decision.outcome, mode).inc()
+        self.hits.record(tenant, module_name(decision.module) if decision.module else None)
         upstream = await self.forwarder.forward(
             decision.target, decision.module is not None, path, body, stream=request.stream
         )
         engine = self.forwarder.pool.urls.index(upstream.engine)
         if not request.stream:
             upstream.release()
-            return self._unary(decision, mode, engine, upstream.reply, label, started)
-        return await self._stream(decision, mode, engine, upstream, label, started)
+            completion = self._unary(decision, mode, engine, upstream.reply, label, started)
+        else:
+            completion = await self._stream(decision, mode, engine, upstream, label, started)
+        if request.loramem.explain and completion.status == 200:
+            await run_in_threadpool(self._explain, tenant, completion)
+        return completion
+
+    def _explain(self, tenant: str, completion: Completion) -> None:
+        """Add the routing decision to the answer (server/explain.py)."""
+
+        def read(ids: list[str]) -> list[Fact]:
+            return self.redis_outage.optional(
+                "facts explained", lambda: self.registry.facts.by_id(tenant, ids), []
+            )
+
+        told = explain(completion.decision, completion.mode, self.router.threshold, read)
+        if completion.payload is not None:
+            completion.payload["loramem"] = told.model_dump()
+        elif completion.stream is not None:
+            completion.stream = on_first_chunk(completion.stream, told)
 
     def _decide(
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str

@@ -15,6 +15,7 @@ from loramem.registry.apikeys import TENANT, ApiKey, Role, VerifiedKeys, bearer_
 from loramem.settings import Settings
 from router.router import Router
 from server.completions import CompletionService
+from server.hits import HitCounter
 from server.limits import IngestPool
 from server.metrics import GatewayMetrics
 from server.redis_outage import REDIS_DOWN, RedisOutage
@@ -48,6 +49,10 @@ def _verified_keys(request: Request) -> VerifiedKeys:
     return request.app.state.verified_keys  # type: ignore[no-any-return]
 
 
+def _hits(request: Request) -> HitCounter:
+    return request.app.state.hits  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RouterDep = Annotated[Router, Depends(_router)]
@@ -55,6 +60,7 @@ MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 CompletionsDep = Annotated[CompletionService, Depends(_completions)]
 IngestDep = Annotated[IngestPool, Depends(_ingest)]
 VerifiedKeysDep = Annotated[VerifiedKeys, Depends(_verified_keys)]
+HitsDep = Annotated[HitCounter, Depends(_hits)]
 
 
 @dataclass(frozen=True)

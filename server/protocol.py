@@ -61,6 +61,52 @@ class ModuleOut(BaseModel):
     active_version: int | None
     served_name: str | None
     fact_count: int
+    recall: float | None = None  # the active version's recall on its own facts, at publish
+
+
+class HitSeriesOut(BaseModel):
+    module: str  # a module of the caller's tenant, or "base"
+    counts: list[int]  # requests per bucket, oldest first; the last is the current bucket
+    total: int
+
+
+class HitsOut(BaseModel):
+    """This gateway's completion requests of the caller's tenant, by the module that
+    served them (server/hits.py)."""
+
+    window_s: int
+    bucket_s: int
+    now_s: float
+    total: int
+    series: list[HitSeriesOut]
+
+
+class RouteCandidateOut(BaseModel):
+    module: str
+    score: float  # aggregated: best fact plus support (router/policy.py)
+    best: float  # the module's best fact, compared with the threshold
+
+
+class MatchedFactOut(BaseModel):
+    id: str
+    module: str
+    score: float  # cosine of the query and the fact
+    text: str | None  # None while Redis is away
+
+
+class RouteExplanation(BaseModel):
+    """Why this module answered; sent as the response's `loramem` field (on the first
+    chunk of a stream) when the request asks for it with `"loramem": {"explain": true}`."""
+
+    served: str  # `<module>@v<N>` or "base"
+    module: str | None
+    version: int | None
+    outcome: str  # module, merged, base, below_threshold
+    mode: str
+    score: float | None  # the best fact's score, when the router decided
+    threshold: float
+    candidates: list[RouteCandidateOut]
+    facts: list[MatchedFactOut]  # the top facts of the caller's tenant, best first
 
 
 class LoramemOptions(BaseModel):
@@ -71,6 +117,8 @@ class LoramemOptions(BaseModel):
     # model=auto: how a fact no published version holds yet is answered (default:
     # LORAMEM_INTERIM_MODE); "off" answers as if it had not been posted.
     interim: Literal["rag", "hybrid", "off"] | None = None
+    # Add the routing decision to the response (`loramem`, RouteExplanation): the console.
+    explain: bool = False
 
 
 ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]

@@ -234,6 +234,16 @@ class JobStore:
         self.transition(job_id, JobStatus.VALIDATING)
         self.transition(job_id, JobStatus.PUBLISHING)
 
+    def open_of_tenant(self, tenant: str) -> list[Job]:
+        """The tenant's jobs not yet published or failed, oldest first."""
+        jobs = []
+        for job_id in self._redis.smembers(keys.tenant_open_jobs(tenant)):
+            try:
+                jobs.append(self.get(decode(job_id)))
+            except NotFound:  # finished and expired between the two reads
+                continue
+        return sorted(jobs, key=lambda j: (j.created_at_s, j.id))
+
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
         """False, writing nothing, when the job is no longer running (cancelled, or
         finished by another worker): the caller must stop."""
