@@ -3,9 +3,12 @@
   tests/unit/         fakes only: no Redis, no engine, no base-model training
   tests/integration/  the real Redis, real PEFT training, real embeddings
   tests/e2e/          the real vLLM engine, gateway and worker
+  tests/chaos/        faults under load (killed workers and engines, Redis restarted or
+                      paused): its own processes, and the e2e system where it needs one
 
 Each test gets its folder's marker, so `pytest -m unit` (seconds, nothing running) or
-`-m "not e2e"` selects a layer.
+`-m "not e2e"` selects a layer. The chaos suite runs a short form by default and its soak
+counts with LORAMEM_CHAOS_SOAK=1 (tests/chaos/support.py).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import redis
 
 from loramem.registry import Registry
 from loramem.settings import Settings
+from tests.e2e.support import System, run_system
 from tests.services import redis_db_url
 
 TEST_REDIS_URL = redis_db_url(15)  # a database of its own, flushed per test
 TESTS = Path(__file__).resolve().parent
-LAYERS = ("unit", "integration", "e2e")
+LAYERS = ("unit", "integration", "e2e", "chaos")
 NEEDS_REDIS = {"redis_client", "registry"}
 
 
@@ -89,3 +93,10 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def registry(redis_client: redis.Redis, settings: Settings) -> Registry:
     return Registry(redis_client, settings.module_capacity_facts)
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The real system (engine, gateway, worker), started once per session for the e2e and
+    chaos tests that ask for it; here so that both folders share the one instance."""
+    yield from run_system(tmp_path_factory)

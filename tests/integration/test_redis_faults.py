@@ -16,12 +16,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from loramem.names import module_id
 from loramem.registry import Registry
-from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
-from tests.recipes import TRAINED
 
 SOCKET_TIMEOUT_S = 1.0
 
@@ -64,49 +61,6 @@ def _on(settings: Settings, url: str, **extra: object) -> Settings:
     """The test settings on the throwaway Redis, with short timeouts."""
     timeouts = {"redis_socket_timeout_s": SOCKET_TIMEOUT_S, "redis_connect_timeout_s": 0.5}
     return settings.model_copy(update={"redis_url": url, **timeouts, **extra})
-
-
-def test_chat_goes_on_while_redis_is_paused(
-    throwaway_redis: tuple[subprocess.Popen[bytes], str], settings: Settings, fake_embedder
-) -> None:
-    server, url = throwaway_redis
-    settings = _on(settings, url, worker_block_ms=100)
-    registry = Registry.from_settings(settings)
-    with TestClient(create_app(settings, embedder=fake_embedder)) as client:
-        forwarder = client.app.state.completions.forwarder  # type: ignore[attr-defined]
-        forwarder.http = httpx.AsyncClient(transport=httpx.MockTransport(_engine))
-        body = client.post("/facts", json={"facts": ["the sky is green"]}).json()
-        module = module_id("default", body["module"])
-        registry.modules.publish(
-            VersionInfo(module, 1, "default", body["fact_ids"], 1.0, "c", TRAINED), {}
-        )
-        chat = {"model": f"{body['module']}@v1", "messages": [{"role": "user", "content": "sky?"}]}
-        deadline = time.monotonic() + 10
-        while (reply := client.post("/v1/chat/completions", json=chat)).status_code != 200:
-            assert time.monotonic() < deadline, reply.text  # the follower applies the publish
-            time.sleep(0.05)
-
-        server.send_signal(signal.SIGSTOP)
-        try:
-            assert client.get("/healthz").status_code == 200
-            started = time.monotonic()
-            refused = client.post("/facts", json={"facts": ["the sea is red"]})
-            assert refused.status_code == 503, refused.text
-            assert refused.headers["Retry-After"]
-            assert refused.json()["error"]["type"] == "service_unavailable"
-            assert time.monotonic() - started < 4 * SOCKET_TIMEOUT_S + 2
-            for _ in range(3):
-                answered = client.post("/v1/chat/completions", json=chat)
-                assert answered.status_code == 200, answered.text
-                assert f"{module}@v1" in answered.json()["echo"]  # routed to the module
-                assert client.get("/healthz").status_code == 200
-            assert client.get("/readyz").status_code == 503
-        finally:
-            server.send_signal(signal.SIGCONT)
-
-        time.sleep(5.5)  # the chat path asks Redis again after RedisOutage.skip_s
-        assert client.post("/facts", json={"facts": ["the sea is red"]}).status_code == 202
-        assert client.post("/v1/chat/completions", json=chat).status_code == 200
 
 
 def test_keys_verified_lately_keep_chat_going_while_redis_is_paused(

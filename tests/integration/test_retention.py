@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 import redis
 
 from loramem import keys
@@ -22,11 +21,10 @@ from loramem.registry.jobs import Job, JobStatus
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from tests.recipes import TRAINED
-from tests.services import redis_db_url
 from trainer import handlers
 from trainer.context import TrainerContext
 from trainer.metrics import TrainerMetrics
-from trainer.outcomes import Artifact, Covered
+from trainer.outcomes import Covered
 from trainer.worker import Worker
 
 
@@ -143,55 +141,6 @@ def test_a_job_counts_its_deliveries_as_attempts(
     worker.run_once()
     assert registry.jobs.get(job.id).attempts == 1
     assert registry.jobs.get(job.id).status is JobStatus.QUEUED  # pending for a retry
-
-
-def used_bytes(client: redis.Redis) -> int:
-    """Memory of every key in the test database (the server's used_memory also counts
-    other databases, which other runs may be writing)."""
-    return sum(int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter())
-
-
-@pytest.mark.timeout(600)
-def test_many_publish_cycles_leave_storage_bounded(
-    tmp_path: Path, registry: Registry, redis_client: redis.Redis, monkeypatch
-) -> None:
-    settings = Settings(
-        redis_url=redis_db_url(15),
-        cache_dir=tmp_path / "cache",
-        engine_url="http://127.0.0.1:9",
-        retired_version_retention_s=0,
-        job_retention_s=0,
-    )
-    registry.jobs.finished_ttl_s = settings.job_retention_s
-    worker = make_worker(settings, registry)
-
-    def train(ctx: TrainerContext, job: Job) -> Artifact:  # a 256 KiB adapter per version
-        ids = [f.id for f in ctx.registry.facts.of_module(job.module, job.tenant)]
-        ctx.registry.jobs.skip_to_publishing(job.id, {"phase": "stub"})
-        return Artifact(job.module, adapter_files(256 * 1024), TRAINED, ids, 1.0)
-
-    monkeypatch.setattr(handlers, "handle", train)
-    module = module_id("t1", "m")
-    job, [fact_id] = registry.facts.add("t1", ["x is 0"], [None], [b"\0" * 1536], module=module)
-    assert worker.run_once()
-    figures: dict[int, tuple[int, int]] = {}
-    for cycle in range(1, 201):
-        registry.facts.replace("t1", fact_id, f"x is {cycle}", b"\0" * 1536)
-        assert worker.run_once()
-        if cycle in (20, 200):
-            info = redis_client.info("memory")
-            figures[cycle] = (used_bytes(redis_client), int(info["used_memory"]))
-    assert registry.modules.get(job.module).active_version == 201
-    (after_20, server_20), (after_200, server_200) = figures[20], figures[200]
-    print(
-        f"\n[retention] db bytes after 20 cycles: {after_20}, after 200: {after_200} "
-        f"({after_200 / after_20 - 1:+.1%}); server used_memory {server_20} -> {server_200}"
-    )
-    assert abs(after_200 - after_20) <= 0.10 * after_20
-    assert registry.queue.backlog() == (0, None)
-    assert not list(redis_client.scan_iter(keys.PREFIX + "job:*"))
-    # v201 is active; v200 was retired by its publish and goes at the next sweep
-    assert sorted(v for _m, v in worker.ctx.store.local_versions()) == [200, 201]
 
 
 def test_a_cursor_behind_the_trimmed_events_is_detected(
