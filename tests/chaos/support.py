@@ -169,6 +169,9 @@ class Stack:
             "LORAMEM_REDIS_URL": server.url,
             "LORAMEM_GATEWAY_PORT": str(self.port),
             "LORAMEM_ADAPTER_DIR": str(folder / "gateway-adapters"),
+            # No rate windows: the test's clients are one tenant sending as fast as answered.
+            "LORAMEM_RATE_REQUESTS_PER_WINDOW": "0",
+            "LORAMEM_RATE_TOKENS_PER_WINDOW": "0",
             **urls,
             **gateway_env,
         }
@@ -204,7 +207,9 @@ class Stack:
     def wait_job(self, job_id: str, tenant: str = "chaos", timeout_s: float = 600) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            job = self.http.get(f"/jobs/{job_id}", headers={"x-loramem-tenant": tenant}).json()
+            reply = self.http.get(f"/jobs/{job_id}", headers={"x-loramem-tenant": tenant})
+            assert reply.status_code == 200, reply.text
+            job = reply.json()
             if job["status"] in ("published", "failed"):
                 assert job["status"] == "published", (job, self.log("worker"))
                 return dict(job)
