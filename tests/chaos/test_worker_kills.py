@@ -1,6 +1,7 @@
 """Trainer workers SIGKILLed at random moments of running jobs while three tenants add,
-edit and delete facts through the gateway. Every worker is a real process with real (one-step) PEFT
-training; a new one starts after each kill and reclaims what the dead one held.
+edit and delete facts through the gateway. Every worker is a real process with real
+(one-step) PEFT training; a new one starts after each kill and reclaims what the dead one
+held.
 
 Invariants afterwards: every acknowledged fact is in exactly one active version (with its
 last acknowledged text), deleted facts are in none, no module version was published
