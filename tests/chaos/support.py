@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -149,6 +150,21 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
+@contextmanager
+def engine_to_ourselves(system: System) -> Iterator[None]:
+    """The e2e gateway paused (SIGSTOP) meanwhile: an engine serves one registry, and that
+    gateway's reconciler unloads every loaded version its own registry does not know, so
+    the versions of a test's own Redis would vanish from the shared engine."""
+    gateway = system.processes.get("gateway")
+    if gateway is not None:
+        os.killpg(gateway.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if gateway is not None:
+            os.killpg(gateway.pid, signal.SIGCONT)
+
+
 class Stack:
     """A gateway and a trainer worker as real processes on the test's own Redis, serving
     through the e2e system's engine (or the engines in `gateway_env`)."""
@@ -180,6 +196,8 @@ class Stack:
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
 
     def __enter__(self) -> Stack:
+        self._engine = engine_to_ourselves(self.system)
+        self._engine.__enter__()
         self.server.start()
         with open(self.folder / "gateway.log", "ab") as out:
             self.processes["gateway"] = subprocess.Popen(
@@ -197,6 +215,7 @@ class Stack:
         for process in self.processes.values():
             kill(process)
         self.server.stop()
+        self._engine.__exit__(None, None, None)
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]

@@ -18,6 +18,7 @@ from loramem.registry.jobs import JobStatus
 from server.app import create_app
 from tests.chaos.support import (
     RedisServer,
+    engine_to_ourselves,
     figures,
     gateway_settings,
     kill,
@@ -49,7 +50,7 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_and_the_queue_goes_on(
     log = tmp_path / "workers.log"
     registry = Registry.from_url(server.url)
     try:
-        with TestClient(create_app(settings)) as gateway:
+        with engine_to_ourselves(system), TestClient(create_app(settings)) as gateway:
 
             def post(text: str, module: str, tenant: str) -> str:
                 reply = gateway.post(

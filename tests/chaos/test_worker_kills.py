@@ -29,6 +29,7 @@ from server.app import create_app
 from tests.chaos.support import (
     RedisServer,
     count,
+    engine_to_ourselves,
     figures,
     gateway_settings,
     kill,
@@ -137,12 +138,13 @@ def test_killed_workers_lose_nothing_and_publish_no_version_twice(
     rng = random.Random(seed)
     registry = Registry.from_url(server.url)
     try:
-        _run(server, settings, env, log, registry, rng, seed)
+        _run(system, server, settings, env, log, registry, rng, seed)
     finally:
         server.stop()
 
 
 def _run(
+    system: System,
     server: RedisServer,
     settings: Settings,
     env: dict[str, str],
@@ -154,7 +156,7 @@ def _run(
     started = time.monotonic()
     mid_job = 0  # kills of a worker holding a job
     client = server.client()
-    with TestClient(create_app(settings)) as gateway:
+    with engine_to_ourselves(system), TestClient(create_app(settings)) as gateway:
         tenants = Tenants(gateway, rng)
         worker = start_worker(env, log)
         try:
