@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from loramem.engine import engine_command, engine_env
+from loramem.names import module_id
 from server.engines import EnginePool
 from tests.chaos.support import ClientThreads, RedisServer, Stack, figures, free_port
 from tests.e2e.support import ENGINE_HEADERS, System, spawn, wait_http
@@ -107,7 +108,9 @@ def test_an_engine_killed_under_traffic_fails_no_plain_request_and_ends_cut_stre
         for url in urls:
             pool.mark(url, True)
         module = next(  # a module the extra engine serves, so that killing it matters
-            f"harbour-{i}" for i in range(100) if pool.candidates(f"harbour-{i}@v1")[0] == urls[1]
+            f"harbour-{i}"
+            for i in range(100)
+            if pool.candidates(f"{module_id('chaos', f'harbour-{i}')}@v1")[0] == urls[1]
         )
         with Stack(
             system,
@@ -121,7 +124,7 @@ def test_an_engine_killed_under_traffic_fails_no_plain_request_and_ends_cut_stre
             )
             assert posted.status_code == 202, posted.text
             stack.wait_job(posted.json()["job_id"])
-            _wait_loaded(urls[1], f"{module}@v1")
+            _wait_loaded(urls[1], f"{module_id('chaos', module)}@v1")
             assert stack.chat("Where is the harbour?", module).headers["x-loramem-engine"] == "1"
             with Clients(stack, module) as clients:
                 for _ in range(STREAM_CLIENTS):  # every stream client is mid-answer

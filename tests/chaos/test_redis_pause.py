@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -57,11 +58,11 @@ def test_chat_and_health_go_on_while_redis_is_paused(
             forwarder = client.app.state.completions.forwarder  # type: ignore[attr-defined]
             forwarder.http = httpx.AsyncClient(transport=httpx.MockTransport(_engine))
             body = client.post("/facts", json={"facts": ["the sky is green"]}).json()
-            module = body["module"]
+            name, module = body["module"], module_id("default", body["module"])
             registry.modules.publish(
                 VersionInfo(module, 1, "default", body["fact_ids"], 1.0, "c", TRAINED), {}
             )
-            chat = {"model": module, "messages": [{"role": "user", "content": "sky?"}]}
+            chat = {"model": name, "messages": [{"role": "user", "content": "sky?"}]}
 
             def served(version: int) -> None:
                 deadline = time.monotonic() + 15

@@ -92,15 +92,18 @@ class Tenants:
 
 
 def _holding(client: redis.Redis, worker: subprocess.Popen[bytes]) -> bool:
-    """Whether this worker process holds a job (a delivered, unacknowledged entry)."""
+    """Whether this worker process holds a job (a delivered, unacknowledged entry in one
+    of the tenants' job streams)."""
     consumer = f"{socket.gethostname()}-{worker.pid}"  # trainer/worker.py names it so
-    try:
-        held = client.xpending_range(
-            keys.JOBS_STREAM, keys.TRAINER_GROUP, min="-", max="+", count=1, consumername=consumer
-        )
-    except redis.ResponseError:  # no consumer group yet: the first worker is starting
-        return False
-    return bool(held)
+    for tenant in TENANTS:
+        try:
+            if client.xpending_range(
+                keys.job_stream(tenant), keys.TRAINER_GROUP, "-", "+", 1, consumername=consumer
+            ):
+                return True
+        except redis.ResponseError:  # no stream or group yet for this tenant
+            pass
+    return False
 
 
 def _wait_holding(client: redis.Redis, worker: subprocess.Popen[bytes]) -> None:
@@ -192,7 +195,7 @@ def _run(
     )
     assert statuses == {str(JobStatus.PUBLISHED): len(tenants.jobs)}, log.read_text()[-3000:]
     assert registry.queue.pending_count() == 0
-    assert server.client().xlen(keys.JOBS_STREAM) == 0
+    assert registry.queue.backlog() == (0, None)
     assert len(published) == len(set(published)), "a module version was published twice"
     for tenant in TENANTS:
         in_active: Counter[str] = Counter()
