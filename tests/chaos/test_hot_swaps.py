@@ -90,7 +90,10 @@ def test_hot_swaps_under_chat_serve_no_stale_or_deleted_answer(
         assert first.status_code == 202, first.text
         ids = dict(zip(first.json()["fact_ids"], people[:2], strict=True))
         stack.wait_job(first.json()["job_id"])
-        known = stack.chat(people[0].question, MODULE, max_tokens=32)
+        deadline = time.monotonic() + 60
+        while (known := stack.chat(people[0].question, MODULE, max_tokens=32)).status_code != 200:
+            assert time.monotonic() < deadline, known.text  # the follower applies the publish
+            time.sleep(0.5)
         assert people[0].phone in known.json()["choices"][0]["message"]["content"], known.text
         live = list(ids)  # oldest first
         swaps: list[tuple[str, int, float]] = []  # (kind, version, observed published at)
