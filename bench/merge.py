@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import httpx
 
 from loramem.datasets import PhoneEntry, phonebook
+from loramem.registry.jobs import TERMINAL
 from loramem.settings import get_settings
 
 
@@ -47,7 +48,7 @@ class Bench:
     def wait(self, job_id: str) -> dict:
         while True:
             job = self.client.get(f"/jobs/{job_id}", headers=self.headers).json()
-            if job["status"] in ("published", "failed"):
+            if job["status"] in TERMINAL:  # a cancelled job ends the wait too
                 return dict(job)
             time.sleep(0.5)
 
