@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,8 @@ RECIPE_FILE = "recipe.json"
 # In adapters/<module>/: the highest version number written on this host (highest_local).
 HIGHEST_FILE = ".highest"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", RECIPE_FILE)
+# Guards this process's check-then-replace steps on the folders (versions, the record).
+_SWAP = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -75,13 +80,19 @@ class AdapterStore:
     def write_local(self, module: str, version: int, files: dict[str, bytes]) -> AdapterRef:
         target = self.folder(module, version)
         self._raise_highest(module, version)
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)  # a version folder is complete or absent
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A staging folder of its own: several threads (the gateway's on-demand loads) or
+        # processes may write one version at once and must not rename each other's.
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        try:
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            with _SWAP:  # never remove a complete folder another thread just put in place
+                if not (target.exists() and read_files(target) == files):
+                    shutil.rmtree(target, ignore_errors=True)
+                    staging.rename(target)  # a version folder is complete or absent
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return AdapterRef(module, version, target)
 
     def remove_local(self, module: str, version: int) -> bool:
@@ -102,13 +113,16 @@ class AdapterStore:
         return max([written, *folders])
 
     def _raise_highest(self, module: str, version: int) -> None:
-        if version <= self.highest_local(module):
-            return
         marker = self.root / module / HIGHEST_FILE
         marker.parent.mkdir(parents=True, exist_ok=True)
-        partial = marker.with_name(HIGHEST_FILE + ".partial")
-        partial.write_text(str(version))
-        partial.replace(marker)  # whole or absent
+        with _SWAP:  # read, compare and replace as one step among this process's threads
+            if version <= self.highest_local(module):
+                return
+            # A file of its own to write, as another process may raise the record at once.
+            handle, partial = tempfile.mkstemp(prefix=HIGHEST_FILE + ".partial-", dir=marker.parent)
+            with os.fdopen(handle, "w") as out:
+                out.write(str(version))
+            os.replace(partial, marker)  # whole or absent
 
     def local_versions(self) -> list[tuple[str, int]]:
         """(module, version) of every complete version folder on this host."""
