@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -47,11 +50,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGINT])
-def test_the_launcher_stops_its_children(stop_with: signal.Signals) -> None:
+def test_the_launcher_stops_its_children(stop_with: signal.Signals, tmp_path: Path) -> None:
     launcher = subprocess.Popen(
         [sys.executable, "-c", SCRIPT],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "LORAMEM_RUN_DIR": str(tmp_path)},  # its children's logs
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cmd &` does
     )
     assert launcher.stdout is not None
@@ -66,13 +70,18 @@ def test_the_launcher_stops_its_children(stop_with: signal.Signals) -> None:
 
 
 RESTART_SCRIPT = """
-import logging, sys, time
+import logging, signal, sys, time
 from loramem.launcher import Launcher
 from loramem.settings import Settings
 
+# SIGINT raises here whatever this process inherited: a suite started in the background of
+# a script (`make test &`) hands its children SIGINT ignored, and `Launcher.run`, which
+# sets this, is not what runs here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 launcher = Launcher(Settings())
 launcher.spawn("worker", ["sleep", "600"])
+print("worker pid", launcher.children[0][1].pid, flush=True)
 launcher.spawn("flaky", ["true"])  # dies at once, every time
 try:
     launcher.wait()
@@ -81,20 +90,59 @@ except KeyboardInterrupt:
 finally:
     launcher.stop_all()
 """
+RESTARTS_WITHIN_S = 60  # three restarts take 1 + 2 s of backoff, and a start of Python
 
 
-def test_a_dead_child_is_restarted_with_backoff_and_the_rest_keeps_running() -> None:
+def _reader(stream: IO[str]) -> queue.Queue[str]:
+    """The stream's lines, read on a thread, so that waiting for one can time out."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")  # the end of the stream
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_a_dead_child_is_restarted_with_backoff_and_the_rest_keeps_running(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "LORAMEM_RUN_DIR": str(tmp_path)}  # its children's logs
     launcher = subprocess.Popen(
-        [sys.executable, "-c", RESTART_SCRIPT], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", RESTART_SCRIPT],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # a group of its own: nothing of this test outlives it
+        # As a suite started in the background hands it on: the script must not rely on it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert launcher.stdout is not None
-    lines = []
+    stream = _reader(launcher.stdout)
+    lines: list[str] = []
+    deadline = time.monotonic() + RESTARTS_WITHIN_S
+    worker = 0
     try:
         while len([x for x in lines if "restart" in x]) < 3:
-            lines.append(launcher.stdout.readline())
-    finally:
+            try:
+                line = stream.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no 3 restarts within {RESTARTS_WITHIN_S} s; it said: {lines}")
+            assert line, f"the launcher ended with code {launcher.wait()}; it said: {lines}"
+            lines.append(line)
+            if line.startswith("worker pid"):
+                worker = int(line.split()[-1])
         launcher.send_signal(signal.SIGINT)  # stop_all, in the script's finally
-        launcher.wait(timeout=30)
+        assert launcher.wait(timeout=30) == 0, lines
+        assert worker and not _alive(worker)  # stop_all stopped it
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        if worker and _alive(worker):  # in a session of its own, as the launcher starts it
+            os.kill(worker, signal.SIGKILL)
     restarts = [x for x in lines if "flaky exited" in x]
     assert restarts[0].strip().endswith("restart 1 in 1 s")
     assert restarts[1].strip().endswith("restart 2 in 2 s")  # backoff doubles
