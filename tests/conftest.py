@@ -9,13 +9,18 @@
 Each test gets its folder's marker, so `pytest -m unit` (seconds, nothing running) or
 `-m "not e2e"` selects a layer. The chaos suite runs a short form by default and its soak
 counts with LORAMEM_CHAOS_SOAK=1 (tests/chaos/support.py).
+
+After each test module, processes a test left running are killed and listed at the end of
+the session (tests/leaks.py): a leaked engine or gateway otherwise answers, or holds a
+port, in some later test far from its cause.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ import redis
 
 from loramem.registry import Registry
 from loramem.settings import Settings
+from tests import leaks
 from tests.e2e.support import System, run_system
 from tests.services import redis_db_url
 
@@ -31,6 +37,8 @@ TEST_REDIS_URL = redis_db_url(15)  # a database of its own, flushed per test
 TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "integration", "e2e", "chaos")
 NEEDS_REDIS = {"redis_client", "registry"}
+SYSTEM_STOP = pytest.StashKey[contextlib.ExitStack]()
+LEAKS = pytest.StashKey[list[str]]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,7 +104,44 @@ def registry(redis_client: redis.Redis, settings: Settings) -> Registry:
 
 
 @pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
     """The real system (engine, gateway, worker), started once per session for the e2e and
-    chaos tests that ask for it; here so that both folders share the one instance."""
-    yield from run_system(tmp_path_factory)
+    chaos tests that ask for it; here so that both folders share the one instance. It stops
+    after the last test that asks for it (pytest_runtest_teardown), not at the session's
+    end: the layers after it run without an idle engine beside them."""
+    with contextlib.ExitStack() as stop:
+        request.config.stash[SYSTEM_STOP] = stop
+        yield stop.enter_context(contextlib.contextmanager(run_system)(tmp_path_factory))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    leaks.mark(item.nodeid)  # children started from now on name this test
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+    result = yield
+    items = item.session.items
+    later = items[items.index(item) + 1 :] if nextitem is not None else []
+    stop = item.config.stash.get(SYSTEM_STOP, None)
+    if stop is not None and not any("system" in getattr(i, "fixturenames", ()) for i in later):
+        del item.config.stash[SYSTEM_STOP]
+        stop.close()  # no later test needs the e2e system
+    if nextitem is None or nextitem.path != item.path:  # the module's fixtures are gone too
+        found = leaks.find()
+        leaks.kill(found)
+        item.config.stash.setdefault(LEAKS, []).extend(
+            f"after {item.path.name} ({leak.owner}): pid {leak.pid} {leak.command}"
+            for leak in found
+        )
+    return result
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    found = terminalreporter.config.stash.get(LEAKS, [])
+    if found:
+        terminalreporter.section("processes left running by tests (killed)")
+        for line in found:
+            terminalreporter.line(line)

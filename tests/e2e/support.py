@@ -22,6 +22,7 @@ import redis
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
+from tests import leaks
 from tests.services import redis_db_url
 
 E2E_REDIS_URL = redis_db_url(14)
@@ -42,6 +43,7 @@ class System:
 
     def start_worker(self) -> None:
         self.processes["worker"] = spawn([sys.executable, "-m", "cli", "worker"], self.env)
+        leaks.keep(self.processes["worker"].pid)  # the session's, not a test's
 
     def post_facts(self, facts: list[str], tenant: str = "e2e", **extra) -> dict:
         reply = self.gateway.post(
@@ -128,6 +130,7 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     try:
         started = time.monotonic()
         sys_.processes["engine"] = spawn(engine_command(settings, model_path), engine_env(settings))
+        leaks.keep(sys_.processes["engine"].pid)
         wait_http(
             "http://127.0.0.1:18100/health",
             settings.engine_start_timeout_s,
@@ -136,17 +139,29 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         print(f"\n[e2e] engine ready in {time.monotonic() - started:.0f} s")
         sys_.start_worker()
         sys_.processes["gateway"] = spawn([sys.executable, "-m", "cli", "gateway"], env)
+        leaks.keep(sys_.processes["gateway"].pid)
         wait_http("http://127.0.0.1:18000/healthz", 120, sys_.processes["gateway"])
         yield sys_
     finally:
+        # Whole process groups: the engine's EngineCore and the gateway's embedder are
+        # children that can outlive a leader that died first.
         for process in sys_.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+            _signal_group(process, signal.SIGTERM)
         for process in sys_.processes.values():
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                pass
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+            leaks.release(process.pid)
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:  # the whole group has ended
+        pass
 
 
 def answer(reply: httpx.Response) -> str:
