@@ -227,15 +227,26 @@ class Launcher:
             time.sleep(0.5)
 
     def stop_all(self) -> None:
+        """Each child's whole process group (its session: spawn starts one per child), so
+        that what a child started (vLLM's EngineCore, the gateway's embedder) stops too."""
         for _name, process in reversed(self.children):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for _name, process in reversed(self.children):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                pass
+            _signal_group(process, signal.SIGKILL)  # whatever of the group is left
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:  # the group has ended, or the child leads none
+        if process.poll() is None:
+            process.send_signal(signum)
 
 
 def _interrupt(signum: int, frame: object) -> None:

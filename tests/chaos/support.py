@@ -198,17 +198,21 @@ class Stack:
     def __enter__(self) -> Stack:
         self._engine = engine_to_ourselves(self.system)
         self._engine.__enter__()
-        self.server.start()
-        with open(self.folder / "gateway.log", "ab") as out:
-            self.processes["gateway"] = subprocess.Popen(
-                [sys.executable, "-m", "cli", "gateway"],
-                env=self.gateway_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes["worker"] = start_worker(self.worker_env, self.folder / "worker.log")
-        wait_http(f"http://127.0.0.1:{self.port}/healthz", 180, self.processes["gateway"])
+        try:
+            self.server.start()
+            with open(self.folder / "gateway.log", "ab") as out:
+                self.processes["gateway"] = subprocess.Popen(
+                    [sys.executable, "-m", "cli", "gateway"],
+                    env=self.gateway_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.processes["worker"] = start_worker(self.worker_env, self.folder / "worker.log")
+            wait_http(f"http://127.0.0.1:{self.port}/healthz", 180, self.processes["gateway"])
+        except BaseException:  # no __exit__ follows a failed __enter__: stop what started
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

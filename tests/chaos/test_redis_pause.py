@@ -87,7 +87,7 @@ def test_chat_and_health_go_on_while_redis_is_paused(
                     ok = prober.get("/healthz").status_code == 200
                     health["ok" if ok else "failed"] += 1
 
-            prober = threading.Thread(target=probe_health)
+            prober = threading.Thread(target=probe_health, daemon=True)  # ends on a failure
             prober.start()
             server.pause()
             paused = time.monotonic()

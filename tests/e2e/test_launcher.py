@@ -111,7 +111,11 @@ def test_loramem_run_without_redis_installed_starts_everything_and_answers(
     finally:
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGTERM)
-        code = launcher.wait(timeout=60)
+        try:
+            code = launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # its group, then the guard, stop what is left
+            os.killpg(launcher.pid, signal.SIGKILL)
+            raise
     assert code == 0
     # The accepted fact is on disk in the append-only file of the Redis it started.
     aof = b"".join(p.read_bytes() for p in (tmp_path / "run" / "redis").rglob("*.aof"))

@@ -89,8 +89,13 @@ def test_the_launcher_starts_the_wheels_redis_when_none_is_installed(tmp_path: P
         )
         assert "v=6.2" in info.stdout
     finally:
-        launcher.send_signal(signal.SIGTERM)
-        code = launcher.wait(timeout=60)
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGTERM)
+        try:
+            code = launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # its group, then the guard, stop what is left
+            os.killpg(launcher.pid, signal.SIGKILL)
+            raise
     assert code == 0
     time.sleep(0.5)  # Redis flushed its append-only file on SIGTERM
     aof = b"".join(p.read_bytes() for p in (tmp_path / "run" / "redis").rglob("*.aof"))

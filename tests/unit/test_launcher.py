@@ -150,6 +150,26 @@ def test_a_dead_child_is_restarted_with_backoff_and_the_rest_keeps_running(
     assert not any("worker exited" in x for x in lines)
 
 
+def test_stopping_a_child_stops_what_it_started(tmp_path: Path) -> None:
+    """As vLLM's server starts its EngineCore: a child's own children stop with it."""
+    launcher = Launcher(Settings(run_dir=tmp_path), StartupReport(io.StringIO()))
+    launcher.spawn("engine", ["sh", "-c", "sleep 600 & echo $!; wait"])
+    deadline = time.monotonic() + 30
+    while not launcher.log_path("engine").read_text().strip():
+        assert time.monotonic() < deadline, "the child did not start its own"
+        time.sleep(0.05)
+    grandchild = int(launcher.log_path("engine").read_text())
+    try:
+        launcher.stop_all()
+        deadline = time.monotonic() + 10
+        while _alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(grandchild)
+    finally:
+        if _alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+
 def _run_recording(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
