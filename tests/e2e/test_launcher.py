@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from loramem.client import Client
+from tests import leaks
 
 READY_TIMEOUT_S = 900
 
@@ -109,13 +109,7 @@ def test_loramem_run_without_redis_installed_starts_everything_and_answers(
         assert "Paris" in answer.text and answer.module == "base"
         assert (tmp_path / "run" / "logs" / "engine.log").stat().st_size > 0
     finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGTERM)
-        try:
-            code = launcher.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # its group, then the guard, stop what is left
-            os.killpg(launcher.pid, signal.SIGKILL)
-            raise
+        code = leaks.stop_session(launcher)
     assert code == 0
     # The accepted fact is on disk in the append-only file of the Redis it started.
     aof = b"".join(p.read_bytes() for p in (tmp_path / "run" / "redis").rglob("*.aof"))

@@ -6,7 +6,6 @@ path, engine included, is tests/e2e/test_launcher.py."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tests import leaks
 
 # The launcher with its engine swapped for a static file server whose /health is a file.
 SCRIPT = """
@@ -89,13 +90,7 @@ def test_the_launcher_starts_the_wheels_redis_when_none_is_installed(tmp_path: P
         )
         assert "v=6.2" in info.stdout
     finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGTERM)
-        try:
-            code = launcher.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # its group, then the guard, stop what is left
-            os.killpg(launcher.pid, signal.SIGKILL)
-            raise
+        code = leaks.stop_session(launcher)
     assert code == 0
     time.sleep(0.5)  # Redis flushed its append-only file on SIGTERM
     aof = b"".join(p.read_bytes() for p in (tmp_path / "run" / "redis").rglob("*.aof"))
