@@ -48,8 +48,8 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
-from router.index import FactIndex, IvfIndex
-from router.router import Router
+from router.index import ExactIndex, FactIndex, HnswIndex, IvfIndex
+from router.router import Router, _index_config
 
 TENANT, MODULE_FACTS = "bench", 64
 RECIPE = VersionRecipe(made_by="trained", base_model="bench", rank=8, training=TrainingKnobs())
@@ -122,16 +122,32 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def build(args: argparse.Namespace, settings: Settings, embedder: SentenceEmbedder) -> Data:
-    """The vectors: the evaluated modules, `--real` embedded texts, perturbed copies."""
+    """The vectors: the evaluated modules, `--real` embedded texts, perturbed copies.
+    With `--cache`, the matrix is saved there and read back by the next run of the same
+    size (embedding the texts is the slow part)."""
     evalset = eval_set(settings.data_dir)
+    held = sum(len(t) for t in evalset.modules.values())
+    cached = (
+        Path(args.cache) / f"vectors-{args.facts}-{args.real}-{args.noise}.npy"
+        if args.cache
+        else None
+    )
     started = time.perf_counter()
-    real = embedder.embed(generated_texts(settings.data_dir, args.real))
+    if cached is not None and cached.exists():
+        matrix = np.load(cached)
+        real = matrix[held : held + args.real]
+    else:
+        real = embedder.embed(generated_texts(settings.data_dir, args.real))
+        evaluated = [embedder.embed(t) for t in evalset.modules.values()]
+        rest = perturbed(real, args.facts - held - len(real), args.noise)
+        matrix = np.concatenate([*evaluated, real, rest])
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cached, matrix)
     embed_s = time.perf_counter() - started
-    evaluated = {m: embedder.embed(t) for m, t in evalset.modules.items()}
-    held = sum(len(v) for v in evaluated.values())
-    rest = perturbed(real, args.facts - held - len(real), args.noise)
-    matrix = np.concatenate([*evaluated.values(), real, rest])
-    modules = dict(evaluated)
+    modules, start = {}, 0
+    for module, texts in evalset.modules.items():
+        modules[module], start = matrix[start : start + len(texts)], start + len(texts)
     for start in range(held, len(matrix), MODULE_FACTS):
         modules[f"m{start // MODULE_FACTS:06d}"] = matrix[start : start + MODULE_FACTS]
     return Data(evalset, real, matrix, modules, embed_s)
@@ -186,14 +202,19 @@ def latency(router: Router, evalset: EvalSet, rounds: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--facts", type=int, default=1_000_000)
-    parser.add_argument("--real", type=int, default=10_000, help="texts embedded for real")
+    parser.add_argument("--facts", type=int, default=50_000, help="1000000 for the issue's size")
+    parser.add_argument("--real", type=int, default=1_000, help="texts embedded for real")
     parser.add_argument("--noise", type=float, default=0.45)
     parser.add_argument("--changed", type=int, default=10)
     parser.add_argument("--db", type=int, default=9, help="Redis database (flushed)")
-    parser.add_argument("--codes", default="int8,fp32")
+    parser.add_argument(
+        "--variants",
+        default="ivf:fp16:64,ivf:rabitq:128:16,ivf:rabitq:256:16",
+        help="indexes built from the same vectors, side by side: ivf:<codes>:<probe>[:<refine>], "
+        "hnsw:<M>:<ef_search>, exact",
+    )
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--probes", default="16,32,128", help="other probes to measure")
+    parser.add_argument("--cache", default="/tmp/loramem-router-bench", help="'' for none")
     args = parser.parse_args(argv)
     base = Settings()
     url = base.redis_url.rsplit("/", 1)[0] + f"/{args.db}"
@@ -222,33 +243,28 @@ def main(argv: list[str] | None = None) -> None:
     count, nbytes = router.index_stats(TENANT)
     assert count == len(live), (count, len(live))
     lat = latency(router, data.evalset, args.rounds)
+    shutil.rmtree(folder)  # the snapshot: hundreds of MiB at a million facts
 
     # Recall of the exact top-k over what the router holds now: the paraphrase questions
-    # that a module answers (for unrelated ones the top k are near-ties among distant
-    # facts, and they go to base whatever they are), and fact-like queries (a held
-    # vector perturbed again).
+    # that a module answers (real query embeddings; for unrelated ones the top k are
+    # near-ties among distant facts, and they go to base whatever they are), and
+    # fact-like queries (a held vector perturbed again). The truth is brute force over
+    # the float32 vectors; recall = |index top-k & exact top-k| / k, averaged.
     k = settings.router_top_k
     asked = [q for q, want in data.evalset.questions if want]
-    sets = {
+    queries = {
         "questions": embedder.embed(asked),
         "fact-like": perturbed(data.matrix, 200, args.noise, seed=3),
     }
     live_ids, live_matrix = list(live), np.stack(list(live.values()))
     del live
     row_of = {f: i for i, f in enumerate(live_ids)}
-    truth = {name: exact_top(live_matrix, q, k) for name, q in sets.items()}
-
-    top1 = exact_top(live_matrix, sets["questions"], 1)
-
-    def recall(index: FactIndex) -> str:
-        at_k = [f"{name} {_recall(index, sets[name], truth[name], row_of, k):.4f}" for name in sets]
-        at_1 = _recall(index, sets["questions"], top1, row_of, 1)
-        return ", ".join(at_k) + f" (recall@1 questions {at_1:.4f})"
-
+    truth = {name: exact_top(live_matrix, q, k) for name, q in queries.items()}
     mib = 2**20 * len(data.matrix) / 1e6
     print(
-        f"facts={args.facts}: {len(data.real)} generated texts embedded ({data.embed_s:.0f} s) "
-        f"plus the evaluation set's facts; the rest perturbed copies (noise {args.noise})"
+        f"facts={args.facts}: {len(data.real)} generated texts embedded ({data.embed_s:.0f} s, "
+        f"or read from --cache) plus the evaluation set's facts; the rest perturbed copies "
+        f"(noise {args.noise})"
     )
     print(f"store in Redis {store_s:.0f} s; cold load_all from Redis {cold_s:.1f} s")
     print(f"snapshot write {save_s:.1f} s, {snap_mib:.0f} MiB")
@@ -257,43 +273,62 @@ def main(argv: list[str] | None = None) -> None:
         f"{ready_s:.1f} s; cold / restart x{cold_s / ready_s:.1f}"
     )
     print(
-        f"route p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms (query embedding included, "
-        f"probe {settings.router_ivf_probe}); "
-        f"to module {lat['to_module']:.1%}, unrelated to base {lat['to_base']:.1%}"
+        f"settings' index ({_index_config(settings)}): route p50 {lat['p50']:.2f} ms, "
+        f"p99 {lat['p99']:.2f} ms (query embedding included); to module "
+        f"{lat['to_module']:.1%}, unrelated to base {lat['to_base']:.1%}; index "
+        f"{nbytes / mib:.0f} MiB per 1M facts; process RSS growth {rss / mib:.0f} MiB per 1M"
     )
-    index = router._indexes[TENANT]  # noqa: SLF001 - the bench reads the live index
-    assert isinstance(index, IvfIndex)
-    print(
-        f"{settings.router_ivf_codes} (restored): recall@{k} {recall(index)}; "
-        f"index {nbytes / mib:.0f} MiB per 1M facts; process RSS growth {rss / mib:.0f} MiB per 1M"
-    )
-    embed = [timed(partial(embedder.embed, [q])) for q in asked]
+    embed = [timed(partial(embedder.embed, [q])) for _ in range(args.rounds) for q in asked]
     p50, p99 = _percentiles(embed)
     print(f"query embedding alone: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-    for probe in [settings.router_ivf_probe] + [int(p) for p in args.probes.split(",") if p]:
-        index.set_probe(probe)
-        search = [timed(partial(index.search, q, k)) for q in sets["questions"]]
+    print(
+        f"\n| index | params | recall@{k} questions | recall@{k} fact-like | search p50 / p99 ms "
+        "| route p50 / p99 ms (embedding included) | build s | MiB per 1M facts |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for spec in [v for v in args.variants.split(",") if v]:
+        index = _variant(spec, embedder.dim, settings)
+        build_s = timed(partial(index.upsert_many, live_ids, ["m"] * len(live_ids), live_matrix))
+        recall = {n: _recall(index, queries[n], truth[n], row_of, k) for n in queries}
+        search = [
+            timed(partial(index.search, q, k))
+            for _ in range(args.rounds)
+            for q in queries["questions"]
+        ]
+        s50, s99 = _percentiles(search)
+        restored = router._indexes[TENANT]  # noqa: SLF001 - route through the variant
+        router._indexes[TENANT] = _relabel(index, restored)  # noqa: SLF001
+        route = latency(router, data.evalset, args.rounds)
+        router._indexes[TENANT] = restored  # noqa: SLF001
+        kind, _, params = spec.partition(":")
         print(
-            f"probe {probe}: recall@{k} {recall(index)}; search p99 "
-            f"{np.percentile(search, 99) * 1000:.2f} ms"
+            f"| {kind} | {params} | {recall['questions']:.4f} | {recall['fact-like']:.4f} "
+            f"| {s50:.2f} / {s99:.2f} | {route['p50']:.2f} / {route['p99']:.2f} "
+            f"| {build_s:.0f} | {index.nbytes / mib:.0f} |",
+            flush=True,
         )
-    del router, index
-    for codes in [c for c in args.codes.split(",") if c]:
-        other = IvfIndex(
-            embedder.dim,
-            settings.router_ivf_lists,
-            settings.router_ivf_probe,
-            codes,  # type: ignore[arg-type]
-            settings.router_ivf_train_at,
-        )
-        build_s = timed(partial(other.upsert_many, live_ids, ["m"] * len(live_ids), live_matrix))
-        print(
-            f"{codes} (built at once in {build_s:.0f} s): recall@{k} {recall(other)}; "
-            f"index {other.nbytes / mib:.0f} MiB per 1M facts"
-        )
-        del other
+        del index
     redis.Redis.from_url(url).flushdb()
-    shutil.rmtree(folder)  # the snapshot: hundreds of MiB at a million facts
+
+
+def _variant(spec: str, dim: int, settings: Settings) -> FactIndex:
+    kind, *params = spec.split(":")
+    if kind == "ivf":  # ivf:<codes>:<probe>[:<refine>]
+        codes, probe, refine = (*params, "0")[:3]
+        lists, train_at = settings.router_ivf_lists, settings.router_ivf_train_at
+        return IvfIndex(dim, lists, int(probe), codes, train_at, int(refine))  # type: ignore[arg-type]
+    if kind == "hnsw":
+        return HnswIndex(dim, m=int(params[0]), ef_search=int(params[1]))
+    return ExactIndex(dim)
+
+
+def _relabel(index: FactIndex, like: FactIndex) -> FactIndex:
+    """The variant with the live index's modules (it was built with one module "m"), so
+    that routing through it decides as the router would."""
+    for module in like.modules():
+        for fact_id in like.facts_of(module):
+            index._module_of[fact_id] = module  # noqa: SLF001 - bench only
+    return index
 
 
 def _recall(

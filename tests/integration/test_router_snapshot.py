@@ -16,10 +16,16 @@ from router.index import index_factory
 from router.router import Router
 from tests.recipes import TRAINED
 
-# ivf: trained clusters from the 4th fact on, every list probed (exact answers).
-BACKENDS: dict[str, dict] = {
-    "exact": {},
-    "ivf": {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4},
+# ivf: trained clusters from the 4th fact on, every list probed (exact answers); with
+# rabitq codes every candidate is re-scored from its float16 copy.
+BACKENDS: dict[str, tuple[str, dict]] = {
+    "exact": ("exact", {}),
+    "hnsw": ("hnsw", {}),
+    "ivf": ("ivf", {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4}),
+    "ivf-rabitq": (
+        "ivf",
+        {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4, "ivf_codes": "rabitq", "ivf_refine": 8},
+    ),
 }
 PHONES = [
     "The phone number of Ann Lee is 555-0101.",
@@ -40,7 +46,7 @@ def make_router(
             fake_embedder,
             "base-model",
             threshold=0.5,
-            new_index=index_factory(request.param, **BACKENDS[request.param]),
+            new_index=index_factory(BACKENDS[request.param][0], **BACKENDS[request.param][1]),
             snapshot_dir=tmp_path / "router",
             index_config=config or {"backend": request.param},
             snapshot_scope="test",

@@ -174,3 +174,87 @@ def test_ivf_codes_keep_the_nearest_fact_first() -> None:
         assert index.trained
         assert all(index.search(vectors[i], 1)[0].fact_id == f"f{i}" for i in range(200))
         assert index.nbytes < ExactIndex(DIM).nbytes + 200 * DIM * 4
+
+
+WIDE = 128  # RaBitQ's estimates sharpen with the dimension: 32 is too coarse to test
+
+
+def wide_rows(count: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((count, WIDE)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def clustered_rows(count: int, seed: int) -> np.ndarray:
+    """Near-duplicates of a few sources, as real facts crowd each other: the nearest
+    facts of a far query are near-ties spread over many clusters."""
+    rng = np.random.default_rng(seed)
+    sources = wide_rows(40, seed=seed + 1)
+    rows = sources[rng.integers(0, 40, count)] + rng.standard_normal((count, WIDE)) * 0.05
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+# (codes, refine): one-bit codes, the best refine x k re-scored from float16 copies
+COMPRESSED = [("rabitq", 4), ("rabitq", 16)]
+
+
+@pytest.mark.parametrize(("codes", "refine"), COMPRESSED)
+def test_compressed_codes_find_the_exact_top_k(codes: str, refine: int) -> None:
+    vectors, queries = clustered_rows(3000, seed=11), wide_rows(40, seed=12)
+    ids = [f"f{i}" for i in range(3000)]
+    exact = ExactIndex(WIDE)
+    index = IvfIndex(WIDE, 16, 16, codes, 1000, refine)  # type: ignore[arg-type]
+    for start in range(0, 3000, 500):  # trained at 1,000, then added incrementally
+        rows = slice(start, start + 500)
+        exact.upsert_many(ids[rows], ["m"] * 500, vectors[rows])
+        index.upsert_many(ids[rows], ["m"] * 500, vectors[rows])
+    assert index.trained and len(index) == 3000
+    recall = []
+    for q in queries:
+        want, got = exact.search(q, 8), index.search(q, 8)
+        recall.append(len({h.fact_id for h in want} & {h.fact_id for h in got}) / 8)
+        true = [float(vectors[int(h.fact_id[1:])] @ q) for h in got]  # float16-exact scores
+        assert [h.score for h in got] == pytest.approx(true, abs=1e-3)
+        assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
+    assert np.mean(recall) >= (0.99 if refine >= 16 else 0.8)  # dense near-ties need a pool
+    assert index.nbytes < exact.nbytes * 0.75  # one-bit codes and float16 copies
+
+
+@pytest.mark.parametrize(("codes", "refine"), COMPRESSED)
+def test_compressed_codes_take_updates_removals_and_a_round_trip(codes: str, refine: int) -> None:
+    vectors, fresh = wide_rows(400, seed=13), wide_rows(50, seed=14)
+    ids = [f"f{i}" for i in range(400)]
+    index = IvfIndex(WIDE, 4, 4, codes, 100, refine)  # type: ignore[arg-type]
+    index.upsert_many(ids, [f"m{i % 4}" for i in range(400)], vectors)
+    for i in range(50):
+        index.remove(f"f{i}")
+    index.upsert_many(ids[50:100], ["moved"] * 50, fresh)  # known facts, new vectors
+    assert len(index) == 350 and "f0" not in index and index.facts_of("moved") == set(ids[50:100])
+    for i in range(50):
+        best = index.search(fresh[i], 1)[0]
+        assert best.fact_id == f"f{50 + i}" and best.module == "moved"
+        assert all(h.fact_id != f"f{i}" for h in index.search(vectors[i], 20))
+    copy = IvfIndex(WIDE, 4, 4, codes, 100, refine)  # type: ignore[arg-type]
+    copy.load_state(index.state())
+    for q in fresh[:10]:
+        assert copy.search(q, 5) == index.search(q, 5)
+    copy.remove("f60")
+    copy.upsert_many(["new"], ["m9"], vectors[:1])
+    assert copy.search(vectors[0], 1)[0].fact_id == "new"
+    assert copy.search(fresh[10], 1)[0].fact_id != "f60"
+
+
+def test_hnsw_state_round_trip_keeps_deleted_slots_recyclable() -> None:
+    vectors = unit_rows(300, seed=15)
+    index = HnswIndex(DIM)
+    index.upsert_many([f"f{i}" for i in range(300)], [f"m{i % 3}" for i in range(300)], vectors)
+    for i in range(20):
+        index.remove(f"f{i}")
+    copy = HnswIndex(DIM)
+    copy.load_state(index.state())
+    assert len(copy) == 280 and copy.facts_of("m1") == index.facts_of("m1")
+    for i in range(20, 300, 13):
+        assert copy.search(vectors[i], 3) == index.search(vectors[i], 3)
+    copy.upsert_many([f"n{i}" for i in range(20)], ["m9"] * 20, unit_rows(20, seed=16))
+    assert copy._graph.get_current_count() == 300  # the deleted slots were reused
+    with pytest.raises(ValueError):
+        HnswIndex(DIM, m=8).load_state(index.state())  # another graph degree
