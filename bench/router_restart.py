@@ -1,7 +1,8 @@
 """A router at a million facts: restart-to-ready from its snapshot, route latency, recall
-of the exact top-k, memory per million facts.
+of the exact top-k, memory per million facts, and index settings side by side.
 
-    .venv/bin/python -m bench.router_restart --facts 1000000 --real 10000
+    .venv/bin/python -m bench.router_restart                      # 50k facts, minutes
+    .venv/bin/python -m bench.router_restart --facts 1000000 --real 5000   # the issue's size
 
 How the vectors are made (embedding a million texts takes hours on 2 cores):
 - `--real` generated fact texts ("<person> works as a <job> in <city> ..." over
@@ -9,20 +10,24 @@ How the vectors are made (embedding a million texts takes hours on 2 cores):
   router paraphrase set's three evaluated modules (evaluation/router_set.py);
 - the rest are perturbations of those real embeddings: a real vector plus Gaussian noise
   of norm `--noise` (0.45: cosine ~0.9 to its source), renormalised.
+The matrix is kept under `--cache` and read back by the next run of the same size.
 
 Everything goes through the real registry (Redis `LORAMEM_REDIS_URL`, database
 `--db`, flushed before and after): facts with their embeddings, 64 to a module, each
-module published as version 1. Then:
+module published as version 1. Then, with the index the settings choose (set
+`LORAMEM_ROUTER_*` to measure another):
 1. cold: a router `load_all()` from Redis (what every start cost before snapshots),
    then `save_snapshots()`;
 2. changes after the snapshot: `--changed` modules republished without one fact, as many
    new modules published, as many retired;
 3. restart: a new router `load_all()` (snapshot + the changed modules from Redis), timed
-   as restart-to-ready; then route p50/p99 with the query embedding (paraphrase set),
-   module and base accuracy, recall@k of the exact top-k (brute force over the float32
-   vectors), the index's bytes and the process's RSS growth per million facts;
-4. per `--codes`: an index of the same vectors built directly with other codes, for
-   its recall and bytes.
+   as restart-to-ready; route p50/p99 with the query embedding (paraphrase set), module
+   and base accuracy, the query embedding alone, the index's bytes and the process's RSS
+   growth per million facts. Routing reads nothing from Redis: embedding + search is all.
+4. per `--variants`: an index of the live vectors built directly, and for each search
+   setting its recall@k of the exact top-k (brute force over the float32 vectors) for
+   the real question embeddings and for fact-like queries, search p50/p99, route p50/p99
+   through the router with it (embedding included), build time and bytes, as a table.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from bench.router_latency import _percentiles, _rss_bytes
 from evaluation.router_set import EvalSet, eval_set
 from loramem import datasets
 from loramem.knobs import TrainingKnobs, VersionRecipe
+from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -145,11 +151,14 @@ def build(args: argparse.Namespace, settings: Settings, embedder: SentenceEmbedd
             cached.parent.mkdir(parents=True, exist_ok=True)
             np.save(cached, matrix)
     embed_s = time.perf_counter() - started
-    modules, start = {}, 0
-    for module, texts in evalset.modules.items():
-        modules[module], start = matrix[start : start + len(texts)], start + len(texts)
+    modules, start = {}, 0  # by module id (the tenant's namespace)
+    for name, texts in evalset.modules.items():
+        modules[module_id(TENANT, name)] = matrix[start : start + len(texts)]
+        start += len(texts)
     for start in range(held, len(matrix), MODULE_FACTS):
-        modules[f"m{start // MODULE_FACTS:06d}"] = matrix[start : start + MODULE_FACTS]
+        modules[module_id(TENANT, f"m{start // MODULE_FACTS:06d}")] = matrix[
+            start : start + MODULE_FACTS
+        ]
     return Data(evalset, real, matrix, modules, embed_s)
 
 
@@ -166,14 +175,17 @@ def change(registry: Registry, data: Data, ids_of: dict[str, list[str]], count: 
     """After the snapshot: `count` modules lose a fact (v2), as many are new, as many
     retire. Returns the facts the router should hold now (fact id -> vector)."""
     live = {f: v for m, vs in data.modules.items() for f, v in zip(ids_of[m], vs, strict=True)}
-    names = [m for m in data.modules if m.startswith("m")]
+    names = [m for m in data.modules if module_name(m).startswith("m")]
     for i, module in enumerate(names[:count]):
         registry.facts.delete(TENANT, ids_of[module][0])
         live.pop(ids_of[module][0])
         info = VersionInfo(module, 2, TENANT, ids_of[module][1:], 1.0, f"d{i}", RECIPE)
         registry.modules.publish(info, {})
     extra = perturbed(data.real, count * MODULE_FACTS, 0.45, seed=2)
-    fresh = {f"new{i:03d}": extra[i * MODULE_FACTS : (i + 1) * MODULE_FACTS] for i in range(count)}
+    fresh = {
+        module_id(TENANT, f"new{i:03d}"): extra[i * MODULE_FACTS : (i + 1) * MODULE_FACTS]
+        for i in range(count)
+    }
     for module, ids in store(registry, fresh).items():
         live.update(zip(ids, fresh[module], strict=True))
     for module in names[count : 2 * count]:
@@ -192,6 +204,7 @@ def latency(router: Router, evalset: EvalSet, rounds: int) -> dict[str, float]:
     ]
     p50, p99 = _percentiles(samples)
     decisions = [(router.route(TENANT, "auto", q).module, want) for q, want in evalset.questions]
+    decisions = [(got and module_name(got), want) for got, want in decisions]
     return {
         "p50": p50,
         "p99": p99,
@@ -209,9 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", type=int, default=9, help="Redis database (flushed)")
     parser.add_argument(
         "--variants",
-        default="ivf:fp16:64,ivf:rabitq:128:16,ivf:rabitq:256:16",
-        help="indexes built from the same vectors, side by side: ivf:<codes>:<probe>[:<refine>], "
-        "hnsw:<M>:<ef_search>, exact",
+        default="ivf:fp16:0:64/256,ivf:rabitq:4:128/256/512",
+        help="indexes built from the same vectors, side by side: "
+        "ivf:<codes>:<refine>:<probe>/..., hnsw:<M>:<ef_search>/..., exact",
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cache", default="/tmp/loramem-router-bench", help="'' for none")
@@ -287,39 +300,52 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for spec in [v for v in args.variants.split(",") if v]:
-        index = _variant(spec, embedder.dim, settings)
+        index, searched = _variant(spec, embedder.dim, settings)
         build_s = timed(partial(index.upsert_many, live_ids, ["m"] * len(live_ids), live_matrix))
-        recall = {n: _recall(index, queries[n], truth[n], row_of, k) for n in queries}
-        search = [
-            timed(partial(index.search, q, k))
-            for _ in range(args.rounds)
-            for q in queries["questions"]
-        ]
-        s50, s99 = _percentiles(search)
-        restored = router._indexes[TENANT]  # noqa: SLF001 - route through the variant
-        router._indexes[TENANT] = _relabel(index, restored)  # noqa: SLF001
-        route = latency(router, data.evalset, args.rounds)
-        router._indexes[TENANT] = restored  # noqa: SLF001
-        kind, _, params = spec.partition(":")
-        print(
-            f"| {kind} | {params} | {recall['questions']:.4f} | {recall['fact-like']:.4f} "
-            f"| {s50:.2f} / {s99:.2f} | {route['p50']:.2f} / {route['p99']:.2f} "
-            f"| {build_s:.0f} | {index.nbytes / mib:.0f} |",
-            flush=True,
-        )
+        for params, set_search in searched:
+            set_search()
+            recall = {n: _recall(index, queries[n], truth[n], row_of, k) for n in queries}
+            questions = queries["questions"]
+            search = [
+                timed(partial(index.search, q, k)) for _ in range(args.rounds) for q in questions
+            ]
+            s50, s99 = _percentiles(search)
+            restored = router._indexes[TENANT]  # noqa: SLF001 - route through the variant
+            router._indexes[TENANT] = _relabel(index, restored)  # noqa: SLF001
+            route = latency(router, data.evalset, args.rounds)
+            router._indexes[TENANT] = restored  # noqa: SLF001
+            print(
+                f"| {spec.split(':')[0]} | {params} | {recall['questions']:.4f} "
+                f"| {recall['fact-like']:.4f} | {s50:.2f} / {s99:.2f} "
+                f"| {route['p50']:.2f} / {route['p99']:.2f} | {build_s:.0f} "
+                f"| {index.nbytes / mib:.0f} |",
+                flush=True,
+            )
         del index
     redis.Redis.from_url(url).flushdb()
 
 
-def _variant(spec: str, dim: int, settings: Settings) -> FactIndex:
+def _variant(
+    spec: str, dim: int, settings: Settings
+) -> tuple[FactIndex, list[tuple[str, Callable[[], None]]]]:
+    """An empty index of the spec and, per search setting to measure, (label, setter):
+    ivf:<codes>:<refine>:<probe>/<probe>..., hnsw:<M>:<ef_search>/..., exact."""
     kind, *params = spec.split(":")
-    if kind == "ivf":  # ivf:<codes>:<probe>[:<refine>]
-        codes, probe, refine = (*params, "0")[:3]
+    if kind == "ivf":
+        codes, refine, probes = params
         lists, train_at = settings.router_ivf_lists, settings.router_ivf_train_at
-        return IvfIndex(dim, lists, int(probe), codes, train_at, int(refine))  # type: ignore[arg-type]
+        ivf = IvfIndex(dim, lists, 1, codes, train_at, int(refine))  # type: ignore[arg-type]
+        return ivf, [
+            (f"{codes}, {lists} lists, probe {p}, refine {refine}", partial(ivf.set_probe, int(p)))
+            for p in probes.split("/")
+        ]
     if kind == "hnsw":
-        return HnswIndex(dim, m=int(params[0]), ef_search=int(params[1]))
-    return ExactIndex(dim)
+        hnsw = HnswIndex(dim, m=int(params[0]))
+        return hnsw, [
+            (f"M {params[0]}, ef_search {ef}", partial(setattr, hnsw, "ef_search", int(ef)))
+            for ef in params[1].split("/")
+        ]
+    return ExactIndex(dim), [("float32", lambda: None)]
 
 
 def _relabel(index: FactIndex, like: FactIndex) -> FactIndex:

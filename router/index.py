@@ -285,17 +285,17 @@ class IvfIndex(FactIndex):
     1,000 facts per list (a million facts with the default 1,024 lists) a query scans
     ~62k codes (probe 64), a sixteenth of the tenant.
 
-    Codes "rabitq": faiss's RaBitQ, one bit a dimension (dim/8 bytes and a few factors a
-    fact, an eleventh of float16), whose inner-product estimates (about +-0.05 at 384
-    dims) let a query scan many more lists for the same time. A question far from every
-    fact has its nearest facts spread over many clusters as near-ties of one another:
-    scanning a quarter of the lists cheaply finds them where a sixteenth in float16 does
-    not (docs/RESULTS.md). With `refine` > 0 (always, in practice) a float16 copy of
-    every vector (`Float16Rows`, 2 x dim bytes a fact) re-scores the best `refine` x k
+    Codes "rabitq": faiss's RaBitQ, four bits a dimension (dim/2 bytes and a few factors
+    a fact, about a quarter of float16), whose inner-product estimates are within a few
+    thousandths at 384 dims: a query scans more lists for the same bytes. A question far
+    from every fact has its nearest facts spread over many clusters as near-ties of one
+    another, which probe 64 misses (docs/RESULTS.md). With `refine` > 0 a float16 copy
+    of every vector (`Float16Rows`, 2 x dim bytes a fact) re-scores the best `refine` x k
     candidates, so the order and the scores the threshold sees are float16-exact. (Not
-    faiss's fast-scan RaBitQ: with its multi-bit codes, faiss 1.15 mis-scores vectors
-    added to a list after a removal from it.) Their lists have no hash table: a removal
-    scans their ids, milliseconds at a million facts.
+    faiss's fast-scan RaBitQ: faiss 1.15 mis-scores vectors added to one of its lists
+    after a removal from it; nor one bit a dimension: its estimates (+-0.05) need a
+    re-scored pool of 64 x k and still found only 0.94 of the exact top-8.) RaBitQ lists
+    have no hash table: a removal scans their ids, milliseconds at a million facts.
     """
 
     def __init__(
@@ -332,7 +332,7 @@ class IvfIndex(FactIndex):
         # The wrapper keeps the quantizer alive (faiss's referenced_objects).
         if self.codes == "rabitq":
             return faiss.index_factory(
-                self.dim, f"IVF{self.lists},RaBitQ", faiss.METRIC_INNER_PRODUCT
+                self.dim, f"IVF{self.lists},RaBitQ4", faiss.METRIC_INNER_PRODUCT
             )
         quantizer = faiss.IndexFlatIP(self.dim)
         if self.codes == "fp32":

@@ -193,8 +193,8 @@ def clustered_rows(count: int, seed: int) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-# (codes, refine): one-bit codes, the best refine x k re-scored from float16 copies
-COMPRESSED = [("rabitq", 4), ("rabitq", 16)]
+# (codes, refine): RaBitQ's estimates alone, and the best 4 x k re-scored from float16
+COMPRESSED = [("rabitq", 0), ("rabitq", 4)]
 
 
 @pytest.mark.parametrize(("codes", "refine"), COMPRESSED)
@@ -212,11 +212,11 @@ def test_compressed_codes_find_the_exact_top_k(codes: str, refine: int) -> None:
     for q in queries:
         want, got = exact.search(q, 8), index.search(q, 8)
         recall.append(len({h.fact_id for h in want} & {h.fact_id for h in got}) / 8)
-        true = [float(vectors[int(h.fact_id[1:])] @ q) for h in got]  # float16-exact scores
-        assert [h.score for h in got] == pytest.approx(true, abs=1e-3)
+        true = [float(vectors[int(h.fact_id[1:])] @ q) for h in got]
+        assert [h.score for h in got] == pytest.approx(true, abs=1e-3 if refine else 0.02)
         assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
-    assert np.mean(recall) >= (0.99 if refine >= 16 else 0.8)  # dense near-ties need a pool
-    assert index.nbytes < exact.nbytes * 0.75  # one-bit codes and float16 copies
+    assert np.mean(recall) >= (0.99 if refine else 0.8)  # RaBitQ alone swaps near-ties
+    assert index.nbytes < exact.nbytes * (0.75 if refine else 0.4)
 
 
 @pytest.mark.parametrize(("codes", "refine"), COMPRESSED)
