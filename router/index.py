@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -88,11 +88,20 @@ class FactIndex(ABC):
             self._insert([f for f, n in zip(fact_ids, new, strict=True) if n], vectors[new])
 
     def remove(self, fact_id: str) -> None:
-        if fact_id not in self._module_of:
-            return
-        self._forget_module(fact_id)
-        del self._module_of[fact_id]
-        self._delete(fact_id)
+        self.remove_many([fact_id])
+
+    def remove_many(self, fact_ids: Iterable[str]) -> None:
+        """Forget these facts (unknown ids are ignored), in one pass where the backend can."""
+        known = [f for f in dict.fromkeys(fact_ids) if f in self._module_of]
+        for fact_id in known:
+            self._forget_module(fact_id)
+            del self._module_of[fact_id]
+        if known:
+            self._delete_many(known)
+
+    def _delete_many(self, fact_ids: list[str]) -> None:
+        for fact_id in fact_ids:
+            self._delete(fact_id)
 
     def _forget_module(self, fact_id: str) -> None:
         module = self._module_of.get(fact_id)
@@ -389,13 +398,19 @@ class IvfIndex(FactIndex):
             self._exact.put(labels.tolist(), vectors)
 
     def _delete(self, fact_id: str) -> None:
-        label = self._label_of.pop(fact_id)
-        del self._fact_of[label]
+        self._delete_many([fact_id])
+
+    def _delete_many(self, fact_ids: list[str]) -> None:
+        # One remove_ids for all: without a hash table (rabitq) each call scans the lists.
+        labels = [self._label_of.pop(f) for f in fact_ids]
+        for label in labels:
+            del self._fact_of[label]
         if self._ivf is None:
-            self._pending.remove(fact_id)
-        else:
-            self._ivf.remove_ids(np.array([label], dtype=np.int64))
-            if self._exact is not None:
+            self._pending.remove_many(fact_ids)
+            return
+        self._ivf.remove_ids(np.array(labels, dtype=np.int64))
+        if self._exact is not None:
+            for label in labels:
                 self._exact.drop(label)
 
     def search(self, query: np.ndarray, k: int) -> list[Hit]:

@@ -304,8 +304,9 @@ class Router:
             if previous and previous[1] > version:
                 return  # an older event arriving late
             lexical = self._lexical.setdefault(tenant, LexicalIndex())
-            for fact_id in index.facts_of(module) - set(fact_ids):
-                index.remove(fact_id)
+            dropped = index.facts_of(module) - set(fact_ids)
+            index.remove_many(dropped)
+            for fact_id in dropped:
                 lexical.remove(fact_id)
             if fact_ids and vectors is not None:
                 index.upsert_many(fact_ids, [module] * len(fact_ids), vectors)
@@ -329,8 +330,9 @@ class Router:
                 self._dirty.add(entry[0])
             if index is not None:
                 lexical = self._lexical.get(entry[0], LexicalIndex()) if entry else LexicalIndex()
-                for fact_id in index.facts_of(module):
-                    index.remove(fact_id)
+                dropped = index.facts_of(module)
+                index.remove_many(dropped)
+                for fact_id in dropped:
                     lexical.remove(fact_id)
 
     def index_stats(self, tenant: str) -> tuple[int, int]:
@@ -374,10 +376,10 @@ class Router:
         kept = {m for m, s in saved.modules.items() if m in now and stamp(now[m]) == s}
         if self.lexical_weight and len(lexical) != len(index):
             kept = set()  # the words were saved without (or apart from) the vectors: reread
-        for module in index.modules() - kept:  # stale, retired, or never covered
-            for fact_id in index.facts_of(module):
-                index.remove(fact_id)
-                lexical.remove(fact_id)
+        stale = [f for m in index.modules() - kept for f in index.facts_of(m)]
+        index.remove_many(stale)  # stale, retired, or never covered modules: one pass
+        for fact_id in stale:
+            lexical.remove(fact_id)
         with self._lock:
             self._indexes[tenant] = index
             self._lexical[tenant] = lexical

@@ -258,3 +258,11 @@ def test_hnsw_state_round_trip_keeps_deleted_slots_recyclable() -> None:
     assert copy._graph.get_current_count() == 300  # the deleted slots were reused
     with pytest.raises(ValueError):
         HnswIndex(DIM, m=8).load_state(index.state())  # another graph degree
+
+
+def test_remove_many_forgets_a_batch_and_ignores_unknown_ids(index: FactIndex) -> None:
+    vectors = unit_rows(60, seed=17)
+    index.upsert_many([f"f{i}" for i in range(60)], [f"m{i % 2}" for i in range(60)], vectors)
+    index.remove_many([f"f{i}" for i in range(0, 60, 2)] + ["nope", "f0"])
+    assert len(index) == 30 and index.facts_of("m0") == set()
+    assert all(index.search(vectors[i], 1)[0].fact_id == f"f{i}" for i in range(1, 60, 2))
