@@ -222,9 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", type=int, default=9, help="Redis database (flushed)")
     parser.add_argument(
         "--variants",
-        default="ivf:fp16:0:64/256,ivf:rabitq:4:128/256/512",
+        default="ivf:fp16:64/128/256,hnsw:16:64/256",
         help="indexes built from the same vectors, side by side: "
-        "ivf:<codes>:<refine>:<probe>/..., hnsw:<M>:<ef_search>/..., exact",
+        "ivf:<codes>:<probe>/..., hnsw:<M>:<ef_search>/..., exact",
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cache", default="/tmp/loramem-router-bench", help="'' for none")
@@ -329,14 +329,14 @@ def _variant(
     spec: str, dim: int, settings: Settings
 ) -> tuple[FactIndex, list[tuple[str, Callable[[], None]]]]:
     """An empty index of the spec and, per search setting to measure, (label, setter):
-    ivf:<codes>:<refine>:<probe>/<probe>..., hnsw:<M>:<ef_search>/..., exact."""
+    ivf:<codes>:<probe>/<probe>..., hnsw:<M>:<ef_search>/..., exact."""
     kind, *params = spec.split(":")
     if kind == "ivf":
-        codes, refine, probes = params
+        codes, probes = params
         lists, train_at = settings.router_ivf_lists, settings.router_ivf_train_at
-        ivf = IvfIndex(dim, lists, 1, codes, train_at, int(refine))  # type: ignore[arg-type]
+        ivf = IvfIndex(dim, lists, 1, codes, train_at)  # type: ignore[arg-type]
         return ivf, [
-            (f"{codes}, {lists} lists, probe {p}, refine {refine}", partial(ivf.set_probe, int(p)))
+            (f"{codes}, {lists} lists, probe {p}", partial(ivf.set_probe, int(p)))
             for p in probes.split("/")
         ]
     if kind == "hnsw":

@@ -147,12 +147,8 @@ class Settings(BaseSettings):
     # the exact best fact for 85% of paraphrased questions, 64 for all of them.
     router_ivf_probe: int = Field(default=64, ge=1)
     # Codes of the vectors in the lists: at 1M facts fp16 found 0.9994 of the exact top-8
-    # of fact-like queries, int8 0.970 at half the memory (docs/RESULTS.md). "rabitq":
-    # one bit a dimension, cheap enough to scan many lists, re-scored by router_ivf_refine.
-    router_ivf_codes: Literal["fp16", "int8", "fp32", "rabitq"] = "fp16"
-    # Keep float16 copies of the vectors and re-score the best refine x top_k candidates
-    # from them (0: the codes' own scores). Needed by "rabitq", whose scores are estimates.
-    router_ivf_refine: int = Field(default=0, ge=0, le=256)
+    # of fact-like queries, int8 0.970 at half the memory (docs/RESULTS.md).
+    router_ivf_codes: Literal["fp16", "int8", "fp32"] = "fp16"
     # Facts searched exactly before the clusters are trained (faiss wants 39 per list).
     router_ivf_train_at: int = Field(default=40_000, ge=1)
     # Index snapshots (router/snapshot.py): a restarted gateway loads them and reads from

@@ -35,7 +35,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 IndexBackend = Literal["exact", "ivf", "hnsw"]
-IvfCodes = Literal["fp16", "int8", "fp32", "rabitq"]
+IvfCodes = Literal["fp16", "int8", "fp32"]
 
 
 @dataclass(frozen=True)
@@ -237,51 +237,6 @@ class ExactIndex(FactIndex):
         return self._fact_ids, self._vectors[: len(self._fact_ids)]
 
 
-class Float16Rows:
-    """Float16 copies of vectors by label, to re-score an approximate index's candidates
-    exactly (to float16 precision). Removal swaps the last row in."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self._rows = np.zeros((256, dim), dtype=np.float16)
-        self._labels: list[int] = []  # row -> label
-        self._row_of: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def put(self, labels: Sequence[int], vectors: np.ndarray) -> None:
-        """Store new labels' vectors (labels are never reused)."""
-        start, end = len(self._labels), len(self._labels) + len(labels)
-        if end > len(self._rows):  # grow geometrically: appends stay amortised O(1)
-            grown = np.zeros((max(end, 2 * len(self._rows)), self.dim), dtype=np.float16)
-            grown[:start] = self._rows[:start]
-            self._rows = grown
-        self._rows[start:end] = vectors
-        for offset, label in enumerate(labels):
-            self._row_of[label] = start + offset
-        self._labels.extend(labels)
-
-    def drop(self, label: int) -> None:
-        row, last = self._row_of.pop(label), len(self._labels) - 1
-        if row != last:
-            self._rows[row] = self._rows[last]
-            self._labels[row] = self._labels[last]
-            self._row_of[self._labels[row]] = row
-        self._labels.pop()
-
-    def scores(self, labels: np.ndarray, query: np.ndarray) -> np.ndarray:
-        rows = np.fromiter((self._row_of[int(lb)] for lb in labels), np.int64, len(labels))
-        return self._rows[rows].astype(np.float32) @ query
-
-    def matrix(self, labels: Sequence[int]) -> np.ndarray:
-        return self._rows[[self._row_of[lb] for lb in labels]]
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._labels) * self.dim * 2
-
-
 class IvfIndex(FactIndex):
     """faiss inverted lists (IVF) over scalar-quantised codes, exact until it is trained.
 
@@ -293,18 +248,6 @@ class IvfIndex(FactIndex):
     are never reused. The centroids are not retrained as the tenant grows: at about
     1,000 facts per list (a million facts with the default 1,024 lists) a query scans
     ~62k codes (probe 64), a sixteenth of the tenant.
-
-    Codes "rabitq": faiss's RaBitQ, four bits a dimension (dim/2 bytes and a few factors
-    a fact, about a quarter of float16), whose inner-product estimates are within a few
-    thousandths at 384 dims: a query scans more lists for the same bytes. A question far
-    from every fact has its nearest facts spread over many clusters as near-ties of one
-    another, which probe 64 misses (docs/RESULTS.md). With `refine` > 0 a float16 copy
-    of every vector (`Float16Rows`, 2 x dim bytes a fact) re-scores the best `refine` x k
-    candidates, so the order and the scores the threshold sees are float16-exact. (Not
-    faiss's fast-scan RaBitQ: faiss 1.15 mis-scores vectors added to one of its lists
-    after a removal from it; nor one bit a dimension: its estimates (+-0.05) need a
-    re-scored pool of 64 x k and still found only 0.94 of the exact top-8.) RaBitQ lists
-    have no hash table: a removal scans their ids, milliseconds at a million facts.
     """
 
     def __init__(
@@ -314,14 +257,12 @@ class IvfIndex(FactIndex):
         probe: int = 64,
         codes: IvfCodes = "fp16",
         train_at: int = 40_000,
-        refine: int = 0,
     ) -> None:
         super().__init__(dim)
-        self.lists, self.probe, self.codes, self.refine = lists, probe, codes, refine
+        self.lists, self.probe, self.codes = lists, probe, codes
         self.train_at = max(train_at, lists)  # k-means needs at least one fact per list
         self._pending = ExactIndex(dim)  # facts not in the inverted lists (before training)
-        self._ivf: Any = None  # faiss.IndexIVFScalarQuantizer (or fast-scan PQ) once trained
-        self._exact: Float16Rows | None = None  # refine > 0: the vectors, to re-score
+        self._ivf: Any = None  # faiss.IndexIVFScalarQuantizer once trained
         self._label_of: dict[str, int] = {}
         self._fact_of: dict[int, str] = {}
         self._next_label = 0
@@ -339,10 +280,6 @@ class IvfIndex(FactIndex):
         import faiss  # optional dependency: only needed when this backend is chosen
 
         # The wrapper keeps the quantizer alive (faiss's referenced_objects).
-        if self.codes == "rabitq":
-            return faiss.index_factory(
-                self.dim, f"IVF{self.lists},RaBitQ4", faiss.METRIC_INNER_PRODUCT
-            )
         quantizer = faiss.IndexFlatIP(self.dim)
         if self.codes == "fp32":
             return faiss.IndexIVFFlat(quantizer, self.dim, self.lists, faiss.METRIC_INNER_PRODUCT)
@@ -359,12 +296,8 @@ class IvfIndex(FactIndex):
         fact_ids, vectors = self._pending.matrix()
         ivf = self._new_ivf()
         ivf.train(vectors)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         labels = np.array([self._label_of[f] for f in fact_ids], dtype=np.int64)
-        if self.refine:
-            self._exact = Float16Rows(self.dim)
-            self._exact.put(labels.tolist(), vectors)
-        if self.codes != "rabitq":  # RaBitQ's lists support no hash table
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.add_with_ids(vectors, labels)
         ivf.nprobe = self.probe
         self._ivf = ivf
@@ -378,8 +311,6 @@ class IvfIndex(FactIndex):
             self._fact_of[label] = fact_id
         if self._ivf is not None:
             self._ivf.add_with_ids(vectors, labels)
-            if self._exact is not None:
-                self._exact.put(labels.tolist(), vectors)
             return
         self._pending.upsert_many(fact_ids, [""] * len(fact_ids), vectors)
         if len(self._pending) >= self.train_at:
@@ -392,16 +323,11 @@ class IvfIndex(FactIndex):
         labels = np.array([self._label_of[f] for f in fact_ids], dtype=np.int64)
         self._ivf.remove_ids(labels)
         self._ivf.add_with_ids(vectors, labels)
-        if self._exact is not None:
-            for label in labels.tolist():
-                self._exact.drop(label)
-            self._exact.put(labels.tolist(), vectors)
 
     def _delete(self, fact_id: str) -> None:
         self._delete_many([fact_id])
 
     def _delete_many(self, fact_ids: list[str]) -> None:
-        # One remove_ids for all: without a hash table (rabitq) each call scans the lists.
         labels = [self._label_of.pop(f) for f in fact_ids]
         for label in labels:
             del self._fact_of[label]
@@ -409,9 +335,6 @@ class IvfIndex(FactIndex):
             self._pending.remove_many(fact_ids)
             return
         self._ivf.remove_ids(np.array(labels, dtype=np.int64))
-        if self._exact is not None:
-            for label in labels:
-                self._exact.drop(label)
 
     def search(self, query: np.ndarray, k: int) -> list[Hit]:
         k = min(k, len(self))
@@ -424,10 +347,7 @@ class IvfIndex(FactIndex):
         # One query on one thread (per calling thread in libgomp): a parallel region
         # for a single query costs more than it saves and takes the embedder's cores.
         faiss.omp_set_num_threads(1)
-        query = np.asarray(query, np.float32).reshape(self.dim)
-        if self._exact is not None:
-            return self._refined(query, k)
-        scores, labels = self._ivf.search(query.reshape(1, self.dim), k)
+        scores, labels = self._ivf.search(np.asarray(query, np.float32).reshape(1, self.dim), k)
         found = [
             (self._fact_of[int(lb)], float(sc))
             for lb, sc in zip(labels[0], scores[0], strict=True)
@@ -435,24 +355,12 @@ class IvfIndex(FactIndex):
         ]
         return self._hits([f for f, _ in found], [s for _, s in found])
 
-    def _refined(self, query: np.ndarray, k: int) -> list[Hit]:
-        """The best refine x k by the codes, re-scored from the float16 vectors."""
-        assert self._exact is not None
-        wanted = min(k * self.refine, len(self))
-        _, labels = self._ivf.search(query.reshape(1, self.dim), wanted)
-        labels = labels[0][labels[0] >= 0]
-        scores = self._exact.scores(labels, query)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return self._hits([self._fact_of[int(labels[i])] for i in top], scores[top].tolist())
-
     @property
     def nbytes(self) -> int:
         if self._ivf is None:
             return self._pending.nbytes
-        # codes and ids in the lists, the centroids (and the float16 copies to refine);
-        # the direct map's table is left out
-        lists = self._ivf.ntotal * (self._ivf.code_size + 8) + self.lists * self.dim * 4
-        return int(lists + (self._exact.nbytes if self._exact is not None else 0))
+        # codes and ids in the lists, the centroids; the direct map's table is left out
+        return int(self._ivf.ntotal * (self._ivf.code_size + 8) + self.lists * self.dim * 4)
 
     def _state(self, fact_ids: list[str]) -> dict[str, np.ndarray]:
         labels = np.array([self._label_of[f] for f in fact_ids], dtype=np.int64)
@@ -468,8 +376,6 @@ class IvfIndex(FactIndex):
             import faiss
 
             arrays["ivf"] = faiss.serialize_index(self._ivf)
-            if self._exact is not None:  # row i: fact_ids[i]'s vector
-                arrays["float16"] = self._exact.matrix(labels.tolist())
         return arrays
 
     def _load_state(self, fact_ids: list[str], arrays: dict[str, np.ndarray]) -> None:
@@ -487,12 +393,6 @@ class IvfIndex(FactIndex):
                 raise ValueError("index state: the inverted lists do not match")
             ivf.nprobe = self.probe
             self._ivf = ivf
-            if self.refine:
-                vectors = arrays["float16"]
-                if vectors.shape != (len(fact_ids), self.dim):
-                    raise ValueError("index state: the float16 vectors do not match the facts")
-                self._exact = Float16Rows(self.dim)
-                self._exact.put(labels.tolist(), vectors)
         else:
             self._pending.upsert_many(fact_ids, [""] * len(fact_ids), arrays["vectors"])
 
@@ -642,13 +542,12 @@ def index_factory(
     ivf_probe: int = 64,
     ivf_codes: IvfCodes = "fp16",
     ivf_train_at: int = 40_000,
-    ivf_refine: int = 8,
 ) -> Callable[[int], FactIndex]:
     """A constructor of empty per-tenant indexes of the chosen backend, taking the dim."""
     if backend == "exact":
         return ExactIndex
     if backend == "ivf":
-        return lambda dim: IvfIndex(dim, ivf_lists, ivf_probe, ivf_codes, ivf_train_at, ivf_refine)
+        return lambda dim: IvfIndex(dim, ivf_lists, ivf_probe, ivf_codes, ivf_train_at)
     if backend == "hnsw":
         return lambda dim: HnswIndex(dim, hnsw_m, hnsw_ef_construction, hnsw_ef_search)
     raise ValueError(f"unknown router index backend: {backend}")

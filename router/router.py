@@ -131,7 +131,6 @@ class Router:
                 settings.router_ivf_probe,
                 settings.router_ivf_codes,
                 settings.router_ivf_train_at,
-                settings.router_ivf_refine,
             ),
             max_candidates=settings.router_max_candidates,
             merge_default=settings.router_merge,
@@ -461,7 +460,6 @@ def _index_config(settings: Settings) -> dict[str, Any]:
             "lists": settings.router_ivf_lists,
             "codes": settings.router_ivf_codes,
             "train_at": settings.router_ivf_train_at,
-            "refine": settings.router_ivf_refine > 0,  # the float16 copies are saved or not
         }
     if backend == "hnsw":  # ef_search is read at query time: any value loads the graph
         config |= {"m": settings.router_hnsw_m, "ef_c": settings.router_hnsw_ef_construction}

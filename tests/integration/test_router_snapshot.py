@@ -16,16 +16,11 @@ from router.index import index_factory
 from router.router import Router
 from tests.recipes import TRAINED
 
-# ivf: trained clusters from the 4th fact on, every list probed (exact answers); with
-# rabitq codes every candidate is re-scored from its float16 copy.
+# ivf: trained clusters from the 4th fact on, every list probed (exact answers).
 BACKENDS: dict[str, tuple[str, dict]] = {
     "exact": ("exact", {}),
     "hnsw": ("hnsw", {}),
     "ivf": ("ivf", {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4}),
-    "ivf-rabitq": (
-        "ivf",
-        {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4, "ivf_codes": "rabitq", "ivf_refine": 8},
-    ),
 }
 PHONES = [
     "The phone number of Ann Lee is 555-0101.",
