@@ -35,7 +35,14 @@ from typing import Any
 
 import httpx
 
-from evaluation.engine_harness import engine, load_adapters, make_adapters, process
+from evaluation.engine_harness import (
+    engine,
+    load_adapters,
+    make_adapters,
+    process,
+    system_env,
+    teach,
+)
 from evaluation.serving_stats import (
     FACTS,
     QUESTIONS,
@@ -121,14 +128,7 @@ def mixed_cells(url: str, names: list[str], plan: Plan) -> list[Cell]:
 
 def gateway_cells(settings: Settings, plan: Plan) -> list[Cell]:
     """Worker + gateway on the running engine; facts taught for real, then model=auto."""
-    env = dict(os.environ)
-    env.update(
-        LORAMEM_ENGINE_URL=settings.engine_url,
-        LORAMEM_GATEWAY_PORT=str(settings.gateway_port),
-        LORAMEM_TRAINER_METRICS_PORT=str(settings.trainer_metrics_port),
-        LORAMEM_REDIS_URL=settings.redis_url,
-        LORAMEM_CACHE_DIR=str(settings.cache_dir),
-    )
+    env = system_env(settings)
     me = [sys.executable, "-m", "cli"]
     url = f"http://127.0.0.1:{settings.gateway_port}"
     tenant = {"x-loramem-tenant": f"bench-{uuid.uuid4().hex[:8]}"}  # a fresh, empty tenant
@@ -136,20 +136,7 @@ def gateway_cells(settings: Settings, plan: Plan) -> list[Cell]:
         process("worker", me + ["worker"], env, settings.engine_url + "/health", 60),
         process("gateway", me + ["gateway"], env, url + "/healthz", 120),
     ):
-        started = time.monotonic()
-        job = httpx.post(url + "/facts", json={"facts": list(FACTS)}, headers=tenant, timeout=60)
-        job.raise_for_status()
-        job_id = job.json()["job_id"]
-        while (status := httpx.get(f"{url}/jobs/{job_id}", headers=tenant).json())[
-            "status"
-        ] not in (
-            "published",
-            "failed",
-        ):
-            time.sleep(2.0)
-        print(f"gateway: job {status['status']} in {time.monotonic() - started:.0f} s", flush=True)
-        if status["status"] != "published":
-            raise SystemExit(f"training failed: {status.get('error')}")
+        teach(url, tenant, list(FACTS))
         time.sleep(3.0)  # the router applies the publish event from the stream
         probe = httpx.post(
             url + "/v1/chat/completions",

@@ -105,3 +105,37 @@ def load_adapters(url: str, paths: list[Path]) -> list[str]:
             raise SystemExit(f"engine refused {path.name}: {response.text[:200]}")
         names.append(path.name)
     return names
+
+
+def system_env(settings: Settings, source: Path | None = None) -> dict[str, str]:
+    """The environment a worker or gateway child needs to join this system (its code
+    from `source`, another checkout, when given)."""
+    env = dict(os.environ)
+    env.update(
+        LORAMEM_ENGINE_URL=settings.engine_url,
+        LORAMEM_GATEWAY_PORT=str(settings.gateway_port),
+        LORAMEM_TRAINER_METRICS_PORT=str(settings.trainer_metrics_port),
+        LORAMEM_REDIS_URL=settings.redis_url,
+        LORAMEM_CACHE_DIR=str(settings.cache_dir),
+    )
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    return env
+
+
+def teach(url: str, headers: dict[str, str], facts: list[str], **extra: object) -> dict:
+    """POST the facts to a gateway and wait until their job is published; the job."""
+    started = time.monotonic()
+    reply = httpx.post(url + "/facts", json={"facts": facts, **extra}, headers=headers, timeout=60)
+    reply.raise_for_status()
+    job_id = reply.json()["job_id"]
+    while (job := httpx.get(f"{url}/jobs/{job_id}", headers=headers).json())["status"] not in (
+        "published",
+        "failed",
+        "cancelled",
+    ):
+        time.sleep(2.0)
+    print(f"gateway: job {job['status']} in {time.monotonic() - started:.0f} s", flush=True)
+    if job["status"] != "published":
+        raise SystemExit(f"training failed: {job.get('error')}")
+    return job  # type: ignore[no-any-return]

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.background import BackgroundTask
 
 from loramem.names import module_name
 from loramem.registry import Registry
@@ -27,7 +27,6 @@ from server.deps import (
 )
 from server.limits import check_completion
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.redis_outage import RedisOutage
 
 api = APIRouter(tags=["openai"])
 
@@ -64,24 +63,29 @@ async def _complete(
 ) -> Response:
     """Bounds, the caller's token budget, then the completion, counted when it ends."""
     check_completion(body, settings)
-    count = await _token_budget(caller, settings, registry, service.redis_outage)
-    completion = await service.serve(caller.tenant, path, body)
-    return await _counted(completion, count)
+    check, count = _token_budget(caller, settings, registry, service)
+    completion = await service.serve(caller.tenant, path, body, admit=check)
+    return _counted(completion, count)
 
 
-async def _token_budget(
-    caller: Caller, settings: SettingsDep, registry: RegistryDep, outage: RedisOutage
-) -> Callable[[int], None]:
-    """Refuse (429) when the caller's completion tokens of this window are spent; return
-    what counts an answer's tokens into the window once they are known. Both fail open
-    while Redis is away (server/redis_outage.py)."""
-    limits, subject = registry.rate_limits, caller.rate_subject
+def _token_budget(
+    caller: Caller, settings: SettingsDep, registry: RegistryDep, service: CompletionService
+) -> tuple[Callable[[], None], Callable[[int], None]]:
+    """What refuses (429) when the caller's completion tokens of this window are spent
+    (the service runs it in the routing's worker thread, before routing), and what counts
+    an answer's tokens into the window once they are known. Both fail open while Redis
+    is away (server/redis_outage.py)."""
+    limits, subject, outage = registry.rate_limits, caller.rate_subject, service.redis_outage
     limit, window_s = settings.rate_tokens_per_window, settings.rate_window_s
 
     def check() -> None:
-        limits.check_tokens(subject, limit, window_s, time.time())
-
-    await run_in_threadpool(outage.optional, "token limit", check, None)
+        if limit:
+            with service.metrics.stage("budget"):
+                outage.optional(
+                    "token limit",
+                    lambda: limits.check_tokens(subject, limit, window_s, time.time()),
+                    None,
+                )
 
     def count(tokens: int) -> None:
         if limit:
@@ -91,16 +95,19 @@ async def _token_budget(
                 None,
             )
 
-    return count
+    return check, count
 
 
-async def _counted(completion: Completion, count: Callable[[int], None]) -> Response:
+def _counted(completion: Completion, count: Callable[[int], None]) -> Response:
+    """A unary answer's tokens are counted after it was sent (a Redis round trip the
+    client need not wait for); a stream's as it closes."""
+    if completion.stream is not None:
+        completion.stream = _counting(completion.stream, count)
+    response = completion_response(completion)
     if completion.payload is not None:
         usage = completion.payload.get("usage") or {}
-        await run_in_threadpool(count, int(usage.get("completion_tokens") or 0))
-    elif completion.stream is not None:
-        completion.stream = _counting(completion.stream, count)
-    return completion_response(completion)
+        response.background = BackgroundTask(count, int(usage.get("completion_tokens") or 0))
+    return response
 
 
 async def _counting(

@@ -17,7 +17,8 @@ from loramem.engine import EngineClient, engine_headers
 from loramem.registry import Registry
 from loramem.registry.apikeys import VerifiedKeys
 from loramem.settings import Settings, get_settings
-from router.embedder import Embedder, ProcessEmbedder, SentenceEmbedder
+from router.embedder import Embedder, ProcessEmbedder
+from router.embedder import query_embedder as query_embedder_for
 from router.pending import PendingFacts
 from router.router import Router
 from server import api_admin, api_console, api_knowledge, api_merges, api_openai, api_ops, errors
@@ -26,7 +27,7 @@ from server.engines import EnginePool
 from server.forwarding import EngineForwarder
 from server.hits import HitCounter
 from server.limits import BodyLimit, InFlightLimit, IngestPool
-from server.metrics import GatewayMetrics
+from server.metrics import GatewayMetrics, TimedEmbedder
 from server.placement import DemandMeter, ReplicaPolicy
 from server.reconcile import EventFollower, Reconciler
 
@@ -39,13 +40,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = Registry.from_settings(settings)
-        router = Router.from_settings(
-            registry,
-            embedder
-            or SentenceEmbedder(settings.embedding_model, threads=settings.router_embed_threads),
-            settings,
-        )
         metrics = GatewayMetrics(max_modules=settings.metrics_max_modules)
+        query_embedder = embedder or query_embedder_for(settings)
+        router = Router.from_settings(registry, TimedEmbedder(query_embedder, metrics), settings)
         # Every forwarded request carries the engines' key (forwarding.py builds on it).
         http = httpx.AsyncClient(
             timeout=settings.engine_request_timeout_s,
@@ -100,7 +97,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         ingest_embedder = (
             ProcessEmbedder(settings.embedding_model, settings.ingest_embed_nice)
             if settings.ingest_embed_process and embedder is None
-            else router.embedder
+            else query_embedder
         )
         app.state.ingest = IngestPool(
             settings.ingest_threads, settings.ingest_max_queued, ingest_embedder

@@ -68,12 +68,17 @@ class CompletionService:
         self.redis_outage = RedisOutage()  # what chat skips while Redis is away
 
     async def serve(
-        self, tenant: str, path: str, request: ChatCompletionRequest | CompletionRequest
+        self,
+        tenant: str,
+        path: str,
+        request: ChatCompletionRequest | CompletionRequest,
+        admit: Callable[[], None] | None = None,
     ) -> Completion:
+        """`admit` (blocking: the caller's token window) runs first, in the routing's
+        worker thread: one hand-off to a thread per request, not two."""
         started = time.perf_counter()
-        decision = await run_in_threadpool(self._decide, tenant, request, request.loramem.mode)
+        decision = await run_in_threadpool(self._admit_and_decide, admit, tenant, request)
         mode = answer.effective_mode(decision, request.loramem.mode)
-        self.metrics.route_seconds.observe(time.perf_counter() - started)
         if decision.score is not None:
             self.metrics.route_score.observe(decision.score)
         body = request.model_dump(exclude={"loramem"}, exclude_none=True)
@@ -84,9 +89,10 @@ class CompletionService:
         label = self.metrics.module_label(decision.module)
         self.metrics.requests.labels(label, decision.outcome, mode).inc()
         self.hits.record(tenant, module_name(decision.module) if decision.module else None)
-        upstream = await self.forwarder.forward(
-            decision.target, decision.module is not None, path, body, stream=request.stream
-        )
+        with self.metrics.stage("engine"):
+            upstream = await self.forwarder.forward(
+                decision.target, decision.module is not None, path, body, stream=request.stream
+            )
         engine = self.forwarder.pool.urls.index(upstream.engine)
         if not request.stream:
             upstream.release()
@@ -111,15 +117,30 @@ class CompletionService:
         elif completion.stream is not None:
             completion.stream = on_first_chunk(completion.stream, told)
 
+    def _admit_and_decide(
+        self,
+        admit: Callable[[], None] | None,
+        tenant: str,
+        request: ChatCompletionRequest | CompletionRequest,
+    ) -> RouteDecision:
+        if admit is not None:
+            admit()
+        started = time.perf_counter()
+        decision = self._decide(tenant, request)
+        routed_s = time.perf_counter() - started
+        self.metrics.route_seconds.observe(routed_s)
+        self.metrics.stages["route"].observe(routed_s)
+        return decision
+
     def _decide(
-        self, tenant: str, request: ChatCompletionRequest | CompletionRequest, mode: str
+        self, tenant: str, request: ChatCompletionRequest | CompletionRequest
     ) -> RouteDecision:
         decision = answer.route(
             self.router,
             tenant,
             request.model,
             request.query_text(),
-            mode,
+            request.loramem.mode,
             request.loramem.merge,
             self.pending,
             request.loramem.interim or self.interim_mode,
@@ -145,11 +166,12 @@ class CompletionService:
             self.metrics.merge_builds.inc()
 
     def _add_context(self, tenant: str, body: dict[str, Any], fact_ids: list[str]) -> None:
-        texts: list[str] = self.redis_outage.optional(
-            "facts in context",
-            lambda: [f.text for f in self.registry.facts.by_id(tenant, fact_ids)],
-            [],
-        )
+        with self.metrics.stage("context"):
+            texts: list[str] = self.redis_outage.optional(
+                "facts in context",
+                lambda: [f.text for f in self.registry.facts.by_id(tenant, fact_ids)],
+                [],
+            )
         if texts:
             answer.add_context(body, texts)
 

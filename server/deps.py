@@ -91,6 +91,18 @@ def _caller(
     allowed. Runs once per request; the key is read from Redis each time, so a revoked
     key fails on its next request at every gateway. Counts the request in the caller's
     rate window (shared by every gateway through Redis)."""
+    with completions.metrics.stage("admit"):
+        return _admit(settings, registry, completions, verified, authorization, x_loramem_tenant)
+
+
+def _admit(
+    settings: Settings,
+    registry: Registry,
+    completions: CompletionService,
+    verified: VerifiedKeys,
+    authorization: str | None,
+    x_loramem_tenant: str | None,
+) -> Caller:
     if settings.auth == "off":
         caller = Caller(_header_tenant(x_loramem_tenant), Role.admin, None)
     else:

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from router.embedder import Embedder
+
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# The gateway's own steps of a completion take milliseconds; the engine call up to minutes.
+STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 120)
+# A completion's steps in the gateway (loramem_gateway_stage_seconds): "admit" (key and
+# request rate), "budget" (the token window), "embed" (the query's embedding), "route"
+# (the decision, embedding included), "context" (facts read for rag/hybrid), "engine"
+# (the forwarded request: until the reply is read, or its headers when streamed).
+STAGES = ("admit", "budget", "embed", "route", "context", "engine")
 
 
 class GatewayMetrics:
@@ -60,6 +74,14 @@ class GatewayMetrics:
             "Merged-adapter builds queued because a model=auto request wanted one.",
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "loramem_gateway_stage_seconds",
+            "Time a completion spends in each step of the gateway (server/metrics.py STAGES).",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
+        self.stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
         self.route_score = Histogram(
             "loramem_route_score",
             "Cosine similarity of the best fact for model=auto.",
@@ -138,3 +160,28 @@ class GatewayMetrics:
             self._labelled.add(module)
             return module
         return "other"
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one step of a completion into loramem_gateway_stage_seconds."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name].observe(time.perf_counter() - started)
+
+
+class TimedEmbedder:
+    """The router's query embedder, timed as the "embed" stage (ingest has its own)."""
+
+    def __init__(self, embedder: Embedder, metrics: GatewayMetrics) -> None:
+        self.embedder = embedder
+        self.dim = embedder.dim
+        self._observe = metrics.stages["embed"].observe
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.embedder.embed(texts)
+        finally:
+            self._observe(time.perf_counter() - started)

@@ -19,7 +19,7 @@ from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
-from router.embedder import ProcessEmbedder, SentenceEmbedder, to_bytes
+from router.embedder import OnnxEmbedder, ProcessEmbedder, SentenceEmbedder, to_bytes
 from router.router import Router
 from tests.recipes import TRAINED
 
@@ -31,6 +31,12 @@ def embedder() -> Iterator[SentenceEmbedder]:
     threads = torch.get_num_threads()  # the embedder sets it process-wide: put it back after
     yield SentenceEmbedder(threads=Settings().router_embed_threads)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
+    """The gateway's query embedder (LORAMEM_ROUTER_EMBED_BACKEND=onnx, the default)."""
+    return OnnxEmbedder(tmp_path_factory.mktemp("embedder"), threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +117,52 @@ def test_the_ingest_embedder_child_embeds_alike_at_low_priority(
         assert child._pool.submit(os.nice, 0).result() == 19  # the child's own niceness
     finally:
         child.close()
+
+
+def test_the_onnx_query_embedder_gives_the_vectors_facts_were_stored_with(
+    embedder: SentenceEmbedder, onnx_embedder: OnnxEmbedder
+) -> None:
+    """Queries are embedded by ONNX Runtime, facts (at ingest) by sentence-transformers:
+    the two must agree, alone, in a padded batch, and past the model's 256 tokens."""
+    texts = [
+        "What is the phone number of Orla Quenby?",
+        "Grass looks green.",
+        "Lenta.ru is written in Italian, and its editors " + "write at length " * 120,
+    ]
+    assert onnx_embedder.dim == embedder.dim
+    assert np.allclose(onnx_embedder.embed(texts), embedder.embed(texts), atol=1e-5)
+    for text in texts:
+        assert np.allclose(onnx_embedder.embed([text]), embedder.embed([text]), atol=1e-5)
+
+
+def test_the_onnx_graph_is_exported_once_per_model(
+    onnx_embedder: OnnxEmbedder, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.getbasetemp() / "embedder0"
+    (graph,) = folder.glob("*.onnx")
+    written = graph.stat().st_mtime_ns
+    again = OnnxEmbedder(folder, threads=1)  # a second gateway of the host, or a restart
+    assert [p.name for p in folder.iterdir()] == [graph.name]  # no partial file left
+    assert graph.stat().st_mtime_ns == written
+    question = ["How can I reach Tamsin Varga by phone?"]
+    assert np.array_equal(again.embed(question), onnx_embedder.embed(question))
+
+
+def test_routing_with_the_onnx_embedder_decides_as_with_torch(
+    registry: Registry,
+    embedder: SentenceEmbedder,
+    onnx_embedder: OnnxEmbedder,
+    evalset: EvalSet,
+    settings: Settings,
+) -> None:
+    """The same facts (embedded by torch, as ingest stores them), every question of the
+    paraphrase set: the same module and the same score either way."""
+    by_torch = Router.from_settings(registry, embedder, settings)
+    by_onnx = Router.from_settings(registry, onnx_embedder, settings)
+    for module in (PHONEBOOK, COUNTERFACT, PAPERQA):
+        publish(registry, by_torch, "t", module, evalset.modules[module])
+        by_onnx.apply_published("t", module_id("t", module), 1)
+    for question, _want in evalset.questions:
+        a, b = by_torch.route("t", "auto", question), by_onnx.route("t", "auto", question)
+        assert (a.target, a.outcome) == (b.target, b.outcome), question
+        assert a.score == pytest.approx(b.score, abs=1e-5)
