@@ -40,8 +40,7 @@ from loramem.base_model import prepare_base_model
 from loramem.engine import engine_headers
 from loramem.names import module_id, served_name
 from loramem.settings import Settings
-
-STAGE_METRIC = "loramem_gateway_stage_seconds"
+from server.metrics import STAGE_METRIC_NAME
 
 
 @dataclass
@@ -92,7 +91,7 @@ def stage_sums(url: str) -> dict[str, tuple[float, float]]:
     """stage -> (seconds, count) from a gateway's /metrics."""
     sums: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
-        if family.name != STAGE_METRIC:
+        if family.name != STAGE_METRIC_NAME:
             continue
         for sample in family.samples:
             kind = sample.name.rsplit("_", 1)[1]

@@ -18,6 +18,7 @@ STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 # request rate), "budget" (the token window), "embed" (the query's embedding), "route"
 # (the decision, embedding included), "context" (facts read for rag/hybrid), "engine"
 # (the forwarded request: until the reply is read, or its headers when streamed).
+STAGE_METRIC_NAME = "loramem_gateway_stage_seconds"
 STAGES = ("admit", "budget", "embed", "route", "context", "engine")
 
 
@@ -75,7 +76,7 @@ class GatewayMetrics:
             registry=r,
         )
         self.stage_seconds = Histogram(
-            "loramem_gateway_stage_seconds",
+            STAGE_METRIC_NAME,
             "Time a completion spends in each step of the gateway (server/metrics.py STAGES).",
             ["stage"],
             buckets=STAGE_BUCKETS_S,
