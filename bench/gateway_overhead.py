@@ -3,6 +3,7 @@ same module on the engine directly, the same prompts, alternately, in one run.
 
     flock /tmp/loramem-engine.lock .venv/bin/python -m bench.gateway_overhead
     ... --gateway before=/path/to/an/older/checkout   # a second gateway, its code from there
+    .venv/bin/python -m bench.gateway_overhead --engine null    # no engine: no lock needed
 
 One engine (loramem's engine command), a worker and the gateway(s) on one Redis. Four
 facts are taught for real (a short training: the module's weights do not change what the
@@ -175,13 +176,26 @@ def main() -> None:
         "--gateway", action="append", default=[], help="LABEL=CHECKOUT: another gateway"
     )
     parser.add_argument("--profile", type=int, default=0, help="py-spy over N more requests")
+    parser.add_argument(
+        "--engine",
+        choices=["vllm", "null"],
+        default="vllm",
+        help="null: bench/null_engine.py answers at once (the gateway's own cost alone)",
+    )
     args = parser.parse_args()
     settings = Settings()  # ports, Redis and cache folder from LORAMEM_* as for the system
-    model_path = prepare_base_model(settings)
+    model_path = prepare_base_model(settings)  # the worker trains on it in both modes
     tenant = {"x-loramem-tenant": f"bench-{uuid.uuid4().hex[:8]}"}
     me = [sys.executable, "-m", "cli"]
     with ExitStack() as stack:
-        engine_url = stack.enter_context(engine(settings, model_path))
+        if args.engine == "vllm":
+            engine_url = stack.enter_context(engine(settings, model_path))
+        else:  # what the gateway adds with no model server on the cores
+            engine_url = f"http://127.0.0.1:{settings.engine_port}"
+            null = [sys.executable, "-m", "bench.null_engine", "--port", str(settings.engine_port)]
+            stack.enter_context(
+                process("null-engine", null, dict(os.environ), engine_url + "/health", 60)
+            )
         worker = process(
             "worker", me + ["worker"], system_env(settings), engine_url + "/health", 60
         )
@@ -192,7 +206,8 @@ def main() -> None:
             url = f"http://127.0.0.1:{config.gateway_port}"
             env = system_env(config, source)
             name = label.replace(" ", "-")
-            child = stack.enter_context(process(name, me + ["gateway"], env, url + "/healthz", 180))
+            gateway = process(name, me + ["gateway"], env, url + "/healthz", 180, source)
+            child = stack.enter_context(gateway)
             gateways.append(Target(label, url, "auto", tenant, child.pid))
         run(args, settings, engine_url, gateways, tenant)
 
@@ -209,9 +224,8 @@ def run(
     module = module_id(tenant["x-loramem-tenant"], job["module"])
     engine_name = served_name(module, job["version"])
     expected = f"{job['module']}@v{job['version']}"
-    direct = Target(
-        "engine direct", engine_url, engine_name, engine_headers(settings.engine_api_key)
-    )
+    label = "engine direct" if args.engine == "vllm" else "null engine direct"
+    direct = Target(label, engine_url, engine_name, engine_headers(settings.engine_api_key))
     targets = [direct, *gateways]
     deadline = time.monotonic() + 60
     with httpx.Client(timeout=300) as client:

@@ -23,16 +23,24 @@ from loramem.settings import Settings
 
 @contextmanager
 def process(
-    name: str, command: list[str], env: dict[str, str], health_url: str, timeout_s: float
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    health_url: str,
+    timeout_s: float,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A child in its own process group, up once health_url answers; stopped on exit.
+    (`cwd`: where `python -m` finds its package first, e.g. another checkout.)
 
     Its output goes to $LORAMEM_CACHE_DIR/bench-logs/<name>.log (only the tables here).
     """
     logs = Settings().cache_dir / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"{name}.log").open("ab")
-    child = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=log)
+    child = subprocess.Popen(
+        command, env=env, cwd=cwd, start_new_session=True, stdout=log, stderr=log
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while not _answers(health_url):
