@@ -101,7 +101,7 @@ def query_embedder(settings: Settings) -> Embedder:
     if settings.router_embed_backend == "onnx":
         try:
             return OnnxEmbedder(settings.cache_dir / "embedder", settings.embedding_model, threads)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # another model's shape; no writable cache
             log.warning("query embedding stays on torch: %s", exc)
     return SentenceEmbedder(settings.embedding_model, threads=threads)
 
