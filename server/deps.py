@@ -1,4 +1,7 @@
-"""Dependencies handed to route functions. Everything is built once, in app.lifespan."""
+"""Dependencies handed to route functions. Everything is built once, in app.lifespan.
+
+The accessors are `async def`: FastAPI runs a plain `def` dependency in a worker thread,
+a hand-off per dependency per request for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -21,35 +24,35 @@ from server.metrics import GatewayMetrics
 from server.redis_outage import REDIS_DOWN, RedisOutage
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def _router(request: Request) -> Router:
+async def _router(request: Request) -> Router:
     return request.app.state.router  # type: ignore[no-any-return]
 
 
-def _metrics(request: Request) -> GatewayMetrics:
+async def _metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def _completions(request: Request) -> CompletionService:
+async def _completions(request: Request) -> CompletionService:
     return request.app.state.completions  # type: ignore[no-any-return]
 
 
-def _ingest(request: Request) -> IngestPool:
+async def _ingest(request: Request) -> IngestPool:
     return request.app.state.ingest  # type: ignore[no-any-return]
 
 
-def _verified_keys(request: Request) -> VerifiedKeys:
+async def _verified_keys(request: Request) -> VerifiedKeys:
     return request.app.state.verified_keys  # type: ignore[no-any-return]
 
 
-def _hits(request: Request) -> HitCounter:
+async def _hits(request: Request) -> HitCounter:
     return request.app.state.hits  # type: ignore[no-any-return]
 
 
