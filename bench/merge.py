@@ -65,12 +65,32 @@ class Bench:
         reply.raise_for_status()
         return reply.json()["choices"][0]["message"]["content"], reply.headers["x-loramem-module"]
 
+    def train(self, modules: dict[str, list[PhoneEntry]]) -> None:
+        """Post each module's facts under its name, then wait for every job."""
+        jobs = []
+        for name, entries in modules.items():
+            posted = self.client.post(
+                "/facts", json={"facts": [p.fact for p in entries], "module": name},
+                headers=self.headers,
+            )  # fmt: skip
+            posted.raise_for_status()
+            jobs.append((name, posted.json()["job_id"]))
+        for name, job_id in jobs:  # the worker trains them one at a time anyway
+            job = self.wait(job_id)
+            print(f"{name}: {job['status']} (recall {job['progress'].get('recall')})", flush=True)
+
     def score(self, questions: list[Question], answer: Callable[[Question], str]) -> list[int]:
         """Numbers found per question."""
         answers = list(self.pool.map(answer, questions))
         return [
             sum(p in text for p in q.phones) for q, text in zip(questions, answers, strict=True)
         ]
+
+
+def phonebook_modules(count: int, facts: int, offset: int) -> dict[str, list[PhoneEntry]]:
+    """`count` modules "pb0", "pb1", ... of `facts` PhoneBook entries each, from `offset`."""
+    people = phonebook(get_settings().data_dir, count * facts, offset=offset)
+    return {f"pb{i}": people[i * facts : (i + 1) * facts] for i in range(count)}
 
 
 def make_questions(modules: dict[str, list[PhoneEntry]]) -> tuple[list[Question], list[Question]]:
@@ -105,17 +125,9 @@ def main() -> None:
 
     tenant = f"bench-merge-{uuid.uuid4().hex[:6]}"
     bench = Bench(args.gateway, tenant, args.max_tokens, args.concurrency)
-    people = phonebook(get_settings().data_dir, args.modules * args.facts, offset=args.offset)
-    modules = {f"pb{i}": people[i * args.facts : (i + 1) * args.facts] for i in range(args.modules)}
+    modules = phonebook_modules(args.modules, args.facts, args.offset)
     started = time.monotonic()
-    for name, entries in modules.items():  # one at a time: the worker trains one job anyway
-        posted = bench.client.post(
-            "/facts", json={"facts": [p.fact for p in entries], "module": name},
-            headers=bench.headers,
-        )  # fmt: skip
-        posted.raise_for_status()
-        job = bench.wait(posted.json()["job_id"])
-        print(f"{name}: {job['status']} (recall {job['progress'].get('recall')})", flush=True)
+    bench.train(modules)
     merged: dict[str, str] = {}
     for variant in args.variants.split(","):
         combination, weight = variant.split(":")

@@ -192,6 +192,19 @@ class Settings(BaseSettings):
     interim_mode: Literal["rag", "hybrid", "off"] = "rag"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
+    # Questions that span modules (router/span.py): a model=auto lora question whose top
+    # facts name different things held by different modules ("the phone numbers of A and
+    # B"). "compose": each module is asked its part (the question without the other
+    # parts' names) and the answers are joined; "context": the chosen module answers
+    # with the other parts' facts in context; "off": the chosen module alone, as before.
+    # Per request: "loramem": {"span": ...}. Default from `python -m bench.span`
+    # (docs/RESULTS.md, Questions that span modules).
+    router_span: Literal["compose", "context", "off"] = "compose"
+    # Another module's best fact is a part only within this of the chosen one's (PhoneBook
+    # pairs: the two people's facts lay within 0.15; a one-person question's own fact
+    # leads the next module's by 0.19 or more).
+    router_span_margin: float = Field(default=0.2, ge=0.0, le=2.0)
+    router_span_max_modules: int = Field(default=3, ge=2, le=8)  # parts of one question
     # PEFT add_weighted_adapter combination (trainer/merge.py): "ties" (default: TIES on
     # the weight updates, refactored to a rank the engine serves; the paper found
     # TIES/averaging work where concatenation collapses, and the exact sum `cat` lost

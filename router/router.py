@@ -17,7 +17,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from router.embedder import Embedder, from_bytes
 from router.index import ExactIndex, FactIndex, Hit, index_factory, pack_strings, unpack_strings
 from router.lexical import LexicalIndex
 from router.policy import ModuleScore, aggregate, choose, merge_group
+from router.span import SpanPart, find_span
 
 log = logging.getLogger("loramem.router")
 
@@ -42,14 +43,18 @@ log = logging.getLogger("loramem.router")
 class RouteDecision:
     target: str  # engine model name: "<module id>@v<N>" or the base model's name
     module: str | None  # the module's id; None when the base model answers
-    # "module" (named or routed), "merged" (routed to a merged module), "base" (asked
-    # for), "below_threshold"
+    # "module" (named or routed), "merged" (routed to a merged module), "span" (routed,
+    # the question spans modules: router/span.py), "base" (asked for), "below_threshold"
     outcome: str
     score: float | None = None  # the best fact's score (what the threshold is compared to)
     candidates: list[Hit] = field(default_factory=list)  # top-k facts (context for rag/hybrid)
     modules: list[ModuleScore] = field(default_factory=list)  # top modules, best first
     # Modules whose merge this request wanted but that is not built (or stale) yet.
     merge_wanted: list[str] = field(default_factory=list)
+    # A question spanning modules (router/span.py): each part's module, best first, the
+    # chosen module's first; with `span_targets` their served names. Empty otherwise.
+    span: list[SpanPart] = field(default_factory=list)
+    span_targets: list[str] = field(default_factory=list)
 
     @property
     def public_target(self) -> str:
@@ -86,6 +91,8 @@ class Router:
         snapshot_scope: str = "",
         lexical_weight: float = 0.0,
         lexical_pool: int = 32,
+        span_margin: float = 0.2,
+        span_max_modules: int = 3,
     ) -> None:
         self.registry = registry
         self.embedder = embedder
@@ -109,6 +116,7 @@ class Router:
         # Lexical signal (router/lexical.py): weight 0 keeps no words and the dense order.
         self.lexical_weight, self.lexical_pool = lexical_weight, lexical_pool
         self._lexical: dict[str, LexicalIndex] = {}
+        self.span_margin, self.span_max_modules = span_margin, span_max_modules
         self._stamps: dict[str, str] = {}  # module -> stamp of the version indexed
         self._dirty: set[str] = set()  # tenants changed since their last snapshot
         self._lock = threading.Lock()
@@ -144,6 +152,8 @@ class Router:
             snapshot_scope=settings.redis_url,
             lexical_weight=settings.router_lexical_weight,
             lexical_pool=settings.router_lexical_pool,
+            span_margin=settings.router_span_margin,
+            span_max_modules=settings.router_span_max_modules,
         )
 
     # ------------------------------------------------------------- decisions
@@ -213,6 +223,44 @@ class Router:
             return RouteDecision(served_name(*merged), merged[0], "merged", best, hits, top)
         target = served_name(chosen.module, version)
         return RouteDecision(target, chosen.module, "module", best, hits, top, group)
+
+    def with_span(self, tenant: str, decision: RouteDecision, query: str) -> RouteDecision:
+        """The decision with its spanning parts when the question spans modules
+        (router/span.py). Reads the candidate facts' texts from Redis, and only when
+        another module's best fact is close enough to the chosen one's to be a part."""
+        chosen = decision.module
+        if decision.outcome != "module" or chosen is None or not decision.candidates:
+            return decision
+        first = next((h.score for h in decision.candidates if h.module == chosen), None)
+        close = {
+            h.module
+            for h in decision.candidates
+            if first is not None
+            and h.score >= self.threshold
+            and first - h.score <= self.span_margin
+        }
+        if len(close) < 2:
+            return decision
+        facts = self.registry.facts.by_id(tenant, [h.fact_id for h in decision.candidates])
+        parts = find_span(
+            query,
+            decision.candidates,
+            {f.id: f.text for f in facts},
+            chosen,
+            self.threshold,
+            self.span_margin,
+            self.span_max_modules,
+        )
+        targets = []
+        with self._lock:
+            for part in parts:
+                entry = self._active.get(part.module)
+                if entry is None or entry[0] != tenant:
+                    return decision  # a part's module retired meanwhile: answer as routed
+                targets.append(served_name(part.module, entry[1]))
+        if not parts:
+            return decision
+        return replace(decision, outcome="span", span=parts, span_targets=targets)
 
     def _fused(
         self, lexical: LexicalIndex, query: str, hits: list[Hit]

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from loramem.names import module_name
+from loramem.names import module_name, public_served_name
 from loramem.registry import Registry
 from loramem.settings import Settings
 from server.completions import Completion, CompletionService, chunk_tokens
@@ -158,5 +158,7 @@ def completion_headers(completion: Completion) -> dict[str, str]:
         headers["x-loramem-route-score"] = f"{decision.score:.4f}"
     if decision.candidates_header:
         headers["x-loramem-route-candidates"] = decision.candidates_header
+    if decision.span_targets:  # a question spanning modules: every part's module
+        headers["x-loramem-span"] = ",".join(public_served_name(t) for t in decision.span_targets)
     headers["x-loramem-engine"] = str(completion.engine)
     return headers

@@ -74,7 +74,14 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         pending = PendingFacts(registry, router.embedder.dim)  # exact: it holds few facts
         hits = HitCounter(settings.hits_window_s, settings.hits_bucket_s)
         completions = CompletionService(
-            router, registry, metrics, forwarder, hits, pending, settings.interim_mode
+            router,
+            registry,
+            metrics,
+            forwarder,
+            hits,
+            pending,
+            settings.interim_mode,
+            settings.router_span,
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(

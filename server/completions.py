@@ -25,6 +25,7 @@ from loramem.registry.facts import Fact
 from router import answer
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
+from server import span
 from server.errors import error_body
 from server.explain import explain, on_first_chunk
 from server.forwarding import EngineForwarder, Upstream
@@ -57,8 +58,10 @@ class CompletionService:
         hits: HitCounter,
         pending: PendingFacts | None = None,
         interim_mode: str = "off",
+        span_method: str = "off",
     ) -> None:
         self.router = router
+        self.span_method = span_method  # questions that span modules (server/span.py)
         self.pending = pending  # changes no published version holds yet (read your writes)
         self.interim_mode = interim_mode
         self.registry = registry
@@ -83,25 +86,70 @@ class CompletionService:
             self.metrics.route_score.observe(decision.score)
         body = request.model_dump(exclude={"loramem"}, exclude_none=True)
         body["model"] = decision.target
+        spanning = request.loramem.span or self.span_method
+        compose = spanning == "compose" and bool(decision.span) and span.composable(body)
         fact_ids = answer.context_fact_ids(decision, mode)
+        if decision.span and not compose:  # "context", or a request compose cannot split
+            fact_ids = span.context_fact_ids(decision)
         if fact_ids:
             await run_in_threadpool(self._add_context, tenant, body, fact_ids)
         label = self.metrics.module_label(decision.module)
         self.metrics.requests.labels(label, decision.outcome, mode).inc()
         self.hits.record(tenant, module_name(decision.module) if decision.module else None)
-        with self.metrics.stage("engine"):
-            upstream = await self.forwarder.forward(
-                decision.target, decision.module is not None, path, body, stream=request.stream
-            )
-        engine = self.forwarder.pool.urls.index(upstream.engine)
-        if not request.stream:
-            upstream.release()
-            completion = self._unary(decision, mode, engine, upstream.reply, label, started)
+        if compose:
+            query = request.query_text()
+            completion = await self._composed(decision, mode, path, body, query, label, started)
         else:
-            completion = await self._stream(decision, mode, engine, upstream, label, started)
+            completion = await self._forwarded(decision, mode, path, body, label, started)
         if request.loramem.explain and completion.status == 200:
             await run_in_threadpool(self._explain, tenant, completion)
         return completion
+
+    async def _forwarded(
+        self,
+        decision: RouteDecision,
+        mode: str,
+        path: str,
+        body: dict[str, Any],
+        label: str,
+        started: float,
+    ) -> Completion:
+        with self.metrics.stage("engine"):
+            upstream = await self.forwarder.forward(
+                decision.target, decision.module is not None, path, body, stream=body["stream"]
+            )
+        engine = self.forwarder.pool.urls.index(upstream.engine)
+        if not body["stream"]:
+            upstream.release()
+            return self._unary(decision, mode, engine, upstream.reply, label, started)
+        return await self._stream(decision, mode, engine, upstream, label, started)
+
+    async def _composed(
+        self,
+        decision: RouteDecision,
+        mode: str,
+        path: str,
+        body: dict[str, Any],
+        query: str,
+        label: str,
+        started: float,
+    ) -> Completion:
+        """A spanning question, each part asked of its module and the answers joined."""
+        bodies = span.part_bodies(decision, body, query)
+        with self.metrics.stage("engine"):
+            joined = await span.compose(self.forwarder, decision.span_targets, path, bodies)
+        engine = self.forwarder.pool.urls.index(joined.engine)
+        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        if joined.payload is None:
+            self.metrics.request_errors.labels(str(joined.status)).inc()
+            content = _public_content(decision, joined.content)
+            return Completion(decision, mode, engine, joined.status, content=content)
+        payload = joined.payload
+        payload["model"] = decision.public_target
+        self.metrics.tokens_out.labels(label).inc(payload["usage"].get("completion_tokens", 0))
+        if body["stream"]:
+            return Completion(decision, mode, engine, 200, stream=span.as_stream(payload))
+        return Completion(decision, mode, engine, 200, payload=payload)
 
     def _explain(self, tenant: str, completion: Completion) -> None:
         """Add the routing decision to the answer (server/explain.py)."""
@@ -145,6 +193,12 @@ class CompletionService:
             self.pending,
             request.loramem.interim or self.interim_mode,
         )
+        spanning = request.loramem.span or self.span_method
+        if spanning != "off" and request.loramem.mode == "lora" and request.model == "auto":
+            routed, query = decision, request.query_text()
+            decision = self.redis_outage.optional(
+                "spanning check", lambda: self.router.with_span(tenant, routed, query), routed
+            )
         if decision.merge_wanted:
             wanted = decision.merge_wanted
             self.redis_outage.optional(

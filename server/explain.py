@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
-from loramem.names import module_name, parse_served_name
+from loramem.names import module_name, parse_served_name, public_served_name
 from loramem.registry.facts import Fact
 from router.router import RouteDecision
-from server.protocol import MatchedFactOut, RouteCandidateOut, RouteExplanation
+from server.protocol import MatchedFactOut, RouteCandidateOut, RouteExplanation, SpanPartOut
 
 
 def explain(
@@ -49,6 +49,16 @@ def explain(
                 text=texts.get(hit.fact_id),
             )
             for hit in decision.candidates
+        ],
+        span=[
+            SpanPartOut(
+                module=module_name(part.module),
+                served=public_served_name(target),
+                fact_id=part.fact_id,
+                score=part.score,
+                words=list(part.words),
+            )
+            for part, target in zip(decision.span, decision.span_targets, strict=True)
         ],
     )
 

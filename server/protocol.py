@@ -94,6 +94,16 @@ class MatchedFactOut(BaseModel):
     text: str | None  # None while Redis is away
 
 
+class SpanPartOut(BaseModel):
+    """One module's share of a question that spans modules (router/span.py)."""
+
+    module: str
+    served: str  # `<module>@v<N>`
+    fact_id: str  # the part's best fact among the query's top facts
+    score: float
+    words: list[str]  # the query's words this part's fact named
+
+
 class RouteExplanation(BaseModel):
     """Why this module answered; sent as the response's `loramem` field (on the first
     chunk of a stream) when the request asks for it with `"loramem": {"explain": true}`."""
@@ -101,12 +111,14 @@ class RouteExplanation(BaseModel):
     served: str  # `<module>@v<N>` or "base"
     module: str | None
     version: int | None
-    outcome: str  # module, merged, base, below_threshold
+    outcome: str  # module, merged, span, pending, base, below_threshold
     mode: str
     score: float | None  # the best fact's score, when the router decided
     threshold: float
     candidates: list[RouteCandidateOut]
     facts: list[MatchedFactOut]  # the top facts of the caller's tenant, best first
+    # A question spanning modules: its parts, the chosen module's first (else empty).
+    span: list[SpanPartOut] = []
 
 
 class LoramemOptions(BaseModel):
@@ -119,6 +131,9 @@ class LoramemOptions(BaseModel):
     interim: Literal["rag", "hybrid", "off"] | None = None
     # Add the routing decision to the response (`loramem`, RouteExplanation): the console.
     explain: bool = False
+    # model=auto, lora: how a question spanning modules is answered (server/span.py;
+    # default: LORAMEM_ROUTER_SPAN). "off" answers from the chosen module alone.
+    span: Literal["compose", "context", "off"] | None = None
 
 
 ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]
