@@ -1,5 +1,6 @@
-"""Routing on real parts: a publish reaches model=auto within a second, and a merged
-module answers for two modules at once (vLLM engine, gateway, trainer worker, Redis)."""
+"""Routing on real parts: a publish reaches model=auto within a second, a question that
+spans two modules is answered with both values, and a merged module answers for two
+modules at once (vLLM engine, gateway, trainer worker, Redis)."""
 
 from __future__ import annotations
 
@@ -82,8 +83,13 @@ def test_a_merged_module_answers_for_both_sources(system: System) -> None:
     print(f"\n[e2e] merged module recalls {hits}/8 facts of its two sources")
 
     both = f"What are the phone numbers of {first[0].name} and {second[0].name}?"
-    plain = system.chat(both, tenant=tenant)
+    plain = system.chat(both, tenant=tenant, loramem={"span": "off"})
     assert plain.headers["x-loramem-module"] in {"src-a@v1", "src-b@v1"}
+    # By default the question spans both modules: each is asked its part (server/span.py).
+    composed = system.chat(both, tenant=tenant)
+    assert composed.headers["x-loramem-outcome"] == "span", composed.text
+    assert sorted(composed.headers["x-loramem-span"].split(",")) == ["src-a@v1", "src-b@v1"]
+    assert first[0].phone in answer(composed) and second[0].phone in answer(composed)
     spanning = system.chat(both, tenant=tenant, loramem={"merge": True})
     assert spanning.status_code == 200, spanning.text
     assert spanning.headers["x-loramem-module"] == f"{merged}@v1"
