@@ -275,7 +275,9 @@ async function readStream(reader, answer) {
 
 function showDecision(d) {
   $("d-served").textContent = d.served;
-  $("d-outcome").textContent = d.outcome;
+  // A question spanning modules: each part's module and the words of the question it named.
+  const parts = (d.span || []).map((p) => `${p.served} (${p.words.join(" ")})`);
+  $("d-outcome").textContent = parts.length ? `${d.outcome}: ${parts.join(", ")}` : d.outcome;
   $("d-mode").textContent = d.mode;
   $("d-score").textContent = d.score === null ? "– (no routing: a model was named)" :
     `${fixed(d.score, 3)} (threshold ${fixed(d.threshold, 2)})`;
