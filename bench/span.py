@@ -69,9 +69,11 @@ def questions(
     return singles, pairs[:count]
 
 
-def setup(bench: Bench, modules: dict[str, list[PhoneEntry]]) -> str | None:
+def setup(bench: Bench, modules: dict[str, list[PhoneEntry]], merge: bool) -> str | None:
     """Train the modules, then merge them all; the merged module's name (None if refused)."""
     bench.train(modules)
+    if not merge:
+        return None
     reply = bench.client.post("/merges", json={"modules": list(modules)}, headers=bench.headers)
     if reply.status_code != 202:
         print(f"merge refused: {reply.json()['error']['message']}")
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=1200)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--arms", default="", help="only arms whose label starts so (a,b)")
+    parser.add_argument("--no-merge", action="store_true", help="skip the merged adapter")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
 
@@ -110,7 +114,7 @@ def main() -> None:
     bench = Bench(args.gateway, tenant, args.max_tokens, args.concurrency)
     modules = phonebook_modules(args.modules, args.facts, args.offset)
     started = time.monotonic()
-    merged = setup(bench, modules)
+    merged = setup(bench, modules, not args.no_merge)
     print(f"setup {time.monotonic() - started:.0f} s", flush=True)
     singles, pairs = questions(modules, args.pairs)
 
@@ -124,10 +128,13 @@ def main() -> None:
     arms: list[tuple[str, Callable[[Question], tuple[str, str]], bool]] = [
         ("best module alone (span: off)", via(span="off"), True),
         ("span: compose (per module, joined)", via(span="compose"), True),
+        ("span: compose-hybrid (each with its fact)", via(span="compose-hybrid"), True),
         ("span: context (module + other facts)", via(span="context"), True),
         ("mode: rag (base + top facts)", via(mode="rag"), True),
         ("mode: hybrid (module + top facts)", via(mode="hybrid", span="off"), False),
     ]
+    if args.arms:  # a subset, by the start of their labels
+        arms = [a for a in arms if any(a[0].startswith(p) for p in args.arms.split(","))]
     if merged:
         arms.insert(1, (f"merged adapter of all {args.modules}", via(merged), False))
     arms.append(("oracle (each half to its module)", oracle, False))

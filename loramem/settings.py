@@ -195,11 +195,12 @@ class Settings(BaseSettings):
     # Questions that span modules (router/span.py): a model=auto lora question whose top
     # facts name different things held by different modules ("the phone numbers of A and
     # B"). "compose": each module is asked its part (the question without the other
-    # parts' names) and the answers are joined; "context": the chosen module answers
+    # parts' names) and the answers are joined; "compose-hybrid": the same, each module
+    # with its part's matched fact in context; "context": the chosen module answers
     # with the other parts' facts in context; "off": the chosen module alone, as before.
     # Per request: "loramem": {"span": ...}. Default from `python -m bench.span`
     # (docs/RESULTS.md, Questions that span modules).
-    router_span: Literal["compose", "context", "off"] = "compose"
+    router_span: Literal["compose", "compose-hybrid", "context", "off"] = "compose"
     # Another module's best fact is a part only within this of the chosen one's (PhoneBook
     # pairs: the two people's facts lay within 0.15; a one-person question's own fact
     # leads the next module's by 0.19 or more).

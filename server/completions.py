@@ -87,7 +87,7 @@ class CompletionService:
         body = request.model_dump(exclude={"loramem"}, exclude_none=True)
         body["model"] = decision.target
         spanning = request.loramem.span or self.span_method
-        compose = spanning == "compose" and bool(decision.span) and span.composable(body)
+        compose = spanning in span.COMPOSING and bool(decision.span) and span.composable(body)
         fact_ids = answer.context_fact_ids(decision, mode)
         if decision.span and not compose:  # "context", or a request compose cannot split
             fact_ids = span.context_fact_ids(decision)
@@ -98,7 +98,12 @@ class CompletionService:
         self.hits.record(tenant, module_name(decision.module) if decision.module else None)
         if compose:
             query = request.query_text()
-            completion = await self._composed(decision, mode, path, body, query, label, started)
+            hybrid = spanning == "compose-hybrid"
+            facts = await run_in_threadpool(self._span_facts, tenant, decision) if hybrid else None
+            bodies = span.part_bodies(decision, body, query, facts)
+            completion = await self._composed(
+                decision, mode, path, bodies, label, started, request.stream
+            )
         else:
             completion = await self._forwarded(decision, mode, path, body, label, started)
         if request.loramem.explain and completion.status == 200:
@@ -129,13 +134,12 @@ class CompletionService:
         decision: RouteDecision,
         mode: str,
         path: str,
-        body: dict[str, Any],
-        query: str,
+        bodies: list[dict[str, Any]],
         label: str,
         started: float,
+        stream: bool,
     ) -> Completion:
         """A spanning question, each part asked of its module and the answers joined."""
-        bodies = span.part_bodies(decision, body, query)
         with self.metrics.stage("engine"):
             joined = await span.compose(self.forwarder, decision.span_targets, path, bodies)
         engine = self.forwarder.pool.urls.index(joined.engine)
@@ -147,7 +151,7 @@ class CompletionService:
         payload = joined.payload
         payload["model"] = decision.public_target
         self.metrics.tokens_out.labels(label).inc(payload["usage"].get("completion_tokens", 0))
-        if body["stream"]:
+        if stream:
             return Completion(decision, mode, engine, 200, stream=span.as_stream(payload))
         return Completion(decision, mode, engine, 200, payload=payload)
 
@@ -218,6 +222,13 @@ class CompletionService:
             return
         if queued:
             self.metrics.merge_builds.inc()
+
+    def _span_facts(self, tenant: str, decision: RouteDecision) -> dict[str, str]:
+        """The texts of the spanning parts' facts (none while Redis is away)."""
+        ids = [part.fact_id for part in decision.span]
+        return self.redis_outage.optional(
+            "span facts", lambda: {f.id: f.text for f in self.registry.facts.by_id(tenant, ids)}, {}
+        )
 
     def _add_context(self, tenant: str, body: dict[str, Any], fact_ids: list[str]) -> None:
         with self.metrics.stage("context"):

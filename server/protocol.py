@@ -133,7 +133,7 @@ class LoramemOptions(BaseModel):
     explain: bool = False
     # model=auto, lora: how a question spanning modules is answered (server/span.py;
     # default: LORAMEM_ROUTER_SPAN). "off" answers from the chosen module alone.
-    span: Literal["compose", "context", "off"] | None = None
+    span: Literal["compose", "compose-hybrid", "context", "off"] | None = None
 
 
 ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]

@@ -4,6 +4,8 @@
   sub-question (the question without the names the other parts added), all at once, and
   the answers are joined, one line each, in the parts' order, as one answer. A streamed
   request gets the composed answer as a stream of one chunk per part.
+- `compose-hybrid`: the same, each part's module with that part's own fact (the one the
+  router matched) in context, as `hybrid` puts the top facts.
 - `context`: the chosen module answers the whole question with the other parts' facts
   in context (router/answer.py's quoting).
 - `off`: the chosen module answers alone, as if the question did not span.
@@ -19,11 +21,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from router.answer import add_context
 from router.router import RouteDecision
 from router.span import sub_question
 from server.forwarding import EngineForwarder, Upstream
 
-METHODS = ("compose", "context", "off")
+METHODS = ("compose", "compose-hybrid", "context", "off")
+COMPOSING = ("compose", "compose-hybrid")
 
 
 def applies(decision: RouteDecision, method: str) -> bool:
@@ -42,14 +46,22 @@ def composable(body: dict[str, Any]) -> bool:
     return "messages" in body or isinstance(body.get("prompt"), str)
 
 
-def part_bodies(decision: RouteDecision, body: dict[str, Any], query: str) -> list[dict[str, Any]]:
-    """One engine request per part: its module, its sub-question, not streamed."""
+def part_bodies(
+    decision: RouteDecision,
+    body: dict[str, Any],
+    query: str,
+    facts: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One engine request per part: its module, its sub-question, not streamed; with
+    `facts` (fact id -> text, `compose-hybrid`), the part's own fact in context."""
     bodies = []
     for part, target in zip(decision.span, decision.span_targets, strict=True):
         sub = copy.deepcopy(body)
         sub["model"], sub["stream"] = target, False
         sub.pop("stream_options", None)
         _replace_query(sub, sub_question(query, part, decision.span))
+        if facts and part.fact_id in facts:
+            add_context(sub, [facts[part.fact_id]])
         bodies.append(sub)
     return bodies
 

@@ -166,3 +166,16 @@ def test_context_puts_the_other_parts_facts_before_the_question(gateway: TestCli
     question = sent["messages"][-1]["content"]
     assert other.fact in question and question.endswith(PAIR)
     assert sum(p.fact in question for ps in MODULES.values() for p in ps) == 1
+
+
+def test_compose_hybrid_gives_each_module_its_own_fact(gateway: TestClient) -> None:
+    SEEN.clear()
+    reply = _chat(gateway, PAIR, span="compose-hybrid")
+    assert reply.headers["x-loramem-outcome"] == "span"
+    assert reply.json()["choices"][0]["message"]["content"].count("555-") == 2
+    by_module = {module_name(parse_served_name(b["model"])[0]): b for b in SEEN}  # type: ignore[index]
+    for name, person in (("left", ALICE), ("right", BOB)):
+        asked = by_module[name]["messages"][-1]["content"]
+        facts = [p.fact for ps in MODULES.values() for p in ps if p.fact in asked]
+        assert facts == [person.fact]  # its own part's fact, no other
+        assert asked.endswith(f"What are the phone numbers of {person.name}?")
