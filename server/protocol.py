@@ -43,6 +43,7 @@ class PostFactsResponse(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    kind: str  # add, edit, delete or merge: only add and merge jobs can be cancelled
     status: str
     module: str
     version: int | None

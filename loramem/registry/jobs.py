@@ -92,6 +92,7 @@ class Job:
         """What the job's tenant is shown: the module by its name in the tenant's namespace."""
         return {
             "id": self.id,
+            "kind": self.kind,
             "status": self.status.value,
             "module": module_name(self.module),
             "version": self.version,
@@ -267,8 +268,8 @@ class JobStore:
             raise NotFound(f"job not found: {job_id}")
         if job.kind not in CANCELLABLE_KINDS:
             raise Conflict(
-                f"a {job.kind} job cannot be cancelled: it is what makes the served module "
-                "forget the old text, which is already gone from storage",
+                f"job {job_id} cannot be cancelled: {job.kind} jobs are what make the served "
+                "module forget the old text, which is already gone from storage",
                 param="job_id",
             )
         unlearned: list[str] = []

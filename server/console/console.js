@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 let view = "modules";
 let editing = null; // the fact being edited: its row is left alone by refreshes
 let modules = [];
+const refusals = {}; // job id -> why the gateway refused to cancel it
 
 // ------------------------------------------------------------------ the API
 function headers(json) {
@@ -211,9 +212,17 @@ function jobDetail(job) {
 function jobCard(job) {
   const card = el("div", null, { class: "job", "data-job-id": job.id, "data-status": job.status });
   const title = el("div", null, { class: "title" });
-  title.append(el("span", `${job.module} · job ${job.id}`), el("span", job.status, { class: "status" }));
+  const right = el("span");
+  right.append(el("span", job.status, { class: "status" }));
+  // Offered on every unfinished job: the gateway decides (an edit or delete job is
+  // refused with 409, and the page shows why), so the rule lives in one place.
+  if (!TERMINAL.has(job.status)) {
+    right.append(el("button", "Cancel", { type: "button", class: "danger cancel", "data-job-id": job.id }));
+  }
+  title.append(el("span", `${job.kind} · ${job.module} · job ${job.id}`), right);
   const bar = el("progress", null, { max: "100", value: String(Math.round(percent(job))) });
   card.append(title, bar, el("div", jobDetail(job), { class: "detail" }));
+  if (refusals[job.id]) card.append(el("div", refusals[job.id], { class: "refusal" }));
   return card;
 }
 
@@ -222,8 +231,28 @@ async function showJobs() {
   const seen = new Set(open.map((j) => j.id));
   const mine = await Promise.all(tracked().filter((id) => !seen.has(id)).map(
     (id) => call("GET", `/jobs/${encodeURIComponent(id)}`).catch(() => null)));
-  const jobs = [...mine.filter(Boolean), ...open.reverse()];
-  render($("jobs"), jobs, () => (jobs.length ? jobs.map(jobCard) : [el("p", "No jobs yet.", { class: "note" })]));
+  const jobs = [...open.reverse(), ...mine.filter(Boolean)]; // running ones first, newest first
+  render($("jobs"), [jobs, refusals],
+    () => (jobs.length ? jobs.map(jobCard) : [el("p", "No jobs yet.", { class: "note" })]));
+}
+
+// One listener on the list, not one per button: the cards are redrawn while they poll.
+async function cancelJob(event) {
+  const target = event.target.closest("button.cancel");
+  if (!target) return;
+  const id = target.dataset.jobId;
+  target.disabled = true;
+  try {
+    const job = await call("DELETE", `/jobs/${encodeURIComponent(id)}`);
+    track(id); // a cancelled job leaves GET /jobs; keep showing it here
+    const waiting = (job.progress.unlearned_fact_ids || []).length;
+    say(`Job ${id} cancelled: nothing is published for it.` + (waiting ? ` Its ${waiting} ` +
+      `fact(s) stay stored; the module's next job learns them.` : ""));
+  } catch (err) {
+    refusals[id] = err.message;
+    say(err.message, true);
+  }
+  await refresh();
 }
 
 // --------------------------------------------------------------------- ask
@@ -374,6 +403,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("add-facts").addEventListener("submit", addFacts);
   $("fact-module").addEventListener("change", () => { editing = null; showFacts(); });
   $("ask").addEventListener("submit", ask);
+  $("jobs").addEventListener("click", cancelJob);
   window.addEventListener("hashchange", route);
   route();
   // Live: jobs every second, the rest every few seconds (the ask view does not poll).

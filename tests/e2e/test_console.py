@@ -1,8 +1,11 @@
 """The memory console in a real Chromium (Debian's chromium and chromium-driver, driven by
 Selenium) against the real system: a fact added in the page trains into a module, the
 page's job bar reaches published, the page's question is answered by that module with
-the routing decision shown, and the fact deleted in the page is gone. A screenshot of
-each view is saved under the test's tmp_path (docs/console/ holds one such set)."""
+the routing decision shown; the fact edited in the page is retrained and the question
+then gets the new value from the module's next version; cancelling from the jobs list
+stops an add job and shows the gateway's refusal for the edit job; and the fact deleted
+in the page is gone. A screenshot of each view is saved under the test's tmp_path
+(docs/console/ holds one such set)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
-from loramem.datasets import phonebook
+from loramem.datasets import PhoneEntry, phonebook
 from tests.e2e.support import JOB_TIMEOUT_S, System
 
 TENANT = "console"
@@ -74,8 +77,20 @@ class Console:
     def click(self, css: str) -> None:
         self.wait().until(lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True)
 
-    def type(self, css: str, text: str) -> None:
-        self.driver.find_element(By.CSS_SELECTOR, css).send_keys(text)  # a form: never redrawn
+    def type(self, css: str, text: str, clear: bool = False) -> None:
+        field = self.driver.find_element(By.CSS_SELECTOR, css)  # a form: never redrawn
+        if clear:
+            field.clear()
+        field.send_keys(text)
+
+    def job_ids(self) -> list[str]:
+        script = "return Array.from(document.querySelectorAll('.job')).map(c => c.dataset.jobId);"
+        return list(self.driver.execute_script(script))
+
+    def new_job(self, known: set[str]) -> str:
+        """The id of the first job card on the jobs view that is not in `known`."""
+        self.wait().until(lambda _: set(self.job_ids()) - known)
+        return next(j for j in self.job_ids() if j not in known)
 
     def open(self, view: str) -> None:
         self.click(f'nav a[data-view="{view}"]')
@@ -90,10 +105,11 @@ class Console:
         return self.attr(card, "data-status")
 
 
-def test_the_console_adds_trains_answers_and_deletes_a_fact(
+def test_the_console_adds_trains_answers_edits_cancels_and_deletes_a_fact(
     system: System, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    person = phonebook(system.settings.data_dir, 1)[0]
+    person, other, spare = phonebook(system.settings.data_dir, 3)
+    edited = PhoneEntry(person.name, other.phone)  # the same person, a new number
     page = Console(browser, tmp_path)
     browser.get(str(system.gateway.base_url).rstrip("/") + "/console/")
     page.type("#tenant", TENANT)  # auth is off in the e2e system: no key
@@ -142,17 +158,63 @@ def test_the_console_adds_trains_answers_and_deletes_a_fact(
     page.wait().until(lambda _: "100%" in (page.text(row) or ""))  # its one hit of one request
     page.shot("modules")
 
+    page.open("facts")  # edit the fact in the page
+    fact_row = f'#facts tr[data-fact-id="{fact_id}"]'
+    page.wait().until(lambda _: fact_id in page.fact_rows())
+    page.click(f"{fact_row} button.edit")
+    page.type(f"{fact_row} input.edit-text", edited.fact, clear=True)
+    page.shot("facts-edit")
+    page.click(f"{fact_row} button.save")
+    page.wait().until(lambda _: page.fact_rows().get(fact_id) == edited.fact)
+    assert "changed" in (page.text("#status") or "")
+
+    page.open("jobs")  # the edit's job cannot be cancelled: the page shows the refusal
+    editing = page.new_job({job_id})
+    assert (page.text(f'.job[data-job-id="{editing}"] .title') or "").startswith("edit")
+    page.click(f'.job[data-job-id="{editing}"] button.cancel')
+    refusal = f'.job[data-job-id="{editing}"] .refusal'
+    page.wait().until(lambda _: page.text(refusal))
+    assert "cannot be cancelled" in (page.text(refusal) or ""), page.text(refusal)
+
+    page.open("facts")  # an add job, queued behind the edit's, is cancelled from the list
+    page.type("#new-facts", spare.fact)
+    page.type("#add-module", "scratch")
+    page.click("#add-facts button[type=submit]")
+    page.wait().until(lambda _: spare.fact in page.fact_rows().values())
+    page.open("jobs")
+    adding = page.new_job({job_id, editing})
+    page.click(f'.job[data-job-id="{adding}"] button.cancel')
+    assert page.wait_job(adding, ("cancelled", "published", "failed")) == "cancelled"
+    assert "cancelled" in (page.text("#status") or "")
+    assert page.attr(f'.job[data-job-id="{adding}"] button.cancel', "class") is None  # finished
+    page.shot("jobs-cancel")
+    assert page.wait_job(editing, ("published", "failed")) == "published"
+    assert page.attr(f'.job[data-job-id="{editing}"] progress', "value") == "100"
+    scratch = system.gateway.get("/modules", headers={"x-loramem-tenant": TENANT}).json()
+    assert [m["served_name"] for m in scratch if m["name"] == "scratch"] == [None]
+
+    page.open("modules")
+    page.wait().until(lambda _: f"{module}@v2" in (page.text(row) or ""))
+    page.open("ask")  # the new number, from the module's new version
+    page.type("#question", person.question, clear=True)
+    page.click("#ask button[type=submit]")
+    page.wait(300).until(lambda _: page.attr("#answer", "data-state") != "streaming")
+    assert page.attr("#answer", "data-state") == "done", page.text("#status")
+    assert edited.phone in (page.text("#answer") or ""), page.text("#answer")
+    assert page.text("#d-served") == f"{module}@v2"
+    assert edited.fact in (page.text("#d-facts tr.chosen") or "")
+    page.shot("ask-edited")
+
     page.open("facts")
     page.wait().until(lambda _: fact_id in page.fact_rows())
-    page.click(f'#facts tr[data-fact-id="{fact_id}"] button.delete')
+    page.click(f"{fact_row} button.delete")
     page.wait().until(lambda _: fact_id not in page.fact_rows())
     assert "deleted" in (page.text("#status") or "")
     facts = system.gateway.get("/facts", headers={"x-loramem-tenant": TENANT}).json()
     assert fact_id not in {f["id"] for f in facts}
 
     page.open("jobs")  # the delete's job retires the module, which held only this fact
-    page.wait().until(lambda _: page.attr(".job", "data-job-id") != job_id)
-    deleting = page.attr(".job", "data-job-id") or ""
+    deleting = page.new_job({job_id, editing, adding})
     assert page.wait_job(deleting, ("published", "failed")) == "published"
     page.open("modules")
     page.wait().until(lambda _: "not published" in (page.text(row) or ""))

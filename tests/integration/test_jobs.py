@@ -177,10 +177,23 @@ def test_a_queued_job_is_cancelled_without_running_and_its_facts_wait_for_the_ne
 
 
 def test_edit_and_delete_jobs_cannot_be_cancelled(api: TestClient) -> None:
+    """The job's kind is shown, and the refusal says why (the console shows both)."""
     posted = api.post("/facts", json={"facts": ["x is 1"]}, headers=A).json()
-    deleting = api.delete(f"/facts/{posted['fact_ids'][0]}", headers=A).json()
-    assert_openai_error(api.delete(f"/jobs/{deleting['job_id']}", headers=A), 409)
-    assert api.get(f"/jobs/{deleting['job_id']}", headers=A).json()["status"] == "queued"
+    [fact_id] = posted["fact_ids"]
+    assert api.get(f"/jobs/{posted['job_id']}", headers=A).json()["kind"] == "add"
+    editing = api.put(f"/facts/{fact_id}", json={"text": "x is 2"}, headers=A).json()
+    deleting = api.delete(f"/facts/{fact_id}", headers=A).json()
+    for job_id, kind in ((editing["job_id"], "edit"), (deleting["job_id"], "delete")):
+        refused = api.delete(f"/jobs/{job_id}", headers=A)
+        assert_openai_error(refused, 409)
+        assert f"{kind} jobs are what make the served module forget" in refused.text
+        shown = api.get(f"/jobs/{job_id}", headers=A).json()
+        assert shown["status"] == "queued" and shown["kind"] == kind
+    assert {j["id"]: j["kind"] for j in api.get("/jobs", headers=A).json()} == {
+        posted["job_id"]: "add",
+        editing["job_id"]: "edit",
+        deleting["job_id"]: "delete",
+    }
     assert_openai_error(api.delete("/jobs/no-such-job", headers=A), 404)
 
 
