@@ -15,7 +15,9 @@ and at the end of the window, and every `--every` seconds between, so that a pro
 that appears meanwhile counts from when it was first seen. Redis is found from its own
 INFO (`process_id`; on this host only). Printed: per process % of one core, the total,
 and with `--threads N` the N busiest threads of each process (their /proc names), which
-tells which loop a process's time goes to.
+tells which loop a process's time goes to. `--profile FILE` then records the tree's
+Python stacks with py-spy (not idle frames only, collapsed: one line per stack and its
+sample count) for as long again, apart from the measured window since sampling costs CPU.
 """
 
 from __future__ import annotations
@@ -233,6 +235,24 @@ def settle(redis_url: str, settle_s: float) -> None:
     time.sleep(settle_s)
 
 
+def profile(root: psutil.Process, seconds: float, path: Path) -> None:
+    """py-spy's collapsed stacks of every Python process in the tree, busy frames only."""
+    subprocess.run(
+        # The venv's py-spy (the dev extra), whether or not the venv is on PATH.
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(root.pid),
+            "--subprocesses",
+            "--nonblocking",
+        ]
+        + ["--duration", str(int(seconds)), "--rate", "50", "--format", "raw"]
+        + ["--output", str(path)],
+        check=False,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--attach", type=int, help="pid of a running `loramem run`")
@@ -241,21 +261,26 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=30.0, help="seconds after ready")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--threads", type=int, default=0, help="busiest threads shown")
+    parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks to this file")
     args = parser.parse_args()
     if args.attach:
         redis_url = args.redis_url or "redis://127.0.0.1:6379/0"
         settle(redis_url, 0.0)
-        samples, wall_s = measure(psutil.Process(args.attach), redis_url, args.seconds, args.every)
+        root = psutil.Process(args.attach)
+        samples, wall_s = measure(root, redis_url, args.seconds, args.every)
         print(report(samples, wall_s, args.threads))
+        if args.profile:
+            profile(root, args.seconds, args.profile)
         return
     with tempfile.TemporaryDirectory(prefix="idle-cpu-") as folder:
         launcher, redis_url, _url = start_system(Path(folder), args.redis_url)
         try:
             settle(redis_url, args.settle)
-            samples, wall_s = measure(
-                psutil.Process(launcher.pid), redis_url, args.seconds, args.every
-            )
-            print(report(samples, wall_s, args.threads))
+            root = psutil.Process(launcher.pid)
+            samples, wall_s = measure(root, redis_url, args.seconds, args.every)
+            print(report(samples, wall_s, args.threads), flush=True)
+            if args.profile:
+                profile(root, args.seconds, args.profile)
         finally:
             launcher.send_signal(signal.SIGTERM)
             launcher.wait(timeout=60)
