@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -200,9 +201,16 @@ class Launcher:
     def wait(self) -> int:
         """Watch the children until Ctrl-C or SIGTERM: one that dies is started again after
         a backoff (1 s, doubling to RESTART_MAX_DELAY_S; back to 1 s after a child ran
-        RESTART_RESET_S), so one crash does not stop the system."""
+        RESTART_RESET_S), so one crash does not stop the system. Between exits and
+        restarts it sleeps in the kernel (`wait_for_exit`), not in a polling loop."""
         due: dict[str, float] = {}  # child -> when to start it again
         while True:
+            if due:
+                until_s: float | None = max(0.0, min(due.values()) - time.monotonic())
+            else:
+                until_s = None
+            running = [p for name, p in self.children if name not in due]
+            wait_for_exit(running, until_s)
             now = time.monotonic()
             for name, process in self.children:
                 if process.poll() is None or name in due:
@@ -224,7 +232,6 @@ class Launcher:
                 if now >= at:
                     del due[name]
                     self.spawn(name, *self._commands[name])
-            time.sleep(0.5)
 
     def stop_all(self) -> None:
         """Each child's whole process group (its session: spawn starts one per child), so
@@ -247,6 +254,29 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     except ProcessLookupError:  # the group has ended, or the child leads none
         if process.poll() is None:
             process.send_signal(signum)
+
+
+def wait_for_exit(processes: list[subprocess.Popen[bytes]], timeout_s: float | None) -> None:
+    """Until one of `processes` exits, or `timeout_s` passed (None: no limit). On Linux
+    the kernel wakes it (a pidfd per process, polled); elsewhere it looks twice a second.
+    A signal's handler that raises (SIGTERM, Ctrl-C) ends the wait with its exception."""
+    fds: list[int] = []
+    try:
+        for process in processes:
+            fds.append(os.pidfd_open(process.pid))
+    except (AttributeError, OSError):  # not Linux 5.3+, or already reaped: look and see
+        for fd in fds:
+            os.close(fd)
+        time.sleep(0.5 if timeout_s is None else min(0.5, timeout_s))
+        return
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)  # readable once the process has exited
+        poller.poll(None if timeout_s is None else timeout_s * 1000)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # most). Whenever Redis answers, its answer counts. 0: every key needs Redis.
     auth_outage_cache_s: float = Field(default=300.0, ge=0)
     retire_grace_s: float = Field(default=30.0, ge=0)  # a replaced version stays loaded this long
+    # The gateway's reconciler passes every 2 s while anything changes; while nothing does
+    # (engines up, no request, no event) its pause doubles up to this, so an idle system
+    # does not poll its engines. Events, requests and a failed engine bring it back to 2 s.
+    reconcile_max_interval_s: float = Field(default=30.0, ge=2.0)
     max_facts_per_request: int = Field(default=256, ge=1)
     metrics_max_modules: int = Field(default=100, ge=1)  # module label values, then "other"
     max_fact_chars: int = Field(default=2000, ge=1)

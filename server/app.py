@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             stop,
             retire_grace_s=settings.retire_grace_s,
             preload=not settings.engine_resolver,  # with it, engines load on first request
+            max_interval_s=settings.reconcile_max_interval_s,
         )
 
         async def load_adapter(engine: str, name: str) -> bool:
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             metrics,
             snapshot_interval_s=settings.router_snapshot_interval_s,
             pending=pending,
+            on_change=reconciler.wake,  # a publish or retire: the engines' residency moves
         )
         follower.start()  # reads the event cursor first, then loads: no event is missed
         reconciler.start()
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             yield
         finally:
             stop.set()
+            reconciler.wake()  # out of its pause now
             app.state.ingest.close()
             if isinstance(ingest_embedder, ProcessEmbedder):
                 ingest_embedder.close()

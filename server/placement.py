@@ -65,6 +65,7 @@ class DemandMeter:
     def __init__(self, half_life_s: float) -> None:
         self.decay_per_s = math.log(2) / half_life_s
         self._state: dict[str, tuple[float, float]] = {}  # name -> (rate, at time)
+        self.recorded = 0  # requests recorded so far: the reconciler's sign of activity
         self._lock = threading.Lock()
 
     def record(self, name: str, now: float) -> None:
@@ -72,6 +73,7 @@ class DemandMeter:
             rate = self._decayed(name, now)
             # An event adds decay_per_s to the rate: a steady r/s settles at r/s.
             self._state[name] = (rate + self.decay_per_s, now)
+            self.recorded += 1
 
     def rate(self, name: str, now: float) -> float:
         with self._lock:

@@ -45,8 +45,10 @@ class EventFollower(threading.Thread):
         max_backoff_s: float = 30.0,
         snapshot_interval_s: float = 0.0,
         pending: PendingFacts | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(daemon=True, name="event-follower")
+        self.on_change = on_change  # called after events were applied (wakes the reconciler)
         self.registry, self.router, self.stop = registry, router, stop
         self.metrics = metrics or GatewayMetrics()
         self.max_backoff_s = max_backoff_s
@@ -77,15 +79,31 @@ class EventFollower(threading.Thread):
         self.router.save_snapshots()
 
     def step(self, block_ms: int = 500) -> int:
-        """Apply the events after the cursor, in order; returns how many were applied."""
+        """Apply the events after the cursor, in order; returns how many were applied.
+
+        The stream is only trimmed when an event is added, so whether events were lost
+        is asked only when some arrived (an idle step is one blocking read)."""
+        events = self.registry.modules.events_after(self.cursor, block_ms)
+        if not events:
+            return 0
         if self.registry.modules.events_lost_after(self.cursor):
-            self.resync()
+            self.resync()  # its state includes what was just read
+            self._changed()
+            return 0
         applied = 0
-        for entry_id, event in self.registry.modules.events_after(self.cursor, block_ms):
-            self.apply(event)
-            self.cursor = entry_id  # only once applied: an error retries this event
-            applied += 1
+        try:
+            for entry_id, event in events:
+                self.apply(event)
+                self.cursor = entry_id  # only once applied: an error retries this event
+                applied += 1
+        finally:
+            if applied:
+                self._changed()
         return applied
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def resync(self) -> None:
         """Rebuild routing state from the registry; events after the new cursor follow."""
@@ -138,6 +156,12 @@ class Reconciler(threading.Thread):
     host's folder instead. After the same grace it deletes this host's folders of
     versions no longer active. It also keeps the pool's health marks current, so failed
     engines rejoin by themselves, and the per-engine residency metrics.
+
+    It passes every `interval_s` while anything changes. While nothing does (every engine
+    up, no adapter arriving or leaving, nothing waiting for its grace, no request, no
+    event) the pause doubles up to `max_interval_s`, so an idle gateway does not poll its
+    engines; an applied event (`wake`), a forwarded request or an engine marked down by
+    a request brings it back to `interval_s` at once.
     """
 
     def __init__(
@@ -152,10 +176,14 @@ class Reconciler(threading.Thread):
         retire_grace_s: float,
         interval_s: float = 2.0,
         preload: bool = True,
+        max_interval_s: float = 30.0,
     ) -> None:
         super().__init__(daemon=True, name="reconciler")
         self.registry, self.router, self.pool, self.engines = registry, router, pool, engines
         self.store, self.metrics, self.stop, self.interval_s = store, metrics, stop, interval_s
+        self.max_interval_s = max(interval_s, max_interval_s)
+        self._wake = threading.Event()
+        self._errors = 0  # steps failed so far: a failing pass is retried soon
         self.retire_grace_s, self.preload = retire_grace_s, preload
         # Requests in flight per (engine URL, served name); replaced by the forwarder's.
         self.in_flight: Counter[tuple[str, str]] = Counter()
@@ -167,18 +195,48 @@ class Reconciler(threading.Thread):
         self._lock = threading.Lock()
 
     def run(self) -> None:
+        pause_s = self.interval_s
         while not self.stop.is_set():
-            self.run_once()
-            self.stop.wait(self.interval_s)
+            busy = self.run_once()
+            # Nothing changed and nothing waits: look less often, up to the maximum.
+            pause_s = self.interval_s if busy else min(2 * pause_s, self.max_interval_s)
+            self.idle(pause_s)
 
-    def run_once(self) -> None:
+    def wake(self) -> None:
+        """Something changed (an event applied, the gateway stopping): pass now."""
+        self._wake.set()
+
+    def idle(self, pause_s: float) -> None:
+        """Wait `pause_s`, or less: until woken, or until requests ran or an engine was
+        marked down meanwhile (looked at every `interval_s`, in memory, no I/O)."""
+        deadline = time.monotonic() + pause_s
+        seen = self._activity()
+        while not self.stop.is_set():
+            left_s = deadline - time.monotonic()
+            if left_s <= 0 or self._activity() != seen:
+                return
+            if self._wake.wait(min(self.interval_s, left_s)):
+                self._wake.clear()
+                return
+
+    def _activity(self) -> tuple[int, tuple[bool, ...]]:
+        """Changes every pass must follow: requests forwarded, engines' health marks."""
+        return self.pool.demand.recorded, tuple(self.pool.healthy(u) for u in self.engines)
+
+    def run_once(self) -> bool:
         """One pass over every engine and the local folders; errors are counted, never
-        raised, so the loop never stops."""
+        raised, so the loop never stops. True when the next pass is due soon: an engine
+        is down or its health changed, adapters arrived or left, something waits for its
+        grace to end, or a step failed."""
+        before = self._activity()
+        errors = self._errors
         # Health first, for every engine: placement is over the healthy ones.
         for url in self.engines:
             self._step(url, self.check_health)
-        for url in [u for u in self.engines if self.pool.healthy(u)]:
-            self._step(url, self.reconcile_engine)
+        healthy = [u for u in self.engines if self.pool.healthy(u)]
+        changed = self._activity()[1] != before[1] or len(healthy) < len(self.engines)
+        for url in healthy:
+            changed |= bool(self._step(url, self.reconcile_engine))
         self._step("local folders", lambda _name: self.sweep_local())
         # Forget, once a minute, the demand of versions nobody asked for in a long while.
         if time.monotonic() - self._forgot_at >= 60:
@@ -187,15 +245,21 @@ class Reconciler(threading.Thread):
         try:
             self.metrics.modules_active.set(len(self.router.all_active()))
         except Exception:
+            self._errors += 1
             self.metrics.loop_errors.labels("reconciler").inc()
             log.exception("reconciler metrics failed")
+        with self._lock:
+            waiting = bool(self.stale_since)
+        return changed or waiting or self._errors != errors
 
-    def _step(self, name: str, step: Callable[[str], object]) -> None:
+    def _step(self, name: str, step: Callable[[str], object]) -> object:
         try:
-            step(name)
+            return step(name)
         except Exception as exc:
+            self._errors += 1
             self.metrics.loop_errors.labels("reconciler").inc()
             log.warning("reconciling %s failed: %s", name, exc)
+            return None
 
     def check_health(self, url: str) -> bool:
         up = self.engines[url].healthy()
@@ -203,9 +267,9 @@ class Reconciler(threading.Thread):
         self.metrics.engine_up.labels(url).set(1 if up else 0)
         return up
 
-    def reconcile_engine(self, url: str) -> int:
+    def reconcile_engine(self, url: str) -> bool:
         """Unload from one healthy engine what no longer belongs there (and, with
-        `preload`, load what does); returns how many adapters were unloaded."""
+        `preload`, load what does); True when its adapters changed since the last pass."""
         engine = self.engines[url]
         adapters = {n for n in engine.loaded_models() if parse_served_name(n)}
         active = {served_name(m, v) for m, v in self.router.all_active().items()}
@@ -220,9 +284,10 @@ class Reconciler(threading.Thread):
         # the number of modules.
         stale = {n for n in adapters if n not in active or url not in self.pool.placement(n)}
         unloaded = self._unload_stale(url, stale)
+        previous = self.resident.get(url)
         if self._count_residency(url, adapters - unloaded):
             self._read_engine_loads(url, engine)
-        return len(unloaded)
+        return bool(unloaded) or previous != self.resident[url]
 
     def _count_residency(self, url: str, adapters: set[str]) -> bool:
         """Resident adapters per engine, and the ones that arrived since the last pass

@@ -17,7 +17,7 @@ from typing import IO
 import pytest
 
 import loramem.launcher as launcher_module
-from loramem.launcher import Launcher, redis_server_binary
+from loramem.launcher import Launcher, redis_server_binary, wait_for_exit
 from loramem.settings import Settings
 from loramem.startup import StartupReport
 
@@ -268,3 +268,22 @@ def test_the_redis_it_starts_is_append_only_in_the_run_dir_with_the_password_off
     assert {"port 6399", "bind 127.0.0.1", "appendonly yes", "requirepass s3cret"} <= set(text)
     assert f'dir "{tmp_path / "redis"}"' in text
     assert os.stat(config).st_mode & 0o077 == 0  # only its owner reads the password
+
+
+def test_the_supervisor_sleeps_until_a_child_exits_not_in_a_polling_loop() -> None:
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        waiter = threading.Thread(target=wait_for_exit, args=([child], None), daemon=True)
+        waiter.start()
+        waiter.join(timeout=1.5)
+        assert waiter.is_alive()  # nothing exited: still asleep (a poll would have returned)
+        child.kill()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive() and child.poll() is not None
+    finally:
+        child.kill()
+        child.wait()
+    other = subprocess.Popen(["sleep", "600"])
+    wait_for_exit([other], 0.01)  # a timeout ends it too
+    other.kill()
+    other.wait()

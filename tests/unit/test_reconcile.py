@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -185,3 +186,118 @@ def test_an_explicit_old_version_is_not_found() -> None:
     for tenant, model in [("other-tenant", "m@v2"), ("t", "t~m@v2"), ("other-tenant", "t~m")]:
         with pytest.raises(ModelNotFound):  # in the caller's namespace only, by name only
             router.route(tenant, model, "q")
+
+
+class CountingModules(FakeModules):
+    """Counts the reads a follower makes: an idle step is one blocking read."""
+
+    def __init__(self, events: list[tuple[str, dict[str, str]]]) -> None:
+        super().__init__(events, {})
+        self.reads = self.lost_checks = 0
+
+    def events_after(self, cursor: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        self.reads += 1
+        return super().events_after(cursor, block_ms)
+
+    def events_lost_after(self, cursor: str) -> bool:
+        self.lost_checks += 1
+        return super().events_lost_after(cursor)
+
+
+def test_an_idle_follower_step_is_one_read_and_applied_events_wake_the_reconciler() -> None:
+    modules = CountingModules([("1-0", published("m", 1))])
+    woken: list[int] = []
+    follow = EventFollower(
+        SimpleNamespace(modules=modules),  # type: ignore[arg-type]
+        FlakyRouter(failures=0),
+        threading.Event(),
+        GatewayMetrics(),
+        on_change=lambda: woken.append(1),
+    )
+    assert [follow.step() for _ in range(3)] == [0, 0, 0]
+    assert (modules.reads, modules.lost_checks, woken) == (3, 0, [])
+    modules.events.append(("2-0", published("m", 2)))
+    assert follow.step() == 1
+    assert (modules.lost_checks, woken) == (1, [1])
+    modules.events = [("9-0", published("m", 9))]  # 3..8 trimmed before this gateway read them
+    modules.lost_after = "8-0"
+    assert follow.step() == 0 and follow.cursor == "9-0"  # resynced, and woken for it
+    assert woken == [1, 1]
+
+
+class SteadyEngine:
+    """An engine that answers its health check as told and holds a fixed set of adapters."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.up, self.names, self.checks = True, names, 0
+
+    def healthy(self) -> bool:
+        self.checks += 1
+        return self.up
+
+    def loaded_models(self) -> set[str]:
+        if not self.up:
+            raise ConnectionError("engine down")
+        return {"base", *self.names}
+
+    def resolver_loads(self) -> tuple[float, float] | None:
+        return None
+
+
+def test_the_reconciler_backs_off_while_nothing_changes(tmp_path: Path) -> None:
+    modules = FakeModules([], {"m": 1})
+    modules.retired_before = lambda before_s: []  # type: ignore[attr-defined]
+    engine = SteadyEngine({"m@v1"})
+    loop = reconciler(tmp_path, modules, {"http://e": engine})
+    pauses: list[float] = []
+
+    def idle(pause_s: float) -> None:
+        pauses.append(pause_s)
+        if len(pauses) == 7:
+            loop.stop.set()
+
+    loop.idle = idle  # type: ignore[method-assign]
+    loop.run()
+    # The first pass finds the engine up and its adapter (a change); then nothing changes.
+    assert pauses == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_the_reconciler_passes_often_while_an_engine_is_down_or_a_version_waits(
+    tmp_path: Path,
+) -> None:
+    modules = FakeModules([], {"m": 2})
+    modules.retired_before = lambda before_s: []  # type: ignore[attr-defined]
+    engine = SteadyEngine({"m@v2"})
+    loop = reconciler(tmp_path, modules, {"http://e": engine})
+    assert loop.run_once()  # first pass: the engine came up, its adapters were seen
+    assert not loop.run_once()  # nothing changed
+    engine.up = False
+    assert loop.run_once() and loop.run_once()  # down: looked at every interval_s
+    engine.up = True
+    assert loop.run_once()  # back
+    assert not loop.run_once()
+    loop.retire_grace_s = 3600.0
+    modules.active["m"] = 3  # m@v2 replaced: it waits for its grace on the engine
+    assert loop.run_once() and loop.run_once()
+    assert engine.names == {"m@v2"}
+
+
+def test_the_reconcilers_pause_ends_when_woken_or_on_requests_or_a_failed_engine(
+    tmp_path: Path,
+) -> None:
+    loop = reconciler(tmp_path, FakeModules([], {}), {"http://e": SteadyEngine(set())})
+    loop.interval_s = 0.01  # how often a pause looks at requests and health marks
+
+    def ends(change: Callable[[], object]) -> bool:
+        """Whether a pause of an hour ends once `change` happens."""
+        waiter = threading.Thread(target=loop.idle, args=(3600.0,), daemon=True)
+        waiter.start()
+        change()
+        waiter.join(timeout=30)
+        return not waiter.is_alive()
+
+    assert ends(loop.wake)
+    assert ends(lambda: loop.pool.demand.record("m@v1", time.monotonic()))
+    loop.pool.mark("http://e", True)
+    assert ends(lambda: loop.pool.mark("http://e", False))
+    assert ends(loop.stop.set)
