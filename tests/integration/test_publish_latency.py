@@ -1,5 +1,6 @@
 """A publish reaches model=auto routing within a second, with no restart: the gateway's
-event follower over the real Redis, with the packaged embedding model (no engine)."""
+event follower over the real Redis, with the packaged embedding model (no engine). While
+nothing happens the follower only waits in its blocking read."""
 
 from __future__ import annotations
 
@@ -60,3 +61,27 @@ def test_published_modules_and_merges_are_routed_within_a_second(
         follower.join(timeout=5)
     print(f"\npublish -> routed: {', '.join(f'{m} {ms:.0f} ms' for m, ms in lags.items())}")
     assert max(lags.values()) < 1000
+
+
+def _calls(registry: Registry, command: str) -> int:
+    """How many times this Redis server has run `command` (INFO commandstats)."""
+    stats = registry.queue._redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.split("|")[0] == command)
+
+
+def test_an_idle_follower_only_waits_and_a_publish_wakes_the_reconciler(
+    registry: Registry, settings: Settings
+) -> None:
+    router = Router.from_settings(registry, SentenceEmbedder(threads=1), settings)
+    woken = threading.Event()
+    follower = EventFollower(registry, router, threading.Event(), on_change=woken.set)
+    before = {c: _calls(registry, c) for c in ("cmdstat_xread", "cmdstat_xinfo")}
+    assert [follower.step(block_ms=50) for _ in range(4)] == [0, 0, 0, 0]
+    assert _calls(registry, "cmdstat_xread") - before["cmdstat_xread"] == 4
+    assert _calls(registry, "cmdstat_xinfo") == before["cmdstat_xinfo"]  # no trim check
+    assert not woken.is_set()
+    module = module_id("t", "ann")
+    _job, ids = registry.facts.add("t", [ANN], [None], [to_bytes(router.embed([ANN])[0])], module)
+    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", TRAINED), {})
+    assert follower.step(block_ms=1000) == 2  # the facts changed, then the publish
+    assert woken.is_set() and router.route("t", "auto", ANN).module == module
