@@ -8,8 +8,7 @@ adapter folders, Redis `LORAMEM_REDIS_URL` when one answers there, else the laun
 starts one), waits until the launcher says ready, then until no job is waiting or
 running and `--settle` seconds more have passed (start-up compiles and warm-ups end),
 and samples for `--seconds` (60). With `--attach` it measures a running launcher's
-process tree the same way. With `--train N` it is not idle: it posts N facts and samples
-while the worker trains them, which shows what the other processes cost meanwhile.
+process tree the same way.
 
 Each process's CPU time (user + system, from /proc through psutil) is read at the start
 and at the end of the window, and every `--every` seconds between, so that a process
@@ -38,10 +37,7 @@ from urllib.parse import urlparse
 import psutil
 import redis
 
-from loramem.client import Client
-from loramem.datasets import phonebook
 from loramem.registry import Registry
-from loramem.settings import get_settings
 
 READY_TIMEOUT_S = 900.0  # a first start compiles the engine's kernels
 
@@ -231,18 +227,6 @@ def start_system(folder: Path, redis_url: str | None) -> tuple[subprocess.Popen[
     raise SystemExit("loramem run did not become ready; see its lines above")
 
 
-def start_training(gateway: str, count: int) -> tuple[Client, str]:
-    """Post `count` facts to a fresh tenant; returns its client and the job id once its
-    training began."""
-    memory = Client(gateway, tenant=f"idle-{os.getpid()}", timeout_s=60)
-    people = phonebook(get_settings().data_dir, count)
-    job_id = str(memory.add_facts([p.fact for p in people])["job_id"])
-    while (status := memory.job(job_id)["status"]) == "queued":
-        time.sleep(1.0)
-    print(f"job {job_id} is {status}; sampling while it trains", file=sys.stderr)
-    return memory, job_id
-
-
 def settle(redis_url: str, settle_s: float) -> None:
     """Until no job waits or runs, then `settle_s` more."""
     queue = Registry.from_url(redis_url).queue
@@ -278,7 +262,6 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--threads", type=int, default=0, help="busiest threads shown")
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks to this file")
-    parser.add_argument("--train", type=int, default=0, help="facts to train meanwhile")
     args = parser.parse_args()
     if args.attach:
         redis_url = args.redis_url or "redis://127.0.0.1:6379/0"
@@ -290,16 +273,12 @@ def main() -> None:
             profile(root, args.seconds, args.profile)
         return
     with tempfile.TemporaryDirectory(prefix="idle-cpu-") as folder:
-        launcher, redis_url, url = start_system(Path(folder), args.redis_url)
+        launcher, redis_url, _url = start_system(Path(folder), args.redis_url)
         try:
             settle(redis_url, args.settle)
-            training = start_training(url, args.train) if args.train else None
             root = psutil.Process(launcher.pid)
             samples, wall_s = measure(root, redis_url, args.seconds, args.every)
             print(report(samples, wall_s, args.threads), flush=True)
-            if training is not None:
-                memory, job_id = training
-                print(f"\nthe job was {memory.job(job_id)['status']} at the end of the window")
             if args.profile:
                 profile(root, args.seconds, args.profile)
         finally:
