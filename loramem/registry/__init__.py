@@ -16,6 +16,7 @@ from __future__ import annotations
 import redis
 
 from loramem.queue import JobQueue, ModuleLock
+from loramem.redis_client import connect
 from loramem.registry.apikeys import ApiKeyStore
 from loramem.registry.facts import FactStore
 from loramem.registry.jobs import DEFAULT_FINISHED_TTL_S, JobStore
@@ -50,11 +51,8 @@ class Registry:
         connect_timeout_s: float = 2.0,
         socket_timeout_s: float = 5.0,
     ) -> Registry:
-        """The one place a client is made: a Redis that stops answering fails a call after
-        the timeout (redis.TimeoutError / ConnectionError) instead of hanging it."""
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s
-        )
+        """A single Redis, or a Redis Cluster for a `redis+cluster://` URL (redis_client.py)."""
+        client = connect(url, connect_timeout_s, socket_timeout_s)
         return cls(client, module_capacity_facts, job_retention_s)
 
     @classmethod

@@ -17,7 +17,14 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, NotFound
-from loramem.names import is_module_of, is_reserved_module_name, module_id, module_name, new_id
+from loramem.names import (
+    is_module_of,
+    is_reserved_module_name,
+    module_id,
+    module_name,
+    new_id,
+    new_job_id,
+)
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, stage_job
 from loramem.registry.limits import TenantQuotas
@@ -54,7 +61,7 @@ class FactStore:
         ids = [fid or new_id() for fid in fact_ids]
         if len(set(ids)) != len(ids):
             raise Conflict("fact ids in one request must be unique", param="facts")
-        job = Job(id=new_id(), tenant=tenant, module="", training=training or {})
+        job = Job(id=new_job_id(tenant), tenant=tenant, module="", training=training or {})
 
         def write(pipe: redis.client.Pipeline) -> None:
             existing = [fid for fid in ids if pipe.exists(keys.fact(tenant, fid))]
@@ -78,7 +85,7 @@ class FactStore:
                 )
             pipe.sadd(keys.tenant_facts(tenant), *ids)
             pipe.sadd(keys.module_facts(target), *ids)
-            pipe.sadd(keys.tenants(), tenant)
+            pipe.sadd(keys.tenants(keys.bucket(tenant)), tenant)
             stage_job(pipe, job)
             _announce_change(pipe, job, "add", ids)
 
@@ -110,9 +117,8 @@ class FactStore:
 
     def _change(self, tenant: str, fact_id: str, update: dict[str, Any] | None) -> Job:
         key = keys.fact(tenant, fact_id)
-        job = Job(
-            id=new_id(), tenant=tenant, module="", kind="delete" if update is None else "edit"
-        )
+        kind = "delete" if update is None else "edit"
+        job = Job(id=new_job_id(tenant), tenant=tenant, module="", kind=kind)
 
         def write(pipe: redis.client.Pipeline) -> None:
             module = pipe.hget(key, "module")
@@ -137,7 +143,7 @@ class FactStore:
         Atomic against edits and deletes (WATCH on each fact): a fact deleted or moved
         since the trainer read it is skipped, never brought back as a text-less hash."""
         target = module_id(tenant, f"{module_name(module)[:37]}-s{new_id()[:6]}")
-        job = Job(id=new_id(), tenant=tenant, module=target, training=training)
+        job = Job(id=new_job_id(tenant), tenant=tenant, module=target, training=training)
 
         def write(pipe: redis.client.Pipeline) -> None:
             owners = [pipe.hget(keys.fact(tenant, fid), "module") for fid in fact_ids]

@@ -120,9 +120,12 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
     pipe.sadd(keys.tenant_open_jobs(job.tenant), job.id)  # until terminal (quota)
     # The tenant's own stream, and the tenant into the round-robin unless it is there
     # already with its turn (loramem/queue.py).
+    # The rotation and the list of streams are the tenant's bucket's: the same hash slot.
+    bucket = keys.bucket(job.tenant)
     pipe.xadd(keys.job_stream(job.tenant), {"job_id": job.id})
-    pipe.eval(_JOIN_ROTATION, 1, keys.JOBS_READY, job.tenant)
-    pipe.sadd(keys.JOB_STREAMS, job.tenant)
+    # EVAL by name: redis-py's cluster pipeline has no eval(), but passes the command on.
+    pipe.execute_command("EVAL", _JOIN_ROTATION, 1, keys.jobs_ready(bucket), job.tenant)
+    pipe.sadd(keys.job_streams(bucket), job.tenant)
 
 
 # The tenant joins the trainers' round-robin unless it is in it already, with Redis's clock

@@ -12,7 +12,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, InvalidRequest, NotFound
-from loramem.names import module_id, module_name, new_id, served_name
+from loramem.names import module_id, module_name, new_job_id, served_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, JobStatus, JobStore, stage_job
 from loramem.registry.modules import ModuleStore, stage_module
@@ -91,7 +91,7 @@ class MergeStore:
         """
         sources, weights = merge_recipe(sources, weights)
         name = merged_module_name(tenant, sources, combination, weights)
-        job = Job(id=new_id(), tenant=tenant, module=name, kind="merge")
+        job = Job(id=new_job_id(tenant), tenant=tenant, module=name, kind="merge")
         existing: list[str] = []
 
         def write(pipe: redis.client.Pipeline) -> None:

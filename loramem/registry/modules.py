@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -18,6 +19,7 @@ from loramem import keys
 from loramem.errors import LockLost, NotFound
 from loramem.knobs import VersionRecipe
 from loramem.names import module_name, parse_served_name, public_served_name, served_name
+from loramem.redis_client import is_cluster
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
 
@@ -26,6 +28,12 @@ _NEXT_VERSION = (
     "local n = math.max(tonumber(redis.call('hget', KEYS[1], 'version_seq') or '0') + 1, "
     "tonumber(ARGV[1])) redis.call('hset', KEYS[1], 'version_seq', n) return n"
 )
+
+# Per bucket, the id of the last event a follower read from that bucket's stream.
+Cursor = dict[str, str]
+# How often a follower on a Redis Cluster reads every bucket's stream while none has news
+# (a single Redis blocks in one read over them all instead).
+CLUSTER_POLL_S = 0.1
 
 # A module lock's key and the token of the worker holding it (loramem/queue.py ModuleLock).
 Fence = tuple[str, str]
@@ -94,7 +102,11 @@ class ModuleStore:
         return [self.get(n) for n in names]
 
     def tenants(self) -> list[str]:
-        return sorted(decode(t) for t in self._redis.smembers(keys.tenants()))
+        """Every tenant that stored a fact, over every bucket."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in keys.BUCKET_IDS:
+            pipe.smembers(keys.tenants(bucket))
+        return sorted(decode(t) for members in pipe.execute() for t in members)
 
     def next_version(self, module: str, at_least: int = 1) -> int:
         """Versions only ever grow, even when a publish fails after taking a number.
@@ -179,7 +191,10 @@ class ModuleStore:
 
     def retired_before(self, before_s: float) -> list[tuple[str, int]]:
         """Versions that stopped being active before this time (epoch seconds)."""
-        members = self._redis.zrangebyscore(keys.retired_versions(), "-inf", before_s)
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in keys.BUCKET_IDS:
+            pipe.zrangebyscore(keys.retired_versions(bucket), "-inf", before_s)
+        members = [m for reply in pipe.execute() for m in reply]
         return [parsed for m in members if (parsed := parse_served_name(decode(m)))]
 
     def sweep_retired(self, retention_s: float, limit: int = 100) -> list[tuple[str, int]]:
@@ -204,7 +219,8 @@ class ModuleStore:
             pipe.watch(record)
             tenant, size_bytes = pipe.hmget(record, "tenant", "size_bytes")
             pipe.multi()
-            pipe.zrem(keys.retired_versions(), served_name(module, version))
+            retired = keys.retired_versions(keys.module_bucket(module))
+            pipe.zrem(retired, served_name(module, version))
             pipe.delete(record, keys.version_files(module, version))
             if tenant is not None and size_bytes:
                 pipe.decrby(keys.tenant_adapter_bytes(decode(tenant)), int(size_bytes))
@@ -241,38 +257,79 @@ class ModuleStore:
         raw = self._redis.hgetall(keys.version_files(module, version))
         return {decode(k): v for k, v in raw.items()}
 
-    def events_after(self, last_id: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        reply = self._redis.xread({keys.EVENTS_STREAM: last_id}, block=block_ms, count=1000)
+    def events_after(self, cursor: Cursor | str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """The events after `cursor` over every bucket's stream, oldest first, waiting up to
+        `block_ms` for one; each carries its `bucket`, for the cursor (`advance`). A cursor
+        "0-0" reads every stream from its start."""
+        streams = {
+            keys.events_stream(b): cursor if isinstance(cursor, str) else cursor.get(b, "0-0")
+            for b in keys.BUCKET_IDS
+        }
+        if is_cluster(self._redis):
+            replies = self._poll(streams, block_ms)
+        else:  # one blocking read over every stream
+            replies = self._redis.xread(streams, block=block_ms, count=1000) or []
         events: list[tuple[str, dict[str, str]]] = []
-        for _stream, entries in reply or []:
+        for stream, entries in replies:
+            bucket = decode(stream).split("{b:")[1][:2]
             for entry_id, data in entries:
-                events.append((decode(entry_id), {decode(k): decode(v) for k, v in data.items()}))
-        return events
+                event = {decode(k): decode(v) for k, v in data.items()}
+                events.append((decode(entry_id), {**event, "bucket": bucket}))
+        return sorted(events, key=lambda e: _entry_id(e[0]))
 
-    def last_event_id(self) -> str:
-        """The id of the newest event ever added (even if trimmed since); "0-0" if none."""
-        try:
-            info = self._redis.xinfo_stream(keys.EVENTS_STREAM)
-        except redis.ResponseError:  # no stream yet
-            return "0-0"
-        return decode(info["last-generated-id"])
+    def _poll(self, streams: dict[str, str], block_ms: int) -> list[Any]:
+        """A cluster refuses a read over keys of several slots: one read per stream, in
+        one round trip per node, again every CLUSTER_POLL_S until one has events."""
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            pipe = self._redis.pipeline(transaction=False)
+            for stream, after in streams.items():
+                pipe.xread({stream: after}, count=1000)
+            replies = [r for reply in pipe.execute() for r in reply or []]
+            left_s = deadline - time.monotonic()
+            if replies or left_s <= 0:
+                return replies
+            time.sleep(min(CLUSTER_POLL_S, left_s))
 
-    def events_lost_after(self, cursor: str) -> bool:
-        """True when the stream's cap may have trimmed events newer than `cursor`: a
+    def _stream_infos(self) -> dict[str, dict[str, Any]]:
+        """XINFO STREAM of every bucket's events stream that exists."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in keys.BUCKET_IDS:
+            pipe.xinfo_stream(keys.events_stream(bucket))
+        replies = pipe.execute(raise_on_error=False)
+        return {
+            b: info
+            for b, info in zip(keys.BUCKET_IDS, replies, strict=True)
+            if not isinstance(info, Exception)  # no stream yet
+        }
+
+    def last_event_id(self) -> Cursor:
+        """Per bucket, the id of the newest event ever added (even if trimmed since)."""
+        return {b: decode(i["last-generated-id"]) for b, i in self._stream_infos().items()}
+
+    def events_lost_after(self, cursor: Cursor | str) -> bool:
+        """True when a stream's cap may have trimmed events newer than `cursor`: a
         follower at `cursor` can no longer replay them and must rebuild from the registry.
         Events are only ever trimmed from the old end (never deleted one by one), so that
         is when the oldest event left is newer than the cursor. (A follower exactly one
         event short of the oldest gets a harmless extra rebuild: XTRIM leaves no record of
         what it removed.)"""
-        try:
-            info = self._redis.xinfo_stream(keys.EVENTS_STREAM)
-        except redis.ResponseError:  # no stream yet: nothing was ever trimmed
-            return False
-        if cursor == "0-0":  # nothing read yet: lost if anything was ever trimmed
-            return int(info.get("entries-added") or 0) > int(info["length"])
-        first = info.get("first-entry")  # none left: compare with the newest ever added
-        oldest = decode(first[0]) if first else decode(info["last-generated-id"])
-        return _entry_id(oldest) > _entry_id(cursor)
+        for bucket, info in self._stream_infos().items():
+            at = cursor if isinstance(cursor, str) else cursor.get(bucket, "0-0")
+            if at == "0-0":  # nothing read yet: lost if anything was ever trimmed
+                if int(info.get("entries-added") or 0) > int(info["length"]):
+                    return True
+                continue
+            first = info.get("first-entry")  # none left: compare with the newest ever added
+            oldest = decode(first[0]) if first else decode(info["last-generated-id"])
+            if _entry_id(oldest) > _entry_id(at):
+                return True
+        return False
+
+
+def advance(cursor: Cursor, event: dict[str, str], entry_id: str) -> Cursor:
+    """The cursor once `event` (from events_after) is applied."""
+    return {**cursor, event["bucket"]: entry_id}
 
 
 def _version_info(module: str, version: int, raw: dict[bytes, bytes]) -> VersionInfo:
@@ -313,14 +370,15 @@ class _ActiveVersion:
     def record_retired(self, pipe: redis.client.Pipeline, unless: int = 0) -> None:
         if self.version and self.version != unless:
             name = served_name(self.module, self.version)
-            pipe.zadd(keys.retired_versions(), {name: time.time()})
+            pipe.zadd(keys.retired_versions(keys.module_bucket(self.module)), {name: time.time()})
 
 
-def announce(pipe: redis.client.Pipeline, kind: str, **fields: str | int) -> None:
-    """An event for every gateway's router, inside the caller's transaction."""
+def announce(pipe: redis.client.Pipeline, kind: str, tenant: str, **fields: str | int) -> None:
+    """An event for every gateway's router, inside the caller's transaction: in the
+    tenant's bucket's stream, the same hash slot as the tenant's keys."""
     pipe.xadd(
-        keys.EVENTS_STREAM,
-        {"type": kind, **fields},
+        keys.events_stream(keys.bucket(tenant)),
+        {"type": kind, "tenant": tenant, **fields},
         maxlen=keys.EVENTS_STREAM_MAXLEN,
         approximate=True,
     )

@@ -108,7 +108,7 @@ def test_a_tenant_lost_from_the_rotation_by_a_crash_is_put_back(
     registry: Registry, redis_client: redis.Redis
 ) -> None:
     job = add(registry, "a", "x")
-    redis_client.zpopmin(keys.JOBS_READY)  # a worker popped the tenant, then died
+    redis_client.zpopmin(keys.jobs_ready(keys.bucket("a")))  # a worker popped the tenant, then died
     assert registry.queue.claim("w", block_ms=10) is None  # nobody else sees the job...
     registry.queue.tidy()  # ...until the next scan
     claim = registry.queue.claim("w", block_ms=10)

@@ -152,6 +152,7 @@ def test_a_cursor_behind_the_trimmed_events_is_detected(
     publish(registry, "m")
     publish(registry, "m")
     assert not registry.modules.events_lost_after(cursor)  # capped, nothing trimmed yet
-    redis_client.xtrim(keys.EVENTS_STREAM, maxlen=1, approximate=False)  # the cap, at work
+    stream = keys.events_stream(keys.bucket("t1"))
+    redis_client.xtrim(stream, maxlen=1, approximate=False)  # the cap, at work
     assert registry.modules.events_lost_after(cursor)
     assert not registry.modules.events_lost_after(registry.modules.last_event_id())

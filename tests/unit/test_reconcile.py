@@ -28,14 +28,19 @@ class FakeModules:
         self.active = active
         self.lost_after: str | None = None  # events after this id were trimmed
 
-    def last_event_id(self) -> str:
-        return self.events[-1][0] if self.events else "0-0"
+    # One bucket's stream (loramem/keys.py): the cursor is per bucket.
+    def last_event_id(self) -> dict[str, str]:
+        return {"00": self.events[-1][0] if self.events else "0-0"}
 
-    def events_after(self, cursor: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        return [(i, e) for i, e in self.events if _id(i) > _id(cursor)]
+    def events_after(
+        self, cursor: dict[str, str], block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        after = _id(cursor.get("00", "0-0"))
+        return [(i, {**e, "bucket": "00"}) for i, e in self.events if _id(i) > after]
 
-    def events_lost_after(self, cursor: str) -> bool:
-        return self.lost_after is not None and _id(self.lost_after) >= _id(cursor)
+    def events_lost_after(self, cursor: dict[str, str]) -> bool:
+        at = _id(cursor.get("00", "0-0"))
+        return self.lost_after is not None and _id(self.lost_after) >= at
 
     def get(self, module: str) -> SimpleNamespace:
         if module not in self.active:
@@ -89,10 +94,10 @@ def test_an_event_that_fails_is_retried_not_skipped() -> None:
     modules.events.append(("2-0", published("m", 2)))
     with pytest.raises(ConnectionError):
         follow.step()
-    assert follow.cursor == "1-0" and router.applied == []  # the cursor stayed before it
+    assert follow.cursor == {"00": "1-0"} and router.applied == []  # the cursor stayed before it
     modules.events.append(("3-0", {"type": "retired", "tenant": "t", "module": "m"}))
     assert follow.step() == 2
-    assert follow.cursor == "3-0" and router.applied == [("m", 2), ("m", 0)]
+    assert follow.cursor == {"00": "3-0"} and router.applied == [("m", 2), ("m", 0)]
 
 
 def test_the_follower_loop_survives_errors_and_counts_them() -> None:
@@ -119,7 +124,7 @@ def test_a_follower_behind_the_trimmed_stream_resyncs_from_the_registry() -> Non
     modules.events = [("5-0", published("m", 5))]
     modules.lost_after = "4-0"
     assert follow.step() == 0
-    assert router.loads == 2 and follow.cursor == "5-0"
+    assert router.loads == 2 and follow.cursor == {"00": "5-0"}
     assert metrics.registry.get_sample_value("loramem_event_follower_resyncs_total") == 1
 
 
