@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 import redis
 
+from loramem.redis_client import connect, is_cluster
 from loramem.registry import Registry
 from loramem.settings import Settings
 from tests import leaks
 from tests.e2e.support import System, run_system
-from tests.services import redis_db_url
+from tests.services import redis_cluster, redis_db_url
 
 TEST_REDIS_URL = redis_db_url(15)  # a database of its own, flushed per test
 TESTS = Path(__file__).resolve().parent
@@ -72,22 +73,45 @@ def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real three-master Redis Cluster, started once per session when a test asks."""
+    with redis_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["single"])
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """Which Redis a test's registry uses; a module that must pass on both overrides this
+    with `single_and_cluster` (tests/services.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+def redis_url(redis_kind: str, request: pytest.FixtureRequest) -> str:
+    if redis_kind == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = connect(redis_url)
     try:
         client.ping()
     except redis.RedisError:
-        pytest.fail(f"integration tests need Redis at {TEST_REDIS_URL} (.ci/run starts one)")
-    client.flushdb()
+        pytest.fail(f"integration tests need Redis at {redis_url} (.ci/run starts one)")
+    # A cluster client flushes every master; a single Redis only this suite's database.
+    flush = client.flushall if is_cluster(client) else client.flushdb
+    flush()
     yield client
-    client.flushdb()
+    flush()
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+def settings(tmp_path, redis_url: str) -> Settings:  # type: ignore[no-untyped-def]
     return Settings(
-        redis_url=TEST_REDIS_URL,
+        redis_url=redis_url,
         cache_dir=tmp_path / "cache",
         engine_url="http://127.0.0.1:9",  # nothing listens: unit tests never reach an engine
         module_capacity_facts=8,

@@ -59,6 +59,7 @@ class FactStore:
         a quota (checked in the same transaction) nothing is stored. `module` is the id of
         a module of `tenant` (loramem/names.py module_id); None packs the facts."""
         ids = [fid or new_id() for fid in fact_ids]
+        _check_namespace(tenant, module)
         if len(set(ids)) != len(ids):
             raise Conflict("fact ids in one request must be unique", param="facts")
         job = Job(id=new_job_id(tenant), tenant=tenant, module="", training=training or {})
@@ -195,6 +196,13 @@ def _announce_change(pipe: redis.client.Pipeline, job: Job, change: str, ids: li
         change=change,
         fact_ids=json.dumps(ids),
     )
+
+
+def _check_namespace(tenant: str, module: str | None) -> None:
+    """An id outside `tenant`'s namespace is a bug; refused before the WATCH, which a
+    cluster would refuse across hash slots anyway."""
+    if module is not None and not is_module_of(tenant, module):
+        raise ValueError(f"module {module!r} is not in tenant {tenant!r}'s namespace")
 
 
 def _check_target(pipe: redis.client.Pipeline, tenant: str, target: str, chosen: bool) -> bool:

@@ -25,6 +25,7 @@ from server.app import create_app
 from tests.integration.test_api import assert_openai_error
 from tests.integration.test_retention import adapter_files, make_worker
 from tests.recipes import TRAINED
+from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 from trainer import handlers
 from trainer.context import TrainerContext
 from trainer.outcomes import Artifact

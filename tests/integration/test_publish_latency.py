@@ -17,6 +17,7 @@ from router.router import Router
 from server.reconcile import EventFollower
 from tests.recipes import TRAINED
 from tests.recipes import merged as merged_recipe
+from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 ANN = "The phone number of Ann Lee is 555-0101."
 BOB = "The phone number of Bob Ray is 555-0202."

@@ -10,6 +10,7 @@ from loramem.registry import Registry
 from loramem.registry.jobs import InvalidTransition, JobStatus
 from loramem.registry.modules import VersionInfo
 from tests.recipes import TRAINED
+from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 
 def add(registry: Registry, tenant: str, texts: list[str], module: str | None = None):
