@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="run one trainer worker")
     commands.add_parser("engine", help="run the vLLM engine in the foreground")
     commands.add_parser("prepare-model", help="convert the base model into the cache")
+    commands.add_parser(
+        "migrate-keys", help="move a single Redis's keys to the hash-tagged layout (once)"
+    )
     add = commands.add_parser("add", help="post facts and follow the training job")
     add.add_argument("facts", nargs="+")
     add.add_argument("--module")
@@ -73,7 +76,24 @@ def main(argv: list[str] | None = None) -> int:
 
         print(prepare_base_model(settings))
         return 0
+    if args.command == "migrate-keys":
+        return migrate_keys(settings)
     return _client_command(args, settings)
+
+
+def migrate_keys(settings: Settings) -> int:
+    """Rename the keys of a single Redis from the layout before hash tags (run it with
+    gateways and workers stopped; loramem/key_migration.py)."""
+    from loramem.key_migration import migrate
+    from loramem.redis_client import connect, is_cluster
+
+    client = connect(settings.redis_url)
+    if is_cluster(client):
+        print("run it on the single Redis, before importing its keys into the cluster")
+        return 1
+    for kind, count in sorted(migrate(client).items()):
+        print(f"{kind}: {count}")
+    return 0
 
 
 def _client_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -77,6 +77,6 @@ def test_many_publish_cycles_leave_storage_bounded(
     )
     assert abs(after_200 - after_20) <= 0.10 * after_20
     assert registry.queue.backlog() == (0, None)
-    assert not list(redis_client.scan_iter(keys.PREFIX + "job:*"))
+    assert not list(redis_client.scan_iter(keys.PREFIX + "*:job:*"))
     # v201 is active; v200 was retired by its publish and goes at the next sweep
     assert sorted(v for _m, v in worker.ctx.store.local_versions()) == [200, 201]
