@@ -12,6 +12,7 @@ from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
 from tests.recipes import TRAINED
+from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 
 @pytest.fixture

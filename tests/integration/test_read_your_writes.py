@@ -17,6 +17,7 @@ from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 from server.reconcile import EventFollower
 from tests.recipes import TRAINED
+from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 ANN = "The phone number of Ann Lee is 555-0101."
 ANN_NEW = "The phone number of Ann Lee is 555-0199."

@@ -10,6 +10,7 @@ from router.embedder import to_bytes
 from router.index import index_factory
 from router.router import Router
 from tests.recipes import TRAINED
+from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 JEFFREY = "The phone number of Jeffrey Buck is 603-556-7631."
 
