@@ -28,7 +28,6 @@ from loramem.local_cluster import local_cluster
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 
-SINGLE_PORT, CLUSTER_PORTS = 7010, (7011, 7012, 7013)
 TRAINED = VersionRecipe(
     made_by="trained", base_model="bench", rank=8, training=TrainingKnobs().with_overrides({})
 )
@@ -71,12 +70,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--posts", type=int, default=10)
+    parser.add_argument("--single-port", type=int, default=7100)
+    parser.add_argument("--cluster-ports", default="7101,7102,7103")
     args = parser.parse_args()
     binary = redis_server_binary()
     assert binary, "needs redis-server"
     folder = Path(tempfile.mkdtemp(prefix="loramem-bench-single-"))
     single = subprocess.Popen(
-        [binary, "--port", str(SINGLE_PORT), "--bind", "127.0.0.1", "--save", "",
+        [binary, "--port", str(args.single_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(folder)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -84,10 +85,10 @@ def main() -> None:
         time.sleep(0.5)
         results = {
             "single": run(
-                Registry.from_url(f"redis://127.0.0.1:{SINGLE_PORT}"), args.tenants, args.posts
+                Registry.from_url(f"redis://127.0.0.1:{args.single_port}"), args.tenants, args.posts
             )
         }
-        with local_cluster(binary, CLUSTER_PORTS) as url:
+        with local_cluster(binary, tuple(map(int, args.cluster_ports.split(",")))) as url:
             results["cluster"] = run(Registry.from_url(url), args.tenants, args.posts)
     finally:
         single.terminate()
