@@ -6,10 +6,10 @@ Cluster, side by side in one run: what moving onto a cluster costs per operation
 Both stores run on this machine (the single Redis is a fresh `redis-server` like the
 cluster's nodes, so neither has an advantage of being warm). Per store, for each of
 `--tenants` tenants: `--posts` fact posts of one fact each (store, pack, queue the job
-and announce it: one WATCH transaction), each followed by a worker's claim, the job's walk to
-publishing (three transactions) and a publish of version n of the module (one more); then a router-style read of every
-event and every tenant's active versions. Prints operations per second of each step for
-both stores and the ratio cluster / single.
+and announce it: one WATCH transaction), each followed by a worker's claim, the job's
+walk to publishing (three transactions) and a publish of version n of the module (one
+more); then a router-style read of every event and every tenant's active versions.
+Prints operations per second of each step for both stores and the ratio cluster / single.
 """
 
 from __future__ import annotations

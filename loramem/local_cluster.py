@@ -19,9 +19,12 @@ SLOTS = 16384
 
 
 @contextmanager
-def local_cluster(binary: str, ports: tuple[int, ...]) -> Iterator[str]:
+def local_cluster(
+    binary: str, ports: tuple[int, ...], started: Callable[[int], object] = lambda _pid: None
+) -> Iterator[str]:
     """A real Redis Cluster of `len(ports)` masters, no replicas, from `binary`; yields
-    its URL (`redis+cluster://`)."""
+    its URL (`redis+cluster://`). Each node runs in a session of its own, whose id (its
+    pid) goes to `started`."""
     folder = Path(tempfile.mkdtemp(prefix="loramem-cluster-"))
     nodes: list[subprocess.Popen[bytes]] = []
     try:
@@ -34,8 +37,10 @@ def local_cluster(binary: str, ports: tuple[int, ...]) -> Iterator[str]:
                      "--appendonly", "no", "--dir", str(folder / str(port))],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             )  # fmt: skip
+            started(nodes[-1].pid)
         clients = [redis.Redis(port=p, socket_connect_timeout=1) for p in ports]
         _wait(lambda: all(_answers(c) for c in clients), "the cluster's nodes to start")
         share = -(-SLOTS // len(ports))

@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from loramem.keys import BUCKET_IDS, events_stream
 from loramem.launcher import redis_server_binary
 from loramem.local_cluster import local_cluster
+from tests import leaks
 
 REDIS_SERVER = os.environ.get("LORAMEM_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
 CLUSTER_PORTS = tuple(
@@ -35,8 +36,15 @@ def redis_cluster(ports: tuple[int, ...] = CLUSTER_PORTS) -> Iterator[str]:
     binary = redis_server_binary()
     if binary is None:
         pytest.skip("no redis-server to start a cluster with (apt-get install redis-server)")
-    with local_cluster(binary, ports) as url:
-        yield url
+    nodes: list[int] = []
+    try:  # the nodes outlive the test module that started them (tests/leaks.py)
+        with local_cluster(binary, ports, started=nodes.append) as url:
+            for pid in nodes:
+                leaks.keep(pid)
+            yield url
+    finally:
+        for pid in nodes:
+            leaks.release(pid)
 
 
 def buckets_per_node(url: str) -> dict[str, int]:
