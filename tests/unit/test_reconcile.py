@@ -226,7 +226,7 @@ def test_an_idle_follower_step_is_one_read_and_applied_events_wake_the_reconcile
     assert (modules.lost_checks, woken) == (1, [1])
     modules.events = [("9-0", published("m", 9))]  # 3..8 trimmed before this gateway read them
     modules.lost_after = "8-0"
-    assert follow.step() == 0 and follow.cursor == "9-0"  # resynced, and woken for it
+    assert follow.step() == 0 and follow.cursor == {"00": "9-0"}  # resynced, and woken
     assert woken == [1, 1]
 
 
