@@ -53,7 +53,7 @@ from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
-from router.embedder import SentenceEmbedder, to_bytes
+from router.embedder import SentenceEmbedder, query_embedder, to_bytes
 from router.index import ExactIndex, FactIndex, HnswIndex, IvfIndex
 from router.router import Router, _index_config
 
@@ -237,12 +237,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     embedder = SentenceEmbedder(settings.embedding_model, threads=settings.router_embed_threads)
     data = build(args, settings, embedder)
+    # Routing embeds queries as the gateway does (LORAMEM_ROUTER_EMBED_BACKEND: onnx by
+    # default); the facts' vectors are the same to within 1e-6 either way.
+    asker = query_embedder(settings)
     redis.Redis.from_url(url).flushdb()  # the bench's own database
     registry = Registry.from_settings(settings)
     ids_of: dict[str, list[str]] = {}
     store_s = timed(lambda: ids_of.update(store(registry, data.modules)))
 
-    cold = Router.from_settings(registry, embedder, settings)
+    cold = Router.from_settings(registry, asker, settings)
     cold_s = timed(cold.load_all)
     save_s = timed(cold.save_snapshots)
     snap_mib = sum(p.stat().st_size for p in folder.glob("*.npz")) / 2**20
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     live = change(registry, data, ids_of, args.changed)
 
     rss_before = _rss_bytes()
-    router = Router.from_settings(registry, embedder, settings)
+    router = Router.from_settings(registry, asker, settings)
     ready_s = timed(router.load_all)
     rss = _rss_bytes() - rss_before
     count, nbytes = router.index_stats(TENANT)
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         f"the router's restored index: recall@{k} questions {recall['questions']:.4f}, "
         f"fact-like {recall['fact-like']:.4f}"
     )
-    embed = [timed(partial(embedder.embed, [q])) for _ in range(args.rounds) for q in asked]
+    embed = [timed(partial(asker.embed, [q])) for _ in range(args.rounds) for q in asked]
     p50, p99 = _percentiles(embed)
     print(f"query embedding alone: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     print(
