@@ -7,6 +7,8 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -182,7 +184,7 @@ class ProcessEmbedder:
             1,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded gateway
             initializer=_start_child,
-            initargs=(model, nice),
+            initargs=(model, nice, os.getpid()),
         )
         self.dim = int(self._pool.submit(_child_dim).result())  # waits for the model to load
 
@@ -194,12 +196,22 @@ class ProcessEmbedder:
 
 
 _child: SentenceEmbedder | None = None  # the ProcessEmbedder child's own embedder
+PARENT_CHECK_S = 2.0  # how often the child looks for its parent; a getppid() costs nothing
 
 
-def _start_child(model: str | None, nice: int) -> None:
+def _start_child(model: str | None, nice: int, parent: int) -> None:
     global _child
     os.nice(nice)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _child = SentenceEmbedder(model, threads=1)
+
+
+def _exit_with(parent: int) -> None:
+    """A gateway that is SIGKILLed (or OOM-killed) runs no shutdown, and its child, a model
+    in memory, would live on under init: it leaves when its parent has gone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _child_dim() -> int:

@@ -8,7 +8,12 @@ contained (evaluation/router_set.py holds the set; bench/router_latency.py measu
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +122,50 @@ def test_the_ingest_embedder_child_embeds_alike_at_low_priority(
         assert child._pool.submit(os.nice, 0).result() == 19  # the child's own niceness
     finally:
         child.close()
+
+
+CHILD_OF_A_GATEWAY = """
+import os, time
+from router.embedder import ProcessEmbedder
+embedder = ProcessEmbedder(nice=19)
+print(embedder._pool.submit(os.getpid).result(), flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (this container's init may not reap what it adopts)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_ingest_embedder_child_leaves_when_its_gateway_is_killed() -> None:
+    """A SIGKILLed gateway runs no shutdown: its embedding child (a model in memory) must
+    not live on under init. The chaos suite's leak guard found them after killed stacks."""
+    gateway = subprocess.Popen(
+        [sys.executable, "-c", CHILD_OF_A_GATEWAY],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
+    assert gateway.stdout is not None
+    try:
+        child = int(gateway.stdout.readline())
+        assert _running(child)
+    finally:
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait()
+    deadline = time.monotonic() + 60
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = _running(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the embedding child outlived its SIGKILLed gateway"
 
 
 def test_the_onnx_query_embedder_gives_the_vectors_facts_were_stored_with(
