@@ -9,7 +9,9 @@ and B?", A and B in different modules) and every single-fact question, each thro
 `model=auto` unless said otherwise:
 - `span: off`: the best module alone (what model=auto did before spanning);
 - the merged adapter of all the modules, by name;
-- `span: compose`: each module asked its part, the answers joined (server/span.py);
+- `span: compose`: each module asked its part, the answers joined (server/span.py),
+  the part asked in the user's wording less the other names (before), or as its fact's
+  trained question (router/span.py);
 - `span: context`: the chosen module with the other parts' facts in context;
 - `mode: rag`: the base model with the top facts in context;
 - `mode: hybrid`: the chosen module with the top facts in context;
@@ -127,7 +129,16 @@ def main() -> None:
 
     arms: list[tuple[str, Callable[[Question], tuple[str, str]], bool]] = [
         ("best module alone (span: off)", via(span="off"), True),
-        ("span: compose (per module, joined)", via(span="compose"), True),
+        (
+            "span: compose, user's wording (before)",
+            via(span="compose", span_question="wording"),
+            False,
+        ),
+        (
+            "span: compose, trained question (per module, joined)",
+            via(span="compose", span_question="trained"),
+            True,
+        ),
         ("span: compose-hybrid (each with its fact)", via(span="compose-hybrid"), True),
         ("span: context (module + other facts)", via(span="context"), True),
         ("mode: rag (base + top facts)", via(mode="rag"), True),

@@ -212,6 +212,15 @@ class Settings(BaseSettings):
     # leads the next module's by 0.19 or more).
     router_span_margin: float = Field(default=0.2, ge=0.0, le=2.0)
     router_span_max_modules: int = Field(default=3, ge=2, le=8)  # parts of one question
+    # What each part's module is asked (router/span.py): "trained" (its fact's gated
+    # question, "What is the phone number of A?", where the query asks what the fact
+    # states) or "wording" (the user's question less the other parts' names). Per
+    # request: "loramem": {"span_question": ...}. MEASURED_LATER
+    router_span_question: Literal["trained", "wording"] = "trained"
+    # Fact texts the router keeps (read at publish and by the span check, least recently
+    # used out), so the span check runs without Redis for them: during an outage too.
+    # About 200 bytes each; 0 keeps none (every check reads Redis).
+    router_text_cache_facts: int = Field(default=100_000, ge=0)
     # PEFT add_weighted_adapter combination (trainer/merge.py): "ties" (default: TIES on
     # the weight updates, refactored to a rank the engine serves; the paper found
     # TIES/averaging work where concatenation collapses, and the exact sum `cat` lost
