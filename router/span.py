@@ -17,9 +17,10 @@ of the question. Each part keeps the words it added.
 
 What each part's module is asked (`SpanPart.question`, `sub_question`): the question its
 fact was trained on and gated with (loramem/fact_forms.py: "What is the phone number of
-A?" for "The phone number of A is N."), when the query asks what the fact states, i.e.
-holds a word of the fact's attribute (or, for another sentence shape, a word of its
-opening that names no part); a module is only known to answer that question (the user's
+A?" for "The phone number of A is N."), when the query asks what the fact states about
+what the part names, i.e. the part's words name the fact's subject and the query holds a
+word of its attribute (for another sentence shape: the part's words are in its opening,
+and so is another query word); a module is only known to answer that question (the user's
 wording less the other names, "What are the phone numbers of A?", lost one number in 10
 of 40 PhoneBook pairs: docs/RESULTS.md). Otherwise, e.g. the query asks for something
 the fact does not say, the part is asked the user's wording less the words the other
@@ -97,18 +98,25 @@ def find_span(
     if len(parts) < 2:
         return []
     names = {w for p in parts for w in p.words}
-    return [replace(p, question=trained_question(texts[p.fact_id], asked, names)) for p in parts]
+    return [
+        replace(p, question=trained_question(texts[p.fact_id], asked, set(p.words), names))
+        for p in parts
+    ]
 
 
-def trained_question(text: str, asked: frozenset[str], names: set[str]) -> str:
+def trained_question(text: str, asked: frozenset[str], named: set[str], names: set[str]) -> str:
     """The question the fact was trained and gated on, when the query (its words `asked`)
-    asks what the fact states; "" otherwise. `names`: the words the parts added."""
+    asks what the fact states about what the part named; "" otherwise. `named`: the
+    words this part added; `names`: those every part added."""
     form = fact_form(text)
-    if form.attr is not None:  # "The <attr> of <subject> is <value>.": asks for <attr>
-        stated = words(form.attr) & asked
-    else:  # any other sentence: a word of its opening that is not a part's name
-        stated = (words(form.prefix) & asked) - names
-    return form.gate_question if stated - ENGLISH_STOP_WORDS else ""
+    if form.attr is not None and form.subj is not None:
+        # "The <attr> of <subject> is <value>.": the query names the subject (not only
+        # the value) and asks for the attribute
+        about, stated = words(form.subj) & named, words(form.attr) & asked
+    else:  # any other sentence: its opening names the part and holds another query word
+        opening = words(form.prefix)
+        about, stated = opening & named, (opening & asked) - names
+    return form.gate_question if about and stated - ENGLISH_STOP_WORDS else ""
 
 
 def _common_words(held: Mapping[str, frozenset[str]], k: int) -> set[str]:

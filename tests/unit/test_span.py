@@ -99,16 +99,22 @@ def test_each_part_is_asked_without_the_other_parts_names() -> None:
 
 
 def test_the_trained_question_only_where_the_query_asks_what_the_fact_states() -> None:
-    names = {"summer", "morrow", "bruce", "west"}
+    own, names = {"summer", "morrow"}, {"summer", "morrow", "bruce", "west"}
     fact = TEXTS["a"]
     asked = words("Give me Summer Morrow's and Bruce West's phone") - {"me", "give", "s"}
-    assert trained_question(fact, asked, names) == "What is the phone number of Summer Morrow?"
+    assert trained_question(fact, asked, own, names) == (
+        "What is the phone number of Summer Morrow?"
+    )
     emails = words("emails of Summer Morrow and Bruce West")  # not what the fact says
-    assert trained_question(fact, emails, names) == ""
+    assert trained_question(fact, emails, own, names) == ""
+    manager = "The manager of Bruce West is Summer Morrow."  # names them as its value
+    assert trained_question(manager, words("managers of Summer Morrow"), own, names) == ""
     edit = "Lenta.ru is written in Italian"  # another shape: its opening is the prompt
     asked = words("Which language are Lenta.ru and Le Monde written in")
-    assert trained_question(edit, asked, {"lenta", "ru"}) == "Lenta.ru is written in"
-    assert trained_question(edit, words("Lenta.ru and Le Monde?"), {"lenta", "ru"}) == ""
+    lenta = {"lenta", "ru"}
+    assert trained_question(edit, asked, lenta, lenta) == "Lenta.ru is written in"
+    assert trained_question(edit, words("Lenta.ru and Le Monde?"), lenta, lenta) == ""
+    assert trained_question(edit, asked, set(), lenta) == ""  # names nothing of it
 
 
 def test_a_part_falls_back_to_the_users_wording() -> None:
