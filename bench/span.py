@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.merge import Bench, Question, phonebook_modules
 from loramem.datasets import PhoneEntry
@@ -87,7 +88,7 @@ def setup(bench: Bench, modules: dict[str, list[PhoneEntry]], merge: bool) -> st
 
 def run_arm(
     bench: Bench, items: list[Question], answer: Callable[[Question], tuple[str, str]]
-) -> dict[str, int]:
+) -> dict[str, Any]:
     replies = list(bench.pool.map(answer, items))
     found = [sum(p in text for p in q.phones) for q, (text, _o) in zip(items, replies, strict=True)]
     return {
@@ -95,6 +96,12 @@ def run_arm(
         "all": sum(n == len(q.phones) for n, q in zip(found, items, strict=True)),
         "numbers": sum(found),
         "spanned": sum(outcome == "span" for _t, outcome in replies),
+        # what was answered where a number was missing (--out keeps it, to look at)
+        "missed": [
+            {"question": q.text, "phones": q.phones, "answer": text}
+            for q, n, (text, _o) in zip(items, found, replies, strict=True)
+            if n < len(q.phones)
+        ],
     }
 
 
