@@ -9,7 +9,9 @@ and B?", A and B in different modules) and every single-fact question, each thro
 `model=auto` unless said otherwise:
 - `span: off`: the best module alone (what model=auto did before spanning);
 - the merged adapter of all the modules, by name;
-- `span: compose`: each module asked its part, the answers joined (server/span.py);
+- `span: compose`: each module asked its part, the answers joined (server/span.py),
+  the part asked in the user's wording less the other names (before), or as its fact's
+  trained question (router/span.py);
 - `span: context`: the chosen module with the other parts' facts in context;
 - `mode: rag`: the base model with the top facts in context;
 - `mode: hybrid`: the chosen module with the top facts in context;
@@ -26,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.merge import Bench, Question, phonebook_modules
 from loramem.datasets import PhoneEntry
@@ -85,7 +88,7 @@ def setup(bench: Bench, modules: dict[str, list[PhoneEntry]], merge: bool) -> st
 
 def run_arm(
     bench: Bench, items: list[Question], answer: Callable[[Question], tuple[str, str]]
-) -> dict[str, int]:
+) -> dict[str, Any]:
     replies = list(bench.pool.map(answer, items))
     found = [sum(p in text for p in q.phones) for q, (text, _o) in zip(items, replies, strict=True)]
     return {
@@ -93,6 +96,12 @@ def run_arm(
         "all": sum(n == len(q.phones) for n, q in zip(found, items, strict=True)),
         "numbers": sum(found),
         "spanned": sum(outcome == "span" for _t, outcome in replies),
+        # what was answered where a number was missing (--out keeps it, to look at)
+        "missed": [
+            {"question": q.text, "phones": q.phones, "answer": text}
+            for q, n, (text, _o) in zip(items, found, replies, strict=True)
+            if n < len(q.phones)
+        ],
     }
 
 
@@ -127,7 +136,16 @@ def main() -> None:
 
     arms: list[tuple[str, Callable[[Question], tuple[str, str]], bool]] = [
         ("best module alone (span: off)", via(span="off"), True),
-        ("span: compose (per module, joined)", via(span="compose"), True),
+        (
+            "span: compose, user's wording (before)",
+            via(span="compose", span_question="wording"),
+            False,
+        ),
+        (
+            "span: compose, trained question (per module, joined)",
+            via(span="compose", span_question="trained"),
+            True,
+        ),
         ("span: compose-hybrid (each with its fact)", via(span="compose-hybrid"), True),
         ("span: context (module + other facts)", via(span="context"), True),
         ("mode: rag (base + top facts)", via(mode="rag"), True),

@@ -200,18 +200,30 @@ class Settings(BaseSettings):
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
     # Questions that span modules (router/span.py): a model=auto lora question whose top
     # facts name different things held by different modules ("the phone numbers of A and
-    # B"). "compose": each module is asked its part (the question without the other
-    # parts' names) and the answers are joined; "compose-hybrid": the same, each module
+    # B"). "compose": each module is asked its part (router_span_question) and the
+    # answers are joined; "compose-hybrid": the same, each module
     # with its part's matched fact in context; "context": the chosen module answers
     # with the other parts' facts in context; "off": the chosen module alone, as before.
-    # Per request: "loramem": {"span": ...}. Default from `python -m bench.span`
-    # (docs/RESULTS.md, Questions that span modules).
+    # Per request: "loramem": {"span": ...}. compose: `python -m bench.span` at fd2f9e3,
+    # 37/40 two-module PhoneBook questions with both numbers, compose-hybrid 32/40, the
+    # best module alone 0/40, rag 0/40; single questions 32/32 (docs/RESULTS.md).
     router_span: Literal["compose", "compose-hybrid", "context", "off"] = "compose"
     # Another module's best fact is a part only within this of the chosen one's (PhoneBook
     # pairs: the two people's facts lay within 0.15; a one-person question's own fact
     # leads the next module's by 0.19 or more).
     router_span_margin: float = Field(default=0.2, ge=0.0, le=2.0)
     router_span_max_modules: int = Field(default=3, ge=2, le=8)  # parts of one question
+    # What each part's module is asked (router/span.py): "trained" (its fact's gated
+    # question, "What is the phone number of A?", where the query asks what the fact
+    # states) or "wording" (the user's question less the other parts' names). Per
+    # request: "loramem": {"span_question": ...}. trained: `python -m bench.span` at
+    # fd2f9e3 on the same 4 modules, 37/40 PhoneBook pairs with both numbers against
+    # 22/40, compose-hybrid 32/40 (docs/RESULTS.md, Questions that span modules).
+    router_span_question: Literal["trained", "wording"] = "trained"
+    # Fact texts the router keeps (read at publish and by the span check, least recently
+    # used out), so the span check runs without Redis for them: during an outage too.
+    # About 200 bytes each; 0 keeps none (every check reads Redis).
+    router_text_cache_facts: int = Field(default=100_000, ge=0)
     # PEFT add_weighted_adapter combination (trainer/merge.py): "ties" (default: TIES on
     # the weight updates, refactored to a rank the engine serves; the paper found
     # TIES/averaging work where concatenation collapses, and the exact sum `cat` lost

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from loramem.errors import ModelNotFound
 from loramem.names import module_id, module_name, parse_served_name, public_served_name, served_name
@@ -93,6 +94,7 @@ class Router:
         lexical_pool: int = 32,
         span_margin: float = 0.2,
         span_max_modules: int = 3,
+        text_cache_facts: int = 100_000,
     ) -> None:
         self.registry = registry
         self.embedder = embedder
@@ -117,6 +119,10 @@ class Router:
         self.lexical_weight, self.lexical_pool = lexical_weight, lexical_pool
         self._lexical: dict[str, LexicalIndex] = {}
         self.span_margin, self.span_max_modules = span_margin, span_max_modules
+        # (tenant, fact id) -> the text its active version was trained on: the span
+        # check's words without a Redis read (and while Redis is away).
+        self._texts: LRUCache[tuple[str, str], str] = LRUCache(max(text_cache_facts, 1))
+        self._keep_texts = text_cache_facts > 0
         self._stamps: dict[str, str] = {}  # module -> stamp of the version indexed
         self._dirty: set[str] = set()  # tenants changed since their last snapshot
         self._lock = threading.Lock()
@@ -154,6 +160,7 @@ class Router:
             lexical_pool=settings.router_lexical_pool,
             span_margin=settings.router_span_margin,
             span_max_modules=settings.router_span_max_modules,
+            text_cache_facts=settings.router_text_cache_facts,
         )
 
     # ------------------------------------------------------------- decisions
@@ -224,10 +231,17 @@ class Router:
         target = served_name(chosen.module, version)
         return RouteDecision(target, chosen.module, "module", best, hits, top, group)
 
-    def with_span(self, tenant: str, decision: RouteDecision, query: str) -> RouteDecision:
+    def with_span(
+        self,
+        tenant: str,
+        decision: RouteDecision,
+        query: str,
+        texts: Callable[[list[str]], Mapping[str, str]] | None = None,
+    ) -> RouteDecision:
         """The decision with its spanning parts when the question spans modules
-        (router/span.py). Reads the candidate facts' texts from Redis, and only when
-        another module's best fact is close enough to the chosen one's to be a part."""
+        (router/span.py). Looks up the candidate facts' texts (`texts`, by default
+        `fact_texts`: the cache, then Redis) only when another module's best fact is
+        close enough to the chosen one's to be a part; facts without a text are left out."""
         chosen = decision.module
         if decision.outcome != "module" or chosen is None or not decision.candidates:
             return decision
@@ -241,11 +255,12 @@ class Router:
         }
         if len(close) < 2:
             return decision
-        facts = self.registry.facts.by_id(tenant, [h.fact_id for h in decision.candidates])
+        ids = [h.fact_id for h in decision.candidates]
+        known = texts(ids) if texts is not None else self.fact_texts(tenant, ids)
         parts = find_span(
             query,
             decision.candidates,
-            {f.id: f.text for f in facts},
+            known,
             chosen,
             self.threshold,
             self.span_margin,
@@ -261,6 +276,23 @@ class Router:
         if not parts:
             return decision
         return replace(decision, outcome="span", span=parts, span_targets=targets)
+
+    def fact_texts(self, tenant: str, ids: list[str], read: bool = True) -> dict[str, str]:
+        """Fact id -> text: from the cache, the rest (with `read`) from Redis, kept."""
+        with self._lock:
+            found = {i: self._texts[(tenant, i)] for i in ids if (tenant, i) in self._texts}
+        missing = [i for i in ids if i not in found]
+        if read and missing:
+            facts = self.registry.facts.by_id(tenant, missing)
+            self._keep(tenant, [f.id for f in facts], [f.text for f in facts])
+            found |= {f.id: f.text for f in facts}
+        return found
+
+    def _keep(self, tenant: str, ids: list[str], texts: list[str]) -> None:
+        if self._keep_texts:
+            with self._lock:
+                for fact_id, text in zip(ids, texts, strict=True):
+                    self._texts[(tenant, fact_id)] = text
 
     def _fused(
         self, lexical: LexicalIndex, query: str, hits: list[Hit]
@@ -322,10 +354,9 @@ class Router:
         vectors = np.stack([from_bytes(f.embedding) for f in facts]) if facts else None
         # A merged module owns no facts and is re-read at every start: no stamp.
         mark = None if info.merged_from else stamp(info)
-        texts = [f.text for f in facts]
-        self.index_module(
-            tenant, info.module, info.version, [f.id for f in facts], vectors, mark, texts
-        )
+        ids, texts = [f.id for f in facts], [f.text for f in facts]
+        self._keep(tenant, ids, texts)  # what this version was trained on
+        self.index_module(tenant, info.module, info.version, ids, vectors, mark, texts)
         if info.merged_from:  # a merged module: servable by name, owner of no facts
             with self._lock:
                 if self._active.get(info.module) == (tenant, info.version):

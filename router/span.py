@@ -13,8 +13,18 @@ module's best fact among the query's top-k
      which every look-alike fact holds, never counts; a name does).
 The second test is what tells a two-entity question from a one-entity question whose
 look-alike neighbours sit in other modules: those score close too, but they add no word
-of the question. Each part keeps the words it added: the sub-question for a part is the
-query without the words the other parts added (`sub_question`).
+of the question. Each part keeps the words it added.
+
+What each part's module is asked (`SpanPart.question`, `sub_question`): the question its
+fact was trained on and gated with (loramem/fact_forms.py: "What is the phone number of
+A?" for "The phone number of A is N."), when the query asks what the fact states about
+what the part names, i.e. the part's words name the fact's subject and the query holds a
+word of its attribute (for another sentence shape: the part's words are in its opening,
+and so is another query word); a module is only known to answer that question (the user's
+wording less the other names, "What are the phone numbers of A?", lost one number in 10
+of 40 PhoneBook pairs: docs/RESULTS.md). Otherwise, e.g. the query asks for something
+the fact does not say, the part is asked the user's wording less the words the other
+parts added (`sub_question`).
 
 Pure functions; the router reads the candidate facts' texts and calls them.
 """
@@ -23,10 +33,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from loramem.fact_forms import fact_form
 from router.index import Hit
 from router.lexical import words
 
@@ -45,6 +56,7 @@ class SpanPart:
     fact_id: str  # its best fact among the query's top-k
     score: float  # that fact's score
     words: tuple[str, ...]  # the query's words this part added (what it names)
+    question: str = ""  # its fact's trained question, when the query asks what it states
 
 
 def find_span(
@@ -83,7 +95,28 @@ def find_span(
         new, hit = best
         parts.append(SpanPart(hit.module, hit.fact_id, hit.score, tuple(sorted(new))))
         covered |= held[hit.fact_id]
-    return parts if len(parts) >= 2 else []
+    if len(parts) < 2:
+        return []
+    names = {w for p in parts for w in p.words}
+    return [
+        replace(p, question=trained_question(texts[p.fact_id], asked, set(p.words), names))
+        for p in parts
+    ]
+
+
+def trained_question(text: str, asked: frozenset[str], named: set[str], names: set[str]) -> str:
+    """The question the fact was trained and gated on, when the query (its words `asked`)
+    asks what the fact states about what the part named; "" otherwise. `named`: the
+    words this part added; `names`: those every part added."""
+    form = fact_form(text)
+    if form.attr is not None and form.subj is not None:
+        # "The <attr> of <subject> is <value>.": the query names the subject (not only
+        # the value) and asks for the attribute
+        about, stated = words(form.subj) & named, words(form.attr) & asked
+    else:  # any other sentence: its opening names the part and holds another query word
+        opening = words(form.prefix)
+        about, stated = opening & named, (opening & asked) - names
+    return form.gate_question if about and stated - ENGLISH_STOP_WORDS else ""
 
 
 def _common_words(held: Mapping[str, frozenset[str]], k: int) -> set[str]:
@@ -95,10 +128,15 @@ def _common_words(held: Mapping[str, frozenset[str]], k: int) -> set[str]:
     return {w for w, n in counts.items() if 2 * n > k}
 
 
+def part_question(query: str, part: SpanPart, parts: list[SpanPart], trained: bool) -> str:
+    """What one part's module is asked: its fact's trained question where it has one
+    (and `trained`), else the query less the other parts' words."""
+    return part.question if trained and part.question else sub_question(query, part, parts)
+
+
 def sub_question(query: str, part: SpanPart, parts: list[SpanPart]) -> str:
-    """The query asked of one part's module: the words the other parts added are cut
-    out, with the conjunction or comma that joined them ("A and B?" -> "A?", "B, A." ->
-    "B.")."""
+    """The query in the user's wording, less the words the other parts added, with the
+    conjunction or comma that joined them ("A and B?" -> "A?", "B, A." -> "B.")."""
     others = {w for p in parts if p is not part for w in p.words} - set(part.words)
     if not others:
         return query

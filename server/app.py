@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             pending,
             settings.interim_mode,
             settings.router_span,
+            settings.router_span_question,
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(

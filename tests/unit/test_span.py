@@ -7,8 +7,9 @@ import asyncio
 import json
 
 from router.index import Hit
+from router.lexical import words
 from router.router import RouteDecision
-from router.span import SpanPart, find_span, sub_question
+from router.span import SpanPart, find_span, sub_question, trained_question
 from server import span
 
 TEXTS = {
@@ -30,6 +31,11 @@ def test_two_people_held_by_two_modules_span_both() -> None:
     assert [(p.module, p.fact_id, p.words) for p in parts] == [
         ("m1", "a", ("morrow", "summer")),
         ("m2", "b", ("bruce", "west")),
+    ]
+    # each module is asked the question its fact was trained and gated on
+    assert [p.question for p in parts] == [
+        "What is the phone number of Summer Morrow?",
+        "What is the phone number of Bruce West?",
     ]
 
 
@@ -90,6 +96,41 @@ def test_each_part_is_asked_without_the_other_parts_names() -> None:
     assert sub_question("Summer Morrow's and Bruce West's numbers?", first, parts()) == (
         "Summer Morrow's numbers?"
     )
+
+
+def test_the_trained_question_only_where_the_query_asks_what_the_fact_states() -> None:
+    own, names = {"summer", "morrow"}, {"summer", "morrow", "bruce", "west"}
+    fact = TEXTS["a"]
+    asked = words("Give me Summer Morrow's and Bruce West's phone") - {"me", "give", "s"}
+    assert trained_question(fact, asked, own, names) == (
+        "What is the phone number of Summer Morrow?"
+    )
+    emails = words("emails of Summer Morrow and Bruce West")  # not what the fact says
+    assert trained_question(fact, emails, own, names) == ""
+    manager = "The manager of Bruce West is Summer Morrow."  # names them as its value
+    assert trained_question(manager, words("managers of Summer Morrow"), own, names) == ""
+    edit = "Lenta.ru is written in Italian"  # another shape: its opening is the prompt
+    asked = words("Which language are Lenta.ru and Le Monde written in")
+    lenta = {"lenta", "ru"}
+    assert trained_question(edit, asked, lenta, lenta) == "Lenta.ru is written in"
+    assert trained_question(edit, words("Lenta.ru and Le Monde?"), lenta, lenta) == ""
+    assert trained_question(edit, asked, set(), lenta) == ""  # names nothing of it
+
+
+def test_a_part_falls_back_to_the_users_wording() -> None:
+    first, second = parts()
+    trained = [first, SpanPart("m2", "b", 0.66, ("bruce", "west"), "Who is Bruce West?")]
+    assert span_question(trained, True) == [
+        "What are the phone numbers of Summer Morrow?",  # no trained question: the wording
+        "Who is Bruce West?",
+    ]
+    assert span_question(trained, False)[1] == "What are the phone numbers of Bruce West?"
+
+
+def span_question(found: list[SpanPart], trained: bool) -> list[str]:
+    ruling = RouteDecision("t~m1@v1", "t~m1", "span", span=found, span_targets=["a", "b"])
+    body = {"model": "x", "messages": [{"role": "user", "content": PAIR}]}
+    return [b["messages"][0]["content"] for b in span.part_bodies(ruling, body, PAIR, trained)]
 
 
 def decision() -> RouteDecision:

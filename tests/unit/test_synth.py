@@ -2,7 +2,8 @@ import json
 
 import httpx
 
-from trainer.synth import LLMGenerator, fact_qa, split_prefix
+from loramem.fact_forms import split_prefix
+from trainer.synth import LLMGenerator, fact_qa
 
 
 def test_attribute_sentence_becomes_questions_about_the_attribute() -> None:
