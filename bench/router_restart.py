@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     # Routing embeds queries as the gateway does (LORAMEM_ROUTER_EMBED_BACKEND: onnx by
     # default); the facts' vectors are the same to within 1e-6 either way.
     asker = query_embedder(settings)
-    redis.Redis.from_url(url).flushdb()  # the bench's own database
+    redis.Redis.from_url(url).flushdb(asynchronous=True)  # the bench's own database
     registry = Registry.from_settings(settings)
     ids_of: dict[str, list[str]] = {}
     store_s = timed(lambda: ids_of.update(store(registry, data.modules)))
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         del index
-    redis.Redis.from_url(url).flushdb()
+    redis.Redis.from_url(url).flushdb(asynchronous=True)  # 1M keys outlast the socket timeout
 
 
 def _fill(index: FactIndex, ids: list[str], matrix: np.ndarray, train_at: int) -> None:
