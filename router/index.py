@@ -6,9 +6,9 @@ Four backends behind one interface (`FactIndex`), chosen by `LORAMEM_ROUTER_INDE
   Always exact; a query costs O(facts x dim), a few ms per 100k facts here.
 - `PqIndex` ("pq", the default): exact below `train_at` facts; from there every fact is
   scanned as a 4-bit product-quantisation code (faiss fast-scan) and the best
-  `rerank` x k are re-scored on float16 copies: at a million facts 0.998 of the exact
-  top-8 of real questions in a few ms, where inverted lists miss their scattered
-  near-ties (docs/RESULTS.md).
+  `rerank` x k are re-scored on float16 copies: at a million facts 0.996 of the exact
+  top-8 of real questions, where inverted lists miss their scattered near-ties, for a
+  few ms more a query (docs/RESULTS.md).
 - `IvfIndex` ("ivf"): exact below `train_at` facts; from there faiss's
   inverted lists over float16 (or int8) codes: a query scans `probe` of `lists` clusters,
   about a millisecond at a million facts, at half (a quarter) of exact's memory. Adding a
