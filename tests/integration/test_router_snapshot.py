@@ -21,6 +21,7 @@ BACKENDS: dict[str, tuple[str, dict]] = {
     "exact": ("exact", {}),
     "hnsw": ("hnsw", {}),
     "ivf": ("ivf", {"ivf_lists": 2, "ivf_probe": 2, "ivf_train_at": 4}),
+    "pq": ("pq", {}),  # exact at these sizes (it trains at 256 facts): the snapshot path
 }
 PHONES = [
     "The phone number of Ann Lee is 555-0101.",
