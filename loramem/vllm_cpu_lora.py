@@ -24,8 +24,17 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger("loramem.vllm_cpu_lora")
+
+
+# Up to this many adapters in a step, one product per adapter in Python is cheapest; above
+# it one grouped call (torch's grouped_mm) is. 16 rows on 16 adapters, SmolLM2's MLP
+# shapes, one thread: per-adapter loop 264-308 us, grouped_mm 111-144 us; 4 adapters:
+# loop 89-98 us, grouped 121-128 us (/tmp benchmark noted in docs/RESULTS.md, "Many
+# modules on one engine").
+LOOP_MAX_ADAPTERS = 4
 
 
 def lora_product(
@@ -36,16 +45,27 @@ def lora_product(
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
-    slots = indices.unique().tolist()
-    if len(slots) == 1 and slots[0] >= 0:  # one adapter for every row: the common case
-        return inputs @ weights[slots[0]].to(dtype).T
+    slots = weights.shape[0]
+    # counts[0]: rows without an adapter (index -1); counts[s + 1]: rows on slot s.
+    counts = torch.bincount(indices + 1, minlength=slots + 1).tolist()
+    present = [s for s in range(slots) if counts[s + 1]]
+    if len(present) == 1 and not counts[0]:  # one adapter for every row: the common case
+        return inputs @ weights[present[0]].to(dtype).T
     out = inputs.new_zeros((inputs.shape[0], weights.shape[1]))
-    for slot in slots:
-        if slot < 0:
-            continue  # rows without an adapter: no LoRA term
-        rows = (indices == slot).nonzero().squeeze(1)
-        out.index_copy_(0, rows, inputs.index_select(0, rows) @ weights[slot].to(dtype).T)
-    return out
+    if len(present) <= LOOP_MAX_ADAPTERS:
+        for slot in present:
+            rows = (indices == slot).nonzero().squeeze(1)
+            out.index_copy_(0, rows, inputs.index_select(0, rows) @ weights[slot].to(dtype).T)
+        return out
+    # Many adapters (many modules in one step): rows sorted by slot, the rows without an
+    # adapter (first after sorting) left out, one grouped product over every slot, each
+    # adapter's weights read once (empty slots are empty groups).
+    rows = torch.argsort(indices, stable=True)[counts[0] :]
+    ends = torch.tensor(counts[1:], dtype=torch.int64).cumsum(0).to(torch.int32)
+    products = F.grouped_mm(
+        inputs.index_select(0, rows), weights.to(dtype).transpose(1, 2), offs=ends
+    )
+    return out.index_copy_(0, rows, products)
 
 
 def bgmv_shrink(
