@@ -234,6 +234,7 @@ def peft_cells(
 
 # Engine settings compared by --only variants: name -> Settings overrides.
 VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},  # the engine as loramem ships it (LORAMEM_* from the environment)
     "all": {"engine_lora_modules": "all"},  # vLLM's default: every linear layer wrapped
     "targets": {"engine_lora_modules": "targets"},  # the module's layer types only
     "shape": {"engine_lora_modules": "shape"},  # ... and only on its top layers
