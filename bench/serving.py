@@ -316,7 +316,7 @@ def mixed_variant_cells(
                     settings.cache_dir / f"prof-{name.replace('=', '')}-{n}.txt",
                     profile_s,
                     functools.partial(
-                        measure, url, "profiled", modules[:n], c, 6 * c, plan.max_tokens
+                        measure, url, "profiled", modules[:n], c, 3 * c, plan.max_tokens
                     ),
                     WATCH + WATCH_ADAPTERS,
                 )
