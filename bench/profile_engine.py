@@ -45,7 +45,7 @@ def shares(raw: Path) -> tuple[collections.Counter[str], collections.Counter[str
         n = int(count)
         total += n
         frames = stack.split(";")
-        for name in {f.split(" (")[0] for f in frames}:
+        for name in {f.split(" (")[0] for f in frames if not f.startswith("process ")}:
             functions[name] += n
         ops = [f for f in frames if "lora_ops.py" in f]
         if ops:
