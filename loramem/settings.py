@@ -52,9 +52,9 @@ class Settings(BaseSettings):
     engine_dtype: str = "float32"  # bf16 was slower on the project's CPUs
     engine_max_model_len: int = 2048
     # Distinct adapters in one engine step: vLLM's scheduler keeps a request waiting while
-    # its adapter would be one too many, so with 4, sixteen requests on 64 modules ran four
-    # at a time (0.57 of one module's throughput; docs/RESULTS.md, "Many modules on one
-    # engine"). Sized for a batch of different modules; a slot costs ~2.4 MB (default shape).
+    # its adapter would be one too many: with 4, sixteen requests on 64 modules ran 3.5 at a
+    # time, at 0.45 of one module's throughput; with 16, at 0.95 (docs/RESULTS.md, "Many
+    # modules on one engine"). Sized for a batch of different modules; ~2.4 MB a slot.
     engine_max_loras: int = Field(default=16, ge=1)
     # Adapters kept in the engine's memory (vLLM's CPU cache, LRU): a request for one that
     # was evicted reloads it from disk inside the model step. Sized for the hot set of one
