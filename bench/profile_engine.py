@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import serving
-from evaluation.engine_harness import load_adapters, make_adapters, process
+from evaluation.engine_harness import engine_process, load_adapters, make_adapters
 from loramem.base_model import prepare_base_model
-from loramem.engine import engine_command, engine_env
 from loramem.settings import Settings
 
 STEP = "execute_model"  # frames below this are the engine's model step
 WATCH = ("lora", "punica", "onednn_mm", "einsum", "compute_logits", "Attention.forward")
+# Where a step's adapters come from: the slot switch and the load from disk on a cache miss.
+WATCH_ADAPTERS = ("_apply_adapters", "activate_adapter", "_load_adapter", "set_adapter_mapping")
 
 
 def shares(raw: Path) -> tuple[collections.Counter[str], collections.Counter[str], int]:
@@ -42,7 +45,7 @@ def shares(raw: Path) -> tuple[collections.Counter[str], collections.Counter[str
         n = int(count)
         total += n
         frames = stack.split(";")
-        for name in {f.split(" (")[0] for f in frames}:
+        for name in {f.split(" (")[0] for f in frames if not f.startswith("process ")}:
             functions[name] += n
         ops = [f for f in frames if "lora_ops.py" in f]
         if ops:
@@ -50,36 +53,49 @@ def shares(raw: Path) -> tuple[collections.Counter[str], collections.Counter[str
     return functions, op_lines, total
 
 
+def profile(
+    pid: int, raw: Path, seconds: int, load: Callable[[], object], watch: tuple[str, ...] = WATCH
+) -> None:
+    """py-spy over the engine process `pid` and its children while `load` runs (it must
+    outlast `seconds`); prints the share of the model step's samples per watched function."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    record = [spy, "record", "--subprocesses", "--nonblocking", "-r", "40"]
+    record += ["-d", str(seconds), "-f", "raw", "-o", str(raw), "-p", str(pid)]
+    sampler = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    load()
+    sampler.wait()
+    functions, op_lines, total = shares(raw)
+    print(f"  {total} samples in the model step (raw stacks: {raw})")
+    for name, n in functions.most_common():
+        if any(w in name for w in watch) and n / total >= 0.02:
+            print(f"  {n / total:6.1%}  {name}")
+    for frame, n in op_lines.most_common(4):
+        print(f"  {n / total:6.1%}  self in {frame}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     settings = Settings()
     model = prepare_base_model(settings)
     adapters = make_adapters(settings, model, settings.cache_dir / "bench-adapters", 1)
-    url = f"http://127.0.0.1:{settings.engine_port}"
-    command, env = engine_command(settings, model), engine_env(settings)
-    with process("engine", command, env, url + "/health", 600) as engine:
+    with engine_process(settings, model) as (url, engine):
         names = load_adapters(url, adapters)
         for load, models in (("base", [settings.base_name]), ("lora", names)):
-            raw = settings.cache_dir / f"prof-{load}.txt"
             serving.measure(url, load, models, args.concurrency, args.concurrency, 8)  # warm
-            record = [spy, "record", "--subprocesses", "--nonblocking", "-r", "40"]
-            record += ["-d", str(args.seconds), "-f", "raw", "-o", str(raw), "-p", str(engine.pid)]
-            sampler = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
             requests = args.concurrency * 6  # outlasts the sampling window
-            serving.measure(url, load, models, args.concurrency, requests, 32)
-            sampler.wait()
-            functions, op_lines, total = shares(raw)
-            print(f"\n{load}: {total} samples in the model step")
-            for name, n in functions.most_common():
-                if any(w in name for w in WATCH) and n / total >= 0.02:
-                    print(f"  {n / total:6.1%}  {name}")
-            for frame, n in op_lines.most_common(4):
-                print(f"  {n / total:6.1%}  self in {frame}")
+            print(f"\n{load}:")
+            profile(
+                engine.pid,
+                settings.cache_dir / f"prof-{load}.txt",
+                args.seconds,
+                functools.partial(
+                    serving.measure, url, load, models, args.concurrency, requests, 32
+                ),
+            )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,13 @@ at concurrency 1, 4 and 16 (a fixed number of requests per cell, after a short w
   trained into a real module, then `model=auto` (router + proxy + the module);
 - `peft`: bench/peft_server.py, transformers + PEFT with batched mixed adapters, started
   after the engine has stopped (never two model servers on the cores at once).
-The mixed table spreads requests over 1, 8 and 64 distinct modules on the engine; the
-engine keeps `max_loras` adapters in a batch and `max_cpu_loras` resident (printed).
+The mixed table spreads requests over 1, 8, 64 and 256 distinct modules on the engine (the
+module-count curve); the engine keeps `max_loras` adapters in a batch and `max_cpu_loras`
+resident (printed).
+`--only mixed` runs only the curve, once per engine setting in `--variants` (a name below,
+or settings joined by `+`: `max_loras=4+max_cpu_loras=32`), with vLLM's scheduler stats on:
+each row shows how many requests the engine ran and kept waiting on average, and
+`--profile-seconds` adds a py-spy profile of the largest module count on each engine.
 `--only variants` starts one engine per setting named in `--variants` and measures base and
 one module at the highest concurrency on each, side by side. A name ending in `+vllm-ops`
 (`shape+vllm-ops`) runs that setting on vLLM's own CPU LoRA ops, with loramem's plugin off.
@@ -25,18 +30,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import functools
+import json
 import os
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.engine_harness import (
     engine,
+    engine_process,
     load_adapters,
     make_adapters,
     process,
@@ -86,6 +98,34 @@ async def _drive(
         return latencies, tokens, time.perf_counter() - started
 
 
+@contextmanager
+def engine_view(url: str, period_s: float = 0.5) -> Iterator[list[tuple[float, float]]]:
+    """Samples of vLLM's (running, waiting) request gauges from the engine's /metrics while
+    the block runs (the engine must keep its stats: `engine(..., log_stats=True)`)."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        with httpx.Client(base_url=url, timeout=5) as client:
+            while not done.wait(period_s):
+                gauges = {
+                    s.name: s.value
+                    for family in text_string_to_metric_families(client.get("/metrics").text)
+                    for s in family.samples
+                }
+                running = gauges.get("vllm:num_requests_running")
+                if running is not None:
+                    samples.append((running, gauges.get("vllm:num_requests_waiting", 0.0)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()
+
+
 def measure(
     url: str,
     target: str,
@@ -94,20 +134,34 @@ def measure(
     requests: int,
     max_tokens: int,
     headers: dict[str, str] | None = None,
+    watch: bool = False,
 ) -> Cell:
+    """`watch`: also sample the engine's running and waiting requests (its stats on)."""
     # Warm-up, untimed: first-use costs (adapter load into a slot, compile) are not serving.
     warm = min(len(models), 8)
     asyncio.run(_drive(url, models, warm, warm, 4, headers or {}))
-    latencies, tokens, wall_s = asyncio.run(
-        _drive(url, models, concurrency, requests, max_tokens, headers or {})
-    )
+    view: list[tuple[float, float]] = []
+    with engine_view(url) if watch else _nothing() as samples:
+        latencies, tokens, wall_s = asyncio.run(
+            _drive(url, models, concurrency, requests, max_tokens, headers or {})
+        )
+        view = list(samples)
     cell = summarize(target, concurrency, latencies, tokens, wall_s)
+    if view:
+        running, waiting = (sum(v) / len(view) for v in zip(*view, strict=True))
+        cell = dataclasses.replace(cell, running=running, waiting=waiting)
     print(
         f"  {target:<18} c={concurrency:<3} {cell.tokens_per_s:7.1f} tok/s  "
-        f"p50 {cell.p50_s:6.2f} s  p99 {cell.p99_s:6.2f} s",
+        f"p50 {cell.p50_s:6.2f} s  p99 {cell.p99_s:6.2f} s"
+        + (f"  running {cell.running:.1f} waiting {cell.waiting:.1f}" if view else ""),
         flush=True,
     )
     return cell
+
+
+@contextmanager
+def _nothing() -> Iterator[list[tuple[float, float]]]:
+    yield []
 
 
 # ------------------------------------------------------------------ sections
@@ -117,11 +171,19 @@ def engine_cells(url: str, target: str, models: Sequence[str], plan: Plan) -> li
     ]
 
 
-def mixed_cells(url: str, names: list[str], plan: Plan) -> list[Cell]:
+def mixed_cells(url: str, names: list[str], plan: Plan, watch: bool = False) -> list[Cell]:
     c = plan.mixed_concurrency
-    requests = max(plan.requests(c), max(plan.mixed_modules))  # every module asked at least once
     return [
-        measure(url, f"{n} modules", names[:n], c, requests, plan.max_tokens)
+        # every module asked at least once
+        measure(
+            url,
+            f"{n} modules",
+            names[:n],
+            c,
+            max(plan.requests(c), n),
+            plan.max_tokens,
+            watch=watch,
+        )
         for n in plan.mixed_modules
     ]
 
@@ -172,6 +234,7 @@ def peft_cells(
 
 # Engine settings compared by --only variants: name -> Settings overrides.
 VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},  # the engine as loramem ships it (LORAMEM_* from the environment)
     "all": {"engine_lora_modules": "all"},  # vLLM's default: every linear layer wrapped
     "targets": {"engine_lora_modules": "targets"},  # the module's layer types only
     "shape": {"engine_lora_modules": "shape"},  # ... and only on its top layers
@@ -181,13 +244,32 @@ VARIANTS: dict[str, dict[str, Any]] = {
 VLLM_OPS = {f"{name}+vllm-ops": overrides for name, overrides in VARIANTS.items()}
 
 
+def variant_settings(settings: Settings, name: str) -> Settings:
+    """A named variant, or engine settings joined by `+` (`max_loras=16+max_cpu_loras=64`,
+    `engine_` implied); values are JSON (numbers) or plain text."""
+    named = {**VARIANTS, **VLLM_OPS}
+    if name in named:
+        return settings.model_copy(update=named[name])
+    overrides: dict[str, Any] = {}
+    for part in name.split("+"):
+        key, _, value = part.partition("=")
+        field = key if key in Settings.model_fields else f"engine_{key}"
+        if field not in Settings.model_fields or not value:
+            raise SystemExit(f"unknown variant {part!r}: a name of {list(named)} or setting=value")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return Settings.model_validate({**settings.model_dump(), **overrides})
+
+
 def variant_cells(
     settings: Settings, model_path: Path, adapters: list[Path], plan: Plan, names: list[str]
 ) -> list[Cell]:
     c = max(plan.concurrency)
     cells = []
     for name in names:
-        config = settings.model_copy(update={**VARIANTS, **VLLM_OPS}[name])
+        config = variant_settings(settings, name)
         env = {"VLLM_PLUGINS": ""} if name in VLLM_OPS else {}
         with engine(config, model_path, env) as url:
             module = load_adapters(url, adapters[:1])
@@ -200,6 +282,45 @@ def variant_cells(
                 measure(url, f"{name}: 1 module", module, c, plan.requests(c), plan.max_tokens)
             )
     return cells
+
+
+def mixed_variant_cells(
+    settings: Settings,
+    model_path: Path,
+    adapters: list[Path],
+    plan: Plan,
+    names: list[str],
+    profile_s: int,
+) -> list[list[Cell]]:
+    """The module-count curve on one engine per setting, with the engine's own view."""
+    from bench.profile_engine import WATCH, WATCH_ADAPTERS, profile
+
+    tables = []
+    for name in names:
+        config = variant_settings(settings, name)
+        env = {"VLLM_PLUGINS": ""} if name in VLLM_OPS else {}
+        print(
+            f"{name}: max_loras {config.engine_max_loras}, "
+            f"max_cpu_loras {config.engine_max_cpu_loras}",
+            flush=True,
+        )
+        with engine_process(config, model_path, env, log_stats=True) as (url, child):
+            modules = load_adapters(url, adapters)
+            cells = mixed_cells(url, modules, plan, watch=True)
+            tables.append([dataclasses.replace(c, target=f"{name}: {c.target}") for c in cells])
+            if profile_s:
+                n, c = max(plan.mixed_modules), plan.mixed_concurrency
+                print(f"profile, {n} modules:")
+                profile(
+                    child.pid,
+                    settings.cache_dir / f"prof-{name.replace('=', '')}-{n}.txt",
+                    profile_s,
+                    functools.partial(
+                        measure, url, "profiled", modules[:n], c, 3 * c, plan.max_tokens
+                    ),
+                    WATCH + WATCH_ADAPTERS,
+                )
+    return tables
 
 
 def machine() -> str:
@@ -226,17 +347,18 @@ def _ints(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["serving", "variants"], default="serving")
+    parser.add_argument("--only", choices=["serving", "variants", "mixed"], default="serving")
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16])
     parser.add_argument("--per-slot", type=int, default=2, help="requests per concurrency slot")
     parser.add_argument("--min-requests", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--mixed", type=_ints, default=[1, 8, 64], help="distinct modules")
+    parser.add_argument("--mixed", type=_ints, default=[1, 8, 64, 256], help="distinct modules")
     parser.add_argument("--mixed-concurrency", type=int, default=16)
     parser.add_argument("--skip", default="", help="comma-separated: gateway, peft, mixed")
     parser.add_argument(
         "--variants", default="all,targets,shape", help=f"of {[*VARIANTS, *VLLM_OPS]}"
     )
+    parser.add_argument("--profile-seconds", type=int, default=0, help="with --only mixed")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     plan = Plan(
@@ -260,6 +382,12 @@ def main() -> None:
         f"max_tokens {plan.max_tokens}",
         flush=True,
     )
+    if args.only == "mixed":
+        for table in mixed_variant_cells(
+            settings, model_path, adapters, plan, args.variants.split(","), args.profile_seconds
+        ):
+            print("\n" + markdown_table(table, {plan.mixed_concurrency: table[0]}, "engine, mixed"))
+        return
     if args.only == "variants":
         cells = variant_cells(settings, model_path, adapters, plan, args.variants.split(","))
         first = {max(plan.concurrency): cells[0]}

@@ -67,14 +67,34 @@ def _answers(url: str) -> bool:
 
 @contextmanager
 def engine(
-    settings: Settings, model_path: Path, env: dict[str, str] | None = None
+    settings: Settings,
+    model_path: Path,
+    env: dict[str, str] | None = None,
+    log_stats: bool = False,
 ) -> Iterator[str]:
+    with engine_process(settings, model_path, env, log_stats) as (url, _):
+        yield url
+
+
+@contextmanager
+def engine_process(
+    settings: Settings,
+    model_path: Path,
+    env: dict[str, str] | None = None,
+    log_stats: bool = False,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The engine's URL and its process (for a profiler). `log_stats`: keep vLLM's
+    scheduler stats (its /metrics gauges), which loramem's engine command turns off, for a
+    benchmark that reads them."""
     url = f"http://127.0.0.1:{settings.engine_port}"
     started = time.monotonic()
     environment = {**engine_env(settings), **(env or {})}
-    with process("engine", engine_command(settings, model_path), environment, url + "/health", 600):
+    command = engine_command(settings, model_path)
+    if log_stats:
+        command.remove("--disable-log-stats")
+    with process("engine", command, environment, url + "/health", 600) as child:
         print(f"engine up in {time.monotonic() - started:.0f} s", flush=True)
-        yield url
+        yield url, child
 
 
 def make_adapters(

@@ -46,6 +46,10 @@ class Cell:
     wall_s: float
     p50_s: float
     p99_s: float
+    # The engine's own view while the cell ran (vLLM's num_requests_running / _waiting,
+    # sampled), when the engine was asked to keep its stats: how many requests it batched.
+    running: float | None = None
+    waiting: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -77,17 +81,27 @@ def chat_body(model: str, question: str, max_tokens: int) -> dict[str, Any]:
 
 
 def markdown_table(cells: list[Cell], baseline: dict[int, Cell], first: str) -> str:
+    engine_view = any(c.running is not None for c in cells)
+    extra = " running | waiting |" if engine_view else ""
     lines = [
-        f"| {first} | concurrency | requests | tokens/s | p50 s | p99 s | tokens/s vs first |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| {first} | concurrency | requests | tokens/s | p50 s | p99 s | tokens/s vs first |"
+        + extra,
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * engine_view,
     ]
     for c in cells:
         ratio = c.tokens_per_s / baseline[c.concurrency].tokens_per_s
-        lines.append(
+        line = (
             f"| {c.target} | {c.concurrency} | {c.requests} | {c.tokens_per_s:.1f} | "
             f"{c.p50_s:.2f} | {c.p99_s:.2f} | {ratio:.2f} |"
         )
+        if engine_view:
+            line += f" {_mean(c.running)} | {_mean(c.waiting)} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _mean(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
 
 
 def requests_for(concurrency: int, per_slot: int, minimum: int) -> int:

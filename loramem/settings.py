@@ -51,8 +51,15 @@ class Settings(BaseSettings):
     engine_port: int = 8100
     engine_dtype: str = "float32"  # bf16 was slower on the project's CPUs
     engine_max_model_len: int = 2048
-    engine_max_loras: int = 4  # adapters in one batch
-    engine_max_cpu_loras: int = 32  # adapters kept resident
+    # Distinct adapters in one engine step: vLLM's scheduler keeps a request waiting while
+    # its adapter would be one too many: with 4, sixteen requests on 64 modules ran 3.5 at a
+    # time, at 0.45 of one module's throughput; with 16, at 0.95 (docs/RESULTS.md, "Many
+    # modules on one engine"). Sized for a batch of different modules; ~2.4 MB a slot.
+    engine_max_loras: int = Field(default=16, ge=1)
+    # Adapters kept in the engine's memory (vLLM's CPU cache, LRU): a request for one that
+    # was evicted reloads it from disk inside the model step. Sized for the hot set of one
+    # engine: 2.4 MB per module of the default shape, 256 resident take ~600 MB.
+    engine_max_cpu_loras: int = Field(default=256, ge=1)
     # Layers vLLM wraps for LoRA. "all": every supported linear layer (vLLM's default; a
     # wrapped layer costs the same whether or not an adapter touches it). "targets": only
     # the layer types of training.targets. "shape": those types on the top training.top_layers

@@ -13,7 +13,8 @@ without an adapter has index -1, so:
   matrix-vector product per token (docs/RESULTS.md, "The engine's LoRA cost on CPU").
 
 The replacements below compute, for each adapter present in the step, `x[rows] @ W.T`
-over that adapter's rows only, and leave -1 rows without a LoRA term. Everything else
+over that adapter's rows only (one grouped product for all of them, the rows grouped once
+per step), and leave -1 rows without a LoRA term. Everything else
 (output slicing, `add_inputs`, the padding rules of `bgmv_expand`) is vLLM's own code,
 kept as is. vLLM loads the plugin in every process through the `vllm.general_plugins`
 entry point (pyproject.toml); `VLLM_PLUGINS=` (empty) turns it off for comparisons.
@@ -22,10 +23,46 @@ entry point (pyproject.toml); `VLLM_PLUGINS=` (empty) turns it off for compariso
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger("loramem.vllm_cpu_lora")
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Which rows go to which adapter slot: the same for every wrapped layer of a step."""
+
+    indices: torch.Tensor  # a copy of the step's row -> slot indices (-1: no adapter)
+    counts: list[int]  # counts[0]: rows without an adapter; counts[s + 1]: rows on slot s
+    present: list[int]  # slots with rows
+    rows: torch.Tensor  # the rows with an adapter, sorted by slot
+    ends: torch.Tensor  # int32, where each slot's rows end in `rows` (grouped_mm's offs)
+
+
+_last: Grouping | None = None  # the step's grouping, kept across its layers' calls
+
+
+def grouping(indices: torch.Tensor, slots: int) -> Grouping:
+    """The rows grouped by slot, computed once per step: a step calls these ops a few times
+    per wrapped layer with the same indices, and the grouping costs more than a product."""
+    global _last
+    last = _last
+    if (
+        last is not None
+        and len(last.counts) == slots + 1
+        and last.indices.shape == indices.shape
+        and torch.equal(last.indices, indices)
+    ):
+        return last
+    counts = torch.bincount(indices + 1, minlength=slots + 1).tolist()
+    rows = torch.argsort(indices, stable=True)[counts[0] :]  # -1 sorts first: left out
+    ends = torch.tensor(counts[1:], dtype=torch.int64).cumsum(0).to(torch.int32)
+    present = [s for s in range(slots) if counts[s + 1]]
+    _last = Grouping(indices.clone(), counts, present, rows, ends)
+    return _last
 
 
 def lora_product(
@@ -36,16 +73,20 @@ def lora_product(
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     inputs = inputs.to(dtype)
-    slots = indices.unique().tolist()
-    if len(slots) == 1 and slots[0] >= 0:  # one adapter for every row: the common case
-        return inputs @ weights[slots[0]].to(dtype).T
+    group = grouping(indices, weights.shape[0])
+    if len(group.present) == 1 and not group.counts[0]:  # one adapter for every row
+        return inputs @ weights[group.present[0]].to(dtype).T
     out = inputs.new_zeros((inputs.shape[0], weights.shape[1]))
-    for slot in slots:
-        if slot < 0:
-            continue  # rows without an adapter: no LoRA term
-        rows = (indices == slot).nonzero().squeeze(1)
-        out.index_copy_(0, rows, inputs.index_select(0, rows) @ weights[slot].to(dtype).T)
-    return out
+    if not group.present:
+        return out
+    # Several adapters, or rows without one: one grouped product over every slot, each
+    # adapter's weights read once (an empty slot is an empty group). It beat a Python loop
+    # over the adapters from two adapters up (`python -m bench.lora_cpu_ops --adapters N`,
+    # docs/RESULTS.md, "Many modules on one engine").
+    products = F.grouped_mm(
+        inputs.index_select(0, group.rows), weights.to(dtype).transpose(1, 2), offs=group.ends
+    )
+    return out.index_copy_(0, group.rows, products)
 
 
 def bgmv_shrink(

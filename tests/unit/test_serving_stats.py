@@ -36,6 +36,15 @@ def test_summary_and_table() -> None:
     assert table[3].endswith("| 16.0 | 2.00 | 4.00 | 0.50 |")
 
 
+def test_table_shows_the_engines_batching_when_sampled() -> None:
+    one = Cell("1 modules", 16, 64, 2048, 32.0, 8.0, 9.0, running=15.8, waiting=0.2)
+    many = Cell("64 modules", 16, 64, 2048, 64.0, 16.0, 17.0, running=4.0, waiting=12.0)
+    table = markdown_table([one, many], {16: one}, "engine, mixed").splitlines()
+    assert table[0].endswith("| tokens/s vs first | running | waiting |")
+    assert table[1].count("|") == table[0].count("|")
+    assert table[3] == "| 64 modules | 16 | 64 | 32.0 | 16.00 | 17.00 | 0.50 | 4.0 | 12.0 |"
+
+
 def test_requests_and_body() -> None:
     plan = Plan(
         [1, 4, 16], per_slot=2, minimum=4, max_tokens=32, mixed_modules=[1], mixed_concurrency=16

@@ -66,6 +66,42 @@ def test_rows_without_an_adapter_get_no_lora_term() -> None:
     torch.testing.assert_close(out[2], base[2] + shrunk[2] @ b[2, 0].T)
 
 
+@pytest.mark.parametrize("adapters", [1, 2, 5, 16])
+def test_many_adapters_in_one_step(vllm_ops, adapters: int) -> None:  # type: ignore[no-untyped-def]
+    """Several modules in one step (one grouped product): every row gets its own
+    adapter's product, as vLLM computes it, and rows without one get none, whatever the
+    order of the rows and with empty slots between; the step's grouping, kept across
+    calls, is not reused for other indices."""
+    slots, rows = 2 * adapters, 3 * adapters + 5
+    gen = torch.Generator().manual_seed(adapters)
+    used = torch.randperm(slots, generator=gen)[:adapters]  # some slots stay empty
+    idx = used[torch.randint(adapters, (rows,), generator=gen)]
+    idx[torch.randperm(rows, generator=gen)[:4]] = -1
+    x = torch.randn(rows, IN, generator=gen)
+    a = torch.randn(slots, 1, RANK, IN, generator=gen)
+    b = torch.randn(slots, 1, OUT, RANK, generator=gen)
+    has = idx >= 0
+
+    ours, theirs = torch.full((rows, RANK), 7.0), torch.zeros(rows, RANK)
+    fixed.bgmv_shrink(x, a, ours, idx, 0.5)
+    vllm_ops.bgmv_shrink(x, a, theirs, idx, 0.5)
+    torch.testing.assert_close(ours[has], theirs[has])
+    assert torch.count_nonzero(ours[~has]) == 0
+
+    shrunk, base = torch.randn(rows, RANK, generator=gen), torch.randn(rows, OUT + 6)
+    ours, theirs = base.clone(), base.clone()
+    fixed.bgmv_expand_slice(shrunk, b, ours, idx, 3, OUT)
+    vllm_ops.bgmv_expand_slice(shrunk, b, theirs, idx, 3, OUT)
+    torch.testing.assert_close(ours[has], theirs[has])
+    torch.testing.assert_close(ours[~has], base[~has])  # untouched
+
+    idx[:] = idx.roll(1)  # the next step, in the same buffer: a new grouping
+    ours, theirs = torch.zeros(rows, RANK), torch.zeros(rows, RANK)
+    fixed.bgmv_shrink(x, a, ours, idx, 0.5)
+    vllm_ops.bgmv_shrink(x, a, theirs, idx.clamp(min=0), 0.5)
+    torch.testing.assert_close(ours[idx >= 0], theirs[idx >= 0])
+
+
 def test_the_plugin_replaces_the_ops_the_cpu_wrapper_calls() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
