@@ -204,7 +204,8 @@ SIZED = Setting("placement sized to the slots, 1 engine per version", float("inf
 
 def table(load: Workload, results: list[Result]) -> str:
     lines = [
-        f"{load.tenants} tenants, {load.modules} modules, Zipf {load.zipf}, "
+        f"{load.tenants} tenants, {load.modules} modules, "
+        f"{f'hot set of {load.hot}' if load.hot else f'Zipf {load.zipf}'}, "
         f"{load.engines} engines x {load.slots} slots, {load.rate_per_s:g} req/s, "
         f"load {load.load_s:g} s, service {load.service_s:g} s, "
         f"{load.requests} requests ({load.warmup:.0%} warm-up not counted)",
