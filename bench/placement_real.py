@@ -32,30 +32,26 @@ import asyncio
 import os
 import random
 import tempfile
-import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
-
 from evaluation.engine_harness import make_adapters, process
-from loramem import keys
-from loramem.adapter_store import checksum, read_files
+from evaluation.placement_harness import (
+    Gateway,
+    drive,
+    empty,
+    engine_cache,
+    publish_modules,
+    registered,
+)
 from loramem.base_model import prepare_base_model
-from loramem.engine import engine_command, engine_env, engine_headers
-from loramem.errors import NotFound
-from loramem.knobs import TrainingKnobs, VersionRecipe
+from loramem.engine import engine_command, engine_env
 from loramem.names import module_id, served_name
 from loramem.registry import Registry
-from loramem.registry.modules import VersionInfo, stage_module
 from loramem.settings import Settings
-from server.app import create_app
 
 TENANT = "placebench"
 API_KEY = "placement-bench"
@@ -77,114 +73,6 @@ class EngineFigures:
     registered_off: int  # names its server still lists that are placed elsewhere
 
 
-def publish_modules(registry: Registry, paths: list[Path]) -> list[str]:
-    """The modules' client names; each published once (kept across runs)."""
-    names = []
-    recipe = VersionRecipe(
-        made_by="trained", base_model="bench", rank=8, training=TrainingKnobs().with_overrides({})
-    )
-    for path in paths:
-        name = path.name.replace("bench-", "m")
-        module = module_id(TENANT, name)
-        names.append(name)
-        try:
-            if registry.modules.get(module).active_version:
-                continue
-        except NotFound:
-            pass
-        files = read_files(path)
-        pipe = registry.modules._redis.pipeline()  # the module record POST /facts makes
-        stage_module(pipe, TENANT, module)
-        pipe.sadd(keys.tenants(keys.bucket(TENANT)), TENANT)
-        pipe.execute()
-        registry.modules.publish(
-            VersionInfo(module, 1, TENANT, [], 1.0, checksum(files), recipe), files
-        )
-    return names
-
-
-def engine_cache(url: str) -> tuple[float, float, list[str]]:
-    """(loads, evictions, resident names) from the engine's own /metrics."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    loads = evictions = 0.0
-    resident = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "loramem_engine_lora_loads_total":
-                loads = sample.value
-            elif sample.name == "loramem_engine_lora_evictions_total":
-                evictions = sample.value
-            elif sample.name == "loramem_engine_lora_resident_adapter":
-                resident.append(sample.labels["adapter"])
-    return loads, evictions, sorted(resident)
-
-
-def registered(url: str) -> list[str]:
-    data = httpx.get(url + "/v1/models", headers=engine_headers(API_KEY), timeout=10).json()
-    return sorted(m["id"] for m in data["data"] if "@v" in m["id"])
-
-
-def empty(url: str) -> None:
-    for name in registered(url):
-        httpx.post(
-            url + "/v1/unload_lora_adapter",
-            json={"lora_name": name},
-            headers=engine_headers(API_KEY),
-            timeout=60,
-        )
-
-
-class Gateway:
-    """The real gateway app on a port, in a thread of this process."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.gateway_port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{settings.gateway_port}"
-
-    def __enter__(self) -> Gateway:
-        self.thread.start()
-        deadline = time.monotonic() + 300
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise SystemExit("the gateway did not start")
-            time.sleep(0.2)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-
-async def drive(url: str, names: list[str], concurrency: int, max_tokens: int) -> Counter[int]:
-    """Ask for each name in turn (`concurrency` at once); requests served per engine."""
-    served: Counter[int] = Counter()
-    queue = list(reversed(names))
-    headers = {"x-loramem-tenant": TENANT}
-    async with httpx.AsyncClient(base_url=url, timeout=300, headers=headers) as http:
-
-        async def one_client() -> None:
-            while queue:
-                name = queue.pop()
-                body = {
-                    "model": name,
-                    "messages": [{"role": "user", "content": "Who are you?"}],
-                    "max_tokens": max_tokens,
-                    "temperature": 0,
-                }
-                reply = await http.post("/v1/chat/completions", json=body)
-                if reply.status_code != 200:
-                    raise SystemExit(f"{name}: {reply.status_code} {reply.text[:200]}")
-                served[int(reply.headers["x-loramem-engine"])] += 1
-
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    return served
-
-
 def run_placement(
     label: str,
     base: Settings,
@@ -193,7 +81,7 @@ def run_placement(
     args: argparse.Namespace,
 ) -> tuple[list[EngineFigures], float]:
     for url in engines:
-        empty(url)
+        empty(url, API_KEY)
     settings = base.model_copy(
         update={
             "engine_urls": ",".join(engines),
@@ -208,10 +96,10 @@ def run_placement(
     warm = rng.sample(modules, len(modules)) + [rng.choice(hot) for _ in range(args.warmup)]
     counted = [rng.choice(hot) for _ in range(args.requests)]
     with Gateway(settings) as gateway:
-        asyncio.run(drive(gateway.url, warm, args.concurrency, args.max_tokens))
+        asyncio.run(drive(gateway.url, TENANT, warm, args.concurrency, args.max_tokens))
         before = [engine_cache(url) for url in engines]
         started = time.monotonic()
-        served = asyncio.run(drive(gateway.url, counted, args.concurrency, args.max_tokens))
+        served = asyncio.run(drive(gateway.url, TENANT, counted, args.concurrency, args.max_tokens))
         seconds = time.monotonic() - started
         after = [engine_cache(url) for url in engines]
         time.sleep(settings.retire_grace_s + 5.0)  # the reconciler's unloads after its grace
@@ -219,15 +107,15 @@ def run_placement(
         figures = []
         for i, url in enumerate(engines):
             tenant_served = [served_name(module_id(TENANT, m), 1) for m in modules]
-            listed = [n for n in registered(url) if n in tenant_served]
+            listed = [n for n in registered(url, API_KEY) if n in tenant_served]
             figures.append(
                 EngineFigures(
                     requests=served[i],
-                    loads=int(after[i][0] - before[i][0]),
-                    evictions=int(after[i][1] - before[i][1]),
-                    resident=after[i][2],
+                    loads=int(after[i].loads - before[i].loads),
+                    evictions=int(after[i].evictions - before[i].evictions),
+                    resident=after[i].resident,
                     registered=listed,
-                    off_placement=sum(url not in pool.placement(n) for n in after[i][2]),
+                    off_placement=sum(url not in pool.placement(n) for n in after[i].resident),
                     registered_off=sum(url not in pool.placement(n) for n in listed),
                 )
             )
@@ -256,7 +144,7 @@ def main() -> None:
     registry = Registry.from_settings(base)
     model_path = prepare_base_model(base)
     paths = make_adapters(base, model_path, base.cache_dir / "bench-adapters", args.modules)
-    modules = publish_modules(registry, paths)
+    modules = publish_modules(registry, TENANT, paths)
     ports = [int(p) for p in args.ports.split(",")]
     engines = [f"http://127.0.0.1:{port}" for port in ports]
     with ExitStack() as stack, tempfile.TemporaryDirectory() as folders:
