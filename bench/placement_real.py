@@ -33,6 +33,7 @@ import os
 import random
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from loramem.engine import engine_command, engine_env
 from loramem.names import module_id, served_name
 from loramem.registry import Registry
 from loramem.settings import Settings
+from server.placement import placed
 
 TENANT = "placebench"
 API_KEY = "placement-bench"
@@ -164,8 +166,12 @@ def main() -> None:
         with ThreadPoolExecutor(len(engines)) as starting:
             list(starting.map(start, range(len(engines))))
         print(f"{len(engines)} engines up in {time.monotonic() - started:.0f} s", flush=True)
+        hot = random.Random(args.seed).sample(modules, args.hot)  # run_placement's draw
+        homes = Counter(placed(served_name(module_id(TENANT, m), 1), engines, 1)[0] for m in hot)
+        split = "/".join(str(homes[url]) for url in engines)
         print(
-            f"\n{args.modules} modules, hot set {args.hot}, {args.requests} counted requests "
+            f"\n{args.modules} modules, hot set {args.hot} (seed {args.seed}; rendezvous hashing "
+            f"alone puts {split} of it on the engines), {args.requests} counted requests "
             f"at concurrency {args.concurrency}, max_tokens {args.max_tokens}, "
             f"{args.slots} slots per engine (cpu {os.cpu_count()})\n"
         )
