@@ -68,6 +68,7 @@ PLACEMENTS: dict[str, dict[str, float]] = {  # name -> gateway settings
 class EngineFigures:
     requests: int
     loads: int
+    load_seconds: float
     evictions: int
     resident: list[str]
     registered: list[str]
@@ -114,6 +115,7 @@ def run_placement(
                 EngineFigures(
                     requests=served[i],
                     loads=int(after[i].loads - before[i].loads),
+                    load_seconds=after[i].load_seconds - before[i].load_seconds,
                     evictions=int(after[i].evictions - before[i].evictions),
                     resident=after[i].resident,
                     registered=listed,
@@ -176,7 +178,7 @@ def main() -> None:
             f"{args.slots} slots per engine (cpu {os.cpu_count()})\n"
         )
         print(
-            "| placement | engine | requests | loads | evictions | loads per request "
+            "| placement | engine | requests | loads (mean load) | evictions | loads per request "
             "| resident (worker cache) | resident placed elsewhere | listed by the server "
             "(placed elsewhere) | counted phase |"
         )
@@ -185,9 +187,10 @@ def main() -> None:
             figures, seconds = run_placement(label, base, engines, modules, args)
             for i, f in enumerate(figures):
                 per_request = f.loads / f.requests if f.requests else 0.0
+                mean_ms = 1000 * f.load_seconds / f.loads if f.loads else 0.0
                 print(
-                    f"| {label} | {i} | {f.requests} | {f.loads} | {f.evictions} "
-                    f"| {per_request:.3f} | {len(f.resident)} | {f.off_placement} "
+                    f"| {label} | {i} | {f.requests} | {f.loads} ({mean_ms:.0f} ms) "
+                    f"| {f.evictions} | {per_request:.3f} | {len(f.resident)} | {f.off_placement} "
                     f"| {len(f.registered)} ({f.registered_off}) | {seconds:.0f} s |",
                     flush=True,
                 )

@@ -32,6 +32,7 @@ from server.app import create_app
 @dataclass
 class CacheState:
     loads: float
+    load_seconds: float
     evictions: float
     resident: list[str]  # served names in the engine worker's LoRA cache
 
@@ -66,17 +67,19 @@ def publish_modules(registry: Registry, tenant: str, paths: list[Path]) -> list[
 def engine_cache(url: str) -> CacheState:
     """The engine worker's LoRA cache, from the engine's own /metrics."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    loads = evictions = 0.0
+    loads = load_seconds = evictions = 0.0
     resident = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "loramem_engine_lora_loads_total":
                 loads = sample.value
+            elif sample.name == "loramem_engine_lora_load_seconds_total":
+                load_seconds = sample.value
             elif sample.name == "loramem_engine_lora_evictions_total":
                 evictions = sample.value
             elif sample.name == "loramem_engine_lora_resident_adapter":
                 resident.append(sample.labels["adapter"])
-    return CacheState(loads, evictions, sorted(resident))
+    return CacheState(loads, load_seconds, evictions, sorted(resident))
 
 
 def registered(url: str, api_key: str) -> list[str]:
