@@ -6,7 +6,8 @@ with no engine.
     .venv/bin/python -m bench.placement_sim --scenario small  # 40 modules, 2 engines
 
 Scenarios: "large" is 10,000 tenants, 100,000 modules and 16 engines (32 and 256 slots);
-"small" is 40 modules on 2 engines (8 and 24 slots).
+"small" is 40 modules on 2 engines (8 and 24 slots); "hot" the same with every request
+for a hot set of 16 of them. Small scenarios add placement sized to the slots.
 
 Requests arrive as a Poisson stream; each names a module version drawn from a Zipf law
 over the modules (exponent 1.0; module i belongs to tenant i mod the tenant count). For every
@@ -51,6 +52,7 @@ class Workload:
     requests: int
     warmup: float
     seed: int
+    hot: int = 0  # > 0: requests uniform over this many modules instead of Zipf
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Setting:
     max_replicas: int = 0
     affinity: bool = True  # False: the least busy of all engines (no placement)
     spill_in_flight: int = 8
+    sized: bool = False  # placement sized to the engines' slots (LORAMEM_PLACEMENT_SLOTS)
 
 
 @dataclass
@@ -95,6 +98,8 @@ def draw_requests(load: Workload) -> tuple[list[str], np.ndarray]:
     """The requests' module versions (Zipf by module rank) and arrival times (Poisson)."""
     rng = np.random.default_rng(load.seed)
     weights = 1.0 / np.arange(1, load.modules + 1) ** load.zipf
+    if load.hot:
+        weights = (np.arange(load.modules) < load.hot).astype(float)
     order = rng.permutation(load.modules)  # popularity is not the module id
     picks = order[rng.choice(load.modules, size=load.requests, p=weights / weights.sum())]
     names = [f"t{i % load.tenants}-m{i}@v1" for i in range(load.modules)]
@@ -105,7 +110,14 @@ def draw_requests(load: Workload) -> tuple[list[str], np.ndarray]:
 def simulate(load: Workload, setting: Setting, requests: list[str], at: np.ndarray) -> Result:
     urls = [f"http://engine-{i}:8100" for i in range(load.engines)]
     policy = ReplicaPolicy(setting.rate_per_replica, setting.max_replicas)
-    pool = EnginePool(urls, setting.spill_in_flight, policy, DemandMeter(half_life_s=60.0))
+    pool = EnginePool(
+        urls,
+        setting.spill_in_flight,
+        policy,
+        DemandMeter(half_life_s=60.0),
+        slots=load.slots if setting.sized else 0,
+    )
+    rebalanced_at = 0.0
     for url in urls:
         pool.mark(url, True)
     caches = {url: AdapterCache(load.slots) for url in urls}
@@ -117,6 +129,9 @@ def simulate(load: Workload, setting: Setting, requests: list[str], at: np.ndarr
         while running and running[0][0] <= now:
             pool.in_flight[heapq.heappop(running)[1]] -= 1
         pool.demand.record(name, now)  # what EngineForwarder.forward records
+        if now - rebalanced_at >= RECONCILE_S:
+            pool.rebalance(now)  # what every reconciler pass does
+            rebalanced_at = now
         if setting.affinity:
             engine = pool.candidates(name, now)[0]
         else:
@@ -168,11 +183,13 @@ SMALL = Workload(  # issue 16: 40 modules on two engines of 8 CPU slots each
     warmup=0.25,
     seed=7,
 )
+RECONCILE_S = 2.0  # the reconciler's pass while anything changes
 # Each scenario at its slot count, and with enough slots for what placement puts on an
 # engine (small: about 20 of 40; large: a GPU engine's larger cache).
 SCENARIOS = {
     "large": [LARGE, replace(LARGE, slots=256)],
     "small": [SMALL, replace(SMALL, slots=24)],
+    "hot": [replace(SMALL, hot=16)],  # a hot set of 16 of the 40: what 2 x 8 slots hold
 }
 
 SETTINGS = [
@@ -181,11 +198,14 @@ SETTINGS = [
     Setting("placement, +1 engine per 8 req/s", 8.0),
     Setting("placement, +1 engine per 2 req/s", 2.0),
 ]
+# Rebuilding the slot table every pass sorts every version's demand: small scenarios only.
+SIZED = Setting("placement sized to the slots, 1 engine per version", float("inf"), 1, sized=True)
 
 
 def table(load: Workload, results: list[Result]) -> str:
     lines = [
-        f"{load.tenants} tenants, {load.modules} modules, Zipf {load.zipf}, "
+        f"{load.tenants} tenants, {load.modules} modules, "
+        f"{f'hot set of {load.hot}' if load.hot else f'Zipf {load.zipf}'}, "
         f"{load.engines} engines x {load.slots} slots, {load.rate_per_s:g} req/s, "
         f"load {load.load_s:g} s, service {load.service_s:g} s, "
         f"{load.requests} requests ({load.warmup:.0%} warm-up not counted)",
@@ -241,7 +261,8 @@ def main() -> None:
                 load = replace(load, requests=args.requests)
             requests, at = draw_requests(load)
             label = f"{name}, {load.slots} slots"
-            results[label] = [simulate(load, setting, requests, at) for setting in SETTINGS]
+            settings = SETTINGS if name == "large" else [*SETTINGS, SIZED]
+            results[label] = [simulate(load, setting, requests, at) for setting in settings]
             print(f"\n## {label}\n\n{table(load, results[label])}", flush=True)
     if args.plot:
         plot(results, args.plot)

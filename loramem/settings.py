@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     placement_rate_per_replica: float = Field(default=4.0, gt=0)
     placement_max_replicas: int = Field(default=0, ge=0)
     placement_rate_half_life_s: float = Field(default=60.0, gt=0)
+    # Versions placement puts on one engine: the most requested keep their rendezvous
+    # engines, the rest go to the next engine with room, so an engine's share fits its
+    # adapter cache instead of reloading adapters on every turn. Default (None): the
+    # engines' engine_max_cpu_loras; 0: no limit (placement by rendezvous hashing alone).
+    placement_slots: int | None = Field(default=None, ge=0)
 
     # --- gateway ---
     gateway_host: str = "127.0.0.1"
@@ -329,6 +334,11 @@ class Settings(BaseSettings):
         for url in urls:
             self._http_scheme(url)
         return urls or [self.engine_url]
+
+    @property
+    def engine_slots_placed(self) -> int:
+        """Versions placement puts on one engine (placement_slots; 0: no limit)."""
+        return self.engine_max_cpu_loras if self.placement_slots is None else self.placement_slots
 
     @property
     def base_name(self) -> str:

@@ -27,6 +27,7 @@ from redis import RedisError
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+from loramem import vllm_lora_cache
 from loramem.adapter_store import AdapterRef, AdapterStore
 from loramem.engine import LOAD_SECONDS_METRIC, LOADS_METRIC
 from loramem.errors import LoramemError, NotFound
@@ -116,11 +117,13 @@ class RedisAdapterResolver(LoRAResolver):
 
 def register() -> None:
     """vLLM's plugin hook; it runs in every engine process, and the resolver only matters
-    in the API server's. Nothing connects here: the Redis client connects on first use."""
+    in the API server's. Nothing connects here: the Redis client connects on first use.
+    The engine's LoRA cache counts are installed whether the resolver is on or not."""
     settings = Settings()
+    assert settings.engine_adapter_cache_dir is not None
+    vllm_lora_cache.install(settings.engine_adapter_cache_dir)
     if not settings.engine_resolver:
         return
-    assert settings.engine_adapter_cache_dir is not None
     registry = Registry.from_settings(settings)
     resolver = RedisAdapterResolver(
         registry, settings.engine_adapter_cache_dir, settings.retire_grace_s

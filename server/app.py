@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             settings.engine_spill_in_flight,
             ReplicaPolicy(settings.placement_rate_per_replica, settings.placement_max_replicas),
             DemandMeter(settings.placement_rate_half_life_s),
+            slots=settings.engine_slots_placed,
         )
         stop = threading.Event()
         reconciler = Reconciler(

@@ -8,7 +8,9 @@ version is placed on the first `replicas` of them. Adding or removing one of N e
 moves only the versions whose ranking it enters or leaves, about 1/N of them, so the
 engines' adapter caches stay warm across changes. The replica count follows the version's
 request rate: one engine per `rate_per_replica` requests per second, measured by a
-decayed counter (`DemandMeter`).
+decayed counter (`DemandMeter`). Sized to the engines' adapter slots (`assign`), the
+most requested versions take their rendezvous engines first and a version that would
+overfill an engine's cache goes to the next engine with room.
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ class DemandMeter:
         with self._lock:
             return self._decayed(name, now)
 
+    def rates(self, now: float) -> dict[str, float]:
+        """Every name's rate now."""
+        with self._lock:
+            return {name: self._decayed(name, now) for name in self._state}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._state
+
     def forget_below(self, rate_per_s: float, now: float) -> None:
         """Drop names whose rate decayed below `rate_per_s`, so the map stays bounded."""
         with self._lock:
@@ -88,3 +98,34 @@ class DemandMeter:
     def _decayed(self, name: str, now: float) -> float:
         rate, at = self._state.get(name, (0.0, now))
         return rate * math.exp(-self.decay_per_s * max(0.0, now - at))
+
+
+def assign(
+    demand: list[tuple[str, int]],
+    engines: list[str],
+    slots: int,
+    current: dict[str, list[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Placement sized to the engines' adapter slots.
+
+    `demand` lists (served name, replicas wanted), the most requested first. Each name
+    takes engines with a free slot, up to its replicas: those `current` already places it
+    on first, then the others in its rendezvous order; when every engine is full, its first
+    replica stays where it is, or goes to its top-ranked engine (over its slots: there it
+    is loaded on demand and competes for the cache). So the hottest versions keep their
+    engines, and a version that would overfill an engine goes to the next one with room
+    instead of the engine's cache reloading adapters on every turn. Keeping `current`
+    first is what stops versions of nearly equal demand from trading places (and being
+    loaded again) each time their order changes. `slots` 0: no limit."""
+    free = dict.fromkeys(engines, slots if slots > 0 else len(demand) + 1)
+    current = current or {}
+    placement: dict[str, list[str]] = {}
+    for name, replicas in demand:
+        ranking = ranked(name, engines)
+        kept = [e for e in current.get(name, []) if e in free]
+        order = kept + [e for e in ranking if e not in kept]
+        chosen = [e for e in order if free[e] > 0][: max(1, replicas)] or order[:1]
+        for engine in chosen:
+            free[engine] -= 1
+        placement[name] = chosen
+    return placement

@@ -236,6 +236,7 @@ class Reconciler(threading.Thread):
         for url in self.engines:
             self._step(url, self.check_health)
         healthy = [u for u in self.engines if self.pool.healthy(u)]
+        self.pool.rebalance()  # placement sized to the slots, from the demand now
         changed = self._activity()[1] != before[1] or len(healthy) < len(self.engines)
         for url in healthy:
             changed |= bool(self._step(url, self.reconcile_engine))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from loramem.adapter_store import AdapterStore
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
-from server.placement import DemandMeter, ReplicaPolicy, placed
+from server.placement import DemandMeter, ReplicaPolicy, assign, placed
 from server.reconcile import Reconciler
 
 NAMES = [f"m{i}@v1" for i in range(10_000)]
@@ -149,3 +149,88 @@ def test_the_reconciler_unloads_what_is_placed_elsewhere_once_idle(tmp_path: Pat
         )
         == 1
     )
+
+
+def test_placement_sized_to_slots_fills_each_engine_hottest_first() -> None:
+    engines = ENGINES[:2]
+    names = [f"m{i}@v1" for i in range(40)]
+    # m0 hottest, then m1, ...: one engine per version
+    table = assign([(n, 1) for n in names], engines, slots=8)
+    per_engine = {e: [n for n in names if table[n] == [e]] for e in engines}
+    hot = names[:16]
+    for engine in engines:  # the 16 hottest fill both engines' 8 slots exactly
+        assert len([n for n in per_engine[engine] if n in hot]) == 8
+    for name in names[16:]:  # the rest stay on their rendezvous engine, over the slots
+        assert table[name] == placed(name, engines, 1)
+    for name in hot:  # a hot version leaves its rendezvous engine only when it was full
+        home = placed(name, engines, 1)[0]
+        if table[name] != [home]:
+            hotter = [n for n in names[: names.index(name)] if table[n] == [home]]
+            assert len(hotter) == 8
+    assert assign([(n, 1) for n in names], engines, slots=0) == {
+        n: placed(n, engines, 1) for n in names
+    }
+
+
+def test_extra_replicas_only_take_free_slots() -> None:
+    engines = ENGINES[:2]
+    table = assign([("a@v1", 2), ("b@v1", 2), ("c@v1", 2)], engines, slots=2)
+    assert sorted(table["a@v1"]) == sorted(engines) and sorted(table["b@v1"]) == sorted(engines)
+    assert table["c@v1"] == placed("c@v1", engines, 1)  # no room left: its first engine only
+
+
+def test_the_pool_keeps_a_slot_table_from_the_demand() -> None:
+    pool = EnginePool(ENGINES[:2], 8, ReplicaPolicy(float("inf"), 1), DemandMeter(60.0), slots=2)
+    for url in pool.urls:
+        pool.mark(url, True)
+    names = [f"m{i}@v1" for i in range(6)]
+    for rank, name in enumerate(names):  # m0 asked for most
+        for _ in range(len(names) - rank):
+            pool.demand.record(name, 0.0)
+    pool.rebalance(now=0.0)
+    counts = {u: sum(pool.placement(n, 0.0) == [u] for n in names[:4]) for u in pool.urls}
+    assert counts == dict.fromkeys(pool.urls, 2)  # the four hottest fill the four slots
+    # A version first asked for between passes takes a free slot at once, if any: none here.
+    pool.demand.record("new@v1", 0.0)
+    assert pool.placement("new@v1", 0.0) == placed("new@v1", pool.urls, 1)
+    # Never asked for (a resident adapter the reconciler checks): where it would go, not kept.
+    assert pool.placement("other@v1", 0.0) == placed("other@v1", pool.urls, 1)
+    assert "other@v1" not in pool._table
+    pool.mark(pool.urls[1], False)  # an engine down: everything on the one left
+    assert all(pool.placement(n, 0.0) == [pool.urls[0]] for n in names)
+
+
+def test_versions_stay_where_they_are_while_they_fit() -> None:
+    engines = ENGINES[:2]
+    names = [f"m{i}@v1" for i in range(16)]
+    first = assign([(n, 1) for n in names], engines, slots=8)
+    # The demand order turned around: with the table kept, nobody moves.
+    again = assign([(n, 1) for n in reversed(names)], engines, slots=8, current=first)
+    assert again == first
+    moved = assign([(n, 1) for n in reversed(names)], engines, slots=8)
+    assert moved != first  # without it, the versions at the boundary trade places
+
+
+def test_no_spill_into_an_engine_whose_slots_are_taken() -> None:
+    pool = EnginePool(ENGINES[:2], 2, ReplicaPolicy(float("inf"), 1), DemandMeter(60.0), slots=1)
+    for url in pool.urls:
+        pool.mark(url, True)
+    a, b = (
+        "a@v1",
+        next(
+            f"b{i}@v1"
+            for i in range(100)
+            if placed(f"b{i}@v1", ENGINES[:2], 1) != placed("a@v1", ENGINES[:2], 1)
+        ),
+    )
+    for name in (a, b):
+        pool.demand.record(name, 0.0)
+    pool.rebalance(0.0)
+    home = pool.placement(a, 0.0)[0]
+    pool.in_flight[home] = 5  # far busier than the other engine, whose one slot b holds
+    assert pool.candidates(a, 0.0)[0] == home
+    unsized = EnginePool(ENGINES[:2], 2, ReplicaPolicy(float("inf"), 1), DemandMeter(60.0))
+    for url in unsized.urls:
+        unsized.mark(url, True)
+    unsized.in_flight[placed(a, unsized.urls, 1)[0]] = 5
+    assert unsized.candidates(a, 0.0)[0] != placed(a, unsized.urls, 1)[0]  # spills
