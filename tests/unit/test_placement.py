@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from loramem.adapter_store import AdapterStore
+from loramem.names import served_name
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.placement import DemandMeter, ReplicaPolicy, placed
@@ -99,10 +100,10 @@ class FakeEngine:
 
 def test_the_reconciler_unloads_what_is_placed_elsewhere_once_idle(tmp_path: Path) -> None:
     active = {f"m{i}": 1 for i in range(40)}
-    names = {f"m{i}@v1" for i in range(40)}
+    names = {served_name(f"m{i}", 1, "ab" * 32) for i in range(40)}
     engines = {"http://a": FakeEngine(names, (7, 1.4)), "http://b": FakeEngine(names, None)}
     pool = EnginePool(list(engines), spill_in_flight=4)
-    router = SimpleNamespace(all_active=lambda: active)
+    router = SimpleNamespace(all_active=lambda: active, served_names=lambda: set(names))
     registry = SimpleNamespace(modules=SimpleNamespace(retired_before=lambda before_s: []))
     metrics = GatewayMetrics()
     loop = Reconciler(
