@@ -29,6 +29,7 @@ _SEP = "~"
 # Hex digits of the checksum in a served name: 48 bits, so two versions given one number
 # by a restored Redis share a served name only by a 1 in 2^48 chance.
 DIGEST_HEX = 12
+_HEX = re.compile(rf"^[0-9a-f]{{{DIGEST_HEX},}}$")
 # "<module id>@v<N>" and "<module id>@v<N>.<digest>": module ids never contain "@".
 _VERSION = re.compile(r"^(?P<module>[^@]+)@v(?P<version>[0-9]+)$")
 _SERVED = re.compile(
@@ -92,6 +93,8 @@ def parse_version_name(name: str) -> tuple[str, int] | None:
 def served_name(module: str, version: int, checksum: str) -> str:
     """The engine-side name of one module version (`module` is its id, `checksum` its
     adapter's sha256 in hex): other weights always get another name."""
+    if not _HEX.match(checksum):  # else a name nothing parses back, shown with its id
+        raise ValueError(f"not a sha256 checksum: {checksum!r}")
     return f"{module}@v{version}.{checksum[:DIGEST_HEX]}"
 
 
@@ -112,6 +115,12 @@ def version_of(name: str) -> tuple[str, int] | None:
     name from before served names carried digests); None for anything else."""
     parsed = parse_served_name(name)
     return (parsed.module, parsed.version) if parsed else parse_version_name(name)
+
+
+def without_digest(name: str) -> str:
+    """A served name as its version name (`<module id>@v<N>`); any other name as it is."""
+    parsed = parse_served_name(name)
+    return version_name(parsed.module, parsed.version) if parsed else name
 
 
 def public_served_name(name: str) -> str:
