@@ -126,12 +126,18 @@ def test_after_a_restore_from_an_older_snapshot_a_new_version_gets_an_unused_nam
     assert number_of(publish(elsewhere, registry)[0]) == 6
 
 
+def racing(settings: Settings, registry: Registry) -> tuple[VllmAdapters, Publisher]:
+    """An engine and a publisher whose floor missed what the engine holds (a race)."""
+    adapters = VllmAdapters()
+    publisher = Publisher(make_worker(settings, registry).ctx, [engine(adapters)])
+    publisher.unseen_floor = lambda module: 1  # type: ignore[method-assign]
+    return adapters, publisher
+
+
 def test_other_weights_under_the_new_number_keep_their_name_and_the_new_get_theirs(
     settings: Settings, registry: Registry
 ) -> None:
-    adapters = VllmAdapters()
-    publisher = Publisher(make_worker(settings, registry).ctx, [engine(adapters)])
-    publisher.unseen_floor = lambda module: 1  # type: ignore[method-assign] # a race: not seen
+    adapters, publisher = racing(settings, registry)
     other = served_name(M, 1, checksum(adapter_files(256)))
     adapters.loaded[other] = b"other weights"
     name, weights = publish(publisher, registry)
@@ -142,9 +148,7 @@ def test_other_weights_under_the_new_number_keep_their_name_and_the_new_get_thei
 def test_an_engine_that_already_has_the_new_name_makes_the_publisher_take_the_next(
     settings: Settings, registry: Registry
 ) -> None:
-    adapters = VllmAdapters()
-    publisher = Publisher(make_worker(settings, registry).ctx, [engine(adapters)])
-    publisher.unseen_floor = lambda module: 1  # type: ignore[method-assign] # a race: not seen
+    adapters, publisher = racing(settings, registry)
     files = adapter_files(256)
     taken = served_name(M, 1, checksum({**files, RECIPE_FILE: TRAINED.to_json().encode()}))
     adapters.loaded[taken] = files["adapter_model.safetensors"]  # the same weights, loaded
