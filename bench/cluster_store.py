@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from loramem.adapter_store import checksum
 from loramem.knobs import TrainingKnobs, VersionRecipe
 from loramem.launcher import redis_server_binary
 from loramem.local_cluster import local_cluster
@@ -52,7 +53,7 @@ def run(registry: Registry, tenants: int, posts: int) -> dict[str, float]:
                 claim = registry.queue.claim("bench", block_ms=1000)
                 assert claim is not None and claim.job_id == job.id
                 registry.jobs.skip_to_publishing(job.id, {"phase": "bench"})
-                info = VersionInfo(job.module, n, tenant, ids, 1.0, "c", TRAINED)
+                info = VersionInfo(job.module, n, tenant, ids, 1.0, checksum({}), TRAINED)
                 registry.modules.publish(info, {}, job_id=job.id)
                 registry.queue.ack(claim)
                 modules[tenant] = job.module

@@ -39,7 +39,8 @@ from evaluation.engine_harness import engine, process, system_env, teach
 from evaluation.serving_stats import FACTS, QUESTIONS, chat_body, percentile
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_headers
-from loramem.names import module_id, served_name
+from loramem.names import module_id
+from loramem.registry import Registry
 from loramem.settings import Settings
 from server.metrics import STAGE_METRIC_NAME
 
@@ -222,7 +223,8 @@ def run(
     training = {"recall_gate": 0.0, "max_steps": args.train_steps}
     job = teach(gateways[0].url, tenant, list(FACTS), training=training)
     module = module_id(tenant["x-loramem-tenant"], job["module"])
-    engine_name = served_name(module, job["version"])
+    # The engine knows the version by its served name, which carries its digest.
+    engine_name = Registry.from_settings(settings).modules.version(module, job["version"]).served
     expected = f"{job['module']}@v{job['version']}"
     label = "engine direct" if args.engine == "vllm" else "null engine direct"
     direct = Target(label, engine_url, engine_name, engine_headers(settings.engine_api_key))

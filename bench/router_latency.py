@@ -37,7 +37,7 @@ from evaluation.router_set import EvalSet, distractor_texts, eval_set
 from loramem.registry import Registry
 from loramem.settings import Settings
 from router.embedder import Embedder, SentenceEmbedder
-from router.router import Router
+from router.router import NO_ADAPTER, Router
 
 T = TypeVar("T")
 MODULE_FACTS = 64  # distractor module size (the gateway's default module capacity)
@@ -87,7 +87,7 @@ def build_router(
     started = time.perf_counter()
     for module, vectors in evaluated.items():
         router.index_module(
-            "bench", module, 1, [f"{module}-{i}" for i in range(len(vectors))], vectors
+            "bench", module, 1, NO_ADAPTER, [f"{module}-{i}" for i in range(len(vectors))], vectors
         )
     room = max(0, size - sum(len(v) for v in evaluated.values()))
     real = distractors[:room]
@@ -97,7 +97,7 @@ def build_router(
     for prefix, block in (("real", real), ("rand", bulk)):
         ids = [f"{prefix}-{i}" for i in range(len(block))]
         for module, part in _chunks(ids, prefix):
-            router.index_module("bench", module, 1, ids[part], block[part])
+            router.index_module("bench", module, 1, NO_ADAPTER, ids[part], block[part])
     return router, time.perf_counter() - started
 
 

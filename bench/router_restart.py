@@ -35,6 +35,7 @@ module published as version 1. Then, with the index the settings choose (set
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -65,6 +66,12 @@ RECIPE = VersionRecipe(made_by="trained", base_model="bench", rank=8, training=T
 _JOBS = ("nurse", "pilot", "baker", "lawyer", "chemist", "plumber", "teacher", "architect")
 _CITIES = ("Lisbon", "Osaka", "Denver", "Lagos", "Tromso", "Quito", "Perth", "Bergen")
 _PETS = ("a parrot", "two cats", "a tortoise", "a collie", "goldfish", "a ferret")
+
+
+def _checksum(label: str) -> str:
+    """A distinct sha256 per version: the bench stores no adapter files, and served names
+    carry the checksum's digest (loramem/names.py)."""
+    return hashlib.sha256(label.encode()).hexdigest()
 
 
 def generated_texts(data_dir: Path, count: int, seed: int = 0) -> list[str]:
@@ -129,7 +136,9 @@ def store(registry: Registry, modules: dict[str, np.ndarray]) -> dict[str, list[
         texts = [f"{module} fact {j}" for j in range(len(vectors))]
         embeddings = [to_bytes(v) for v in vectors]
         _job, ids = registry.facts.add(TENANT, texts, [None] * len(texts), embeddings, module)
-        registry.modules.publish(VersionInfo(module, 1, TENANT, ids, 1.0, f"c{i}", RECIPE), {})
+        registry.modules.publish(
+            VersionInfo(module, 1, TENANT, ids, 1.0, _checksum(f"c{i}"), RECIPE), {}
+        )
         ids_of[module] = ids
     return ids_of
 
@@ -200,7 +209,7 @@ def change(registry: Registry, data: Data, ids_of: dict[str, list[str]], count: 
     for i, module in enumerate(names[:count]):
         registry.facts.delete(TENANT, ids_of[module][0])
         live.pop(ids_of[module][0])
-        info = VersionInfo(module, 2, TENANT, ids_of[module][1:], 1.0, f"d{i}", RECIPE)
+        info = VersionInfo(module, 2, TENANT, ids_of[module][1:], 1.0, _checksum(f"d{i}"), RECIPE)
         registry.modules.publish(info, {})
     extra = perturbed(data.real, count * MODULE_FACTS, 0.45, seed=2)
     fresh = {

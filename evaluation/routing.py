@@ -23,7 +23,7 @@ from evaluation.run import EvalRun, table
 from loramem import datasets
 from loramem.registry import Registry
 from router.embedder import SentenceEmbedder
-from router.router import Router
+from router.router import NO_ADAPTER, Router
 
 TENANT = "routing"
 
@@ -69,6 +69,7 @@ def routing_eval(run: EvalRun) -> dict[str, Any]:
                     TENANT,
                     f"pb-{m:03d}",
                     1,
+                    NO_ADAPTER,
                     [f"f{i}" for i in rows_of],
                     vectors[m * per : (m + 1) * per],
                     texts=[people[i].fact for i in rows_of],

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loramem.errors import InvalidRequest
-from loramem.names import public_served_name, served_name
+from loramem.names import public_served_name, served_name, version_name
 from loramem.registry import Registry
 
 # recipe.json: how the version was made (loramem/knobs.py VersionRecipe); the publisher
@@ -36,10 +36,11 @@ class AdapterRef:
     module: str
     version: int
     path: Path
+    checksum: str  # of its files (checksum()): part of the name engines know it by
 
     @property
     def name(self) -> str:
-        return served_name(self.module, self.version)
+        return served_name(self.module, self.version, self.checksum)
 
 
 def checksum(files: dict[str, bytes]) -> str:
@@ -93,7 +94,7 @@ class AdapterStore:
                     staging.rename(target)  # a version folder is complete or absent
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return AdapterRef(module, version, target)
+        return AdapterRef(module, version, target, checksum(files))
 
     def remove_local(self, module: str, version: int) -> bool:
         """Delete this host's folder of a version that is no longer served."""
@@ -139,9 +140,9 @@ class AdapterStore:
         target = self.folder(module, version)
         expected = self.registry.modules.version(module, version).checksum
         if target.exists() and checksum(read_files(target)) == expected:
-            return AdapterRef(module, version, target)
+            return AdapterRef(module, version, target, expected)
         files = self.registry.modules.version_files(module, version)
         if checksum(files) != expected:
-            shown = public_served_name(served_name(module, version))  # a client may see it
+            shown = public_served_name(version_name(module, version))  # a client may see it
             raise InvalidRequest(f"stored files of {shown} are corrupt")
         return self.write_local(module, version, files)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import redis
 
 from loramem import keys
-from loramem.names import parse_served_name
+from loramem.names import parse_version_name
 from loramem.registry.codec import decode
 
 OLD = "loramem:"
@@ -120,7 +120,7 @@ def _split(client: redis.Redis, old: str, rest: str) -> None:
             name = decode(member)
             if rest == "jobs:ready":
                 pipe.zadd(keys.jobs_ready(keys.bucket(name)), {member: score})
-            elif (parsed := parse_served_name(name)) is not None:
+            elif (parsed := parse_version_name(name)) is not None:
                 pipe.zadd(keys.retired_versions(keys.module_bucket(parsed[0])), {member: score})
     pipe.delete(old)
     pipe.execute()

@@ -1,5 +1,14 @@
 """Names: fresh ids, module ids, and the engine-side and public names of a module version.
 
+A module version has two names. Its version name, `<module>@v<N>`, is what the registry
+records and (with the module's name for its id) what its tenant sees and sends. Its
+served name, the one engines know, also carries its adapter's checksum:
+`<module id>@v<N>.<12 hex of the sha256>`. Version numbers come from Redis, which may be
+restored from an older snapshot and hand a number out again; other weights then still get
+another served name, so an engine that kept the old weights loaded never serves them
+under a name routed to the new ones (docs/ARCHITECTURE.md, "Version names are never
+reused"). Everything that builds or parses names does it here.
+
 Module names are per tenant: tenant A's `notes` and tenant B's `notes` are two modules.
 Below the HTTP surface (registry, trainer, router, engines, metrics) a module is known by
 its id, `<tenant>~<name>`, unique across tenants; the gateway shows a tenant only its own
@@ -12,12 +21,20 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import NamedTuple
 
 from loramem import keys
 
 _SEP = "~"
-# "<module id>@v<N>": module ids never contain "@".
-_SERVED = re.compile(r"^(?P<module>[^@]+)@v(?P<version>[0-9]+)$")
+# Hex digits of the checksum in a served name: 48 bits, so two versions given one number
+# by a restored Redis share a served name only by a 1 in 2^48 chance.
+DIGEST_HEX = 12
+_HEX = re.compile(rf"^[0-9a-f]{{{DIGEST_HEX},}}$")
+# "<module id>@v<N>" and "<module id>@v<N>.<digest>": module ids never contain "@".
+_VERSION = re.compile(r"^(?P<module>[^@]+)@v(?P<version>[0-9]+)$")
+_SERVED = re.compile(
+    rf"^(?P<module>[^@]+)@v(?P<version>[0-9]+)\.(?P<digest>[0-9a-f]{{{DIGEST_HEX}}})$"
+)
 # The forms the system names modules with: packed "m-<id>" (registry/facts.py), split
 # "<module>-s<6 hex>" (registry/facts.py) and merged "mx-<hash>" (registry/merges.py). A
 # tenant may not make a module of such a name, or it could squat one the system makes next.
@@ -55,19 +72,60 @@ def is_reserved_module_name(name: str) -> bool:
     return _RESERVED_MODULE.search(name) is not None
 
 
-def served_name(module: str, version: int) -> str:
-    """The immutable engine-side name of one module version (`module` is its id)."""
+class ServedName(NamedTuple):
+    module: str  # the module's id
+    version: int
+    digest: str  # the first DIGEST_HEX hex digits of the version's checksum
+
+
+def version_name(module: str, version: int) -> str:
+    """`<module>@v<N>`: a version in the registry's records (`module` an id), or as its
+    tenant names it (`module` a name)."""
     return f"{module}@v{version}"
 
 
-def parse_served_name(name: str) -> tuple[str, int] | None:
-    """(module, version) of a served name; None for anything else (the base model)."""
-    match = _SERVED.match(name)
+def parse_version_name(name: str) -> tuple[str, int] | None:
+    """(module, version) of a version name; None for anything else."""
+    match = _VERSION.match(name)
     return (match["module"], int(match["version"])) if match else None
 
 
-def public_served_name(name: str) -> str:
-    """What the module version's tenant is shown for an engine-side name: "<name>@v<N>"
-    (a name that is not a module version, the base model's, is shown as it is)."""
+def served_name(module: str, version: int, checksum: str) -> str:
+    """The engine-side name of one module version (`module` is its id, `checksum` its
+    adapter's sha256 in hex): other weights always get another name."""
+    if not _HEX.match(checksum):  # else a name nothing parses back, shown with its id
+        raise ValueError(f"not a sha256 checksum: {checksum!r}")
+    return f"{module}@v{version}.{checksum[:DIGEST_HEX]}"
+
+
+def parse_served_name(name: str) -> ServedName | None:
+    """The parts of an engine-side name; None for anything else (the base model, or a
+    version name without its digest)."""
+    match = _SERVED.match(name)
+    return ServedName(match["module"], int(match["version"]), match["digest"]) if match else None
+
+
+def names_checksum(parsed: ServedName, checksum: str) -> bool:
+    """Whether a served name's digest is that of the version whose checksum is given."""
+    return len(checksum) >= DIGEST_HEX and checksum[:DIGEST_HEX] == parsed.digest
+
+
+def version_of(name: str) -> tuple[str, int] | None:
+    """(module, version) of a served name or a version name (an engine may still hold a
+    name from before served names carried digests); None for anything else."""
     parsed = parse_served_name(name)
-    return served_name(module_name(parsed[0]), parsed[1]) if parsed else name
+    return (parsed.module, parsed.version) if parsed else parse_version_name(name)
+
+
+def without_digest(name: str) -> str:
+    """A served name as its version name (`<module id>@v<N>`); any other name as it is."""
+    parsed = parse_served_name(name)
+    return version_name(parsed.module, parsed.version) if parsed else name
+
+
+def public_served_name(name: str) -> str:
+    """What the module version's tenant is shown for an engine-side (or version) name:
+    "<name>@v<N>" (a name that is not a module version, the base model's, is shown as it
+    is)."""
+    parsed = version_of(name)
+    return version_name(module_name(parsed[0]), parsed[1]) if parsed else name

@@ -6,8 +6,9 @@ runtime LoRA updating is on (`VLLM_ALLOW_RUNTIME_LORA_UPDATING`, set by
 `loramem.engine.engine_env`). loramem registers this one through vLLM's
 `vllm.general_plugins` entry point (pyproject.toml), so no volume needs to be shared with
 the workers or gateways: every engine fills its own cache on demand, and one restarted
-empty refills itself. Only the module's active version resolves; a replaced or retired one
-is never served again (a 404, as from the gateway).
+empty refills itself. Only the module's active version resolves, under its served name
+with its checksum's digest (loramem/names.py); a replaced or retired one is never served
+again (a 404, as from the gateway), nor a name whose digest is not the version's.
 
 The engine reads loramem's settings from its environment (`engine_env` passes the Redis
 URL, with its password, and the cache folder). Loads and their latency are exported on the
@@ -31,7 +32,7 @@ from loramem import vllm_lora_cache
 from loramem.adapter_store import AdapterRef, AdapterStore
 from loramem.engine import LOAD_SECONDS_METRIC, LOADS_METRIC
 from loramem.errors import LoramemError, NotFound
-from loramem.names import parse_served_name
+from loramem.names import names_checksum, parse_served_name
 from loramem.registry import Registry
 from loramem.settings import Settings
 
@@ -79,11 +80,17 @@ class RedisAdapterResolver(LoRAResolver):
         parsed = parse_served_name(lora_name)
         if parsed is None:
             return None
-        module, version = parsed
+        module, version, _digest = parsed
         started = time.monotonic()
         try:
             if self.registry.modules.get(module).active_version != version:
                 log.info("not resolving %s: not the module's active version", lora_name)
+                self.refusals.inc()
+                return None
+            # The number may have been handed out again by a Redis restored from an older
+            # snapshot: a name whose digest is not this version's names other weights.
+            if not names_checksum(parsed, self.registry.modules.version(module, version).checksum):
+                log.info("not resolving %s: its digest is not the version's checksum", lora_name)
                 self.refusals.inc()
                 return None
             ref = self.store.materialize(module, version)  # checks the sha256

@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loramem.names import served_name
 from router.index import Hit
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
@@ -88,7 +87,7 @@ def route(
         pending.stale(tenant),
         mode,
         interim,
-        Interim(router.threshold, router.top_k, router.base_name, router.active_modules(tenant)),
+        Interim(router.threshold, router.top_k, router.base_name, router.active_targets(tenant)),
     )
 
 
@@ -99,7 +98,7 @@ class Interim:
     threshold: float
     top_k: int
     base_name: str
-    active: dict[str, int]  # the tenant's modules and their active versions
+    active: dict[str, str]  # the tenant's modules and their active versions' served names
 
 
 def with_pending(
@@ -123,9 +122,9 @@ def with_pending(
     if not (fresh_wins or routed_stale):
         return decision
     winner = fresh[0] if fresh_wins else own[0]
-    version = router.active.get(winner.module)
-    if interim == "hybrid" and version and stale.get(winner.fact_id) != "delete":
-        target, module = served_name(winner.module, version), winner.module
+    served = router.active.get(winner.module)
+    if interim == "hybrid" and served and stale.get(winner.fact_id) != "delete":
+        target, module = served, winner.module
     else:
         target, module = router.base_name, None
     return replace(

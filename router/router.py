@@ -19,13 +19,19 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from cachetools import LRUCache
 
-from loramem.errors import ModelNotFound
-from loramem.names import module_id, module_name, parse_served_name, public_served_name, served_name
+from loramem.errors import ModelNotFound, NotFound
+from loramem.names import (
+    module_id,
+    module_name,
+    parse_version_name,
+    public_served_name,
+    served_name,
+)
 from loramem.registry import Registry
 from loramem.registry.merges import merge_is_current, merged_module_name
 from loramem.registry.modules import VersionInfo
@@ -39,10 +45,25 @@ from router.span import SpanPart, find_span
 
 log = logging.getLogger("loramem.router")
 
+# The checksum of a module indexed for routing alone (benchmarks, routing evaluations),
+# whose version no engine ever serves.
+NO_ADAPTER = "0" * 64
+
+
+class _Active(NamedTuple):
+    """A module's active version as this router knows it."""
+
+    tenant: str
+    version: int
+    checksum: str  # its adapter's: its served name carries the digest (loramem/names.py)
+
+    def served(self, module: str) -> str:
+        return served_name(module, self.version, self.checksum)
+
 
 @dataclass(frozen=True)
 class RouteDecision:
-    target: str  # engine model name: "<module id>@v<N>" or the base model's name
+    target: str  # engine model name: "<module id>@v<N>.<digest>" or the base model's name
     module: str | None  # the module's id; None when the base model answers
     # "module" (named or routed), "merged" (routed to a merged module), "span" (routed,
     # the question spans modules: router/span.py), "base" (asked for), "below_threshold"
@@ -109,7 +130,7 @@ class Router:
         self.merge_margin = merge_margin
         self.merge_max_modules = merge_max_modules
         self.merge_combination = merge_combination
-        self._active: dict[str, tuple[str, int]] = {}  # module -> (tenant, version)
+        self._active: dict[str, _Active] = {}  # module -> its active version
         self._merged: dict[str, dict[str, int]] = {}  # merged module -> sources' versions
         # Snapshots: what a saved index covers is each module's version stamp (stamp()).
         self.snapshot_dir = snapshot_dir
@@ -178,22 +199,28 @@ class Router:
         """`<module>` (its active version) or `<module>@v<N>` when N is the active version:
         a replaced or retired version is never served again (its facts may be deleted).
         The name is looked up in the caller's namespace only."""
-        name, version = parse_served_name(model) or (model, None)
+        name, version = parse_version_name(model) or (model, None)
         module = module_id(tenant, name)
         with self._lock:
             active = self._active.get(module)
-        if active is None or active[0] != tenant or module_name(module) != name:
+        if active is None or active.tenant != tenant or module_name(module) != name:
             # foreign modules look exactly like absent ones
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
-        if version is not None and version != active[1] and not self._newer(module, version):
-            raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
-        number = version or active[1]
-        return RouteDecision(target=served_name(module, number), module=module, outcome="module")
+        if version is not None and version != active.version:
+            active = self._newer(module, version, tenant)
+            if active is None:
+                raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+        return RouteDecision(target=active.served(module), module=module, outcome="module")
 
-    def _newer(self, module: str, version: int) -> bool:
+    def _newer(self, module: str, version: int, tenant: str) -> _Active | None:
         """A version this router has not heard of yet but the registry already serves
-        (its publish event is on its way)."""
-        return self.registry.modules.get(module).active_version == version
+        (its publish event is on its way); None when it does not."""
+        if self.registry.modules.get(module).active_version != version:
+            return None
+        try:
+            return _active(tenant, self.registry.modules.version(module, version))
+        except NotFound:  # replaced and swept since
+            return None
 
     def _nearest(self, tenant: str, query: str, merge: bool) -> RouteDecision:
         index = self._indexes.get(tenant)
@@ -217,7 +244,7 @@ class Router:
             if lexical is not None:
                 hits, ranked = self._fused(lexical, query, hits)
             chosen = choose(ranked, self.threshold)
-            version = self._active[chosen.module][1] if chosen else 0
+            entry = self._active[chosen.module] if chosen else None
             group = (
                 merge_group(
                     ranked, chosen, self.threshold, self.merge_margin, self.merge_max_modules
@@ -227,11 +254,11 @@ class Router:
             )
             merged = self._current_merge(tenant, group) if group else None
         best, top = max(m.best for m in ranked), ranked[: self.max_candidates]
-        if chosen is None:
+        if chosen is None or entry is None:
             return RouteDecision(self.base_name, None, "below_threshold", best, hits, top)
         if merged is not None:
-            return RouteDecision(served_name(*merged), merged[0], "merged", best, hits, top)
-        target = served_name(chosen.module, version)
+            return RouteDecision(merged[1], merged[0], "merged", best, hits, top)
+        target = entry.served(chosen.module)
         return RouteDecision(target, chosen.module, "module", best, hits, top, group)
 
     def with_span(
@@ -273,9 +300,9 @@ class Router:
         with self._lock:
             for part in parts:
                 entry = self._active.get(part.module)
-                if entry is None or entry[0] != tenant:
+                if entry is None or entry.tenant != tenant:
                     return decision  # a part's module retired meanwhile: answer as routed
-                targets.append(served_name(part.module, entry[1]))
+                targets.append(entry.served(part.module))
         if not parts:
             return decision
         return replace(decision, outcome="span", span=parts, span_targets=targets)
@@ -315,14 +342,15 @@ class Router:
         fused = fused[: self.top_k]
         return fused, aggregate(fused, self.support_weight)
 
-    def _current_merge(self, tenant: str, group: list[str]) -> tuple[str, int] | None:
-        """The published merged module of exactly these sources' active versions."""
+    def _current_merge(self, tenant: str, group: list[str]) -> tuple[str, str] | None:
+        """The published merged module of exactly these sources' active versions, and its
+        served name."""
         name = merged_module_name(tenant, group, self.merge_combination)
         built_from, entry = self._merged.get(name), self._active.get(name)
         if built_from is None or entry is None:
             return None
-        active = {m: self._active[m][1] for m in built_from if m in self._active}
-        return (name, entry[1]) if merge_is_current(built_from, active) else None
+        active = {m: self._active[m].version for m in built_from if m in self._active}
+        return (name, entry.served(name)) if merge_is_current(built_from, active) else None
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.embed(texts)
@@ -341,7 +369,7 @@ class Router:
                 self._restore(tenant, versions)
             for info in versions:
                 with self._lock:
-                    current = self._active.get(info.module) == (tenant, info.version)
+                    current = self._active.get(info.module) == _active(tenant, info)
                     current = current and self._stamps.get(info.module) == stamp(info)
                 if not current:
                     self._apply_version(tenant, info)
@@ -359,10 +387,12 @@ class Router:
         mark = None if info.merged_from else stamp(info)
         ids, texts = [f.id for f in facts], [f.text for f in facts]
         self._keep(tenant, ids, texts)  # what this version was trained on
-        self.index_module(tenant, info.module, info.version, ids, vectors, mark, texts)
+        self.index_module(
+            tenant, info.module, info.version, info.checksum, ids, vectors, mark, texts
+        )
         if info.merged_from:  # a merged module: servable by name, owner of no facts
             with self._lock:
-                if self._active.get(info.module) == (tenant, info.version):
+                if self._active.get(info.module) == _active(tenant, info):
                     self._merged[info.module] = info.merged_from
 
     def index_module(
@@ -370,19 +400,21 @@ class Router:
         tenant: str,
         module: str,
         version: int,
+        checksum: str,
         fact_ids: list[str],
         vectors: np.ndarray | None,
         version_stamp: str | None = None,
         texts: list[str] | None = None,
     ) -> None:
-        """Make `module@v<version>` active with exactly these facts (rows of `vectors`);
-        `version_stamp` (stamp()) lets a snapshot of the index cover the module."""
+        """Make `module@v<version>` (its adapter's `checksum`) active with exactly these
+        facts (rows of `vectors`); `version_stamp` (stamp()) lets a snapshot of the index
+        cover the module."""
         with self._lock:
             index = self._indexes.get(tenant)
             if index is None:
                 index = self._indexes[tenant] = self._new_index(self.embedder.dim)
             previous = self._active.get(module)
-            if previous and previous[1] > version:
+            if previous and previous.version > version:
                 return  # an older event arriving late
             lexical = self._lexical.setdefault(tenant, LexicalIndex())
             dropped = index.facts_of(module) - set(fact_ids)
@@ -394,7 +426,7 @@ class Router:
                 if self.lexical_weight and texts is not None:
                     for fact_id, text in zip(fact_ids, texts, strict=True):
                         lexical.add(fact_id, text)
-            self._active[module] = (tenant, version)
+            self._active[module] = _Active(tenant, version, checksum)
             self._stamps.pop(module, None)
             if version_stamp is not None:
                 self._stamps[module] = version_stamp
@@ -406,11 +438,13 @@ class Router:
             entry = self._active.pop(module, None)
             self._merged.pop(module, None)
             self._stamps.pop(module, None)
-            index = self._indexes.get(entry[0]) if entry else None
+            index = self._indexes.get(entry.tenant) if entry else None
             if entry:
-                self._dirty.add(entry[0])
+                self._dirty.add(entry.tenant)
             if index is not None:
-                lexical = self._lexical.get(entry[0], LexicalIndex()) if entry else LexicalIndex()
+                lexical = (
+                    self._lexical.get(entry.tenant, LexicalIndex()) if entry else LexicalIndex()
+                )
                 dropped = index.facts_of(module)
                 index.remove_many(dropped)
                 for fact_id in dropped:
@@ -425,11 +459,21 @@ class Router:
     def active_modules(self, tenant: str) -> dict[str, int]:
         """The tenant's active modules by id, with their versions."""
         with self._lock:  # the event follower writes it from another thread
-            return {m: v for m, (t, v) in self._active.items() if t == tenant}
+            return {m: a.version for m, a in self._active.items() if a.tenant == tenant}
 
     def all_active(self) -> dict[str, int]:
         with self._lock:
-            return {m: v for m, (_t, v) in self._active.items()}
+            return {m: a.version for m, a in self._active.items()}
+
+    def active_targets(self, tenant: str) -> dict[str, str]:
+        """The tenant's active modules by id, with their versions' served names."""
+        with self._lock:
+            return {m: a.served(m) for m, a in self._active.items() if a.tenant == tenant}
+
+    def served_names(self) -> set[str]:
+        """The served names of every module's active version."""
+        with self._lock:
+            return {a.served(m) for m, a in self._active.items()}
 
     # ------------------------------------------------------------- snapshots
     def _restore(self, tenant: str, versions: list[VersionInfo]) -> None:
@@ -465,7 +509,7 @@ class Router:
             self._indexes[tenant] = index
             self._lexical[tenant] = lexical
             for module in kept:
-                self._active[module] = (tenant, now[module].version)
+                self._active[module] = _active(tenant, now[module])
                 self._stamps[module] = saved.modules[module]
         log.info(
             "router: %s restored from its snapshot, %d facts in %d modules current, %d stale",
@@ -499,8 +543,8 @@ class Router:
                     return saved
                 modules = {
                     m: self._stamps[m]
-                    for m, (t, _v) in self._active.items()
-                    if t == tenant and m in self._stamps
+                    for m, a in self._active.items()
+                    if a.tenant == tenant and m in self._stamps
                 }
             try:
                 snapshot.write(
@@ -520,6 +564,10 @@ class Router:
     def _snapshot_key(self, tenant: str) -> str:
         # Two registries (two Redis databases) may share one cache folder.
         return f"{self.snapshot_scope}\n{tenant}"
+
+
+def _active(tenant: str, info: VersionInfo) -> _Active:
+    return _Active(tenant, info.version, info.checksum)
 
 
 def stamp(info: VersionInfo) -> str:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from loramem.engine import max_lora_rank
 from loramem.errors import InvalidRequest
-from loramem.names import module_id, module_name, served_name
+from loramem.names import module_id, module_name, version_name
 from loramem.registry.merges import merged_rank
 from server.deps import ReaderDep, RegistryDep, SettingsDep, WriterDep
 from server.protocol import MergeOut, PostMergeRequest, PostMergeResponse
@@ -46,7 +46,7 @@ def list_merges(caller: ReaderDep, registry: RegistryDep) -> list[MergeOut]:
                 combination=spec.combination,
                 weights=spec.weights,
                 active_version=active or None,
-                served_name=served_name(name, active) if active else None,
+                served_name=version_name(name, active) if active else None,
                 built_from={module_name(m): v for m, v in built_from.items()},
                 current=registry.merges.is_current(spec),
             )

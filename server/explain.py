@@ -32,7 +32,7 @@ def explain(
     return RouteExplanation(
         served=decision.header,
         module=module_name(decision.module) if decision.module else None,
-        version=parsed[1] if parsed else None,
+        version=parsed.version if parsed else None,
         outcome=decision.outcome,
         mode=mode,
         score=decision.score,

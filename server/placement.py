@@ -3,7 +3,9 @@
 Pure code, no I/O: the forwarder asks it where to send a request, the reconciler where a
 version belongs, and `bench/placement_sim.py` drives the same functions at scale.
 
-Rendezvous (highest-random-weight) hashing ranks the engines for each served name; a
+Rendezvous (highest-random-weight) hashing ranks the engines for each served name, by its
+version name (the digest left out, loramem/names.py: where a version lives does not
+depend on its weights, so it can be told from the name alone, before training); a
 version is placed on the first `replicas` of them. Adding or removing one of N engines
 moves only the versions whose ranking it enters or leaves, about 1/N of them, so the
 engines' adapter caches stay warm across changes. The replica count follows the version's
@@ -22,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from loramem.names import without_digest
+
 
 def weight(engine: str, name: str) -> int:
     """The rendezvous weight of one engine for one served name."""
@@ -30,7 +34,7 @@ def weight(engine: str, name: str) -> int:
 
 def ranked(name: str, engines: Iterable[str]) -> list[str]:
     """Engines best first for `name`; the order of `engines` does not matter."""
-    return list(_ranked(name, tuple(engines)))
+    return list(_ranked(without_digest(name), tuple(engines)))
 
 
 @lru_cache(maxsize=1 << 16)

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from loramem.adapter_store import AdapterStore
 from loramem.engine import EngineClient
 from loramem.errors import ModelNotFound, NotFound
-from loramem.names import parse_served_name, served_name
+from loramem.names import (
+    names_checksum,
+    parse_served_name,
+    public_served_name,
+    version_name,
+    version_of,
+)
 from loramem.registry import Registry
 from loramem.registry.modules import advance
 from router.pending import PendingFacts, decode_fact_ids
@@ -274,8 +280,9 @@ class Reconciler(threading.Thread):
         """Unload from one healthy engine what no longer belongs there (and, with
         `preload`, load what does); True when its adapters changed since the last pass."""
         engine = self.engines[url]
-        adapters = {n for n in engine.loaded_models() if parse_served_name(n)}
-        active = {served_name(m, v) for m, v in self.router.all_active().items()}
+        # A name from before served names carried digests counts too: it is stale.
+        adapters = {n for n in engine.loaded_models() if version_of(n)}
+        active = self.router.served_names()
         if self.preload:  # every active version's placement: one host, few versions
             for name in sorted(n for n in active - adapters if url in self.pool.placement(n)):
                 try:
@@ -315,17 +322,22 @@ class Reconciler(threading.Thread):
 
     def load_into(self, url: str, name: str) -> bool:
         """Materialise a module version from the registry and load it into one engine.
-        Only the active version is ever loaded: a retired one is not servable again."""
+        Only the active version is ever loaded, under its own served name: a retired one
+        is not servable again, nor other weights given its number by a restored Redis."""
         parsed = parse_served_name(name)
         if parsed is None:
             return False
-        module, version = parsed
+        module, version, _digest = parsed
         try:
-            active = self.registry.modules.get(module).active_version
+            current = self.registry.modules.get(module).active_version == version
+            current = current and names_checksum(
+                parsed, self.registry.modules.version(module, version).checksum
+            )
         except NotFound:
-            active = 0
-        if version != active:
-            raise ModelNotFound(f"The model `{name}` does not exist.", param="model")
+            current = False
+        if not current:  # a client may see it: its public name
+            shown = public_served_name(name)
+            raise ModelNotFound(f"The model `{shown}` does not exist.", param="model")
         started = time.monotonic()
         self.engines[url].load_adapter(self.store.materialize(module, version))
         self.metrics.engine_push_load_seconds.labels(url).observe(time.monotonic() - started)
@@ -369,11 +381,11 @@ class Reconciler(threading.Thread):
         active = self.router.all_active()
         retired = set(self.registry.modules.retired_before(time.time() - self.retire_grace_s))
         local = self.store.local_versions()
-        replaced = {served_name(m, v) for m, v in local if active.get(m, 0) > v}
+        replaced = {version_name(m, v) for m, v in local if active.get(m, 0) > v}
         ready = self._stale_long_enough("local", replaced, time.monotonic())
         removed = 0
         for module, version in local:
-            name = served_name(module, version)
+            name = version_name(module, version)
             if (module, version) in retired or name in ready:
                 removed += self.store.remove_local(module, version)
                 self._forget("local", name)

@@ -8,11 +8,14 @@ Redis, which the publish transaction writes: each engine fetches it on its first
 for it, so nothing is pushed. Without it, the version is loaded into every engine first.
 
 A served name must never name other weights than it first did, or an engine that has it
-loaded would go on serving the old ones. Version numbers come from Redis, which may be
-restored from an older snapshot; so the number taken is also above every version of the
-module seen outside Redis: this host's adapter folders (with a record that outlives
-their sweeping) and the engines' loaded adapters. An engine that still answers "already
-loaded" for the new name makes the publisher take the next number.
+loaded would go on serving the old ones. The served name carries the digest of the
+version's checksum (loramem/names.py), so other weights always get another name, even
+under a number handed out again. Version numbers come from Redis, which may be restored
+from an older snapshot; so that the numbers users see still only grow where anything
+remembers them, the number taken is also above every version of the module seen outside
+Redis: this host's adapter folders (with a record that outlives their sweeping) and the
+engines' loaded adapters. An engine that still answers "already loaded" for the new name
+(the same weights under it) makes the publisher take the next number.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 from loramem.adapter_store import RECIPE_FILE, AdapterRef, checksum, validate_adapter_config
 from loramem.engine import EngineClient, max_lora_rank
 from loramem.errors import EngineUnavailable, LockLost, NameTaken
-from loramem.names import parse_served_name
+from loramem.names import version_of
 from loramem.queue import ModuleLock
 from loramem.registry.jobs import Job, JobCancelled
 from loramem.registry.modules import Fence, VersionInfo
@@ -111,7 +114,7 @@ class Publisher:
                 names = engine.loaded_models()
             except EngineUnavailable:  # down: it restarts empty, knowing no name
                 continue
-            seen += [p[1] for n in names if (p := parse_served_name(n)) and p[0] == module]
+            seen += [p[1] for n in names if (p := version_of(n)) and p[0] == module]
         return 1 + max(seen)
 
     def unload_everywhere(self, name: str, engines: list[EngineClient] | None = None) -> None:

@@ -12,7 +12,7 @@ import redis
 
 from loramem import keys
 from loramem.errors import Conflict, InvalidRequest, NotFound
-from loramem.names import module_id, module_name, new_job_id, served_name
+from loramem.names import module_id, module_name, new_job_id, version_name
 from loramem.registry.codec import decode
 from loramem.registry.jobs import Job, JobStatus, JobStore, stage_job
 from loramem.registry.modules import ModuleStore, stage_module
@@ -52,7 +52,7 @@ def merged_rank(ranks: list[int], combination: str, max_rank: int) -> int:
 
 def source_signature(versions: Mapping[str, int]) -> str:
     """The exact source versions of a merge, e.g. "a@v2,b@v1"."""
-    return ",".join(served_name(m, v) for m, v in sorted(versions.items()))
+    return ",".join(version_name(m, v) for m, v in sorted(versions.items()))
 
 
 def merge_is_current(built_from: Mapping[str, int], active: Mapping[str, int]) -> bool:

@@ -18,7 +18,13 @@ import redis
 from loramem import keys
 from loramem.errors import LockLost, NotFound
 from loramem.knobs import VersionRecipe
-from loramem.names import module_name, parse_served_name, public_served_name, served_name
+from loramem.names import (
+    module_name,
+    parse_version_name,
+    public_served_name,
+    served_name,
+    version_name,
+)
 from loramem.redis_client import is_cluster
 from loramem.registry.codec import decode
 from loramem.registry.jobs import AlsoWrite, JobStore
@@ -48,7 +54,7 @@ class ModuleInfo:
 
     @property
     def active_name(self) -> str | None:
-        return served_name(self.name, self.active_version) if self.active_version else None
+        return version_name(self.name, self.active_version) if self.active_version else None
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,12 @@ class VersionInfo:
 
     @property
     def name(self) -> str:
-        return served_name(self.module, self.version)
+        return version_name(self.module, self.version)
+
+    @property
+    def served(self) -> str:
+        """The name engines serve it under (loramem/names.py)."""
+        return served_name(self.module, self.version, self.checksum)
 
 
 def stage_module(pipe: redis.client.Pipeline, tenant: str, name: str, **extra: str | float) -> None:
@@ -195,7 +206,7 @@ class ModuleStore:
         for bucket in keys.BUCKET_IDS:
             pipe.zrangebyscore(keys.retired_versions(bucket), "-inf", before_s)
         members = [m for reply in pipe.execute() for m in reply]
-        return [parsed for m in members if (parsed := parse_served_name(decode(m)))]
+        return [parsed for m in members if (parsed := parse_version_name(decode(m)))]
 
     def sweep_retired(self, retention_s: float, limit: int = 100) -> list[tuple[str, int]]:
         """Delete the record and the adapter files of versions retired longer than
@@ -220,7 +231,7 @@ class ModuleStore:
             tenant, size_bytes = pipe.hmget(record, "tenant", "size_bytes")
             pipe.multi()
             retired = keys.retired_versions(keys.module_bucket(module))
-            pipe.zrem(retired, served_name(module, version))
+            pipe.zrem(retired, version_name(module, version))
             pipe.delete(record, keys.version_files(module, version))
             if tenant is not None and size_bytes:
                 pipe.decrby(keys.tenant_adapter_bytes(decode(tenant)), int(size_bytes))
@@ -234,7 +245,9 @@ class ModuleStore:
     def version(self, module: str, version: int) -> VersionInfo:
         raw = self._redis.hgetall(keys.version(module, version))
         if not raw:
-            raise NotFound(f"version not found: {public_served_name(served_name(module, version))}")
+            raise NotFound(
+                f"version not found: {public_served_name(version_name(module, version))}"
+            )
         return _version_info(module, version, raw)
 
     def active_versions(self, tenant: str) -> list[VersionInfo]:
@@ -369,7 +382,7 @@ class _ActiveVersion:
 
     def record_retired(self, pipe: redis.client.Pipeline, unless: int = 0) -> None:
         if self.version and self.version != unless:
-            name = served_name(self.module, self.version)
+            name = version_name(self.module, self.version)
             pipe.zadd(keys.retired_versions(keys.module_bucket(self.module)), {name: time.time()})
 
 

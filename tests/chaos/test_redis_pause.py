@@ -24,7 +24,7 @@ from loramem.settings import Settings
 from server.app import create_app
 from server.reconcile import EventFollower, Reconciler
 from tests.chaos.support import RedisServer, figures
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 SOCKET_TIMEOUT_S = 1.0
 PAUSE_S = 10.0
@@ -60,7 +60,7 @@ def test_chat_and_health_go_on_while_redis_is_paused(
             body = client.post("/facts", json={"facts": ["the sky is green"]}).json()
             name, module = body["module"], module_id("default", body["module"])
             registry.modules.publish(
-                VersionInfo(module, 1, "default", body["fact_ids"], 1.0, "c", TRAINED), {}
+                VersionInfo(module, 1, "default", body["fact_ids"], 1.0, NO_FILES, TRAINED), {}
             )
             chat = {"model": name, "messages": [{"role": "user", "content": "sky?"}]}
 
@@ -113,7 +113,7 @@ def test_chat_and_health_go_on_while_redis_is_paused(
                 time.sleep(0.2)
             ingest_back_s = time.monotonic() - resumed
             registry.modules.publish(
-                VersionInfo(module, 2, "default", body["fact_ids"], 1.0, "c", TRAINED), {}
+                VersionInfo(module, 2, "default", body["fact_ids"], 1.0, NO_FILES, TRAINED), {}
             )
             served(2)
             stop.set()

@@ -21,7 +21,7 @@ import pytest
 
 from loramem.datasets import phonebook
 from loramem.engine import engine_command, engine_env
-from loramem.names import module_id, served_name
+from loramem.names import module_id, version_name
 from loramem.registry import Registry
 from server.engines import EnginePool
 from tests.e2e.support import (
@@ -148,10 +148,11 @@ def test_two_engines_keep_affinity_fail_over_and_refill_themselves(
     name = next(
         f"affinity-{i}"
         for i in range(100)
-        if pool.candidates(served_name(module_id("e2e", f"affinity-{i}"), 1))[0] == urls[1]
+        if pool.candidates(version_name(module_id("e2e", f"affinity-{i}"), 1))[0] == urls[1]
     )
-    engine_name = served_name(module_id("e2e", name), 1)  # what the engines serve it as
     system.wait_job(system.post_facts([person[0].fact], module=name)["job_id"])
+    # What the engines serve it as: the name carries its checksum's digest.
+    engine_name = Registry.from_url(E2E_REDIS_URL).modules.version(module_id("e2e", name), 1).served
     # Its own cache folder, shared with nothing: it fetches versions from Redis itself.
     cache = tmp_path / "extra-engine-cache"
     settings = system.settings.model_copy(

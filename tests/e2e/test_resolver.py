@@ -23,7 +23,7 @@ from loramem import keys
 from loramem.adapter_store import checksum, read_files
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_command, engine_env
-from loramem.names import module_id
+from loramem.names import module_id, served_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
@@ -68,10 +68,9 @@ def publish(registry: Registry, module: str, files: dict[str, bytes]) -> str:
     # The module record POST /facts would have made; publish fills in the rest.
     registry.modules._redis.hsetnx(keys.module(module), "tenant", "e2e")
     version = registry.modules.next_version(module)
-    registry.modules.publish(
-        VersionInfo(module, version, "e2e", [], 1.0, checksum(files), TRAINED), files
-    )
-    return f"{module}@v{version}"
+    info = VersionInfo(module, version, "e2e", [], 1.0, checksum(files), TRAINED)
+    registry.modules.publish(info, files)
+    return info.served  # the name engines know it by, its checksum's digest in it
 
 
 def start_engine(settings: Settings, model_path: Path) -> subprocess.Popen:
@@ -124,8 +123,13 @@ def test_an_engine_fetches_versions_published_after_it_started_and_refills_after
             checksum(read_files(cache / MODULE / "v1"))
             == registry.modules.version(MODULE, 1).checksum
         )
-        assert ask(f"{MODULE}@v7").status_code == 404  # not a published version
-        assert ask("nothing@v1").status_code == 404
+        digest = registry.modules.version(MODULE, 1).checksum
+        assert ask(served_name(MODULE, 7, digest)).status_code == 404  # not published
+        assert ask(served_name("nothing", 1, digest)).status_code == 404
+        assert ask(f"{MODULE}@v1").status_code == 404  # no digest: not a served name
+        # The active number under another digest (a Redis restored from an older snapshot
+        # handed it out again for other weights): never resolved to these weights.
+        assert ask(served_name(MODULE, 1, "0" * 64)).status_code == 404
         assert resolver_loads() == 1
         newer = publish(registry, MODULE, make_adapter(model_path, tmp_path / "b"))
     finally:

@@ -11,7 +11,7 @@ import redis
 
 from loramem import keys
 from loramem.datasets import phonebook
-from loramem.names import module_id, served_name
+from loramem.names import module_id, version_of
 from tests.e2e.support import E2E_REDIS_URL, ENGINE_HEADERS, System
 
 TENANT = {"x-loramem-tenant": "e2e"}
@@ -49,7 +49,7 @@ def test_a_deleted_facts_old_version_is_not_served_and_its_files_go(system: Syst
                 ("folder", folder.exists()),
                 ("blob", client.exists(keys.version_files(module, 1))),
                 ("record", client.exists(keys.version(module, 1))),
-                ("engine", served_name(module, 1) in served),
+                ("engine", any(version_of(n) == (module, 1) for n in served)),
             ]
             if present
         ]

@@ -11,7 +11,7 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 
@@ -111,7 +111,10 @@ def test_published_module_is_listed_and_foreign_names_are_404(
         "/facts", json={"facts": ["secret"]}, headers={"x-loramem-tenant": "a"}
     ).json()
     registry.modules.publish(
-        VersionInfo(module_id("a", body["module"]), 1, "a", body["fact_ids"], 1.0, "c", TRAINED), {}
+        VersionInfo(
+            module_id("a", body["module"]), 1, "a", body["fact_ids"], 1.0, NO_FILES, TRAINED
+        ),
+        {},
     )
     name = f"{body['module']}@v1"
     deadline_models = []

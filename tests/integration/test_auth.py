@@ -19,7 +19,7 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 OPEN_PATHS = {"/healthz", "/readyz"}
 # FastAPI's own schema and docs pages: no data of any tenant.
@@ -142,7 +142,7 @@ def _publish_b(client: TestClient, registry: Registry, b: dict[str, str]) -> dic
         body = reply.json()
         module = module_id("b", body["module"])
         registry.modules.publish(
-            VersionInfo(module, 1, "b", body["fact_ids"], 1.0, "c", TRAINED), {}
+            VersionInfo(module, 1, "b", body["fact_ids"], 1.0, NO_FILES, TRAINED), {}
         )
     merge = client.post("/merges", json={"modules": ["bm1", "bm2"]}, headers=b)
     assert merge.status_code == 202, merge.text

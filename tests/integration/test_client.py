@@ -16,7 +16,7 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_wait_job_follows_a_job_until_it_is_published(client: Client, registry: 
     registry.jobs.skip_to_publishing(added["job_id"], {"note": "published by hand"})
     registry.modules.publish(
         VersionInfo(
-            module_id("acme", added["module"]), 1, "acme", added["fact_ids"], 1.0, "c", TRAINED
+            module_id("acme", added["module"]), 1, "acme", added["fact_ids"], 1.0, NO_FILES, TRAINED
         ),
         {},
         job_id=added["job_id"],

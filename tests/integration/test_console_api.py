@@ -19,7 +19,7 @@ from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.api_console import CONSOLE_DIR
 from server.app import create_app
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 FACT = "The phone number of Ada Quill is 555-0147."
 QUESTION = "What is the phone number of Ada Quill?"
@@ -67,7 +67,7 @@ def _publish(client: TestClient, registry: Registry, tenant: str, facts: list[st
     registry.jobs.skip_to_publishing(body["job_id"], {"phase": "publishing"})
     registry.modules.publish(
         VersionInfo(
-            module_id(tenant, body["module"]), 1, tenant, body["fact_ids"], 0.9, "c", TRAINED
+            module_id(tenant, body["module"]), 1, tenant, body["fact_ids"], 0.9, NO_FILES, TRAINED
         ),
         {},
         job_id=body["job_id"],

@@ -12,7 +12,7 @@ from loramem.registry import Registry
 from loramem.registry import facts as facts_module
 from loramem.registry.jobs import JobStatus
 from loramem.registry.modules import VersionInfo
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 
 def _publishing_job(registry: Registry, texts: list[str]):  # type: ignore[no-untyped-def]
@@ -30,7 +30,7 @@ def test_publish_checks_the_lock_token_in_its_transaction(
     redis_client.delete(mine.key)  # expired...
     other = registry.module_lock(job.module, ttl_ms=60_000)
     assert other.acquire()  # ...and taken by another worker
-    info = VersionInfo(job.module, 1, "t", ids, 1.0, "c", TRAINED)
+    info = VersionInfo(job.module, 1, "t", ids, 1.0, NO_FILES, TRAINED)
     with pytest.raises(LockLost):
         registry.modules.publish(info, {}, job_id=job.id, fence=mine.fence)
     assert registry.modules.get(job.module).active_version == 0  # nothing was published

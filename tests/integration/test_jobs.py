@@ -24,7 +24,7 @@ from loramem.settings import Settings
 from server.app import create_app
 from tests.integration.test_api import assert_openai_error
 from tests.integration.test_retention import adapter_files, make_worker
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 from trainer import handlers
 from trainer.context import TrainerContext
@@ -276,7 +276,7 @@ def test_a_version_is_published_only_for_a_job_not_cancelled(registry: Registry)
     job = add(registry, "a", "x is 1", module="m")
     registry.jobs.skip_to_publishing(job.id, {})
     registry.jobs.cancel(job.id, "a")
-    info = VersionInfo(job.module, 1, "a", [], 1.0, "sum", TRAINED)
+    info = VersionInfo(job.module, 1, "a", [], 1.0, NO_FILES, TRAINED)
     with pytest.raises(Exception, match="cancelled"):
         registry.modules.publish(info, {"adapter_config.json": b"{}"}, job_id=job.id)
     assert registry.modules.get(job.module).active_version == 0

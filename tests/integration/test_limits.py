@@ -20,7 +20,7 @@ from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
 from server.app import create_app
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 USER = {"role": "user", "content": "hello"}
@@ -224,7 +224,7 @@ def test_adapter_bytes_count_published_blobs_until_swept_and_gate_new_facts(
     stored = registry.facts.add("default", ["a"], [None], [b"\0" * 256])[1]
     blob = {"adapter_model.safetensors": b"w" * 700, "adapter_config.json": b"{}"}
     for version in (1, 2):
-        info = VersionInfo("m-quota", version, "default", stored, 1.0, "c", TRAINED)
+        info = VersionInfo("m-quota", version, "default", stored, 1.0, NO_FILES, TRAINED)
         registry.modules.publish(info, blob)
     assert registry.modules.tenant_adapter_bytes("default") == 1404
 

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from loramem.errors import Conflict, InvalidRequest, NotFound
-from loramem.names import module_id, module_name
+from loramem.names import module_id, module_name, served_name
 from loramem.registry import Registry
 from loramem.registry.jobs import JobStatus
 from loramem.registry.merges import merged_module_name
@@ -20,7 +20,7 @@ from loramem.settings import Settings
 from router.embedder import to_bytes
 from router.router import Router
 from server.app import create_app
-from tests.recipes import TRAINED, merged
+from tests.recipes import NO_FILES, TRAINED, merged
 
 
 def t(name: str) -> str:
@@ -31,13 +31,13 @@ def t(name: str) -> str:
 def _published(registry: Registry, tenant: str, name: str, version: int = 1) -> None:
     module = module_id(tenant, name)
     job, ids = registry.facts.add(tenant, [f"{name} fact"], [None], [b""], module)
-    registry.modules.publish(VersionInfo(module, version, tenant, ids, 1.0, "c", TRAINED), {})
+    registry.modules.publish(VersionInfo(module, version, tenant, ids, 1.0, NO_FILES, TRAINED), {})
 
 
 def _publish_merge(registry: Registry, name: str, tenant: str, built_from: dict) -> None:  # type: ignore[type-arg]
     version = registry.modules.next_version(name)
     info = VersionInfo(
-        name, version, tenant, [], math.nan, "c", merged(built_from), merged_from=built_from
+        name, version, tenant, [], math.nan, NO_FILES, merged(built_from), merged_from=built_from
     )
     registry.modules.publish(info, {})
 
@@ -128,7 +128,7 @@ def _publish_facts(registry: Registry, router: Router, name: str, text: str, ver
     module = t(name)
     vector = to_bytes(router.embed([text])[0])
     _job, ids = registry.facts.add("t", [text], [None], [vector], module)
-    registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, "c", TRAINED), {})
+    registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, NO_FILES, TRAINED), {})
     router.apply_published("t", module, version)
 
 
@@ -149,11 +149,11 @@ def test_the_router_serves_a_current_merge_and_asks_for_a_stale_one(
     _publish_merge(registry, job.module, "t", {t("ann"): 1, t("bob"): 1})
     router.apply_published("t", job.module, 1)
     merged = router.route("t", "auto", BOTH, merge=True)
-    assert (merged.outcome, merged.target) == ("merged", f"{job.module}@v1")
+    assert (merged.outcome, merged.target) == ("merged", served_name(job.module, 1, NO_FILES))
     assert merged.header == f"{module_name(job.module)}@v1"
     assert router.route("t", "auto", BOTH).outcome == "module"  # opt-in only
     oracle = router.route("t", module_name(job.module), "anything")
-    assert oracle.target == f"{job.module}@v1"
+    assert oracle.target == served_name(job.module, 1, NO_FILES)
     assert router.index_stats("t")[0] == 2  # the merged module owns no facts
 
     _publish_facts(registry, router, "ann", ANN.replace("0101", "0111"), 2)

@@ -17,7 +17,7 @@ from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
 from server.reconcile import EventFollower
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from tests.recipes import merged as merged_recipe
 from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
@@ -49,14 +49,16 @@ def test_published_modules_and_merges_are_routed_within_a_second(
             _job, ids = registry.facts.add(
                 "t", [text], [None], [to_bytes(router.embed([text])[0])], module
             )
-            registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", TRAINED), {})
+            registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
             lags[module] = _routed_after_publish_ms(registry, router, module, text)
 
         both = "What are the phone numbers of Ann Lee and Bob Ray?"
         sources = {module_id("t", "ann"): 1, module_id("t", "bob"): 1}
         job, queued = registry.merges.request("t", list(sources), settings.merge_combination, None)
         assert queued
-        merged = VersionInfo(job.module, 1, "t", [], math.nan, "c", merged_recipe(sources), sources)
+        merged = VersionInfo(
+            job.module, 1, "t", [], math.nan, NO_FILES, merged_recipe(sources), sources
+        )
         registry.modules.publish(merged, {})
         lags["merged"] = _routed_after_publish_ms(registry, router, job.module, both, merge=True)
     finally:
@@ -90,6 +92,6 @@ def test_an_idle_follower_only_waits_and_a_publish_wakes_the_reconciler(
     assert not woken.is_set()
     module = module_id("t", "ann")
     _job, ids = registry.facts.add("t", [ANN], [None], [to_bytes(router.embed([ANN])[0])], module)
-    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", TRAINED), {})
+    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
     assert follower.step(block_ms=1000) == 2  # the facts changed, then the publish
     assert woken.is_set() and router.route("t", "auto", ANN).module == module

@@ -16,7 +16,7 @@ from router.embedder import SentenceEmbedder, to_bytes
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 from server.reconcile import EventFollower
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 ANN = "The phone number of Ann Lee is 555-0101."
@@ -53,7 +53,7 @@ def post(registry: Registry, router: Router, texts: list[str], module: str) -> t
 
 
 def publish(registry: Registry, module: str, version: int, ids: list[str], job_id: str) -> None:
-    info = VersionInfo(module, version, "t", ids, 1.0, "c", TRAINED)
+    info = VersionInfo(module, version, "t", ids, 1.0, NO_FILES, TRAINED)
     registry.jobs.skip_to_publishing(job_id, {})
     registry.modules.publish(info, {}, job_id=job_id)
 
@@ -78,7 +78,7 @@ def test_a_posted_fact_is_answered_from_context_until_its_version_is_published(
     follower.step(block_ms=10)
     assert not pending.any("t")
     decision = ask(router, pending, ASK_ANN)
-    assert (decision.target, decision.outcome) == (served_name(PHONES, 1), "module")
+    assert (decision.target, decision.outcome) == (served_name(PHONES, 1, NO_FILES), "module")
 
 
 def test_an_edit_is_never_answered_by_the_old_version_alone(
@@ -92,7 +92,10 @@ def test_an_edit_is_never_answered_by_the_old_version_alone(
     edit = registry.facts.replace("t", ids[0], ANN_NEW, to_bytes(router.embed([ANN_NEW])[0]))
     follower.step(block_ms=10)
     assert pending.stale("t") == {ids[0]: "edit"}
-    for interim, target in (("rag", router.base_name), ("hybrid", served_name(PHONES, 1))):
+    for interim, target in (
+        ("rag", router.base_name),
+        ("hybrid", served_name(PHONES, 1, NO_FILES)),
+    ):
         decision = ask(router, pending, ASK_ANN, interim)
         assert (decision.target, decision.outcome) == (target, "pending")
         assert decision.candidates[0].fact_id == ids[0]
@@ -106,7 +109,7 @@ def test_an_edit_is_never_answered_by_the_old_version_alone(
     publish(registry, PHONES, 3, held, edit.id)
     follower.step(block_ms=10)
     assert not pending.any("t")
-    assert ask(router, pending, ASK_ANN).target == served_name(PHONES, 3)
+    assert ask(router, pending, ASK_ANN).target == served_name(PHONES, 3, NO_FILES)
 
 
 def test_a_deleted_fact_is_not_answered_from_its_module(

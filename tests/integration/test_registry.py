@@ -9,7 +9,7 @@ from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.registry.jobs import InvalidTransition, JobStatus
 from loramem.registry.modules import VersionInfo
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from tests.services import single_and_cluster  # noqa: F401  (each test on both)
 
 
@@ -74,7 +74,7 @@ def test_transitions_are_checked(registry: Registry) -> None:
 def test_publish_switches_the_active_version_and_emits_an_event(registry: Registry) -> None:
     job, ids = add(registry, "t1", ["a"])
     version = registry.modules.next_version(job.module)
-    info = VersionInfo(job.module, version, "t1", ids, 1.0, "sum", TRAINED)
+    info = VersionInfo(job.module, version, "t1", ids, 1.0, NO_FILES, TRAINED)
     registry.modules.publish(info, {"adapter_config.json": b"{}"})
     assert registry.modules.get(job.module).active_version == version == 1
     assert registry.modules.next_version(job.module) == 2  # numbers are never reused

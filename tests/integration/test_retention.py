@@ -20,7 +20,7 @@ from loramem.registry import Registry
 from loramem.registry.jobs import Job, JobStatus
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from trainer import handlers
 from trainer.context import TrainerContext
 from trainer.metrics import TrainerMetrics
@@ -59,7 +59,7 @@ def adapter_files(size_bytes: int) -> dict[str, bytes]:
 
 def publish(registry: Registry, module: str, tenant: str = "t1") -> int:
     version = registry.modules.next_version(module)
-    info = VersionInfo(module, version, tenant, [], 1.0, "sum", TRAINED)
+    info = VersionInfo(module, version, tenant, [], 1.0, NO_FILES, TRAINED)
     registry.modules.publish(info, {"adapter_config.json": b"{}"})
     return version
 

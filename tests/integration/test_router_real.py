@@ -34,7 +34,7 @@ from loramem.settings import Settings
 from router.embedder import OnnxEmbedder, ProcessEmbedder, SentenceEmbedder, from_bytes, to_bytes
 from router.index import ExactIndex, PqIndex
 from router.router import Router
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def publish(registry: Registry, router: Router, tenant: str, name: str, texts: l
     _job, ids = registry.facts.add(
         tenant, texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
-    registry.modules.publish(VersionInfo(module, 1, tenant, ids, 1.0, "c", TRAINED), {})
+    registry.modules.publish(VersionInfo(module, 1, tenant, ids, 1.0, NO_FILES, TRAINED), {})
     router.apply_published(tenant, module, 1)
 
 

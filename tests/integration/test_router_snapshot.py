@@ -2,6 +2,7 @@
 modules published, changed or retired after the snapshot are routed as the registry says,
 and a snapshot that is corrupt or was made under other settings is rebuilt, not trusted."""
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def post(registry: Registry, router: Router, name: str, texts: list[str]) -> lis
 
 
 def publish(registry: Registry, name: str, version: int, ids: list[str]) -> None:
-    checksum, module = f"sum-{name}-{version}", module_id("t", name)
+    # One checksum per version, a sha256 like any (served names carry its digest).
+    checksum = hashlib.sha256(f"{name}-{version}".encode()).hexdigest()
+    module = module_id("t", name)
     registry.modules.publish(VersionInfo(module, version, "t", ids, 1.0, checksum, TRAINED), {})
 
 

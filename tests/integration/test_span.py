@@ -20,7 +20,7 @@ from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
 from server.app import create_app
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from tests.services import on_throwaway_redis, throwaway_redis_server
 
 
@@ -39,7 +39,7 @@ def publish(registry: Registry, router: Router, name: str, people: list[PhoneEnt
     _job, ids = registry.facts.add(
         "t", texts, [None] * len(texts), [to_bytes(v) for v in vectors], module
     )
-    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, "c", TRAINED), {})
+    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
     router.apply_published("t", module, 1)
 
 

@@ -17,7 +17,7 @@ from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.jobs import JobStatus
 from loramem.settings import Settings
-from tests.recipes import TRAINED
+from tests.recipes import NO_FILES, TRAINED
 from trainer import train as training
 from trainer.synth import fact_qa
 from trainer.worker import Worker
@@ -121,7 +121,7 @@ def test_a_job_whose_facts_are_already_published_is_not_retrained(
 
     settings = settings.model_copy(update={"cache_dir": Settings().cache_dir})
     job, ids = registry.facts.add("t", ["The colour of X is red."], [None], [b""])
-    registry.modules.publish(VersionInfo(job.module, 1, "t", ids, 1.0, "c", TRAINED), {})
+    registry.modules.publish(VersionInfo(job.module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
     _run_one_job(settings, registry)
     done = registry.jobs.get(job.id)
     assert (done.status, done.version) == (JobStatus.PUBLISHED, 1)

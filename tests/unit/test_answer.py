@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loramem.names import served_name
 from router.answer import (
     RAG_INSTRUCTION,
     Interim,
@@ -17,7 +18,8 @@ from router.index import Hit
 from router.router import RouteDecision
 
 HITS = [Hit("f1", "m1", 0.9), Hit("f2", "m2", 0.5)]
-ROUTED = RouteDecision("m1@v2", "m1", "module", 0.9, HITS)
+M1 = served_name("m1", 2, "ab" * 32)  # m1's active version as the engines know it
+ROUTED = RouteDecision(M1, "m1", "module", 0.9, HITS)
 
 
 def test_rag_answers_from_base_with_the_same_facts() -> None:
@@ -71,7 +73,7 @@ def test_a_fact_cannot_close_the_block_or_open_a_turn() -> None:
 
 
 # ------------------------------------------------------- read your writes (with_pending)
-ROUTER = Interim(threshold=0.5, top_k=8, base_name="base-model", active={"m1": 2})
+ROUTER = Interim(threshold=0.5, top_k=8, base_name="base-model", active={"m1": M1})
 
 
 def test_a_new_fact_nearer_than_any_published_one_is_answered_from_context() -> None:
@@ -91,7 +93,7 @@ def test_a_new_fact_nearer_than_any_published_one_is_answered_from_context() -> 
 def test_hybrid_interim_keeps_the_facts_module_when_it_serves() -> None:
     fresh = [Hit("new", "m1", 0.95)]
     decision = with_pending(ROUTED, fresh, {}, "lora", "hybrid", ROUTER)
-    assert (decision.target, decision.module, decision.outcome) == ("m1@v2", "m1", "pending")
+    assert (decision.target, decision.module, decision.outcome) == (M1, "m1", "pending")
     assert effective_mode(decision, "lora") == "hybrid"
 
 
@@ -111,7 +113,7 @@ def test_an_edited_fact_is_never_answered_by_its_module_alone() -> None:
     assert (decision.module, decision.outcome) == (None, "pending")
     assert [h.fact_id for h in decision.candidates] == ["f1", "f2"]  # read by id: new text
     hybrid = with_pending(ROUTED, [Hit("f1", "m1", 0.7)], {"f1": "edit"}, "lora", "hybrid", ROUTER)
-    assert (hybrid.target, hybrid.outcome) == ("m1@v2", "pending")  # module + corrected fact
+    assert (hybrid.target, hybrid.outcome) == (M1, "pending")  # module + corrected fact
 
 
 def test_a_deleted_fact_is_answered_by_base_without_it() -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from loramem.names import served_name
 from loramem.registry.facts import Fact
 from router.index import Hit
 from router.policy import ModuleScore
@@ -66,7 +67,7 @@ def test_a_window_must_hold_whole_buckets() -> None:
 
 
 DECISION = RouteDecision(  # below the HTTP surface a module is known by its id
-    target="t~m1@v3",
+    target=served_name("t~m1", 3, "ab" * 32),
     module="t~m1",
     outcome="module",
     score=0.81,

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from loramem.adapter_store import AdapterStore
+from loramem.names import served_name, version_name
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.placement import DemandMeter, ReplicaPolicy, assign, placed
@@ -41,6 +42,16 @@ def test_adding_an_engine_moves_about_one_in_n() -> None:
         assert set(after[name]) - set(before[name]) <= {grown[-1]}
     moved = sum(after[n] != before[n] for n in NAMES) / len(NAMES)
     assert 0.5 * 2 / 17 < moved < 1.5 * 2 / 17, moved  # about replicas/N of the versions
+
+
+def test_a_version_is_placed_by_its_version_name_whatever_its_digest() -> None:
+    engines = [f"http://e{i}" for i in range(8)]
+    for i in range(50):
+        mine, theirs = served_name(f"m{i}", 1, "ab" * 32), served_name(f"m{i}", 1, "cd" * 32)
+        assert placed(mine, engines, 3) == placed(theirs, engines, 3)
+        assert placed(mine, engines, 3) == placed(version_name(f"m{i}", 1), engines, 3)
+    spread = {placed(served_name(f"m{i}", 1, "ab" * 32), engines, 1)[0] for i in range(50)}
+    assert len(spread) > 1  # the module and version still spread them
 
 
 def test_replicas_follow_the_rate_within_the_limits() -> None:
@@ -99,10 +110,10 @@ class FakeEngine:
 
 def test_the_reconciler_unloads_what_is_placed_elsewhere_once_idle(tmp_path: Path) -> None:
     active = {f"m{i}": 1 for i in range(40)}
-    names = {f"m{i}@v1" for i in range(40)}
+    names = {served_name(f"m{i}", 1, "ab" * 32) for i in range(40)}
     engines = {"http://a": FakeEngine(names, (7, 1.4)), "http://b": FakeEngine(names, None)}
     pool = EnginePool(list(engines), spill_in_flight=4)
-    router = SimpleNamespace(all_active=lambda: active)
+    router = SimpleNamespace(all_active=lambda: active, served_names=lambda: set(names))
     registry = SimpleNamespace(modules=SimpleNamespace(retired_before=lambda before_s: []))
     metrics = GatewayMetrics()
     loop = Reconciler(

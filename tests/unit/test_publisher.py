@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from loramem.adapter_store import AdapterStore
+from loramem.adapter_store import RECIPE_FILE, AdapterStore, checksum
+from loramem.names import served_name
 from loramem.settings import Settings
 from tests.recipes import TRAINED
 from trainer.outcomes import Artifact
@@ -44,4 +45,5 @@ def test_engines_get_a_push_only_without_their_resolver(tmp_path: Path, resolver
     files = {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": b"w"}
     publisher.publish(SimpleNamespace(id="j", tenant="t"), Artifact("m", files, TRAINED, [], 1.0))  # type: ignore[arg-type]
     assert registry.modules.published == ["m@v1"]
-    assert pushed == ([] if resolver else ["m@v1"])
+    served = served_name("m", 1, checksum({**files, RECIPE_FILE: TRAINED.to_json().encode()}))
+    assert pushed == ([] if resolver else [served])

@@ -13,13 +13,17 @@ from typing import Any
 
 import pytest
 
-from loramem.adapter_store import AdapterStore
+from loramem.adapter_store import AdapterStore, checksum
 from loramem.errors import ModelNotFound, NotFound
+from loramem.names import served_name
 from router.router import Router
 from server.engines import EnginePool
 from server.metrics import GatewayMetrics
 from server.reconcile import EventFollower, Reconciler
 from tests.conftest import FakeEmbedder
+
+FILES = {"a": b"1"}  # every version's files in these tests
+CHECKSUM = checksum(FILES)
 
 
 class FakeModules:
@@ -46,6 +50,9 @@ class FakeModules:
         if module not in self.active:
             raise NotFound(f"module not found: {module}")
         return SimpleNamespace(active_version=self.active[module])
+
+    def version(self, module: str, version: int) -> SimpleNamespace:
+        return SimpleNamespace(version=version, checksum=CHECKSUM)
 
 
 def _id(entry_id: str) -> tuple[int, int]:
@@ -135,7 +142,10 @@ class BrokenEngine:
 
 def reconciler(tmp_path: Path, modules: FakeModules, engines: dict[str, Any]) -> Reconciler:
     registry = SimpleNamespace(modules=modules)
-    router = SimpleNamespace(all_active=lambda: {m: v for m, v in modules.active.items() if v})
+    router = SimpleNamespace(
+        all_active=lambda: {m: v for m, v in modules.active.items() if v},
+        served_names=lambda: {served_name(m, v, CHECKSUM) for m, v in modules.active.items() if v},
+    )
     pool = EnginePool(list(engines), spill_in_flight=4)
     return Reconciler(
         registry,  # type: ignore[arg-type]
@@ -165,14 +175,20 @@ def test_a_retired_version_is_never_loaded_again_and_its_folder_goes(tmp_path: P
     loaded: list[str] = []
     engine = SimpleNamespace(load_adapter=lambda ref: loaded.append(ref.name))
     loop = reconciler(tmp_path, modules, {"http://e": engine})
-    loop.store.materialize = lambda m, v: loop.store.write_local(m, v, {"a": b"1"})  # type: ignore[method-assign]
+    loop.store.materialize = lambda m, v: loop.store.write_local(m, v, FILES)  # type: ignore[method-assign]
     with pytest.raises(ModelNotFound):
-        loop.load_into("http://e", "m@v1")
+        loop.load_into("http://e", served_name("m", 1, CHECKSUM))
     with pytest.raises(ModelNotFound):
-        loop.load_into("http://e", "gone@v1")
-    assert loop.load_into("http://e", "m@v2") and loaded == ["m@v2"]
+        loop.load_into("http://e", served_name("gone", 1, CHECKSUM))
+    # The active number under another digest: other weights (a Redis restored from an
+    # older snapshot handed the number out again).
+    with pytest.raises(ModelNotFound, match="`m@v2`"):
+        loop.load_into("http://e", served_name("m", 2, checksum({"a": b"other"})))
+    assert not loop.load_into("http://e", "m@v2")  # no digest: not a served name
+    name = served_name("m", 2, CHECKSUM)
+    assert loop.load_into("http://e", name) and loaded == [name]
     for module, version in [("m", 1), ("m", 3), ("gone", 1)]:
-        loop.store.write_local(module, version, {"a": b"1"})
+        loop.store.write_local(module, version, FILES)
     assert loop.sweep_local() == 2  # replaced m@v1 and retired gone@v1; m@v3 is not out yet
     assert sorted(loop.store.local_versions()) == [("m", 2), ("m", 3)]
 
@@ -180,15 +196,23 @@ def test_a_retired_version_is_never_loaded_again_and_its_folder_goes(tmp_path: P
 def test_an_explicit_old_version_is_not_found() -> None:
     modules = FakeModules([], {"t~m": 2})
     router = Router(SimpleNamespace(modules=modules), FakeEmbedder(), "base", 0.5)  # type: ignore[arg-type]
-    router.index_module("t", "t~m", 2, [], None)
+    router.index_module("t", "t~m", 2, CHECKSUM, [], None)
     decision = router.route("t", "m@v2", "q")
-    assert (decision.target, decision.header) == ("t~m@v2", "m@v2")
-    assert router.route("t", "m", "q").target == "t~m@v2"
+    served = served_name("t~m", 2, CHECKSUM)
+    assert (decision.target, decision.header) == (served, "m@v2")
+    assert router.route("t", "m", "q").target == served
     with pytest.raises(ModelNotFound):
         router.route("t", "m@v1", "q")
     modules.active["t~m"] = 3  # published, but this router has not heard yet
-    assert router.route("t", "m@v3", "q").target == "t~m@v3"
-    for tenant, model in [("other-tenant", "m@v2"), ("t", "t~m@v2"), ("other-tenant", "t~m")]:
+    assert router.route("t", "m@v3", "q").target == served_name("t~m", 3, CHECKSUM)
+    # Clients name versions by their public names only, never by served names.
+    engine_names = [("t", served.removeprefix("t~")), ("t", served)]
+    for tenant, model in [
+        ("other-tenant", "m@v2"),
+        ("t", "t~m@v2"),
+        ("other-tenant", "t~m"),
+        *engine_names,
+    ]:
         with pytest.raises(ModelNotFound):  # in the caller's namespace only, by name only
             router.route(tenant, model, "q")
 
@@ -252,7 +276,7 @@ class SteadyEngine:
 def test_the_reconciler_backs_off_while_nothing_changes(tmp_path: Path) -> None:
     modules = FakeModules([], {"m": 1})
     modules.retired_before = lambda before_s: []  # type: ignore[attr-defined]
-    engine = SteadyEngine({"m@v1"})
+    engine = SteadyEngine({served_name("m", 1, CHECKSUM)})
     loop = reconciler(tmp_path, modules, {"http://e": engine})
     pauses: list[float] = []
 
@@ -272,7 +296,7 @@ def test_the_reconciler_passes_often_while_an_engine_is_down_or_a_version_waits(
 ) -> None:
     modules = FakeModules([], {"m": 2})
     modules.retired_before = lambda before_s: []  # type: ignore[attr-defined]
-    engine = SteadyEngine({"m@v2"})
+    engine = SteadyEngine({served_name("m", 2, CHECKSUM)})
     loop = reconciler(tmp_path, modules, {"http://e": engine})
     assert loop.run_once()  # first pass: the engine came up, its adapters were seen
     assert not loop.run_once()  # nothing changed
@@ -284,7 +308,7 @@ def test_the_reconciler_passes_often_while_an_engine_is_down_or_a_version_waits(
     loop.retire_grace_s = 3600.0
     modules.active["m"] = 3  # m@v2 replaced: it waits for its grace on the engine
     assert loop.run_once() and loop.run_once()
-    assert engine.names == {"m@v2"}
+    assert engine.names == {served_name("m", 2, CHECKSUM)}
 
 
 def test_the_reconcilers_pause_ends_when_woken_or_on_requests_or_a_failed_engine(

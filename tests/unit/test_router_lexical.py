@@ -5,7 +5,7 @@ import numpy as np
 
 from loramem.registry import Registry
 from router.lexical import LexicalIndex, words
-from router.router import Router
+from router.router import NO_ADAPTER, Router
 
 
 def test_rare_words_weigh_more_and_unknown_words_not_at_all() -> None:
@@ -64,7 +64,7 @@ def test_the_router_lets_a_named_fact_win_over_closer_look_alikes() -> None:
         )
         for module, text in facts.items():
             vectors = embedder.embed([text])
-            made.index_module("t", module, 1, [f"f-{module}"], vectors, texts=[text])
+            made.index_module("t", module, 1, NO_ADAPTER, [f"f-{module}"], vectors, texts=[text])
         return made
 
     dense = router(0.0).route("t", "auto", question)
