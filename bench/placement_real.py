@@ -50,7 +50,7 @@ from evaluation.placement_harness import (
 )
 from loramem.base_model import prepare_base_model
 from loramem.engine import engine_command, engine_env
-from loramem.names import module_id, served_name
+from loramem.names import module_id
 from loramem.registry import Registry
 from loramem.settings import Settings
 from server.placement import placed
@@ -76,7 +76,13 @@ class EngineFigures:
     registered_off: int  # names its server still lists that are placed elsewhere
 
 
+def served(registry: Registry, name: str) -> str:
+    """The engine-side name (with its digest) of the bench tenant's module `name`, v1."""
+    return registry.modules.version(module_id(TENANT, name), 1).served
+
+
 def run_placement(
+    registry: Registry,
     label: str,
     base: Settings,
     engines: list[str],
@@ -109,7 +115,7 @@ def run_placement(
         pool = gateway.app.state.pool
         figures = []
         for i, url in enumerate(engines):
-            tenant_served = [served_name(module_id(TENANT, m), 1) for m in modules]
+            tenant_served = [served(registry, m) for m in modules]
             listed = [n for n in registered(url, API_KEY) if n in tenant_served]
             figures.append(
                 EngineFigures(
@@ -169,7 +175,7 @@ def main() -> None:
             list(starting.map(start, range(len(engines))))
         print(f"{len(engines)} engines up in {time.monotonic() - started:.0f} s", flush=True)
         hot = random.Random(args.seed).sample(modules, args.hot)  # run_placement's draw
-        homes = Counter(placed(served_name(module_id(TENANT, m), 1), engines, 1)[0] for m in hot)
+        homes = Counter(placed(served(registry, m), engines, 1)[0] for m in hot)
         split = "/".join(str(homes[url]) for url in engines)
         print(
             f"\n{args.modules} modules, hot set {args.hot} (seed {args.seed}; rendezvous hashing "
@@ -184,7 +190,7 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for label in args.placements.split(","):
-            figures, seconds = run_placement(label, base, engines, modules, args)
+            figures, seconds = run_placement(registry, label, base, engines, modules, args)
             for i, f in enumerate(figures):
                 per_request = f.loads / f.requests if f.requests else 0.0
                 mean_ms = 1000 * f.load_seconds / f.loads if f.loads else 0.0
