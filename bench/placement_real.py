@@ -76,7 +76,7 @@ class EngineFigures:
     registered_off: int  # names its server still lists that are placed elsewhere
 
 
-def served(registry: Registry, name: str) -> str:
+def engine_name(registry: Registry, name: str) -> str:
     """The engine-side name (with its digest) of the bench tenant's module `name`, v1."""
     return registry.modules.version(module_id(TENANT, name), 1).served
 
@@ -115,7 +115,7 @@ def run_placement(
         pool = gateway.app.state.pool
         figures = []
         for i, url in enumerate(engines):
-            tenant_served = [served(registry, m) for m in modules]
+            tenant_served = [engine_name(registry, m) for m in modules]
             listed = [n for n in registered(url, API_KEY) if n in tenant_served]
             figures.append(
                 EngineFigures(
@@ -175,7 +175,7 @@ def main() -> None:
             list(starting.map(start, range(len(engines))))
         print(f"{len(engines)} engines up in {time.monotonic() - started:.0f} s", flush=True)
         hot = random.Random(args.seed).sample(modules, args.hot)  # run_placement's draw
-        homes = Counter(placed(served(registry, m), engines, 1)[0] for m in hot)
+        homes = Counter(placed(engine_name(registry, m), engines, 1)[0] for m in hot)
         split = "/".join(str(homes[url]) for url in engines)
         print(
             f"\n{args.modules} modules, hot set {args.hot} (seed {args.seed}; rendezvous hashing "
