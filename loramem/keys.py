@@ -12,8 +12,11 @@ Shown without the prefix and the tag:
   tenant:{tenant}:modules       set    module names
   tenant:{tenant}:open_module   string the module that new facts are packed into
   module:{name}                 hash   tenant, active_version, version_seq, created_at_s;
-                                       a merged module adds sources, combination, weights
+                                       a merged module adds sources, combination, weights;
+                                       a delta adds parent, its consolidation consolidate_job
   module:{name}:facts           set    fact ids
+  module:{name}:deltas          set    the module's delta modules not yet consolidated
+  deltas                        zset   per bucket: delta module -> when it was made (s)
   version:{name}:{n}            hash   metadata of one immutable module version
   version:{name}:{n}:files      hash   adapter file name -> bytes
   versions:retired              zset   per bucket: "<module>@v<N>" -> when it stopped being
@@ -149,6 +152,17 @@ def module(name: str) -> str:
 
 def module_facts(name: str) -> str:
     return f"{_m(name)}module:{name}:facts"
+
+
+def module_deltas(name: str) -> str:
+    """The delta modules of module `name` that consolidation has not folded in yet."""
+    return f"{_m(name)}module:{name}:deltas"
+
+
+def deltas(bucket_id: str) -> str:
+    """Every unfolded delta module of the bucket's tenants, scored by when it was made:
+    what an idle worker looks through for consolidation that is due."""
+    return f"{_in(bucket_id)}deltas"
 
 
 def version(name: str, number: int) -> str:

@@ -36,9 +36,10 @@ _SERVED = re.compile(
     rf"^(?P<module>[^@]+)@v(?P<version>[0-9]+)\.(?P<digest>[0-9a-f]{{{DIGEST_HEX}}})$"
 )
 # The forms the system names modules with: packed "m-<id>" (registry/facts.py), split
-# "<module>-s<6 hex>" (registry/facts.py) and merged "mx-<hash>" (registry/merges.py). A
-# tenant may not make a module of such a name, or it could squat one the system makes next.
-_RESERVED_MODULE = re.compile(r"^mx?-|-s[0-9a-f]{6}$")
+# "<module>-s<6 hex>" and delta "<module>-d<6 hex>" (registry/facts.py) and merged
+# "mx-<hash>" (registry/merges.py). A tenant may not make a module of such a name, or it
+# could squat one the system makes next.
+_RESERVED_MODULE = re.compile(r"^mx?-|-[sd][0-9a-f]{6}$")
 
 
 def new_id() -> str:
@@ -54,6 +55,13 @@ def new_job_id(tenant: str) -> str:
 def module_id(tenant: str, name: str) -> str:
     """The id of `tenant`'s module `name`: what everything below the HTTP surface uses."""
     return f"{tenant}{_SEP}{name}"
+
+
+def delta_id(module: str) -> str:
+    """A fresh delta module of `module` (its id): new facts that train alone until
+    consolidation folds them into `module`."""
+    tenant, _sep, name = module.rpartition(_SEP)
+    return module_id(tenant, f"{name[:37]}-d{new_id()[:6]}")
 
 
 def module_name(module: str) -> str:

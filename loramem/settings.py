@@ -273,6 +273,16 @@ class Settings(BaseSettings):
     # A fresh "add" job waits until it is this old before reading its module's facts, so
     # facts posted back to back (a client sending batches) train in one job, not two.
     job_coalesce_ms: int = Field(default=1500, ge=0)
+    # An add packed into an open module that already holds facts trains them alone into a
+    # fresh delta module, so its cost does not grow with what the module holds (docs/RESULTS.md,
+    # "Adding facts into a tenant that already holds some": 3.1x at 50 held without it).
+    delta_adds: bool = True
+    # An idle worker queues the consolidation of a module (retrain it with its deltas' facts,
+    # retire the deltas) once it has this many deltas or its oldest is this old: few deltas
+    # keep routing among look-alike modules and engine slots in check, while a batch is
+    # never held back by it.
+    consolidate_deltas: int = Field(default=4, ge=1)
+    consolidate_after_s: float = Field(default=300.0, ge=0)
     trainer_metrics_port: int = Field(default=8200, ge=0, le=65535)  # 0: no metrics server
     # A job delivered this many times without reaching a terminal state (its worker died
     # each time: OOM, segfault) is dead-lettered: failed with the reason, acknowledged.

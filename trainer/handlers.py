@@ -4,6 +4,7 @@ train    an "add", "edit" or "delete" job: train the module on all its facts, ga
 retire   no facts are left: the module stops serving
 covered  an earlier job already trained every fact this one sees
 split    below the gate: half the facts move to a new module with a job of its own
+consolidate  retrain a module with its deltas' facts (warm); the publish retires the deltas
 merge    combine published modules (trainer/merge.py)
 """
 
@@ -27,7 +28,36 @@ class GateFailed(JobRefused):
 def handle(ctx: TrainerContext, job: Job) -> Outcome:
     if job.kind == "merge":
         return build_merge(ctx, job)
+    if job.kind == "consolidate":
+        return consolidate(ctx, job)
     return train(ctx, job)
+
+
+def consolidate(ctx: TrainerContext, job: Job) -> Outcome:
+    """The module with the facts of its deltas that nothing else is training, warm from
+    its active version, gated on them all; the publish moves the facts and retires the
+    deltas in one transaction (registry/modules.py Fold). Below the gate it fails: the
+    deltas go on serving their facts."""
+    deltas = ctx.registry.facts.deltas_to_fold(job.module, job.tenant)
+    if not deltas:
+        return Covered(ctx.registry.modules.get(job.module).active_version)
+    facts = ctx.registry.facts.of_module(job.module, job.tenant)
+    facts += [fact for held in deltas.values() for fact in held]
+    knobs = ctx.settings.training.with_overrides(job.training)
+    run = TrainingRun(ctx, job, knobs)
+    try:
+        measured = run.train_until_gate(facts, warm=True)
+        if measured < knobs.recall_gate:
+            raise GateFailed(f"recall {measured:.3f} is below the gate {knobs.recall_gate:.2f}")
+        run.progress.update(phase="publishing", train_seconds=run.seconds())
+        ctx.registry.jobs.transition(job.id, JobStatus.PUBLISHING, progress=run.progress)
+        folded = {d: {f.id: f.text for f in held} for d, held in deltas.items()}
+        ids = [f.id for f in facts]
+        return Artifact(
+            job.module, run.servable_files(), run.recipe(), ids, measured, folded=folded
+        )
+    finally:
+        run.close()
 
 
 def train(ctx: TrainerContext, job: Job) -> Outcome:

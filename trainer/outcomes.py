@@ -17,6 +17,8 @@ class Artifact:
     fact_ids: list[str]  # the facts it was trained on: what the router indexes
     recall: float  # measured by the gate; nan when not gated (a merge)
     sources: dict[str, int] = field(default_factory=dict)  # a merge's source versions
+    # A consolidation: per delta folded in, its facts' ids and the texts trained.
+    folded: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

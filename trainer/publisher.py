@@ -28,9 +28,9 @@ from loramem.errors import EngineUnavailable, LockLost, NameTaken
 from loramem.names import version_of
 from loramem.queue import ModuleLock
 from loramem.registry.jobs import Job, JobCancelled
-from loramem.registry.modules import Fence, VersionInfo
+from loramem.registry.modules import Fence, Fold, FoldChanged, VersionInfo
 from trainer.context import TrainerContext
-from trainer.outcomes import Artifact, Covered, Outcome, Retirement
+from trainer.outcomes import Artifact, Covered, JobRefused, Outcome, Retirement
 
 log = logging.getLogger("loramem.trainer")
 
@@ -77,12 +77,15 @@ class Publisher:
             recipe=artifact.recipe,
             merged_from=artifact.sources,
         )
+        fold = Fold(job.tenant, artifact.folded) if artifact.folded else None
         try:
-            registry.modules.publish(info, files, job_id=job.id, fence=fence)
-        except (JobCancelled, LockLost):  # never published: take back what was laid out
+            registry.modules.publish(info, files, job_id=job.id, fence=fence, fold=fold)
+        except (JobCancelled, LockLost, FoldChanged) as exc:  # never published: take back
             if not self.ctx.settings.engine_resolver:  # else no engine could have fetched it
                 self.unload_everywhere(ref.name)
             self.ctx.store.remove_local(ref.module, ref.version)
+            if isinstance(exc, FoldChanged):  # the deltas serve on; a later one folds them
+                raise JobRefused(f"not consolidated: {exc}") from exc
             raise
         log.info("published %s (recall %.3f)", ref.name, artifact.recall)
         return ref

@@ -123,6 +123,7 @@ class Worker:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = threading.Event()
         self._next_scan_s = 0.0  # when to look for dead workers' jobs again
+        self._next_consolidation_s = 0.0  # when to look for deltas due again
         torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
 
     def stop(self) -> None:
@@ -149,7 +150,26 @@ class Worker:
         claim = self._reclaim() or self.queue.claim(self.consumer, self.settings.worker_block_ms)
         if claim is not None:
             self.handle(claim)
+        else:  # idle: only now is consolidation queued, so it never holds back a batch
+            self.queue_consolidations()
         return claim is not None
+
+    def queue_consolidations(self) -> list[Job]:
+        """Consolidation jobs for modules whose deltas are due (settings.py consolidate_*),
+        at most every `job_claim_idle_ms` / 4 (the scan reads every bucket)."""
+        if time.monotonic() < self._next_consolidation_s:
+            return []
+        self._next_consolidation_s = time.monotonic() + self.settings.job_claim_idle_ms / 4000
+        facts = self.registry.facts
+        due = facts.consolidations_due(
+            self.settings.consolidate_deltas, self.settings.consolidate_after_s
+        )
+        queued = [
+            job for module, tenant in due if (job := facts.queue_consolidation(module, tenant))
+        ]
+        for job in queued:
+            log.info("queued consolidation %s of %s", job.id, job.module)
+        return queued
 
     def _reclaim(self) -> Claim | None:
         """A dead worker's job, looked for over every tenant's stream at most every few

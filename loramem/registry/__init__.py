@@ -32,11 +32,12 @@ class Registry:
         client: redis.Redis,
         module_capacity_facts: int = 64,
         job_retention_s: float = DEFAULT_FINISHED_TTL_S,
+        delta_adds: bool = False,
     ) -> None:
         self._redis = client
         self.jobs = JobStore(client, finished_ttl_s=job_retention_s)
         self.modules = ModuleStore(client, self.jobs)
-        self.facts = FactStore(client, module_capacity_facts)
+        self.facts = FactStore(client, module_capacity_facts, delta_adds)
         self.merges = MergeStore(client, self.modules, self.jobs)
         self.queue = JobQueue(client)
         self.api_keys = ApiKeyStore(client)
@@ -50,10 +51,11 @@ class Registry:
         job_retention_s: float = DEFAULT_FINISHED_TTL_S,
         connect_timeout_s: float = 2.0,
         socket_timeout_s: float = 5.0,
+        delta_adds: bool = False,
     ) -> Registry:
         """A single Redis, or a Redis Cluster for a `redis+cluster://` URL (redis_client.py)."""
         client = connect(url, connect_timeout_s, socket_timeout_s)
-        return cls(client, module_capacity_facts, job_retention_s)
+        return cls(client, module_capacity_facts, job_retention_s, delta_adds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
@@ -63,6 +65,7 @@ class Registry:
             settings.job_retention_s,
             settings.redis_connect_timeout_s,
             settings.redis_socket_timeout_s,
+            settings.delta_adds,
         )
 
     def module_lock(self, module: str, ttl_ms: int) -> ModuleLock:

@@ -18,6 +18,7 @@ import redis
 from loramem import keys
 from loramem.errors import Conflict, NotFound
 from loramem.names import (
+    delta_id,
     is_module_of,
     is_reserved_module_name,
     module_id,
@@ -26,7 +27,7 @@ from loramem.names import (
     new_job_id,
 )
 from loramem.registry.codec import decode
-from loramem.registry.jobs import Job, stage_job
+from loramem.registry.jobs import TERMINAL, Job, JobStatus, stage_job
 from loramem.registry.limits import TenantQuotas
 from loramem.registry.modules import announce, stage_module
 
@@ -41,9 +42,12 @@ class Fact:
 
 
 class FactStore:
-    def __init__(self, client: redis.Redis, module_capacity_facts: int) -> None:
+    def __init__(
+        self, client: redis.Redis, module_capacity_facts: int, delta_adds: bool = False
+    ) -> None:
         self._redis = client
         self.module_capacity_facts = module_capacity_facts
+        self.delta_adds = delta_adds  # settings.py: packed adds train alone into a delta
 
     def add(
         self,
@@ -72,20 +76,27 @@ class FactStore:
             exists = _check_target(pipe, tenant, target, chosen=module is not None)
             if quotas is not None:
                 quotas.check(pipe, tenant, len(ids), new_module=not exists)
-            job.module = target
+            # An open module that holds facts already: the new ones train alone, into a
+            # delta of it (its cost then does not grow with the module's), until an idle
+            # worker consolidates them into it.
+            job.module = target if module else self._delta_of(pipe, target)
             now = time.time()
             pipe.multi()
-            if not exists:
-                stage_module(pipe, tenant, target)
+            _stage_modules(pipe, tenant, target, exists, job.module)
             if module is None:
                 pipe.set(keys.tenant_open_module(tenant), target)
             for fid, text, emb in zip(ids, texts, embeddings, strict=True):
                 pipe.hset(
                     keys.fact(tenant, fid),
-                    mapping={"text": text, "module": target, "embedding": emb, "created_at_s": now},
+                    mapping={
+                        "text": text,
+                        "module": job.module,
+                        "embedding": emb,
+                        "created_at_s": now,
+                    },
                 )
             pipe.sadd(keys.tenant_facts(tenant), *ids)
-            pipe.sadd(keys.module_facts(target), *ids)
+            pipe.sadd(keys.module_facts(job.module), *ids)
             pipe.sadd(keys.tenants(keys.bucket(tenant)), tenant)
             stage_job(pipe, job)
             _announce_change(pipe, job, "add", ids)
@@ -98,13 +109,26 @@ class FactStore:
         self._redis.transaction(write, *watched)
         return job, ids
 
+    def _delta_of(self, pipe: redis.client.Pipeline, target: str) -> str:
+        """A fresh delta of the open module `target` when it holds facts (and deltas are
+        on), else `target` itself."""
+        if self.delta_adds and pipe.scard(keys.module_facts(target)):
+            return delta_id(target)
+        return target
+
     def _packing_target(self, pipe: redis.client.Pipeline, tenant: str, count: int) -> str:
-        """The tenant's open module while it has room, else a fresh one."""
+        """The tenant's open module while it has room (counting its deltas' facts, which
+        consolidation brings into it), else a fresh one."""
         open_module = pipe.get(keys.tenant_open_module(tenant))
         if open_module is not None:
             name = decode(open_module)
-            pipe.watch(keys.module_facts(name))
-            if pipe.scard(keys.module_facts(name)) + count <= self.module_capacity_facts:
+            pipe.watch(keys.module_facts(name), keys.module_deltas(name))
+            held = [name] + [decode(d) for d in pipe.smembers(keys.module_deltas(name))]
+            pipe.watch(*[keys.module_facts(m) for m in held])
+            if (
+                sum(pipe.scard(keys.module_facts(m)) for m in held) + count
+                <= self.module_capacity_facts
+            ):
                 return name
         return module_id(tenant, "m-" + new_id()[:10])
 
@@ -161,6 +185,60 @@ class FactStore:
         self._redis.transaction(write, *[keys.fact(tenant, fid) for fid in fact_ids])
         return job
 
+    def deltas_to_fold(self, module: str, tenant: str) -> dict[str, list[Fact]]:
+        """The module's deltas that consolidation may fold in now, with their facts: those
+        with no job queued or running on them (an add not yet published, an edit)."""
+        deltas = sorted(decode(d) for d in self._redis.smembers(keys.module_deltas(module)))
+        open_jobs = [decode(j) for j in self._redis.smembers(keys.tenant_open_jobs(tenant))]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in open_jobs:
+            pipe.hget(keys.job(job_id), "module")
+        busy = {decode(m) for m in pipe.execute() if m is not None}
+        return {d: self.of_module(d, tenant) for d in deltas if d not in busy}
+
+    def consolidations_due(
+        self, min_deltas: int, after_s: float, now: float | None = None
+    ) -> list[tuple[str, str]]:
+        """(module, tenant) of every module with at least `min_deltas` deltas, or one made
+        `after_s` or longer ago (settings.py consolidate_*)."""
+        now = time.time() if now is None else now
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in keys.BUCKET_IDS:
+            pipe.zrange(keys.deltas(bucket), 0, -1, withscores=True)
+        made = [(decode(d), float(t)) for reply in pipe.execute() for d, t in reply]
+        for delta, _t in made:
+            pipe.hmget(keys.module(delta), "parent", "tenant")
+        oldest: dict[tuple[str, str], list[float]] = {}
+        for (_d, t), (parent, tenant) in zip(made, pipe.execute(), strict=True):
+            if parent is not None and tenant is not None:
+                oldest.setdefault((decode(parent), decode(tenant)), []).append(t)
+        return sorted(
+            owner
+            for owner, times in oldest.items()
+            if len(times) >= min_deltas or now - min(times) >= after_s
+        )
+
+    def queue_consolidation(self, module: str, tenant: str) -> Job | None:
+        """Queue the job that retrains `module` with its deltas' facts and retires them;
+        None when one is queued or running already."""
+        job = Job(id=new_job_id(tenant), tenant=tenant, module=module, kind="consolidate")
+        queued: list[Job] = []
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            queued.clear()
+            current = pipe.hget(keys.module(module), "consolidate_job")
+            if current is not None:
+                status = pipe.hget(keys.job(decode(current)), "status")
+                if status is not None and JobStatus(decode(status)) not in TERMINAL:
+                    return
+            pipe.multi()
+            stage_job(pipe, job)
+            pipe.hset(keys.module(module), "consolidate_job", job.id)
+            queued.append(job)
+
+        self._redis.transaction(write, keys.module(module))
+        return queued[0] if queued else None
+
     def get(self, tenant: str, fact_id: str) -> Fact:
         raw = self._redis.hgetall(keys.fact(tenant, fact_id))
         if not raw:
@@ -196,6 +274,19 @@ def _announce_change(pipe: redis.client.Pipeline, job: Job, change: str, ids: li
         change=change,
         fact_ids=json.dumps(ids),
     )
+
+
+def _stage_modules(
+    pipe: redis.client.Pipeline, tenant: str, target: str, exists: bool, trained: str
+) -> None:
+    """Create the target module unless it `exists`, and the delta of it that the job
+    trains when that is not the target itself."""
+    if not exists:
+        stage_module(pipe, tenant, target)
+    if trained != target:
+        stage_module(pipe, tenant, trained, parent=target)
+        pipe.sadd(keys.module_deltas(target), trained)
+        pipe.zadd(keys.deltas(keys.bucket(tenant)), {trained: time.time()})
 
 
 def _check_namespace(tenant: str, module: str | None) -> None:

@@ -131,12 +131,15 @@ class ModuleStore:
         files: dict[str, bytes],
         job_id: str | None = None,
         fence: Fence | None = None,
+        fold: Fold | None = None,
     ) -> None:
         """Record a version, switch the active pointer, announce it and finish its job, in
         one transaction; the version it replaces is recorded as retired. With `fence` (the
         module lock's key and the worker's token) the transaction also checks, under WATCH,
-        that the worker still holds the lock, and raises LockLost if not."""
-        previous = _ActiveVersion(info.module, fence)
+        that the worker still holds the lock, and raises LockLost if not. With `fold` (a
+        consolidation) the same transaction moves the deltas' facts into the module and
+        retires the deltas, or raises FoldChanged when they changed since training."""
+        previous = _ActiveVersion(info.module, fence, fold, job_id)
         size_bytes = sum(len(blob) for blob in files.values())
 
         def write(pipe: redis.client.Pipeline) -> None:
@@ -166,6 +169,7 @@ class ModuleStore:
                 tenant=info.tenant,
                 job_id=job_id or "",
             )
+            previous.write_fold(pipe)  # after the publish: routers never lack the facts
 
         self._in_transaction(write, previous, job_id, info.version)
 
@@ -180,6 +184,9 @@ class ModuleStore:
             pipe.hset(keys.module(module), "active_version", 0)
             previous.record_retired(pipe)
             announce(pipe, "retired", module=module, tenant=tenant)
+            if previous.parent:  # an empty delta: nothing left to consolidate
+                pipe.srem(keys.module_deltas(previous.parent), module)
+                pipe.zrem(keys.deltas(keys.bucket(tenant)), module)
 
         self._in_transaction(write, previous, job_id, None)
 
@@ -189,6 +196,7 @@ class ModuleStore:
         """Run `write` atomically, after reading the version it replaces: with the job's
         finish when a job asked for it."""
         watch = (keys.module(previous.module),) + ((previous.fence[0],) if previous.fence else ())
+        watch += previous.fold_watched()
         if job_id is not None:
             self._jobs.finish(job_id, version, also=write, read=previous.read, watch=watch)
             return
@@ -363,14 +371,37 @@ def _entry_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+@dataclass(frozen=True)
+class Fold:
+    """What a consolidation trained its module on besides the module's own facts: per
+    delta module, its facts' ids and the texts trained."""
+
+    tenant: str
+    deltas: dict[str, dict[str, str]]
+
+
+class FoldChanged(Exception):
+    """A delta changed (a fact edited, deleted, or a job queued on it) while its module's
+    consolidation trained: nothing is published; a later consolidation folds it."""
+
+
 class _ActiveVersion:
     """The version a publish or retire replaces, read inside its transaction; and the
-    writer's fence, checked there too."""
+    writer's fence, checked there too; and a consolidation's deltas, checked unchanged."""
 
-    def __init__(self, module: str, fence: Fence | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        fence: Fence | None = None,
+        fold: Fold | None = None,
+        job_id: str | None = None,
+    ) -> None:
         self.module = module
         self.fence = fence
         self.version = 0
+        self.parent: str | None = None  # the module's parent, when it is a delta
+        self.fold, self.job_id = fold, job_id
+        self.fold_versions: dict[str, int] = {}  # each folded delta's active version
 
     def read(self, pipe: redis.client.Pipeline) -> None:
         if self.fence is not None:
@@ -378,7 +409,60 @@ class _ActiveVersion:
             holder = pipe.get(lock_key)
             if holder is None or decode(holder) != token:
                 raise LockLost(f"the lock of {self.module} is not this worker's any more")
-        self.version = int(pipe.hget(keys.module(self.module), "active_version") or 0)
+        active, parent = pipe.hmget(keys.module(self.module), "active_version", "parent")
+        self.version = int(active or 0)
+        self.parent = decode(parent) if parent is not None else None
+        if self.fold is not None:
+            self._check_fold(pipe, self.fold)
+
+    def fold_watched(self) -> tuple[str, ...]:
+        if self.fold is None:
+            return ()
+        watched = [keys.tenant_open_jobs(self.fold.tenant), keys.module_deltas(self.module)]
+        for delta, texts in self.fold.deltas.items():
+            watched += [keys.module(delta), keys.module_facts(delta)]
+            watched += [keys.fact(self.fold.tenant, f) for f in texts]
+        return tuple(watched)
+
+    def _check_fold(self, pipe: redis.client.Pipeline, fold: Fold) -> None:
+        """Every delta still holds exactly the facts trained, with the texts trained, and
+        no other job is queued or running on it (it would publish it again)."""
+        open_jobs = [decode(j) for j in pipe.smembers(keys.tenant_open_jobs(fold.tenant))]
+        busy = {
+            decode(m)
+            for j in open_jobs
+            if j != self.job_id and (m := pipe.hget(keys.job(j), "module"))
+        }
+        for delta, texts in fold.deltas.items():
+            if delta in busy:
+                raise FoldChanged(f"a job is queued on {delta}")
+            if {decode(f) for f in pipe.smembers(keys.module_facts(delta))} != set(texts):
+                raise FoldChanged(f"the facts of {delta} changed")
+            for fact_id, text in texts.items():
+                held = pipe.hmget(keys.fact(fold.tenant, fact_id), "module", "text")
+                if held != [delta.encode(), text.encode()]:
+                    raise FoldChanged(f"fact {fact_id} changed")
+            self.fold_versions[delta] = int(pipe.hget(keys.module(delta), "active_version") or 0)
+
+    def write_fold(self, pipe: redis.client.Pipeline) -> None:
+        """Move the deltas' facts into the module and retire the deltas."""
+        if self.fold is None:
+            return
+        tenant = self.fold.tenant
+        for delta, texts in self.fold.deltas.items():
+            if texts:
+                pipe.srem(keys.module_facts(delta), *texts)
+                pipe.sadd(keys.module_facts(self.module), *texts)
+            for fact_id in texts:
+                pipe.hset(keys.fact(tenant, fact_id), "module", self.module)
+            if self.fold_versions.get(delta):
+                name = served_name(delta, self.fold_versions[delta])
+                pipe.zadd(keys.retired_versions(keys.module_bucket(delta)), {name: time.time()})
+            pipe.delete(keys.module(delta), keys.module_facts(delta))
+            pipe.srem(keys.tenant_modules(tenant), delta)
+            pipe.srem(keys.module_deltas(self.module), delta)
+            pipe.zrem(keys.deltas(keys.bucket(tenant)), delta)
+            announce(pipe, "retired", module=delta, tenant=tenant)
 
     def record_retired(self, pipe: redis.client.Pipeline, unless: int = 0) -> None:
         if self.version and self.version != unless:

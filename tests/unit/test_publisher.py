@@ -24,7 +24,7 @@ class Modules:
     def next_version(self, module: str, at_least: int = 1) -> int:
         return at_least
 
-    def publish(self, info, files, job_id=None, fence=None) -> None:  # type: ignore[no-untyped-def]
+    def publish(self, info, files, job_id=None, fence=None, fold=None) -> None:  # type: ignore[no-untyped-def]
         self.published.append(f"{info.module}@v{info.version}")
 
 
