@@ -456,7 +456,7 @@ class _ActiveVersion:
             for fact_id in texts:
                 pipe.hset(keys.fact(tenant, fact_id), "module", self.module)
             if self.fold_versions.get(delta):
-                name = served_name(delta, self.fold_versions[delta])
+                name = version_name(delta, self.fold_versions[delta])
                 pipe.zadd(keys.retired_versions(keys.module_bucket(delta)), {name: time.time()})
             pipe.delete(keys.module(delta), keys.module_facts(delta))
             pipe.srem(keys.tenant_modules(tenant), delta)
