@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import warnings
@@ -171,6 +173,10 @@ def _export(module: Any, sample: Any, names: list[str], path: Path) -> None:
     )
 
 
+PARENT_CHECK_S = 2.0  # how often the child looks for its parent; a getppid() costs nothing
+CLOSE_TIMEOUT_S = 10.0  # a closed ProcessEmbedder's child has this long to exit, then is killed
+
+
 class ProcessEmbedder:
     """A SentenceEmbedder in a child process of lower CPU priority (`nice`), on one torch
     thread: the gateway embeds facts at ingest with it, so that a flood of facts takes
@@ -186,17 +192,30 @@ class ProcessEmbedder:
             initializer=_start_child,
             initargs=(model, nice, os.getpid()),
         )
-        self.dim = int(self._pool.submit(_child_dim).result())  # waits for the model to load
+        # waits for the model to load
+        self.dim, self._child_pid = self._pool.submit(_child_ready).result()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._pool.submit(_child_embed, texts).result()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Returns once the child has exited. Its exit takes a second or more (niced, with
+        torch loaded), and a process that closes a gateway app and goes on (the chaos
+        tests' in-process gateways) would otherwise leave it running behind it; one that
+        does not leave in time (stuck in an embedding) is killed: it holds nothing but a
+        model."""
+        stopper = threading.Thread(
+            target=self._pool.shutdown, kwargs={"wait": True, "cancel_futures": True}
+        )
+        stopper.start()
+        stopper.join(timeout_s)
+        if stopper.is_alive():  # the pool has not reaped it yet, so the pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._child_pid, signal.SIGKILL)
+            stopper.join()
 
 
 _child: SentenceEmbedder | None = None  # the ProcessEmbedder child's own embedder
-PARENT_CHECK_S = 2.0  # how often the child looks for its parent; a getppid() costs nothing
 
 
 def _start_child(model: str | None, nice: int, parent: int) -> None:
@@ -214,9 +233,9 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _child_dim() -> int:
+def _child_ready() -> tuple[int, int]:
     assert _child is not None
-    return _child.dim
+    return _child.dim, os.getpid()
 
 
 def _child_embed(texts: list[str]) -> np.ndarray:

@@ -121,8 +121,8 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             stop.set()
             reconciler.wake()  # out of its pause now
             app.state.ingest.close()
-            if isinstance(ingest_embedder, ProcessEmbedder):
-                ingest_embedder.close()
+            if isinstance(ingest_embedder, ProcessEmbedder):  # waits for its child to exit
+                await run_in_threadpool(ingest_embedder.close)
             try:  # the next start loads this instead of rebuilding from Redis
                 await run_in_threadpool(router.save_snapshots)
             except Exception:

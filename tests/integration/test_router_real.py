@@ -130,6 +130,18 @@ def test_the_ingest_embedder_child_embeds_alike_at_low_priority(
         assert child._pool.submit(os.nice, 0).result() == 19  # the child's own niceness
     finally:
         child.close()
+    # Gone once close returns: a gateway app closed in a process that goes on (the chaos
+    # tests' in-process gateways) left it finishing its exit, a second or more, behind it.
+    assert not _running(child._child_pid)
+
+
+def test_a_closed_ingest_embedder_kills_a_child_that_does_not_leave() -> None:
+    """A child busy past close's timeout (here: asleep in a task) is killed: a gateway's
+    shutdown does not wait on it, nor leave it behind."""
+    child = ProcessEmbedder(nice=19)
+    child._pool.submit(time.sleep, 600)
+    child.close(timeout_s=1)
+    assert not _running(child._child_pid)
 
 
 CHILD_OF_A_GATEWAY = """
