@@ -62,6 +62,8 @@ def test_every_dashboard_panel_has_data_in_a_real_prometheus(system: System) -> 
             "scrape_configs:\n"
             "  - job_name: gateway\n    static_configs: [{targets: ['127.0.0.1:18000']}]\n"
             "  - job_name: trainer\n    static_configs: [{targets: ['127.0.0.1:18200']}]\n"
+            # The engine's own LoRA cache counts (loramem/vllm_lora_cache.py).
+            "  - job_name: engine\n    static_configs: [{targets: ['127.0.0.1:18100']}]\n"
         )
         prometheus = subprocess.Popen(
             [
