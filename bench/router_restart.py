@@ -35,6 +35,7 @@ module published as version 1. Then, with the index the settings choose (set
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 import random
@@ -60,6 +61,7 @@ from loramem.settings import Settings
 from router.embedder import SentenceEmbedder, query_embedder, to_bytes
 from router.index import ExactIndex, FactIndex, HnswIndex, IvfIndex, PqIndex
 from router.router import Router, _index_config
+from server.app import freeze_collector
 
 TENANT, MODULE_FACTS = "bench", 64
 RECIPE = VersionRecipe(made_by="trained", base_model="bench", rank=8, training=TrainingKnobs())
@@ -291,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     router = Router.from_settings(registry, asker, settings)
     ready_s = timed(router.load_all)
     rss = _rss_bytes() - rss_before
+    # What a full garbage collection costs over what is loaded, before and after the
+    # freeze that a gateway makes once started.
+    collect_s = [timed(gc.collect)]
+    freeze_collector()
+    collect_s.append(timed(gc.collect))
     count, nbytes = router.index_stats(TENANT)
     assert count == len(live), (count, len(live))
     lat = latency(router, data.evalset, args.rounds)
@@ -336,6 +343,10 @@ def main(argv: list[str] | None = None) -> None:
             f"round {i + 1}: {r[0]:.2f} / {r[1]:.2f} (load {r[2]:.1f})"
             for i, r in enumerate(lat["rounds"])
         )
+    )
+    print(
+        f"full garbage collection: {1000 * collect_s[0]:.1f} ms, after the gateway's freeze "
+        f"{1000 * collect_s[1]:.1f} ms"
     )
     restored = router._indexes[TENANT]  # noqa: SLF001 - the router's own index
     recall = {n: _recall(restored, queries[n], truth[n], row_of, k) for n in queries}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import threading
@@ -34,7 +35,25 @@ from server.reconcile import EventFollower, Reconciler
 log = logging.getLogger("loramem.gateway")
 
 
-def create_app(settings: Settings | None = None, embedder: Embedder | None = None) -> FastAPI:
+def freeze_collector() -> None:
+    """Leave what the process has made so far out of Python's full garbage collections.
+
+    A gateway's start makes about 520k objects that the collector tracks (torch, which
+    the query embedder imports, most of them; the router's maps grow with the facts), all
+    living as long as the process; a full collection walked them in 290 ms, a stall of
+    the event loop and of every request in flight (docs/RESULTS.md, "The garbage
+    collector's pause"). Collect first, so that no garbage is frozen."""
+    gc.collect()
+    gc.freeze()
+
+
+def create_app(
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    freeze_after_start: bool = False,
+) -> FastAPI:
+    """The gateway. `freeze_after_start`: the gateway's own process (`main`) freezes what
+    its start made (freeze_collector); a test process that builds many apps does not."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -115,6 +134,8 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         )
         app.state.verified_keys = VerifiedKeys(settings.auth_outage_cache_s)
         app.state.hits = hits
+        if freeze_after_start:
+            freeze_collector()
         try:
             yield
         finally:
@@ -174,7 +195,7 @@ def main(settings: Settings) -> None:
     refuse_open_gateway(settings)
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_after_start=True),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level="info",

@@ -1,5 +1,6 @@
 """The gateway's HTTP contract with a fake embedder, real Redis and no engine."""
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -222,3 +223,17 @@ def test_a_document_is_stored_as_sentence_facts(client: TestClient) -> None:
     assert_openai_error(client.post("/documents", json={"text": " "}), 400)
     too_many = " ".join(f"Sentence number {i} is here." for i in range(6))
     assert_openai_error(client.post("/documents", json={"text": too_many}), 400)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_only_the_gateways_own_process_freezes_its_start_out_of_the_collector(
+    settings: Settings, fake_embedder, freeze: bool
+) -> None:
+    gc.unfreeze()
+    try:
+        app = create_app(settings, embedder=fake_embedder, freeze_after_start=freeze)
+        with TestClient(app) as http:
+            assert http.get("/healthz").status_code == 200
+            assert (gc.get_freeze_count() > 0) is freeze
+    finally:
+        gc.unfreeze()  # the rest of the test process collects as before
