@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import multiprocessing
 import os
@@ -66,19 +67,29 @@ class OnnxEmbedder:
     request, docs/RESULTS.md), with the same vectors to within 1e-6, on a thread pool of
     the session's own rather than torch's process-wide one. The graph is exported once
     from the sentence-transformers model (torch.onnx) into `cache_dir`, named by the
-    weights' checksum, and shared by the gateways of the host."""
+    weights' checksum, and shared by the gateways of the host. Once it is there, nothing
+    here imports torch: the model's own tokenizer.json is run by the `tokenizers` library,
+    so a gateway holds neither torch nor the torch model (a quarter of the objects the
+    garbage collector walks, docs/RESULTS.md "The garbage collector's pause")."""
 
     def __init__(self, cache_dir: Path, model: str | None = None, threads: int = 1) -> None:
         import onnxruntime
+        from tokenizers import Tokenizer
 
-        torch_embedder = SentenceEmbedder(model, threads=threads)
-        st = torch_embedder.model
-        if not _mean_pooled_and_normalized(st):
-            raise ValueError("OnnxEmbedder runs mean-pooled, normalized models only")
-        self.dim = torch_embedder.dim
-        self.tokenizer = st.tokenizer
-        self.max_length = int(st.max_seq_length or 512)
-        path = _exported(st, model or packaged_model_path(), cache_dir)
+        source = Path(model or packaged_model_path())
+        if not (source / "tokenizer.json").is_file():
+            raise ValueError(f"OnnxEmbedder runs local models with a tokenizer.json: {source}")
+        path = _exported(source, cache_dir)
+        shape = json.loads(path.with_suffix(".json").read_text())
+        self.dim, self.max_length = int(shape["dim"]), int(shape["max_length"])
+        self.tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+        # As sentence-transformers tokenizes: cut at the model's max_seq_length, pad to
+        # the batch's longest (tokenizer.json may carry a fixed length for both).
+        self.tokenizer.enable_truncation(self.max_length)
+        padding = self.tokenizer.padding or {}
+        self.tokenizer.enable_padding(
+            pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
+        )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # its own pool: torch's is left alone
         options.inter_op_num_threads = 1
@@ -88,9 +99,12 @@ class OnnxEmbedder:
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
+        encodings = self.tokenizer.encode_batch(texts)
+        batch = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
         feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.inputs}
         tokens = self.session.run(None, feed)[0]
         mask = np.asarray(batch["attention_mask"], dtype=np.float32)[..., None]
@@ -120,16 +134,22 @@ def _mean_pooled_and_normalized(model: Any) -> bool:
     return kinds == ["Transformer", "Pooling", "Normalize"] and bool(mean)
 
 
-def _exported(model: Any, source: str, cache_dir: Path) -> Path:
-    """The model's transformer as an ONNX graph (token states out), exported once."""
-    weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
-    digest = hashlib.sha256(source.encode())
-    for file in weights:
+def _exported(source: Path, cache_dir: Path) -> Path:
+    """The model's transformer as an ONNX graph (token states out), exported once, with
+    the shape the embedder needs beside it (`<graph>.json`: dim, max_length); only the
+    export loads the model through sentence-transformers and torch."""
+    digest = hashlib.sha256(str(source).encode())
+    for file in sorted(source.glob("*.safetensors")):
         digest.update(file.read_bytes())
-    path = cache_dir / f"{Path(source).name}-{digest.hexdigest()[:16]}.onnx"
-    if path.exists():
+    path = cache_dir / f"{source.name}-{digest.hexdigest()[:16]}.onnx"
+    if path.exists() and path.with_suffix(".json").exists():
         return path
     import torch
+
+    torch_embedder = SentenceEmbedder(str(source))
+    model: Any = torch_embedder.model
+    if not _mean_pooled_and_normalized(model):
+        raise ValueError("OnnxEmbedder runs mean-pooled, normalized models only")
 
     class TokenStates(torch.nn.Module):
         def __init__(self, transformer: torch.nn.Module) -> None:
@@ -154,7 +174,12 @@ def _exported(model: Any, source: str, cache_dir: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _export(TokenStates(model[0].auto_model.eval()), sample, names, partial)
-    partial.replace(path)  # atomic: another gateway of the host sees it whole or not at all
+    shape = {"dim": torch_embedder.dim, "max_length": int(model.max_seq_length or 512)}
+    shape_partial = path.with_suffix(f".{os.getpid()}.json.partial")
+    shape_partial.write_text(json.dumps(shape))
+    # Atomic, shape first: another gateway of the host sees both whole or the graph absent.
+    shape_partial.replace(path.with_suffix(".json"))
+    partial.replace(path)
     return path
 
 

@@ -7,6 +7,7 @@ contained (evaluation/router_set.py holds the set; bench/router_latency.py measu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -211,10 +212,36 @@ def test_the_onnx_graph_is_exported_once_per_model(
     (graph,) = folder.glob("*.onnx")
     written = graph.stat().st_mtime_ns
     again = OnnxEmbedder(folder, threads=1)  # a second gateway of the host, or a restart
-    assert [p.name for p in folder.iterdir()] == [graph.name]  # no partial file left
+    # The graph and its shape, no partial file left.
+    assert sorted(p.name for p in folder.iterdir()) == [graph.stem + ".json", graph.name]
     assert graph.stat().st_mtime_ns == written
     question = ["How can I reach Tamsin Varga by phone?"]
     assert np.array_equal(again.embed(question), onnx_embedder.embed(question))
+
+
+def test_a_gateway_embeds_queries_from_the_exported_graph_without_torch(
+    onnx_embedder: OnnxEmbedder, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Once the graph is exported, the query embedder of a fresh process (a gateway's
+    start) neither imports torch nor loads the torch model, and embeds the same."""
+    folder = tmp_path_factory.getbasetemp() / "embedder0"
+    question = "How can I reach Tamsin Varga by phone?"
+    probe = (
+        "import sys, json; from pathlib import Path; from router.embedder import OnnxEmbedder; "
+        f"v = OnnxEmbedder(Path({str(folder)!r}), threads=1).embed([{question!r}]); "
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'vector': v[0].tolist()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2],  # the checkout, for `router`
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False
+    assert np.allclose(seen["vector"], onnx_embedder.embed([question])[0], atol=1e-6)
 
 
 def test_routing_with_the_onnx_embedder_decides_as_with_torch(
