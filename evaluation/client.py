@@ -88,8 +88,15 @@ class EvalClient:
                 raise Unsupported("POST /merges is not offered by this gateway") from exc
             raise _refused(exc) from exc
 
-    def wait_jobs(self, job_ids: Sequence[str], desc: str, timeout_s: float = 7200) -> list[dict]:
-        """Poll until every job is published or failed; a bar counts finished jobs."""
+    def wait_jobs(
+        self,
+        job_ids: Sequence[str],
+        desc: str,
+        timeout_s: float = 7200,
+        on_finished: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
+        """Poll until every job is published or failed; a bar counts finished jobs.
+        `on_finished` sees each job at the first poll that finds it finished."""
         done: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         with tqdm(total=len(job_ids), desc=desc, unit="job") as bar:
@@ -103,6 +110,8 @@ class EvalClient:
                     if job["status"] in FINISHED:
                         done[job_id] = job
                         bar.update(1)
+                        if on_finished:
+                            on_finished(job)
                     else:
                         progress = job.get("progress") or {}
                         bar.set_postfix(module=job["module"], step=progress.get("step", 0))
