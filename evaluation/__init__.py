@@ -47,6 +47,25 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
   (mean 0-10 over parsed verdicts), `judge_parse_failures` (count); top level `judge`
   (`url`, `model`, `own_engine`, `caveat`).
 
+`phonebook-scale` (evaluation/phonebook_scale.py): `--count` PhoneBook rows posted in
+batches of `--batch`, one `POST /facts` each (no module named), the next as soon as the
+last is accepted; then each fact's stored question and five paraphrases via `model=auto`.
+- `ingest`: `facts`, `batch`, `seconds` (first POST -> every batch job finished and every
+  module serving a version), `facts_per_hour`, `all_published`, `batches` (`batch`,
+  `facts`, `job_id`, `module` (the POST's: a new module or a delta), `posted_s`,
+  `finished_s` (since the first POST), `job` (as above), `split_into`).
+- `modules`: `at_end` / `at_end_by_kind` (the registry at the end, by `made_as`: module,
+  delta, split), `seen` / `seen_by_kind` (also the POSTs' and splits' modules since
+  gone), `deltas_consolidated` (deltas seen, no longer in the registry),
+  `unpublished_at_end`.
+- `kinds`: per question kind (`stored`, `paraphrase`): `questions`, `exact_match`,
+  `target` (0.95, 0.90), `met`, `router_top1` (answered by the module holding the fact,
+  read from `GET /facts` before and after asking), `answered_by_module`,
+  `answered_pending`, `request_errors`.
+- `per_module`: `module`, `made_as`, `facts`, `active_version`, `gate_recall` (the worker's
+  own check at publish), `stored_exact_match`, `paraphrase_exact_match`, `router_top1`.
+- `moved_while_asked` (facts a consolidation moved meanwhile), `examples`.
+
 `read-your-writes` (evaluation/read_your_writes.py): `sets`, per data set `facts`,
 `edits`, `modules` and `phases` (`add`, `edit`), each with `first_right_s` (seconds from
 sending the POST or the first PUT to the first right `model=auto` answer, null if none in

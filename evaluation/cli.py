@@ -16,6 +16,7 @@ EXPERIMENTS: dict[str, str] = {
     "targets": "target modules (attention, feed-forward, all-linear)",
     "multi-module": "one big module vs several small: oracle, model=auto, merged",
     "phonebook": "PhoneBook through the system against base, ICL, RAG and hybrid",
+    "phonebook-scale": "PhoneBook posted in batches, packed by the system: recall, routing, time",
     "counterfact": "CounterFact efficacy and greedy containment, with the baselines",
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
@@ -64,21 +65,29 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
     if name == "multi-module":
         sub.add_argument("--modules", type=int, default=4, help="small modules")
         sub.add_argument("--combination", default="ties", choices=["ties", "linear", "cat"])
-    if name in ("phonebook", "counterfact", "paperqa"):
-        sub.add_argument("--arms", default="base,icl,rag,lora,hybrid")
-        sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
-    if name in ("phonebook", "counterfact"):
-        sub.add_argument("--count", type=int, default=32 if name == "phonebook" else 16)
     if name == "routing":
         sub.add_argument("--sizes", default="16,64,256", help="module counts")
         sub.add_argument("--weights", default="0,0.3", help="lexical weights (0: dense)")
         sub.add_argument("--people", type=int, default=200, help="people asked per size")
+    _data_set_flags(sub, name)
+
+
+def _data_set_flags(sub: argparse.ArgumentParser, name: str) -> None:
+    """Flags of the evaluations that ingest a data set with the system's own training."""
+    if name in ("phonebook", "counterfact", "paperqa"):
+        sub.add_argument("--arms", default="base,icl,rag,lora,hybrid")
+    if name in ("phonebook", "counterfact", "paperqa", "phonebook-scale", "read-your-writes"):
+        sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
+    if name in ("phonebook", "counterfact"):
+        sub.add_argument("--count", type=int, default=32 if name == "phonebook" else 16)
+    if name == "phonebook-scale":
+        sub.add_argument("--count", type=int, default=1000, help="facts (PhoneBook rows)")
+        sub.add_argument("--batch", type=int, default=50, help="facts per POST /facts")
     if name == "read-your-writes":
         sub.add_argument("--datasets", default="phonebook,counterfact")
         sub.add_argument("--count", type=int, default=20, help="facts per data set")
         sub.add_argument("--edits", type=int, default=4, help="facts edited (PUT) afterwards")
         sub.add_argument("--interims", default="rag,hybrid,off", help="interim arms compared")
-        sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
     if name == "paperqa":
         sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
         sub.add_argument("--questions", type=int, default=10, help="per paper")
@@ -86,7 +95,7 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation import data_evals, experiments, read_your_writes, routing
+    from evaluation import data_evals, experiments, phonebook_scale, read_your_writes, routing
     from evaluation.run import EvalRun
 
     handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
@@ -96,6 +105,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "targets": experiments.compare,
         "multi-module": experiments.multi_module,
         "phonebook": data_evals.phonebook_eval,
+        "phonebook-scale": phonebook_scale.phonebook_scale,
         "counterfact": data_evals.counterfact_eval,
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,

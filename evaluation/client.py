@@ -17,6 +17,9 @@ from loramem.client import FINISHED, Client, GatewayError
 
 T = TypeVar("T")
 R = TypeVar("R")
+# How long the gateway may stay unreachable while jobs are followed: `loramem run` restarts
+# a gateway that died (about 20 s to ready), and one lost poll must not end a run of hours.
+UNREACHABLE_S = 300.0
 
 
 class Unsupported(Exception):
@@ -51,6 +54,7 @@ class EvalClient:
         self.gateway = gateway.rstrip("/")
         self.tenant = tenant
         self.concurrency = concurrency
+        self._unreachable_since: float | None = None
         http = httpx.Client(
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency + 2),
@@ -88,8 +92,15 @@ class EvalClient:
                 raise Unsupported("POST /merges is not offered by this gateway") from exc
             raise _refused(exc) from exc
 
-    def wait_jobs(self, job_ids: Sequence[str], desc: str, timeout_s: float = 7200) -> list[dict]:
-        """Poll until every job is published or failed; a bar counts finished jobs."""
+    def wait_jobs(
+        self,
+        job_ids: Sequence[str],
+        desc: str,
+        timeout_s: float = 7200,
+        on_finished: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
+        """Poll until every job is published or failed; a bar counts finished jobs.
+        `on_finished` sees each job at the first poll that finds it finished."""
         done: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         with tqdm(total=len(job_ids), desc=desc, unit="job") as bar:
@@ -99,10 +110,14 @@ class EvalClient:
                 for job_id in job_ids:
                     if job_id in done:
                         continue
-                    job = self.api.job(job_id)
+                    job = self._poll(lambda j=job_id: self.api.job(j))  # type: ignore[misc]
+                    if job is None:
+                        break
                     if job["status"] in FINISHED:
                         done[job_id] = job
                         bar.update(1)
+                        if on_finished:
+                            on_finished(job)
                     else:
                         progress = job.get("progress") or {}
                         bar.set_postfix(module=job["module"], step=progress.get("step", 0))
@@ -117,7 +132,10 @@ class EvalClient:
         last: list[tuple[str, int | None]] = []
         changed = time.monotonic()
         while True:
-            modules = self.api.modules()
+            modules = self._poll(self.api.modules)
+            if modules is None:
+                time.sleep(2.0)
+                continue
             state = [(m["name"], m["active_version"]) for m in modules]
             if state != last:
                 last, changed = state, time.monotonic()
@@ -126,6 +144,20 @@ class EvalClient:
             if time.monotonic() - changed > settle_s or time.monotonic() > deadline:
                 return modules
             time.sleep(2.0)
+
+    def _poll(self, read: Callable[[], R]) -> R | None:
+        """`read()`, or None while the gateway has been unreachable for less than
+        UNREACHABLE_S in a row; past that, the connection error."""
+        try:
+            value = read()
+        except httpx.TransportError:
+            now = time.monotonic()
+            self._unreachable_since = self._unreachable_since or now
+            if now - self._unreachable_since > UNREACHABLE_S:
+                raise
+            return None
+        self._unreachable_since = None
+        return value
 
     # --------------------------------------------------------------------- ask
     def chat(

@@ -75,6 +75,19 @@ def is_module_of(tenant: str, module: str) -> bool:
     return bool(sep) and owner == tenant and bool(name)
 
 
+_MADE_AS = re.compile(r"-([sd])[0-9a-f]{6}$")
+
+
+def made_as(name: str) -> str:
+    """How the system made a module, from its name: "delta" (new facts of an add, until
+    consolidation folds them into their module), "split" (half a module's facts, moved
+    below the gate) or "module" (packed, named or merged)."""
+    match = _MADE_AS.search(name)
+    if match is None:
+        return "module"
+    return "delta" if match.group(1) == "d" else "split"
+
+
 def is_reserved_module_name(name: str) -> bool:
     """Whether a module name has one of the forms the system names its own modules with."""
     return _RESERVED_MODULE.search(name) is not None

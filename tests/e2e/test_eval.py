@@ -23,6 +23,8 @@ RUNS = {
     "targets": ["--values", "feed-forward,attention", "--count", "2", "--rank", "2"],
     "multi-module": ["--count", "4", "--modules", "2", "--rank", "2"],
     "phonebook": ["--count", "2", "--offset", "40"],
+    # Two batches of 5: the second lands in a delta of the first batch's module.
+    "phonebook-scale": ["--count", "10", "--batch", "5", "--offset", "60"],
     "counterfact": ["--count", "2"],
     # Gate 0: some document sentences are never recalled as the gate asks them, and the
     # module would split until that sentence's module fails (the eval then waits 120 s).
@@ -35,7 +37,7 @@ COMMON = {"experiment", "command", "flags", "gateway", "tenant", "run_id", "seco
 
 
 def run_eval(system, tmp_path: Path, name: str) -> dict:  # type: ignore[no-untyped-def]
-    datasets = ("phonebook", "counterfact", "paperqa", "read-your-writes")
+    datasets = ("phonebook", "phonebook-scale", "counterfact", "paperqa", "read-your-writes")
     tiny = DATASET_STEPS if name in datasets else TINY
     gateway = str(system.gateway.base_url)
     argv = ["eval", name, "--gateway", gateway, "--out", str(tmp_path), *tiny, *RUNS[name]]
@@ -110,6 +112,31 @@ def test_phonebook(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-d
         assert in_unit(arm["exact_match"]) and in_unit(arm["strict_match"])
     assert arms["base"]["answered_by_module"] == 0.0
     assert arms["icl"]["exact_match"] == 1.0  # two facts in the prompt: read off, not recalled
+
+
+@pytest.mark.timeout(900)
+def test_phonebook_scale(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ten facts in two POSTs, packed by the system, asked in their stored form and five
+    paraphrases each through model=auto."""
+    results = run_eval(system, tmp_path, "phonebook-scale")
+    ingest, made = results["ingest"], results["modules"]
+    assert [b["facts"] for b in ingest["batches"]] == [5, 5]
+    assert all(b["job"]["status"] == "published" for b in ingest["batches"])
+    assert ingest["all_published"] and ingest["seconds"] > 0 and ingest["facts_per_hour"] > 0
+    first, second = (b["module"] for b in ingest["batches"])
+    assert second.startswith(first + "-d")  # packed: the second batch is a delta of the first
+    assert made["seen_by_kind"]["delta"] >= 1 and made["at_end"] >= 1
+    assert sum(m["facts"] for m in results["per_module"]) == 10
+    kinds = {k["kind"]: k for k in results["kinds"]}
+    assert kinds["stored"]["questions"] == 10 and kinds["paraphrase"]["questions"] == 50
+    for kind in kinds.values():
+        assert in_unit(kind["exact_match"]) and in_unit(kind["router_top1"])
+        assert kind["request_errors"] == 0
+    # Every module published past the gate on its stored questions: asked the same way,
+    # the router sends them to the module holding the fact and it answers the number.
+    assert kinds["stored"]["router_top1"] >= 0.9, kinds["stored"]
+    assert kinds["stored"]["exact_match"] >= 0.8, kinds["stored"]
+    assert (tmp_path / "phonebook_scale.png").stat().st_size > 0
 
 
 @pytest.mark.timeout(900)

@@ -80,3 +80,28 @@ def test_a_refused_chat_is_an_answer_with_the_gateways_message() -> None:
 
     client = EvalClient("http://gw", "t1", transport=httpx.MockTransport(refuse))
     assert client.chat("Where?", model="m-x").error == "no such model"
+
+
+def test_following_jobs_outlasts_a_gateway_restart_but_not_a_long_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of hours must not end on one refused poll (`loramem run` restarts a gateway),
+    nor wait forever on a gateway that is gone."""
+    polls: list[str] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        polls.append(request.url.path)
+        if len(polls) <= 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"id": "j1", "status": "published", "module": "m"})
+
+    monkeypatch.setattr("evaluation.client.time.sleep", lambda _s: None)
+    client = EvalClient("http://gw", "t1", transport=httpx.MockTransport(gateway))
+    finished: list[str] = []
+    (job,) = client.wait_jobs(["j1"], "test", on_finished=lambda j: finished.append(j["id"]))
+    assert job["status"] == "published" and finished == ["j1"] and len(polls) == 3
+
+    monkeypatch.setattr("evaluation.client.UNREACHABLE_S", 0.0)
+    polls.clear()
+    with pytest.raises(httpx.ConnectError):
+        client.wait_jobs(["j1"], "test")

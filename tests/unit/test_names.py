@@ -7,7 +7,9 @@ import hashlib
 
 from loramem.names import (
     DIGEST_HEX,
+    delta_id,
     is_module_of,
+    made_as,
     module_id,
     module_name,
     names_checksum,
@@ -72,3 +74,12 @@ def test_version_names_and_served_names_parse_apart() -> None:
     ]:
         assert parse_served_name(name) is None, name
         assert version_of(name) is None, name
+
+
+def test_made_as_tells_deltas_and_splits_from_modules() -> None:
+    delta = module_name(delta_id(module_id("acme", "m-0123456789")))
+    assert made_as(delta) == "delta"
+    assert made_as("m-0123456789-s0a1b2c") == "split"
+    assert made_as(delta + "-s0a1b2c") == "split"  # a split of a delta is a split
+    for name in ("m-0123456789", "notes", "notes-dx", "mx-0123"):
+        assert made_as(name) == "module"
