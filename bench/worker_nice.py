@@ -115,7 +115,7 @@ def one_run(args: argparse.Namespace, nice: int, out: Path) -> list[dict[str, An
                 sys.executable, "-m", "cli", "eval", "read-your-writes",
                 "--gateway", args.gateway, "--out", str(out), "--datasets", args.datasets,
                 "--count", str(args.count), "--edits", str(args.edits),
-                "--interims", args.interims,
+                "--interims", args.interims, "--max-steps", str(args.max_steps),
             ]  # fmt: skip
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             after = ingest_seconds(args.gateway)
@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--edits", type=int, default=2)
     parser.add_argument("--interims", default="rag", help="'' asks nothing while jobs train")
+    parser.add_argument("--max-steps", type=int, default=settings.training.max_steps)
     parser.add_argument("--lock", type=Path, help="flock this file while each eval runs")
     parser.add_argument("--out", type=Path, default=Path("eval-results/worker-nice"))
     args = parser.parse_args()
