@@ -3,7 +3,9 @@
 Per data set (PhoneBook, CounterFact), in a tenant of its own:
 
 1. add: `POST /facts` with `--count` facts, then ask the first fact's question through
-   `model=auto` until the answer is right: the time from sending the POST to that answer.
+   `model=auto` until the answer is right: the time from sending the POST to that answer
+   (`first_right_s`), of which the POST itself (`write_s`) and the right answer's own
+   request (`first_right_answer_s`).
    While the ingest job trains, every question is asked once per interim arm (`rag`,
    `hybrid`, `off`: the gateway's `interim` option; `off` is the system without read
    your writes). Once it is published, every question is asked again (`published`: the
@@ -11,7 +13,12 @@ Per data set (PhoneBook, CounterFact), in a tenant of its own:
 2. edit: `PUT /facts/{id}` of the first `--edits` facts with new values (another
    PhoneBook entry's number; another target of the same CounterFact relation), the same
    time to the first right answer, the arms while the edit jobs train, and `published`
-   after. An edit arm also counts answers that still give the old value.
+   after. The fact asked is the last one written, timed from its own PUT: the earlier
+   edits' jobs are training by then, as a write lands while the trainer trains. An edit
+   arm also counts answers that still give the old value.
+
+`published_s`: from the phase's first write until every job of it finished (polled every
+second), with the arms' questions asked meanwhile.
 
 Every answer records its `x-loramem-outcome`; `pending_share` is the share answered as
 pending (from context). An arm is only an interim measurement while its jobs had not
@@ -88,12 +95,14 @@ def read_your_writes(run: EvalRun) -> dict[str, Any]:
         sets[name] = one_set(run, run.client(name), probes, changed)
     rows = [
         [name, phase["phase"], arm["arm"], arm["questions"], arm["right"], arm["old_value"],
-         arm["pending_share"], arm["jobs_published_after"], phase["first_right_s"]]
+         arm["pending_share"], arm["jobs_published_after"], phase["first_right_s"],
+         phase["write_s"], phase["first_right_answer_s"], phase["published_s"]]
         for name, result in sets.items() for phase in result["phases"] for arm in phase["arms"]
     ]  # fmt: skip
     report = table(
         ["data", "phase", "arm", "questions", "right", "old value", "answered pending",
-         "jobs published after", "write -> first right answer (s)"],
+         "jobs published after", "write -> first right answer (s)", "of which the write (s)",
+         "the answer (s)", "write -> published (s)"],
         rows,
     )  # fmt: skip
     figures = {
@@ -109,14 +118,22 @@ def read_your_writes(run: EvalRun) -> dict[str, Any]:
 
 def one_set(run: EvalRun, client: EvalClient, probes: list[Probe], changed: list[Probe]) -> dict:
     arms = [a for a in run.flags["interims"].split(",") if a]
-    started = time.monotonic()
-    reply = client.post_facts([p.fact for p in probes], None, training(run))
-    add = phase(client, "add", probes, started, [reply["job_id"]], arms, None)
+    with Write() as add_write:
+        reply = client.post_facts([p.fact for p in probes], None, training(run))
+    job_ids = [reply["job_id"]]
+    add = phase(client, "add", probes, probes[0], add_write, add_write, job_ids, arms, None)
     fact_ids = reply["fact_ids"]
     olds = [p.value for p in probes[: len(changed)]]
-    started = time.monotonic()
-    jobs = [client.put_fact(fact_ids[i], p.fact)["job_id"] for i, p in enumerate(changed)]
-    edit = phase(client, "edit", changed, started, jobs, arms, olds) if changed else None
+    writes, jobs = [], []
+    for i, p in enumerate(changed):  # the last one is asked: the others' jobs train by then
+        with Write() as write:
+            jobs.append(client.put_fact(fact_ids[i], p.fact)["job_id"])
+        writes.append(write)
+    edit = (
+        phase(client, "edit", changed, changed[-1], writes[-1], writes[0], jobs, arms, olds)
+        if changed
+        else None
+    )
     modules = client.wait_modules()
     return {
         "facts": len(probes),
@@ -126,29 +143,47 @@ def one_set(run: EvalRun, client: EvalClient, probes: list[Probe], changed: list
     }
 
 
+class Write:
+    """When a POST or PUT was sent, and how long it took to be accepted."""
+
+    def __enter__(self) -> Write:
+        self.started = time.monotonic()
+        self.seconds: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = round(time.monotonic() - self.started, 3)
+
+
 def phase(
     client: EvalClient,
     name: str,
     probes: list[Probe],
-    started: float,
+    asked: Probe,
+    asked_write: Write,
+    first_write: Write,
     jobs: list[str],
     arms: list[str],
     olds: list[str] | None,
 ) -> dict:
-    """Time to the first right answer, the interim arms, then the published module."""
-    first_s, tries, answer_s = first_right(client, probes[0], started)
+    """Time to the first right answer of `asked` (from its own write), the interim arms,
+    then the published module."""
+    first_s, tries, answer_s = first_right(client, asked, asked_write.started)
     rows = []
     for arm in arms:
         answers = ask(client, probes, arm, f"{name} {arm}")
         rows.append(score(arm, probes, answers, olds, published=_published(client, jobs)))
     finished = client.wait_jobs(jobs, desc=f"{name} jobs")
+    published_s = round(time.monotonic() - first_write.started, 1)
     answers = ask(client, probes, None, f"{name} published")
     rows.append(score("published", probes, answers, olds, published=True))
     return {
         "phase": name,
         "first_right_s": first_s,
         "first_right_tries": tries,
-        "first_right_answer_s": answer_s,  # of which: the right answer's own request
+        "write_s": asked_write.seconds,  # of which: the write itself (embed, store)
+        "first_right_answer_s": answer_s,  # and the right answer's own request
+        "published_s": published_s,
         "jobs": [{"status": j["status"], "version": j.get("version")} for j in finished],
         "arms": rows,
     }

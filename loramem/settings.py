@@ -259,6 +259,13 @@ class Settings(BaseSettings):
     # of every job; a job may override them (POST /facts "training").
     training: TrainingKnobs = Field(default_factory=TrainingKnobs)
     train_threads: int | None = None  # torch threads; default: all cores
+    # The worker's niceness (0-19; loramem/priority.py): 19 lets training take only the CPU
+    # that the engine and gateway (niceness 0) leave idle, so the first answer after a write
+    # is not slowed by the job the write started. Default 0 (as before) until
+    # `python -m bench.worker_nice` has compared 0 and 19 side by side: not measured yet
+    # (docs/RESULTS.md, "Read your writes"); on cores shared with other work at niceness 0,
+    # 19 also gives training only what that work leaves.
+    worker_nice: int = Field(default=0, ge=0, le=19)
     data_generator: Literal["template", "llm"] = "template"
     generator_url: str | None = None  # OpenAI-compatible; default: our own engine
     generator_model: str | None = None  # default: the base model's served name

@@ -90,21 +90,23 @@ def _store(
     """`module`: a name in the tenant's namespace (None packs the facts)."""
     overrides = training.model_dump(exclude_none=True) if training else {}
     _check_servable(overrides, settings)
-    vectors = ingest.embedder.embed([f.text for f in facts])
-    job, fact_ids = registry.facts.add(
-        tenant,
-        [f.text for f in facts],
-        [f.id for f in facts],
-        [to_bytes(v) for v in vectors],
-        module=module_id(tenant, module) if module else None,
-        training=overrides,
-        quotas=TenantQuotas(
-            settings.quota_facts,
-            settings.quota_modules,
-            settings.quota_open_jobs,
-            settings.quota_adapter_bytes,
-        ),
-    )
+    with ingest.timed("embed"):
+        vectors = ingest.embedder.embed([f.text for f in facts])
+    with ingest.timed("store"):
+        job, fact_ids = registry.facts.add(
+            tenant,
+            [f.text for f in facts],
+            [f.id for f in facts],
+            [to_bytes(v) for v in vectors],
+            module=module_id(tenant, module) if module else None,
+            training=overrides,
+            quotas=TenantQuotas(
+                settings.quota_facts,
+                settings.quota_modules,
+                settings.quota_open_jobs,
+                settings.quota_adapter_bytes,
+            ),
+        )
     return _accepted(job.id, fact_ids, job.module)
 
 
@@ -166,8 +168,10 @@ async def put_fact(
     _check_text(body.text, settings.max_fact_chars, "text")
 
     def replace() -> PostFactsResponse:
-        vector = ingest.embedder.embed([body.text])[0]
-        job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
+        with ingest.timed("embed"):
+            vector = ingest.embedder.embed([body.text])[0]
+        with ingest.timed("store"):
+            job = registry.facts.replace(caller.tenant, fact_id, body.text, to_bytes(vector))
         return _accepted(job.id, [fact_id], job.module)
 
     return await ingest.run(replace)

@@ -130,7 +130,7 @@ def create_app(
             else query_embedder
         )
         app.state.ingest = IngestPool(
-            settings.ingest_threads, settings.ingest_max_queued, ingest_embedder
+            settings.ingest_threads, settings.ingest_max_queued, ingest_embedder, metrics=metrics
         )
         app.state.verified_keys = VerifiedKeys(settings.auth_outage_cache_s)
         app.state.hits = hits

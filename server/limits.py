@@ -8,7 +8,9 @@ Quotas and rate limits kept in Redis live in loramem/registry/limits.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -20,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loramem.errors import InvalidRequest, Overloaded
 from loramem.settings import Settings
 from router.embedder import Embedder
+from server.metrics import GatewayMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
 
 T = TypeVar("T")
@@ -152,15 +155,23 @@ class IngestPool:
     """Fact embedding (and storing) at ingest, in threads of its own: a flood of facts
     does not take the threads that route chat. At most `max_queued` requests wait or run;
     past that a 503 with Retry-After. `embedder` embeds the facts (in the gateway, a
-    ProcessEmbedder: a child process of low priority, so not the engine's cores either)."""
+    ProcessEmbedder: a child process of low priority, so not the engine's cores either).
+    With `metrics`, each request's wait for a thread, and the steps the handler names
+    (`timed`), go into loramem_ingest_stage_seconds."""
 
     def __init__(
-        self, threads: int, max_queued: int, embedder: Embedder, retry_after_s: int = 1
+        self,
+        threads: int,
+        max_queued: int,
+        embedder: Embedder,
+        retry_after_s: int = 1,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="ingest")
         self.max_queued = max_queued
         self.embedder = embedder
         self.retry_after_s = retry_after_s
+        self.metrics = metrics
         self.queued = 0  # the event loop's thread only: no lock
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -172,9 +183,22 @@ class IngestPool:
         self.queued += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, partial(fn, *args))
+            return await loop.run_in_executor(
+                self._executor, partial(self._after_wait, time.perf_counter(), fn, *args)
+            )
         finally:
             self.queued -= 1
+
+    def _after_wait(self, queued_at: float, fn: Callable[..., T], *args: Any) -> T:
+        if self.metrics is not None:
+            self.metrics.ingest_stages["wait"].observe(time.perf_counter() - queued_at)
+        return fn(*args)
+
+    def timed(self, stage: str) -> contextlib.AbstractContextManager[None]:
+        """A step of a fact write ("embed", "store"), timed when the pool has metrics."""
+        if self.metrics is None:
+            return contextlib.nullcontext()
+        return self.metrics.ingest_stage(stage)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

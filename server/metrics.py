@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +21,11 @@ STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 # (the forwarded request: until the reply is read, or its headers when streamed).
 STAGE_METRIC_NAME = "loramem_gateway_stage_seconds"
 STAGES = ("admit", "budget", "embed", "route", "context", "engine")
+# A fact write's steps (POST /facts, /documents, PUT /facts/{id}; loramem_ingest_stage_seconds):
+# "wait" (queued for an ingest thread), "embed" (the facts' embeddings, in the niced child
+# process), "store" (the Redis transaction that stores them and queues the job).
+INGEST_STAGE_METRIC_NAME = "loramem_ingest_stage_seconds"
+INGEST_STAGES = ("wait", "embed", "store")
 
 
 class GatewayMetrics:
@@ -83,6 +89,15 @@ class GatewayMetrics:
             registry=r,
         )
         self.stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
+        self.ingest_stage_seconds = Histogram(
+            INGEST_STAGE_METRIC_NAME,
+            "Time a fact write spends in each step of the gateway (server/metrics.py "
+            "INGEST_STAGES).",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
+        self.ingest_stages = {s: self.ingest_stage_seconds.labels(s) for s in INGEST_STAGES}
         self.route_score = Histogram(
             "loramem_route_score",
             "Cosine similarity of the best fact for model=auto.",
@@ -162,14 +177,22 @@ class GatewayMetrics:
             return module
         return "other"
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> AbstractContextManager[None]:
         """Time one step of a completion into loramem_gateway_stage_seconds."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages[name].observe(time.perf_counter() - started)
+        return _timed(self.stages[name])
+
+    def ingest_stage(self, name: str) -> AbstractContextManager[None]:
+        """Time one step of a fact write into loramem_ingest_stage_seconds."""
+        return _timed(self.ingest_stages[name])
+
+
+@contextmanager
+def _timed(histogram: Any) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        histogram.observe(time.perf_counter() - started)
 
 
 class TimedEmbedder:

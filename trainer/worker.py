@@ -36,6 +36,7 @@ from loramem.adapter_store import AdapterStore
 from loramem.base_model import prepare_base_model
 from loramem.engine import EngineClient
 from loramem.errors import LockLost, NotFound
+from loramem.priority import lower_priority
 from loramem.queue import Claim, JobQueue, ModuleLock
 from loramem.registry import Registry
 from loramem.registry.jobs import TERMINAL, Job, JobCancelled, JobStore
@@ -270,6 +271,9 @@ class Worker:
 
 
 def main(settings: Settings) -> None:
+    # First, before the model loads and torch starts its threads, which take this niceness.
+    nice = lower_priority(settings.worker_nice)
+    log.info("worker at niceness %d (LORAMEM_WORKER_NICE)", nice)
     registry = Registry.from_settings(settings)
     engines = [EngineClient(url, api_key=settings.engine_api_key) for url in settings.engines]
     worker = Worker(settings, registry, engines)

@@ -1,0 +1,204 @@
+"""Read your writes while the trainer trains, with the worker at each niceness, side by side.
+
+Start an engine and a gateway (no worker: this starts its own, once per run):
+
+    redis-server --port 6395 --save '' --appendonly no --daemonize yes
+    export LORAMEM_REDIS_URL=redis://127.0.0.1:6395/0 LORAMEM_ENGINE_PORT=19140 \\
+        LORAMEM_ENGINE_URL=http://127.0.0.1:19140 LORAMEM_GATEWAY_PORT=19141 \\
+        LORAMEM_TRAINER_METRICS_PORT=19142
+    .venv/bin/python -m cli engine &      # wait until it answers
+    .venv/bin/python -m cli gateway &
+    .venv/bin/python -m bench.worker_nice --nices 0,19 --repeats 2
+
+For each repeat, for each niceness (so the settings alternate on the same engine and
+gateway): a worker is started with `LORAMEM_WORKER_NICE`, `loramem eval read-your-writes`
+runs against the gateway (`--lock`: holding that file's flock only while it runs), and the
+worker is stopped. Per run it records the eval's figures (write -> first right answer, of
+which the write and the answer; write -> published), the gateway's fact-write steps
+(`loramem_ingest_stage_seconds`: wait, embed, store; summed over the run's writes) and
+the load average. Prints a table of every run and the median ratio of each figure,
+niceness against the first one given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from loramem.settings import get_settings
+
+FIGURES = ("first_right_s", "write_s", "first_right_answer_s", "published_s")
+INGEST_METRIC = "loramem_ingest_stage_seconds"  # server/metrics.py INGEST_STAGE_METRIC_NAME
+
+
+def ingest_seconds(gateway: str) -> dict[str, float]:
+    """The gateway's fact-write steps so far: seconds summed per stage."""
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == INGEST_METRIC:
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    sums[sample.labels["stage"]] = sample.value
+    return sums
+
+
+class Held:
+    """An flock on a file, held while the eval runs (others' timed runs wait for it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Held:
+        self.file = self.path.open("a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def start_worker(nice: int, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LORAMEM_WORKER_NICE": str(nice)}
+    with log.open("ab") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # its metrics answer once the model is loaded
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited ({worker.returncode}); see {log}")
+        try:
+            httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
+            return worker
+        except httpx.HTTPError:
+            time.sleep(1)
+    raise SystemExit(f"the worker did not start in 300 s; see {log}")
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+def one_run(args: argparse.Namespace, nice: int, out: Path) -> list[dict[str, Any]]:
+    metrics_port = get_settings().trainer_metrics_port
+    worker = start_worker(nice, out.parent / f"worker-{out.name}.log", metrics_port)
+    lock: AbstractContextManager[Any] = Held(args.lock) if args.lock else nullcontext()
+    try:
+        with lock:
+            load_before = os.getloadavg()[0]
+            before = ingest_seconds(args.gateway)
+            command = [
+                sys.executable, "-m", "cli", "eval", "read-your-writes",
+                "--gateway", args.gateway, "--out", str(out), "--datasets", args.datasets,
+                "--count", str(args.count), "--edits", str(args.edits),
+                "--interims", args.interims, "--max-steps", str(args.max_steps),
+            ]  # fmt: skip
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            after = ingest_seconds(args.gateway)
+            load_after = os.getloadavg()[0]
+    finally:
+        stop(worker)
+    results = json.loads((out / "results.json").read_text())
+    steps = {s: round(after.get(s, 0) - before.get(s, 0), 3) for s in after}
+    rows = []
+    for name, result in results["sets"].items():
+        for phase in result["phases"]:
+            rag = next((a for a in phase["arms"] if a["arm"] == "rag"), None)
+            published = next(a for a in phase["arms"] if a["arm"] == "published")
+            rows.append(
+                {
+                    "nice": nice,
+                    "data": name,
+                    "phase": phase["phase"],
+                    **{f: phase[f] for f in FIGURES},
+                    "rag_right": rag["right"] if rag else None,
+                    "published_right": published["right"],
+                    "load": f"{load_before:.1f}-{load_after:.1f}",
+                    "ingest_steps_s": steps,  # the whole run's writes, every data set
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    settings = get_settings()
+    parser.add_argument("--gateway", default=f"http://127.0.0.1:{settings.gateway_port}")
+    parser.add_argument("--nices", default="0,19", help="worker niceness per run, in turn")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--datasets", default="phonebook,counterfact")
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--edits", type=int, default=2)
+    parser.add_argument("--interims", default="rag", help="'' asks nothing while jobs train")
+    parser.add_argument("--max-steps", type=int, default=settings.training.max_steps)
+    parser.add_argument("--lock", type=Path, help="flock this file while each eval runs")
+    parser.add_argument("--out", type=Path, default=Path("eval-results/worker-nice"))
+    args = parser.parse_args()
+    nices = [int(n) for n in args.nices.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for nice in nices:
+            rows += one_run(args, nice, args.out / f"nice{nice}-{repeat}")
+            print(json.dumps(rows[-1]), flush=True)
+    (args.out / "runs.json").write_text(json.dumps(rows, indent=1))
+    report(rows, nices)
+
+
+def report(rows: list[dict[str, Any]], nices: list[int]) -> None:
+    print("| nice | data | phase | write -> right (s) | write (s) | answer (s) "
+          "| write -> published (s) | rag right | published right | load |")  # fmt: skip
+    print("|---" * 10 + "|")
+    for r in rows:
+        cells = [r["nice"], r["data"], r["phase"], *(r[f] for f in FIGURES),
+                 r["rag_right"], r["published_right"], r["load"]]  # fmt: skip
+        print("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    first = nices[0]
+    for nice in nices[1:]:
+        for figure in FIGURES:
+            ratios = [
+                ours[figure] / theirs[figure]
+                for ours, theirs in _pairs(rows, nice, first)
+                if ours[figure] and theirs[figure]
+            ]
+            if ratios:
+                print(
+                    f"{figure}: nice {nice} / nice {first}, median of {len(ratios)}: "
+                    f"{statistics.median(ratios):.2f}x"
+                )
+
+
+def _pairs(rows: list[dict[str, Any]], nice: int, first: int) -> list[tuple[dict, dict]]:
+    """Each (data, phase) of a run at `nice` against the same of the run just before or
+    after it at `first`, in the order they ran."""
+    ours = [r for r in rows if r["nice"] == nice]
+    theirs = [r for r in rows if r["nice"] == first]
+    return list(zip(ours, theirs, strict=False))
+
+
+if __name__ == "__main__":
+    main()
