@@ -201,7 +201,13 @@ def locality(prompts: list[LocalityPrompt], base: list[Answer], arm: list[Answer
         "request_errors": sum(a.error is not None for a in arm),
         "changed_examples": changed[:10],
         "routes": [
-            {"prompt": p.prompt, "relation": p.relation, "module": a.module, "same": s}
+            {
+                "prompt": p.prompt,
+                "relation": p.relation,
+                "module": a.module,
+                "outcome": a.outcome,
+                "same": s,
+            }
             for p, a, s in zip(prompts, arm, same, strict=True)
         ],
     }
