@@ -41,8 +41,16 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
   log-probability than the base model's own value (its greedy continuation of the
   prompt in the same assistant turn, cut to as many words as the new target), read from vLLM's
   `prompt_logprobs`), `efficacy_scored` (edits where both could be scored),
-  `contains_target` (0-1, the new target in the greedy answer), `answered_by_module`;
-  top level `base_already_says_new`.
+  `contains_target` (0-1, the new target in the greedy answer), `answered_by_module`,
+  `generalization` (0-1, the new target in the answer to the edit asked as a question of
+  its relation, evaluation/counterfact_relations.py) over `generalization_asked` edits,
+  `per_edit`; every arm but `base` has `locality`: `prompts` (an edit's template filled
+  with a subject no edit file names), `same_as_base` (0-1, the answer exactly the base
+  model's, greedy, same max tokens), `routed_to_base` (0-1, header `x-loramem-module`),
+  `routed_to_a_module`, `same_when_routed_to_a_module`, `same_when_routed_to_base`,
+  `outcomes`, `changed_examples`, `routes`. Top level `file`, `base_already_says_new`,
+  and `ingest` instead of `jobs`: `facts`, `batches` (posted `--batch` at a time),
+  `post_seconds`, `post_to_published_seconds`, `jobs`, `modules`.
 - paperqa: `bleu` (sacrebleu corpus BLEU, 0-100), `rouge_l` (mean F, 0-1), `judge_score`
   (mean 0-10 over parsed verdicts), `judge_parse_failures` (count); top level `judge`
   (`url`, `model`, `own_engine`, `caveat`).

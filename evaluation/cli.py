@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loramem.datasets import COUNTERFACT_SIZES
 from loramem.settings import Settings
 
 EXPERIMENTS: dict[str, str] = {
@@ -17,7 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "multi-module": "one big module vs several small: oracle, model=auto, merged",
     "phonebook": "PhoneBook through the system against base, ICL, RAG and hybrid",
     "phonebook-scale": "PhoneBook posted in batches, packed by the system: recall, routing, time",
-    "counterfact": "CounterFact efficacy and greedy containment, with the baselines",
+    "counterfact": "CounterFact efficacy, generalization and locality, with the baselines",
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
@@ -37,6 +38,8 @@ def add_parser(commands: Any, settings: Settings) -> None:
         sub = experiments.add_parser(name, help=help_text, description=help_text)
         _common(sub, settings)
         _specific(sub, name, settings)
+        if name == "counterfact":
+            _counterfact(sub, settings)
 
 
 def _common(sub: argparse.ArgumentParser, settings: Settings) -> None:
@@ -94,8 +97,33 @@ def _data_set_flags(sub: argparse.ArgumentParser, name: str) -> None:
         sub.add_argument("--sentences", type=int, default=0, help="cut the text (0: all)")
 
 
+def _counterfact(sub: argparse.ArgumentParser, settings: Settings) -> None:
+    sub.add_argument(
+        "--file",
+        default="1K",
+        choices=COUNTERFACT_SIZES,
+        help="counterfact_edit_<file>.csv (--count 0: all its edits)",
+    )
+    sub.add_argument(
+        "--batch",
+        type=int,
+        default=settings.module_capacity_facts,
+        help="facts per POST /facts (default: a module's capacity)",
+    )
+    sub.add_argument("--locality", type=int, help="unedited prompts (default: one per edit)")
+    sub.add_argument("--max-tokens", type=int, default=24, help="per greedy answer")
+    sub.add_argument("--run-id", help="resume that run: post only the facts its tenant lacks")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation import data_evals, experiments, phonebook_scale, read_your_writes, routing
+    from evaluation import (
+        counterfact,
+        data_evals,
+        experiments,
+        phonebook_scale,
+        read_your_writes,
+        routing,
+    )
     from evaluation.run import EvalRun
 
     handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
@@ -106,12 +134,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "multi-module": experiments.multi_module,
         "phonebook": data_evals.phonebook_eval,
         "phonebook-scale": phonebook_scale.phonebook_scale,
-        "counterfact": data_evals.counterfact_eval,
+        "counterfact": counterfact.counterfact_eval,
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,
         "read-your-writes": read_your_writes.read_your_writes,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
+    resumed = {"run_id": args.run_id} if getattr(args, "run_id", None) else {}
     evaluation = EvalRun(
         experiment=args.experiment,
         gateway=args.gateway,
@@ -119,6 +148,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings,
         flags=flags,
         concurrency=args.concurrency,
+        **resumed,
     )
     outcome = handlers[args.experiment](evaluation)
     evaluation.finish(outcome["results"], outcome["report"], outcome["figures"])

@@ -17,7 +17,7 @@ from evaluation.client import Answer, EvalClient
 from evaluation.experiments import bars, job_summary, score_phonebook
 from evaluation.judge import Judge
 from evaluation.run import EvalRun, table
-from loramem.datasets import counterfact_edits, paperqa, phonebook
+from loramem.datasets import paperqa, phonebook
 
 ICL_INSTRUCTION = "Answer using these facts:\n"
 ARMS = ("base", "icl", "rag", "lora", "hybrid")
@@ -54,10 +54,16 @@ def arm_request(run: EvalRun, arm: str, facts: list[str]) -> dict[str, Any]:
 
 
 def ask_arms(
-    run: EvalRun, client: EvalClient, questions: list[str], facts: list[str], max_tokens: int
+    run: EvalRun,
+    client: EvalClient,
+    questions: list[str],
+    facts: list[str],
+    max_tokens: int,
+    arms: list[str] | None = None,
 ) -> dict[str, list[Answer]]:
+    """Every arm's answers (`arms`: default the run's --arms)."""
     answers: dict[str, list[Answer]] = {}
-    for arm in run.flags["arms"].split(","):
+    for arm in arms if arms is not None else run.flags["arms"].split(","):
         request = arm_request(run, arm, facts)
         replies = client.map(
             lambda q, r=request: client.chat(q, max_tokens=max_tokens, **r),  # type: ignore[misc]
@@ -89,86 +95,6 @@ def phonebook_eval(run: EvalRun) -> dict[str, Any]:
     figure = bars("PhoneBook", [a["arm"] for a in arms], [a["exact_match"] for a in arms])
     return {"results": {"jobs": jobs, "arms": arms}, "report": report,
             "figures": {"phonebook": figure}}  # fmt: skip
-
-
-# ---------------------------------------------------------------- CounterFact
-_VALUE_END = re.compile(r"[.,;:!?\n]")
-
-
-def own_value(answer: str, prompt: str, words: int = 4) -> str:
-    """The base model's own completion of an edit prompt: what follows the prompt in its
-    answer (or its answer's opening), up to punctuation, at most `words` words."""
-    text = answer.strip()
-    if text.lower().startswith(prompt.lower()):
-        text = text[len(prompt) :]
-    return " ".join(_VALUE_END.split(text, maxsplit=1)[0].split()[:words])
-
-
-def counterfact_eval(run: EvalRun) -> dict[str, Any]:
-    client = run.client()
-    edits = counterfact_edits(run.settings.data_dir, run.flags["count"])
-    facts = [e.sentence for e in edits]
-    jobs = ingest(run, client, lambda: client.post_facts(facts, None, training(run)))
-    prompts = [e.prompt for e in edits]
-    # The base model's own value: its greedy continuation of the prompt in the very turn
-    # the candidates are scored in (a free chat answer often opened with other words),
-    # cut to as many words as the new target, so both sum comparable log-probabilities.
-    base_answers = client.map(
-        lambda p: client.continuation(p, p, run.settings.base_name, max_tokens=16),
-        prompts,
-        desc="base own",
-    )
-    olds = [
-        own_value(a, e.prompt, words=len(e.target.split()))
-        for a, e in zip(base_answers, edits, strict=True)
-    ]
-    answers = ask_arms(run, client, prompts, facts, max_tokens=24)
-    arms: list[dict[str, Any]] = []
-    for arm, replies in answers.items():
-        request = arm_request(run, arm, facts)
-        scored = client.map(
-            lambda i, r=request: _prefers_new(client, edits[i], olds[i], r),  # type: ignore[misc]
-            list(range(len(edits))),
-            desc=f"score {arm}",
-        )
-        defined = [s for s in scored if s is not None]
-        arms.append({
-            "arm": arm,
-            "questions": len(edits),
-            "efficacy": metrics.mean([float(s) for s in defined]),
-            "efficacy_scored": len(defined),  # edits where both candidates could be scored
-            "contains_target": metrics.mean(
-                [float(metrics.contains(a.text, e.target))
-                 for a, e in zip(replies, edits, strict=True)]  # fmt: skip
-            ),
-            "answered_by_module": metrics.mean([float(a.module != "base") for a in replies]),
-            "examples": [{"prompt": e.prompt, "target": e.target, "base_own": o, "answer": a.text}
-                         for e, o, a in list(zip(edits, olds, replies, strict=True))[:3]],
-        })  # fmt: skip
-    report = table(
-        ["arm", "edits", "efficacy (logprob new > base's own)", "scored", "greedy contains new"],
-        [[a["arm"], a["questions"], a["efficacy"], a["efficacy_scored"], a["contains_target"]]
-         for a in arms],
-    )  # fmt: skip
-    figure = bars("CounterFact efficacy", [a["arm"] for a in arms], [a["efficacy"] for a in arms])
-    same = sum(o.lower() == e.target.lower() for o, e in zip(olds, edits, strict=True))
-    return {"results": {"jobs": jobs, "arms": arms, "base_already_says_new": same},
-            "report": report, "figures": {"counterfact": figure}}  # fmt: skip
-
-
-def _prefers_new(client: EvalClient, edit: Any, old: str, request: dict) -> bool | None:
-    """True when the arm gives the new target a higher log-probability than the base
-    model's own answer; None when undefined (no own answer, the same answer, or a token
-    straddling the boundary)."""
-    if not old or old.lower() == edit.target.lower():
-        return None
-    scores = [
-        client.continuation_logprob(edit.prompt, edit.prompt, candidate, **request)
-        for candidate in (edit.target, old)
-    ]
-    if scores[0] is None or scores[1] is None:
-        return None
-    return scores[0] > scores[1]
 
 
 # -------------------------------------------------------------------- PaperQA

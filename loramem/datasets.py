@@ -114,26 +114,43 @@ class Edit:
     sentence: str
     prompt: str  # the sentence without its final target
     target: str
+    subject: str = ""  # whom the edit is about (the file's _meta.json; "" where unknown)
 
 
-def counterfact_edits(data_dir: Path, count: int, allow_generated: bool = True) -> list[Edit]:
-    path = data_dir / "counterfact" / "counterfact_edit_1K.csv"
+# The paper's CounterFact slices: edits filling about 1K, 2K and 4K tokens; each smaller
+# file's rows are the first rows of the larger ones.
+COUNTERFACT_SIZES = ("1K", "2K", "4K")
+
+
+def counterfact_edits(
+    data_dir: Path, count: int, allow_generated: bool = True, size: str = "1K"
+) -> list[Edit]:
+    """The first `count` edits of counterfact_edit_<size>.csv (every one of them when
+    `count` is 0), with their subjects from the file's _meta.json."""
+    if size not in COUNTERFACT_SIZES:
+        raise ValueError(f"CounterFact size {size!r}: one of {', '.join(COUNTERFACT_SIZES)}")
+    path = data_dir / "counterfact" / f"counterfact_edit_{size}.csv"
+    limit = count or None
     if path.exists():
         with path.open(newline="") as handle:
-            sentences = [row["text"] for row in csv.DictReader(handle)][:count]
+            sentences = [row["text"] for row in csv.DictReader(handle)][:limit]
+        meta = path.with_name(f"{path.stem}_meta.json")
+        subjects = json.loads(meta.read_text())["subjects"] if meta.exists() else []
     elif allow_generated:
         rng = random.Random(0)
-        sentences = [
-            relation.format(s=subject) + " " + rng.choice(targets)
+        pairs = [
+            (relation.format(s=subject) + " " + rng.choice(targets), subject)
             for subject in _SUBJECTS
             for relation, targets in _RELATIONS
-        ][:count]
+        ][:limit]
+        sentences, subjects = [p[0] for p in pairs], [p[1] for p in pairs]
     else:
         raise FileNotFoundError(f"{path} is missing: get {WHERE_TO_GET}")
     edits = []
-    for sentence in sentences:
+    for i, sentence in enumerate(sentences):
         prompt, _, target = sentence.rstrip(".").rpartition(" ")
-        edits.append(Edit(sentence, prompt, target))
+        subject = subjects[i] if i < len(subjects) and subjects[i] in prompt else ""
+        edits.append(Edit(sentence, prompt, target, subject))
     return edits
 
 

@@ -25,7 +25,8 @@ RUNS = {
     "phonebook": ["--count", "2", "--offset", "40"],
     # Two batches of 5: the second lands in a delta of the first batch's module.
     "phonebook-scale": ["--count", "10", "--batch", "5", "--offset", "60"],
-    "counterfact": ["--count", "2"],
+    # Two batches of one: the second packs into the first's module (a delta of it).
+    "counterfact": ["--count", "2", "--file", "4K", "--batch", "1", "--locality", "2"],
     # Gate 0: some document sentences are never recalled as the gate asks them, and the
     # module would split until that sentence's module fails (the eval then waits 120 s).
     "paperqa": ["--papers", "1", "--questions", "2", "--sentences", "3", "--recall-gate", "0"],
@@ -142,12 +143,27 @@ def test_phonebook_scale(system, tmp_path: Path) -> None:  # type: ignore[no-unt
 @pytest.mark.timeout(900)
 def test_counterfact(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     results = run_eval(system, tmp_path, "counterfact")
-    assert len(results["arms"]) == 5
-    for arm in results["arms"]:
+    assert results["file"] == "counterfact_edit_4K.csv"
+    ingest = results["ingest"]
+    assert (ingest["facts"], ingest["batches"]) == (2, 2)
+    assert [j["status"] for j in ingest["jobs"]] == ["published", "published"]
+    assert ingest["post_to_published_seconds"] >= ingest["post_seconds"] > 0
+    arms = {a["arm"]: a for a in results["arms"]}
+    assert set(arms) == {"base", "icl", "rag", "lora", "hybrid"}
+    for arm in arms.values():
         assert arm["efficacy_scored"] <= arm["questions"] == 2
         assert arm["efficacy"] is None or in_unit(arm["efficacy"])
-        assert in_unit(arm["contains_target"])
+        assert in_unit(arm["contains_target"]) and in_unit(arm["generalization"])
+        assert arm["generalization_asked"] == 2  # both edits' relations are known
     assert any(arm["efficacy_scored"] for arm in results["arms"])
+    assert arms["base"]["answered_by_module"] == 0.0 and "locality" not in arms["base"]
+    for name in ("icl", "rag", "lora", "hybrid"):
+        local = arms[name]["locality"]
+        assert local["prompts"] == 2 and local["request_errors"] == 0
+        assert in_unit(local["same_as_base"]) and in_unit(local["routed_to_base"])
+        assert local["routed_to_a_module"] == round(2 * (1 - local["routed_to_base"]))
+    assert (tmp_path / "counterfact.png").stat().st_size > 0
+    assert "locality: same as base" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.timeout(900)

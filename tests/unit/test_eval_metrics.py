@@ -8,7 +8,7 @@ import pytest
 
 from evaluation import metrics
 from evaluation.client import tail_logprob
-from evaluation.data_evals import own_value
+from evaluation.counterfact import own_value
 
 HYP, REF = "the cat sat on a mat", "the cat sat on the mat"
 
