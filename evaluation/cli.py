@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
+    "ingest-held": "POST -> published for a few facts into tenants already holding some",
 }
 _VALUES = {
     "formats": "qa,rewrite,mixed",
@@ -64,6 +65,11 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
     if name == "multi-module":
         sub.add_argument("--modules", type=int, default=4, help="small modules")
         sub.add_argument("--combination", default="ties", choices=["ties", "linear", "cat"])
+    _system_options(sub, name)
+
+
+def _system_options(sub: argparse.ArgumentParser, name: str) -> None:
+    """The data-set evaluations' and the system measurements' own flags."""
     if name in ("phonebook", "counterfact", "paperqa"):
         sub.add_argument("--arms", default="base,icl,rag,lora,hybrid")
         sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
@@ -79,6 +85,15 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
         sub.add_argument("--edits", type=int, default=4, help="facts edited (PUT) afterwards")
         sub.add_argument("--interims", default="rag,hybrid,off", help="interim arms compared")
         sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
+    if name == "ingest-held":
+        sub.add_argument("--held", default="0,50", help="facts held before, comma-separated")
+        sub.add_argument("--facts", type=int, default=10, help="new facts, timed")
+        sub.add_argument(
+            "--fill",
+            choices=["train", "cheap", "stored"],
+            default="train",
+            help="held facts trained, trained one step, or stored untrained (jobs cancelled)",
+        )
     if name == "paperqa":
         sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
         sub.add_argument("--questions", type=int, default=10, help="per paper")
@@ -86,7 +101,7 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation import data_evals, experiments, read_your_writes, routing
+    from evaluation import data_evals, experiments, ingest_held, read_your_writes, routing
     from evaluation.run import EvalRun
 
     handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
@@ -100,6 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,
         "read-your-writes": read_your_writes.read_your_writes,
+        "ingest-held": ingest_held.ingest_held,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
     evaluation = EvalRun(
