@@ -22,6 +22,8 @@ EXPERIMENTS: dict[str, str] = {
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
     "ingest-held": "POST -> published for a few facts into tenants already holding some",
 }
+# Experiments whose jobs train with the system's own recipe: no training flags to offer.
+_SYSTEM_RECIPE = ("ingest-held",)
 _VALUES = {
     "formats": "qa,rewrite,mixed",
     "variants": "lora,dora,pissa",
@@ -35,16 +37,18 @@ def add_parser(commands: Any, settings: Settings) -> None:
     experiments = evaluate.add_subparsers(dest="experiment", required=True)
     for name, help_text in EXPERIMENTS.items():
         sub = experiments.add_parser(name, help=help_text, description=help_text)
-        _common(sub, settings)
+        _common(sub, settings, trains=name not in _SYSTEM_RECIPE)
         _specific(sub, name, settings)
 
 
-def _common(sub: argparse.ArgumentParser, settings: Settings) -> None:
+def _common(sub: argparse.ArgumentParser, settings: Settings, trains: bool) -> None:
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     sub.add_argument("--gateway", default=gateway, help=f"default: {gateway}")
     sub.add_argument("--out", type=Path, help="default: eval-results/<experiment>/")
     sub.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     sub.add_argument("--offset", type=int, default=0, help="first data row used")
+    if not trains:
+        return
     sub.add_argument("--max-steps", type=int, default=settings.training.max_steps)
     sub.add_argument("--top-layers", type=int, default=settings.training.top_layers)
     sub.add_argument("--targets", default=settings.training.targets)

@@ -15,9 +15,8 @@ target is `TARGET_RATIO`.
 would be), `cheap` (each batch trained with one step and no gate: real modules and
 versions, fast) or `stored` (posted and packed, their jobs cancelled: stored and counted
 in their modules, but no version holds them; the fastest, for 1,000 held on 2 cores).
-The timed add always runs the system's own recipe, so the shared training flags
-(`--max-steps`, `--top-layers`, `--targets`) are not used. POST /facts needs no engine:
-a gateway and a worker on one Redis are enough.
+The timed add always runs the system's own recipe (the other evals' training flags are
+not offered). POST /facts needs no engine: a gateway and a worker on one Redis are enough.
 
 Not compared here: the same run without delta modules. That is the worker's setting
 (LORAMEM_DELTA_ADDS=false), which a client of the gateway cannot switch; run this again
@@ -162,6 +161,7 @@ def _figures(results: dict[str, Any]) -> dict[str, Any]:
         label = f"target: {TARGET_RATIO}x the {baseline['held']}-held row"
         axes.axhline(target, color="tab:red", linestyle="--", label=label)
     axes.set_xscale("symlog", linthresh=10)  # 0 held beside 50, 200 and 1,000
+    axes.set_xticks([r["held"] for r in rows], [str(r["held"]) for r in rows])
     axes.set_ylim(bottom=0)
     axes.set_xlabel("facts the tenant holds")
     axes.set_ylabel("POST -> published (s)")
