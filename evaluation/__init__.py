@@ -81,4 +81,15 @@ sending the POST or the first PUT to the first right `model=auto` answer, null i
 `jobs` and `arms` (`rag`, `hybrid`, `off` asked while the
 jobs trained, then `published`): `right`, `old_value` (edits: the old value answered),
 `pending_share` (answered as `pending`), `jobs_published_after`, `request_errors`.
+
+`ingest-held` (evaluation/ingest_held.py; no engine needed): `fill`, `new_facts`,
+`target_ratio` (1.5), `baseline_held` (the first published row's facts held: 0 when
+`--held` starts with it), `load_average` (`start`, `end`: the machine's 1/5/15-minute load)
+and `rows`, one per `--held` count in its own tenant: `held`, `fill_seconds` (not timed
+against anything), `new_facts`, `seconds` (POST -> published or failed), `steps`,
+`facts_trained` (the job's own count: the new facts alone when they went into a delta),
+`module` (the job's), `tenant_facts` (facts the tenant holds afterwards), `load_1m` (at
+the row's end), `job` (as for module experiments), `vs_baseline` (seconds / the baseline
+row's; null unless published) and `within_target`. A held count whose fill failed is
+listed in `skipped`.
 """

@@ -22,7 +22,10 @@ EXPERIMENTS: dict[str, str] = {
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
+    "ingest-held": "POST -> published for a few facts into tenants already holding some",
 }
+# Experiments whose jobs train with the system's own recipe: no training flags to offer.
+_SYSTEM_RECIPE = ("ingest-held",)
 _VALUES = {
     "formats": "qa,rewrite,mixed",
     "variants": "lora,dora,pissa",
@@ -36,18 +39,20 @@ def add_parser(commands: Any, settings: Settings) -> None:
     experiments = evaluate.add_subparsers(dest="experiment", required=True)
     for name, help_text in EXPERIMENTS.items():
         sub = experiments.add_parser(name, help=help_text, description=help_text)
-        _common(sub, settings)
+        _common(sub, settings, trains=name not in _SYSTEM_RECIPE)
         _specific(sub, name, settings)
         if name == "counterfact":
             _counterfact(sub, settings)
 
 
-def _common(sub: argparse.ArgumentParser, settings: Settings) -> None:
+def _common(sub: argparse.ArgumentParser, settings: Settings, trains: bool) -> None:
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     sub.add_argument("--gateway", default=gateway, help=f"default: {gateway}")
     sub.add_argument("--out", type=Path, help="default: eval-results/<experiment>/")
     sub.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     sub.add_argument("--offset", type=int, default=0, help="first data row used")
+    if not trains:
+        return
     sub.add_argument("--max-steps", type=int, default=settings.training.max_steps)
     sub.add_argument("--top-layers", type=int, default=settings.training.top_layers)
     sub.add_argument("--targets", default=settings.training.targets)
@@ -91,6 +96,15 @@ def _data_set_flags(sub: argparse.ArgumentParser, name: str) -> None:
         sub.add_argument("--count", type=int, default=20, help="facts per data set")
         sub.add_argument("--edits", type=int, default=4, help="facts edited (PUT) afterwards")
         sub.add_argument("--interims", default="rag,hybrid,off", help="interim arms compared")
+    if name == "ingest-held":
+        sub.add_argument("--held", default="0,50", help="facts held before, comma-separated")
+        sub.add_argument("--facts", type=int, default=10, help="new facts, timed")
+        sub.add_argument(
+            "--fill",
+            choices=["train", "cheap", "stored"],
+            default="train",
+            help="held facts trained, trained one step, or stored untrained (jobs cancelled)",
+        )
     if name == "paperqa":
         sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
         sub.add_argument("--questions", type=int, default=10, help="per paper")
@@ -120,6 +134,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         counterfact,
         data_evals,
         experiments,
+        ingest_held,
         phonebook_scale,
         read_your_writes,
         routing,
@@ -138,6 +153,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,
         "read-your-writes": read_your_writes.read_your_writes,
+        "ingest-held": ingest_held.ingest_held,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
     resumed = {"run_id": args.run_id} if getattr(args, "run_id", None) else {}

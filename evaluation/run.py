@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from evaluation.client import EvalClient
 from loramem.settings import Settings
 
@@ -24,6 +26,7 @@ class EvalRun:
     settings: Settings
     flags: dict[str, Any]
     concurrency: int = 8
+    transport: httpx.BaseTransport | None = None  # unit tests: a fake gateway
     # A run id keeps tenants and module names apart from earlier runs on the same system.
     run_id: str = field(default_factory=lambda: time.strftime("%m%d%H%M%S"))
     started: float = field(default_factory=time.monotonic)
@@ -50,7 +53,11 @@ class EvalRun:
         tenant = self.tenant(part)
         if tenant not in self._clients:
             self._clients[tenant] = EvalClient(
-                self.gateway, tenant, self.concurrency, api_key=self.settings.api_key
+                self.gateway,
+                tenant,
+                self.concurrency,
+                api_key=self.settings.api_key,
+                transport=self.transport,
             )
         return self._clients[tenant]
 

@@ -31,6 +31,8 @@ RUNS = {
     # module would split until that sentence's module fails (the eval then waits 120 s).
     "paperqa": ["--papers", "1", "--questions", "2", "--sentences", "3", "--recall-gate", "0"],
     "read-your-writes": ["--datasets", "phonebook", "--count", "2", "--edits", "1"],
+    # Stored fill: the 10 held facts are posted and their jobs cancelled (no training).
+    "ingest-held": ["--held", "0,10", "--facts", "3", "--fill", "stored"],
 }
 # Dataset evals keep the system's own gate: too few steps would fail it and split.
 DATASET_STEPS = ["--max-steps", "40", "--concurrency", "4"]
@@ -40,6 +42,8 @@ COMMON = {"experiment", "command", "flags", "gateway", "tenant", "run_id", "seco
 def run_eval(system, tmp_path: Path, name: str) -> dict:  # type: ignore[no-untyped-def]
     datasets = ("phonebook", "phonebook-scale", "counterfact", "paperqa", "read-your-writes")
     tiny = DATASET_STEPS if name in datasets else TINY
+    if name == "ingest-held":  # the system's own recipe: no training flags
+        tiny = []
     gateway = str(system.gateway.base_url)
     argv = ["eval", name, "--gateway", gateway, "--out", str(tmp_path), *tiny, *RUNS[name]]
     assert main(argv) == 0
@@ -205,3 +209,18 @@ def test_read_your_writes(system, tmp_path: Path) -> None:  # type: ignore[no-un
     if not interim["jobs_published_after"]:
         assert interim["old_value"] == 0.0  # the old value is not answered meanwhile
     assert (tmp_path / "read_your_writes_phonebook.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(900)
+def test_ingest_held(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Three facts into an empty tenant and into one holding ten: both publish, and the
+    second trains the three alone (a delta of the open module), not all thirteen."""
+    results = run_eval(system, tmp_path, "ingest-held")
+    empty, held = results["rows"]
+    assert (empty["held"], held["held"]) == (0, 10) and not results["skipped"]
+    for row in (empty, held):
+        assert row["job"]["status"] == "published", row["job"]
+        assert row["facts_trained"] == 3 and row["steps"] > 0
+        assert row["tenant_facts"] == row["held"] + 3  # the fill stored what it said
+    assert empty["vs_baseline"] == 1.0 and held["vs_baseline"] > 0
+    assert (tmp_path / "ingest_held.png").stat().st_size > 0
