@@ -54,4 +54,11 @@ sending the POST or the first PUT to the first right `model=auto` answer, null i
 `jobs` and `arms` (`rag`, `hybrid`, `off` asked while the
 jobs trained, then `published`): `right`, `old_value` (edits: the old value answered),
 `pending_share` (answered as `pending`), `jobs_published_after`, `request_errors`.
+
+`span` (evaluation/span.py): `data` (the PhoneBook file and rows, or "generated"),
+`modules` (name, facts, job), `merged` (the merged module, or null) and `arms` (`off`,
+`merged`, `wording`, `compose`, `compose-hybrid`, `context`, `rag`, `hybrid`, `oracle`),
+each with `pairs` and `singles` (null where not asked): `asked`, `all` (answers holding
+every number), `share`, `numbers`, `spanned` (answers marked `span`), `request_errors`
+and `answers` (each question, its numbers, the answer, `found`, the outcome).
 """

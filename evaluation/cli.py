@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
+    "span": "questions naming people of two modules: compose, merged, context, rag, oracle",
 }
 _VALUES = {
     "formats": "qa,rewrite,mixed",
@@ -36,6 +37,8 @@ def add_parser(commands: Any, settings: Settings) -> None:
         sub = experiments.add_parser(name, help=help_text, description=help_text)
         _common(sub, settings)
         _specific(sub, name, settings)
+        if name == "span":
+            _span(sub)
 
 
 def _common(sub: argparse.ArgumentParser, settings: Settings) -> None:
@@ -85,8 +88,21 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
         sub.add_argument("--sentences", type=int, default=0, help="cut the text (0: all)")
 
 
+def _span(sub: argparse.ArgumentParser) -> None:
+    # The runs in docs/RESULTS.md read rows 1200 on (tests/integration/test_span.py too).
+    sub.set_defaults(offset=1200)
+    sub.add_argument("--modules", type=int, default=4, help="PhoneBook modules")
+    sub.add_argument("--facts", type=int, default=8, help="facts per module")
+    sub.add_argument("--pairs", type=int, default=40, help="two-module questions")
+    # 64: a rag answer repeats both names before the numbers, and 40 tokens cut off
+    # the second number (docs/RESULTS.md, Questions that span modules).
+    sub.add_argument("--max-tokens", type=int, default=64, help="per answer (and part)")
+    sub.add_argument("--arms", help="comma-separated (default: all, evaluation/span.py)")
+    sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation import data_evals, experiments, read_your_writes, routing
+    from evaluation import data_evals, experiments, read_your_writes, routing, span
     from evaluation.run import EvalRun
 
     handlers: dict[str, Callable[[EvalRun], dict[str, Any]]] = {
@@ -100,6 +116,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,
         "read-your-writes": read_your_writes.read_your_writes,
+        "span": span.span_eval,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
     evaluation = EvalRun(
