@@ -21,21 +21,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 
+from evaluation.span import Question
 from loramem.datasets import PhoneEntry, phonebook
 from loramem.registry.jobs import TERMINAL
 from loramem.settings import get_settings
-
-
-@dataclass(frozen=True)
-class Question:
-    text: str
-    phones: list[str]
-    owners: list[str]  # the module holding each phone
-    halves: list[str]  # the single-fact questions it is made of
 
 
 class Bench:

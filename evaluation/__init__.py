@@ -92,4 +92,11 @@ against anything), `new_facts`, `seconds` (POST -> published or failed), `steps`
 the row's end), `job` (as for module experiments), `vs_baseline` (seconds / the baseline
 row's; null unless published) and `within_target`. A held count whose fill failed is
 listed in `skipped`.
+
+`span` (evaluation/span.py): `data` (the PhoneBook file and rows, or "generated"),
+`modules` (name, facts, job), `merged` (the merged module, or null) and `arms` (`off`,
+`merged`, `wording`, `compose`, `compose-hybrid`, `context`, `rag`, `hybrid`, `oracle`),
+each with `pairs` and `singles` (null where not asked): `asked`, `all` (answers holding
+every number), `share`, `numbers`, `spanned` (answers marked `span`), `request_errors`
+and `answers` (each question, its numbers, the answer, `found`, the outcome).
 """

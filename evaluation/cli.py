@@ -23,6 +23,7 @@ EXPERIMENTS: dict[str, str] = {
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
     "ingest-held": "POST -> published for a few facts into tenants already holding some",
+    "span": "questions naming people of two modules: compose, merged, context, rag, oracle",
 }
 # Experiments whose jobs train with the system's own recipe: no training flags to offer.
 _SYSTEM_RECIPE = ("ingest-held",)
@@ -43,6 +44,8 @@ def add_parser(commands: Any, settings: Settings) -> None:
         _specific(sub, name, settings)
         if name == "counterfact":
             _counterfact(sub, settings)
+        if name == "span":
+            _span(sub)
 
 
 def _common(sub: argparse.ArgumentParser, settings: Settings, trains: bool) -> None:
@@ -129,6 +132,19 @@ def _counterfact(sub: argparse.ArgumentParser, settings: Settings) -> None:
     sub.add_argument("--run-id", help="resume that run: post only the facts its tenant lacks")
 
 
+def _span(sub: argparse.ArgumentParser) -> None:
+    # The runs in docs/RESULTS.md read rows 1200 on (tests/integration/test_span.py too).
+    sub.set_defaults(offset=1200)
+    sub.add_argument("--modules", type=int, default=4, help="PhoneBook modules")
+    sub.add_argument("--facts", type=int, default=8, help="facts per module")
+    sub.add_argument("--pairs", type=int, default=40, help="two-module questions")
+    # 64: a rag answer repeats both names before the numbers, and 40 tokens cut off
+    # the second number (docs/RESULTS.md, Questions that span modules).
+    sub.add_argument("--max-tokens", type=int, default=64, help="per answer (and part)")
+    sub.add_argument("--arms", help="comma-separated (default: all, evaluation/span.py)")
+    sub.add_argument("--recall-gate", type=float, help="default: the system's gate")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from evaluation import (
         counterfact,
@@ -138,6 +154,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         phonebook_scale,
         read_your_writes,
         routing,
+        span,
     )
     from evaluation.run import EvalRun
 
@@ -154,6 +171,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "routing": routing.routing_eval,
         "read-your-writes": read_your_writes.read_your_writes,
         "ingest-held": ingest_held.ingest_held,
+        "span": span.span_eval,
     }
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "experiment", "out")}
     resumed = {"run_id": args.run_id} if getattr(args, "run_id", None) else {}

@@ -168,10 +168,13 @@ class EvalClient:
         system: str | None = None,
         max_tokens: int = 32,
         interim: str | None = None,
+        **options: str,
     ) -> Answer:
         """`interim`: how a fact no published version holds is answered (rag, hybrid,
-        off; None: the gateway's default)."""
-        extra = {"loramem": {"interim": interim}} if interim else {}
+        off; None: the gateway's default). `options`: more of the request's `loramem`
+        options (`span`, `span_question`)."""
+        wanted = {**options, "interim": interim} if interim else options
+        extra = {"loramem": wanted} if wanted else {}
         try:
             answer = self.api.ask(question, model, mode, system, max_tokens, **extra)
         except GatewayError as exc:

@@ -226,9 +226,10 @@ class Settings(BaseSettings):
     # answers are joined; "compose-hybrid": the same, each module
     # with its part's matched fact in context; "context": the chosen module answers
     # with the other parts' facts in context; "off": the chosen module alone, as before.
-    # Per request: "loramem": {"span": ...}. compose: `python -m bench.span` at fd2f9e3,
-    # 37/40 two-module PhoneBook questions with both numbers, compose-hybrid 32/40, the
-    # best module alone 0/40, rag 0/40; single questions 32/32 (docs/RESULTS.md).
+    # Per request: "loramem": {"span": ...}. compose: `loramem eval span` at 8c22895 on
+    # the real PhoneBook rows, 40/40 two-module questions with both numbers (the oracle's
+    # 40/40), compose-hybrid 31/40, rag 31/40, context, the merged adapter and the best
+    # module alone 0/40; single questions 32/32 (docs/RESULTS.md).
     router_span: Literal["compose", "compose-hybrid", "context", "off"] = "compose"
     # Another module's best fact is a part only within this of the chosen one's (PhoneBook
     # pairs: the two people's facts lay within 0.15; a one-person question's own fact
@@ -238,9 +239,9 @@ class Settings(BaseSettings):
     # What each part's module is asked (router/span.py): "trained" (its fact's gated
     # question, "What is the phone number of A?", where the query asks what the fact
     # states) or "wording" (the user's question less the other parts' names). Per
-    # request: "loramem": {"span_question": ...}. trained: `python -m bench.span` at
-    # fd2f9e3 on the same 4 modules, 37/40 PhoneBook pairs with both numbers against
-    # 22/40, compose-hybrid 32/40 (docs/RESULTS.md, Questions that span modules).
+    # request: "loramem": {"span_question": ...}. trained: `loramem eval span` at 8c22895
+    # on the same 4 modules, 40/40 PhoneBook pairs with both numbers against 30/40
+    # (docs/RESULTS.md, Questions that span modules).
     router_span_question: Literal["trained", "wording"] = "trained"
     # Fact texts the router keeps (read at publish and by the span check, least recently
     # used out), so the span check runs without Redis for them: during an outage too.

@@ -33,6 +33,7 @@ RUNS = {
     "read-your-writes": ["--datasets", "phonebook", "--count", "2", "--edits", "1"],
     # Stored fill: the 10 held facts are posted and their jobs cancelled (no training).
     "ingest-held": ["--held", "0,10", "--facts", "3", "--fill", "stored"],
+    "span": ["--modules", "2", "--facts", "2", "--pairs", "2"],
 }
 # Dataset evals keep the system's own gate: too few steps would fail it and split.
 DATASET_STEPS = ["--max-steps", "40", "--concurrency", "4"]
@@ -40,7 +41,14 @@ COMMON = {"experiment", "command", "flags", "gateway", "tenant", "run_id", "seco
 
 
 def run_eval(system, tmp_path: Path, name: str) -> dict:  # type: ignore[no-untyped-def]
-    datasets = ("phonebook", "phonebook-scale", "counterfact", "paperqa", "read-your-writes")
+    datasets = (
+        "phonebook",
+        "phonebook-scale",
+        "counterfact",
+        "paperqa",
+        "read-your-writes",
+        "span",
+    )
     tiny = DATASET_STEPS if name in datasets else TINY
     if name == "ingest-held":  # the system's own recipe: no training flags
         tiny = []
@@ -224,3 +232,26 @@ def test_ingest_held(system, tmp_path: Path) -> None:  # type: ignore[no-untyped
         assert row["tenant_facts"] == row["held"] + 3  # the fill stored what it said
     assert empty["vs_baseline"] == 1.0 and held["vs_baseline"] > 0
     assert (tmp_path / "ingest_held.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(900)
+def test_span(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every arm asks the two-module questions; compose marks both as spanning and no
+    single-fact question (rows 1200 on, as the integration test's)."""
+    results = run_eval(system, tmp_path, "span")
+    assert [m["job"]["status"] for m in results["modules"]] == ["published"] * 2
+    arms = {a["arm"]: a for a in results["arms"]}
+    every = {"off", "merged", "wording", "compose", "compose-hybrid", "context", "rag",
+             "hybrid", "oracle"}  # fmt: skip
+    skipped = {s["arm"] for s in results["skipped"]}
+    assert arms.keys() | skipped == every and skipped <= {"merged"}
+    for arm in arms.values():
+        assert arm["pairs"]["asked"] == 2 and arm["pairs"]["request_errors"] == 0
+        assert in_unit(arm["pairs"]["share"])
+        assert len(arm["pairs"]["answers"]) == 2  # kept, to read the misses
+        if arm["singles"] is not None:
+            assert arm["singles"]["asked"] == 4 and arm["singles"]["request_errors"] == 0
+    compose = arms["compose"]
+    assert compose["pairs"]["spanned"] == 2 and compose["singles"]["spanned"] == 0
+    assert arms["off"]["pairs"]["spanned"] == 0  # span: off answers from one module
+    assert (tmp_path / "span.png").stat().st_size > 0
