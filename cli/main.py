@@ -129,6 +129,11 @@ def follow(memory: Client, job_id: str) -> int:
     bar.close()
     detail = f"v{job['version']}" if job["status"] == "published" else job["error"]
     print(f"{job['status']}: {job['module']} {detail}")
+    for moved in (job.get("progress") or {}).get("moved_out", []):  # the per-fact gate
+        print(
+            f"moved out {len(moved['fact_ids'])} fact(s) to {moved['module']} "
+            f"(job {moved['job_id']}): {moved['reason']}"
+        )
     return 0 if job["status"] == "published" else 1
 
 

@@ -22,6 +22,10 @@ read. A change is cleared by the publish that holds it:
   of events in the stream, in which every job's own change event comes before its
   publish. A delete also clears when a version of its module lacks the fact.
 
+A fact moved to a new module (the gate's move out, a split) is announced as an add by the
+new module's job: pending until a version lists it, or, edited before, an edit now of the
+new module, cleared by its job's publish (the old module's next version lacks it).
+
 A change whose job failed stays pending until a later job of its module publishes: it
 keeps being answered from context. After a gateway restart, adds are rebuilt from the
 registry (facts that no active version lists); edits and deletes staged before the

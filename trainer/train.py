@@ -293,8 +293,13 @@ def recall(
             pad_token_id=pad_id,
         )
         answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    hits = sum(qa.expected.lower() in a.lower() for qa, a in zip(qas, answers, strict=True))
+    hits = sum(is_hit(qa, a) for qa, a in zip(qas, answers, strict=True))
     return hits / max(len(qas), 1), answers
+
+
+def is_hit(qa: FactQA, answer: str) -> bool:
+    """Whether a generated answer to the fact's gate question holds its value."""
+    return qa.expected.lower() in answer.lower()
 
 
 def warm_start(peft_model: PeftModel, adapter_weights: bytes) -> None:

@@ -14,6 +14,7 @@ from loramem.registry.jobs import Job, JobCancelled, JobStatus
 from trainer import train as training
 from trainer import variants
 from trainer.context import TrainerContext
+from trainer.gate import GateResult, Verdict, judge
 
 
 class TrainingRun:
@@ -30,6 +31,8 @@ class TrainingRun:
         extra = ctx.settings.gate_extra_rounds if knobs.recall_gate > 0 else 0
         self.rounds = 1 + extra
         self.progress: dict[str, Any] = {
+            # Where a job's facts came from, when another job moved them here: shown.
+            **{k: job.progress[k] for k in ("moved_from",) if k in job.progress},
             "phase": "training",
             "step": 0,
             "total_steps": knobs.max_steps * (1 + extra),
@@ -44,8 +47,9 @@ class TrainingRun:
         if not self.jobs.set_progress(self.job.id, self.progress):  # cancelled: stop here
             raise JobCancelled(self.job.id, "cancelled", "training")
 
-    def train_until_gate(self, facts: list[Fact], warm: bool) -> float:
-        """Train on `facts`, with extra rounds below the gate; return the measured recall."""
+    def train_until_gate(self, facts: list[Fact], warm: bool) -> GateResult:
+        """Train on `facts` in rounds until the gate's verdict is other than "train on"
+        (trainer/gate.py); return the last round's recall check."""
         knobs, metrics = self.knobs, self.ctx.metrics
         qas = [self.ctx.generator.fact_data(f.id, f.text, knobs.questions_per_fact) for f in facts]
         self.progress.update(facts=len(facts), phase="training")
@@ -60,7 +64,7 @@ class TrainingRun:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         first = training.first_trained_layer(base, knobs)
         prefix = training.FrozenPrefix(self.peft_model, examples, first, pad_id)
-        round_knobs, measured = knobs, 0.0
+        round_knobs = knobs
         for round_number in range(self.rounds):
             if round_number:  # below the gate: train on, towards a lower loss
                 self.jobs.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
@@ -73,14 +77,27 @@ class TrainingRun:
             self.progress.update(phase="validating", step=self.done_steps)
             self.jobs.transition(self.job.id, JobStatus.VALIDATING, progress=self.progress)
             with metrics.phase_seconds.labels("validating").time():
-                measured, _answers = training.recall(self.peft_model, tokenizer, qas)
+                measured, answers = training.recall(self.peft_model, tokenizer, qas)
+            missed = tuple(
+                qa.fact_id
+                for qa, answer in zip(qas, answers, strict=True)
+                if not training.is_hit(qa, answer)
+            )
+            # A few facts missed move out rather than hold every other fact for more rounds;
+            # merely above the gate with more missed, the extra rounds are cheap next to
+            # serving a module that misses facts, so use them.
+            verdict = judge(
+                len(missed),
+                len(qas),
+                self.rounds - round_number - 1,
+                knobs.recall_gate,
+                self.ctx.settings.gate_move_out_fraction,
+            )
             self.progress.update(recall=round(measured, 4))
             self.jobs.set_progress(self.job.id, self.progress)
-            # Every fact recalled: done. Merely above the gate: the extra rounds are cheap
-            # next to serving a module that misses a fact, so use them; publish either way.
-            if measured >= 1.0:
-                break
-        return measured
+            if verdict is not Verdict.TRAIN_ON:
+                return GateResult(measured, missed, verdict)
+        raise AssertionError("the last round's verdict is never train_on")  # judge(): 0 left
 
     def _warm_start(self) -> int | None:
         """Start an "add" job from the module's active version when it was trained with

@@ -163,24 +163,39 @@ class FactStore:
         self._redis.transaction(write, key)
         return job
 
-    def split(self, module: str, tenant: str, fact_ids: list[str], training: dict[str, Any]) -> Job:
-        """Move facts into a new module of the same tenant and queue its training job.
-        Atomic against edits and deletes (WATCH on each fact): a fact deleted or moved
-        since the trainer read it is skipped, never brought back as a text-less hash."""
+    def split(
+        self,
+        module: str,
+        tenant: str,
+        fact_ids: list[str],
+        training: dict[str, Any],
+        sources: Iterable[str] = (),
+        moved_from: dict[str, Any] | None = None,
+    ) -> Job:
+        """Move facts of `module` (or of `sources`: a consolidation's deltas) into a new
+        module of the same tenant and queue its training job, which shows `moved_from` in
+        its progress. Atomic against edits and deletes (WATCH on each fact): a fact deleted
+        or moved since the trainer read it is skipped, never brought back as a text-less
+        hash. The move is announced as an add by the new job: until it publishes, no
+        active version will hold the facts, so routers answer them from context."""
         target = module_id(tenant, f"{module_name(module)[:37]}-s{new_id()[:6]}")
         job = Job(id=new_job_id(tenant), tenant=tenant, module=target, training=training)
+        if moved_from is not None:
+            job.progress = {"moved_from": moved_from}
+        owners_allowed = {module.encode(), *(s.encode() for s in sources)}
 
         def write(pipe: redis.client.Pipeline) -> None:
             owners = [pipe.hget(keys.fact(tenant, fid), "module") for fid in fact_ids]
-            moving = [fid for fid, m in zip(fact_ids, owners, strict=True) if m == module.encode()]
+            moving = [(f, o) for f, o in zip(fact_ids, owners, strict=True) if o in owners_allowed]
             pipe.multi()
             stage_module(pipe, tenant, target)
-            if moving:
-                pipe.srem(keys.module_facts(module), *moving)
-                pipe.sadd(keys.module_facts(target), *moving)
-            for fact_id in moving:
+            for fact_id, owner in moving:
+                pipe.srem(keys.module_facts(decode(owner)), fact_id)
+                pipe.sadd(keys.module_facts(target), fact_id)
                 pipe.hset(keys.fact(tenant, fact_id), "module", target)
             stage_job(pipe, job)  # no fact left to move: the job retires the empty module
+            if moving:
+                _announce_change(pipe, job, "add", [fact_id for fact_id, _o in moving])
 
         self._redis.transaction(write, *[keys.fact(tenant, fid) for fid in fact_ids])
         return job

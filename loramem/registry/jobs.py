@@ -112,7 +112,7 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
             "kind": job.kind,
             "training": json.dumps(job.training),
             "status": job.status.value,
-            "progress": "{}",
+            "progress": json.dumps(job.progress),
             "attempts": 0,
             "created_at_s": job.created_at_s,
         },

@@ -22,6 +22,7 @@ from tests.integration.test_retention import adapter_files, make_worker
 from tests.recipes import TRAINED
 from trainer import handlers
 from trainer.context import TrainerContext
+from trainer.gate import GateResult, judge
 from trainer.outcomes import Artifact, Covered, JobRefused, Outcome
 from trainer.worker import Worker
 
@@ -191,3 +192,73 @@ def test_a_consolidation_killed_midway_is_done_once_by_the_next_worker(
     assert w.run_once()
     assert deltas.modules.get(parent).active_version == 2  # not published twice
     assert deltas.queue.pending_count() == 0
+
+
+class MissesOne:
+    """Stands in for a consolidation's training (tests/integration/test_trainer.py trains
+    for real): a round whose recall check misses the fact `MissesOne.missing` only."""
+
+    missing = ""
+
+    def __init__(self, ctx: TrainerContext, job: Job, _knobs: object) -> None:
+        self.ctx, self.job, self.jobs = ctx, job, ctx.registry.jobs
+        self.progress: dict[str, object] = {}
+        self.done_steps, self.last_loss = 40, 0.1
+
+    def train_until_gate(self, facts: list, warm: bool) -> GateResult:
+        self.jobs.transition(self.job.id, JobStatus.TRAINING)
+        self.jobs.transition(self.job.id, JobStatus.VALIDATING)
+        missed = tuple(f.id for f in facts if f.id == self.missing)
+        share = self.ctx.settings.gate_move_out_fraction
+        verdict = judge(len(missed), len(facts), 0, 0.95, share)
+        return GateResult(1 - len(missed) / len(facts), missed, verdict)
+
+    def seconds(self) -> float:
+        return 0.0
+
+    def servable_files(self) -> dict[str, bytes]:
+        return adapter_files(64)
+
+    def recipe(self) -> object:
+        return TRAINED
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_consolidation_moves_out_a_fact_it_missed_and_folds_the_rest(
+    settings: Settings, deltas: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-fact gate in a consolidation: a delta's fact that did not stick in the
+    module moves to a module of its own; the version holds the others, its delta (now
+    empty) is retired with the rest, and nothing is left unheld but the moved fact."""
+    real = handlers.handle
+    monkeypatch.setattr(
+        handlers, "handle", lambda ctx, job: real(ctx, job) if job.kind == "consolidate"
+        else stand_in(ctx, job),
+    )  # fmt: skip
+    monkeypatch.setattr(handlers, "TrainingRun", MissesOne)
+    w = make_worker(settings.model_copy(update={"gate_move_out_fraction": 0.5}), deltas)
+    parent, missed_delta, stubborn = module_and_delta(w, deltas)
+    third, [kept] = add(deltas, ["The colour of C is green."])
+    run_job(w, third)
+    MissesOne.missing = stubborn
+    queued = deltas.facts.queue_consolidation(parent, "t")
+    assert queued is not None
+    run_job(w, queued.id)
+
+    done = deltas.jobs.get(queued.id)
+    [moved] = done.progress["moved_out"]
+    assert moved["fact_ids"] == [stubborn] and "not recalled" in moved["reason"]
+    version = deltas.modules.version(parent, done.version or 0)
+    assert stubborn not in version.fact_ids and kept in version.fact_ids
+    assert version.recall == 1.0  # of what it holds
+    assert [m.name for m in deltas.modules.of_tenant("t")] == sorted(
+        [parent, deltas.jobs.get(moved["job_id"]).module]
+    )  # both deltas retired, the one whose fact moved out too
+    assert missed_delta not in {m.name for m in deltas.modules.of_tenant("t")}
+    assert one_active_version_each(deltas)[stubborn] == 0  # answered from context meanwhile
+    follow_up = deltas.jobs.get(moved["job_id"])
+    assert follow_up.progress["moved_from"]["job_id"] == queued.id
+    run_job(w, follow_up.id)  # its own job trains it alone
+    assert set(one_active_version_each(deltas).values()) == {1}

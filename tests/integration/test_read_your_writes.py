@@ -141,3 +141,30 @@ def test_a_restarted_gateway_rebuilds_the_facts_no_version_holds(
     assert restarted.count("t") == 1
     assert ask(router, restarted, ASK_BOB).outcome == "pending"
     assert ask(router, restarted, ASK_ANN).outcome == "module"
+
+
+def test_a_fact_the_gate_moved_out_is_answered_from_context_until_its_own_module_publishes(
+    registry: Registry, system: tuple[Router, PendingFacts, EventFollower]
+) -> None:
+    """The per-fact gate (trainer/handlers.py move_out): a version of PHONES that lacks a
+    missed fact, published before the fact's own module, never leaves it unanswerable; an
+    edit pending on it is cleared by its new module's publish, not stuck on the old one."""
+    router, pending, follower = system
+    job, ids = post(registry, router, [ANN, BOB], PHONES)
+    publish(registry, PHONES, 1, ids, job)
+    edit = registry.facts.replace("t", ids[0], ANN_NEW, to_bytes(router.embed([ANN_NEW])[0]))
+    moved = registry.facts.split(
+        PHONES, "t", [ids[0]], {}, moved_from={"module": "phones", "reason": "not recalled"}
+    )
+    assert registry.jobs.get(moved.id).progress["moved_from"]["reason"] == "not recalled"
+    publish(registry, PHONES, 2, [ids[1]], edit.id)  # the edit's job, without the missed fact
+    follower.step(block_ms=10)
+    decision = ask(router, pending, ASK_ANN)
+    assert (decision.target, decision.outcome) == (router.base_name, "pending")
+    assert decision.candidates[0].fact_id == ids[0]  # the new text, from context
+    assert ask(router, pending, ASK_BOB).outcome == "module"
+
+    publish(registry, moved.module, 1, [ids[0]], moved.id)
+    follower.step(block_ms=10)
+    assert not pending.any("t")
+    assert ask(router, pending, ASK_ANN).target == served_name(moved.module, 1, NO_FILES)

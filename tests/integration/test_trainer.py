@@ -61,6 +61,7 @@ def test_a_drill_pass_repeats_the_weak_rows_and_replays_others() -> None:
 
 
 ONE_STEP_NO_GATE = {"recall_gate": 0.0, "max_steps": 1}
+STUBBORN_ROUND_STEPS = 30
 
 
 def _run_one_job(settings: Settings, registry: Registry) -> Worker:
@@ -86,6 +87,9 @@ def test_the_gate_fails_an_undertrained_module(settings: Settings, registry: Reg
     assert failed.status is JobStatus.FAILED
     assert failed.error is not None and "recall" in failed.error and "gate" in failed.error
     assert failed.progress["recall"] < settings.training.recall_gate
+    # Every fact missed: none can move out (nothing would be left), and the error names them.
+    assert sorted(failed.progress["missed_fact_ids"]) == sorted(_ids)
+    assert f"not recalled: {sorted(_ids)[0]}" in failed.error
     assert registry.modules.get(job.module).active_version == 0  # nothing was published
     assert worker.queue.pending_count() == 0  # a final failure is acknowledged
 
@@ -186,3 +190,40 @@ def test_a_job_cancelled_while_it_trains_stops_at_the_next_step(
     assert registry.modules.get(job.module).active_version == 0
     assert sorted(done.progress["unlearned_fact_ids"]) == sorted(ids)  # stored, reported
     assert {f.id for f in registry.facts.of_module(job.module, "t")} == set(ids)
+
+
+def test_a_fact_that_does_not_stick_moves_out_and_the_others_publish_without_it(
+    settings: Settings, registry: Registry
+) -> None:
+    """The per-fact gate (trainer/gate.py) through the real path. A batch holds a second
+    number for one person: one module cannot answer both (a long random code was learnt
+    within the round, so it could not force a miss), so one of the pair misses. The round
+    publishes the other facts at once (no extra rounds over them) and moves the missed one
+    to a module of its own, whose job trains it alone with the default budget."""
+    short_round = Settings().training.model_copy(update={"max_steps": STUBBORN_ROUND_STEPS})
+    short = settings.model_copy(update={"training": short_round, "cache_dir": Settings().cache_dir})
+    people = phonebook(settings.data_dir, 4, offset=350)
+    second_number = f"The phone number of {people[0].name} is 555-014-2387."
+    texts = [p.fact for p in people] + [second_number]
+    job, ids = registry.facts.add("t", texts, [None] * 5, [b""] * 5)
+    worker = _run_one_job(short, registry)
+
+    done = registry.jobs.get(job.id)
+    assert done.status is JobStatus.PUBLISHED, done.error
+    assert done.progress["step"] <= STUBBORN_ROUND_STEPS  # one round: nothing drilled after
+    [moved] = done.progress["moved_out"]
+    [missed] = moved["fact_ids"]
+    assert missed in (ids[0], ids[-1]) and "not recalled" in moved["reason"]
+    version = registry.modules.version(job.module, done.version or 0)
+    assert sorted(version.fact_ids) == sorted(set(ids) - {missed}) and version.recall == 1.0
+    own = registry.jobs.get(moved["job_id"])
+    assert own.status is JobStatus.QUEUED and own.progress["moved_from"]["job_id"] == job.id
+    assert registry.facts.get("t", missed).module == own.module
+    assert worker.queue.pending_count() == 0  # the first job is acknowledged
+
+    defaults = settings.model_copy(update={"cache_dir": Settings().cache_dir})
+    _run_one_job(defaults, registry)  # the missed fact's own job: alone, from scratch
+    alone = registry.jobs.get(own.id)
+    assert alone.status is JobStatus.PUBLISHED, alone.error
+    assert alone.progress["moved_from"]["module"] == module_name(job.module)
+    assert registry.modules.version(own.module, alone.version or 0).fact_ids == [missed]
