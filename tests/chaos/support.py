@@ -228,9 +228,15 @@ class Stack:
         return self.http.post(path, json=body, headers={"x-loramem-tenant": tenant})
 
     def wait_job(self, job_id: str, tenant: str = "chaos", timeout_s: float = 600) -> dict:
+        """Polls as a client should: a 503 with Retry-After (Redis stalled for longer than
+        the gateway's socket timeout, seen once in CI on a loaded machine) is asked again
+        after the wait it names; anything else but 200 fails."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             reply = self.http.get(f"/jobs/{job_id}", headers={"x-loramem-tenant": tenant})
+            if reply.status_code == 503 and "retry-after" in reply.headers:
+                time.sleep(float(reply.headers["retry-after"]))
+                continue
             assert reply.status_code == 200, reply.text
             job = reply.json()
             if job["status"] in ("published", "failed"):
