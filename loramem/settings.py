@@ -299,6 +299,10 @@ class Settings(BaseSettings):
     # never held back by it.
     consolidate_deltas: int = Field(default=4, ge=1)
     consolidate_after_s: float = Field(default=300.0, ge=0)
+    # A consolidation that failed (below the recall gate) is tried again after this long,
+    # or as soon as a new delta comes: before, an idle worker retrained the module every
+    # scan (~15 s) and failed the same way, taking the cores from serving for ever.
+    consolidate_retry_s: float = Field(default=3600.0, ge=0)
     trainer_metrics_port: int = Field(default=8200, ge=0, le=65535)  # 0: no metrics server
     # A job delivered this many times without reaching a terminal state (its worker died
     # each time: OOM, segfault) is dead-lettered: failed with the reason, acknowledged.

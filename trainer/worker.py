@@ -163,7 +163,9 @@ class Worker:
         self._next_consolidation_s = time.monotonic() + self.settings.job_claim_idle_ms / 4000
         facts = self.registry.facts
         due = facts.consolidations_due(
-            self.settings.consolidate_deltas, self.settings.consolidate_after_s
+            self.settings.consolidate_deltas,
+            self.settings.consolidate_after_s,
+            self.settings.consolidate_retry_s,
         )
         queued = [
             job for module, tenant in due if (job := facts.queue_consolidation(module, tenant))

@@ -212,10 +212,11 @@ class FactStore:
         return {d: self.of_module(d, tenant) for d in deltas if d not in busy}
 
     def consolidations_due(
-        self, min_deltas: int, after_s: float, now: float | None = None
+        self, min_deltas: int, after_s: float, retry_s: float = 0.0, now: float | None = None
     ) -> list[tuple[str, str]]:
         """(module, tenant) of every module with at least `min_deltas` deltas, or one made
-        `after_s` or longer ago (settings.py consolidate_*)."""
+        `after_s` or longer ago (settings.py consolidate_*), unless its last consolidation
+        failed less than `retry_s` ago and no delta has been made since."""
         now = time.time() if now is None else now
         pipe = self._redis.pipeline(transaction=False)
         for bucket in keys.BUCKET_IDS:
@@ -227,11 +228,31 @@ class FactStore:
         for (_d, t), (parent, tenant) in zip(made, pipe.execute(), strict=True):
             if parent is not None and tenant is not None:
                 oldest.setdefault((decode(parent), decode(tenant)), []).append(t)
-        return sorted(
+        due = sorted(
             owner
             for owner, times in oldest.items()
             if len(times) >= min_deltas or now - min(times) >= after_s
         )
+        return [
+            (module, tenant)
+            for module, tenant in due
+            if not self._failed_lately(module, max(oldest[module, tenant]), retry_s, now)
+        ]
+
+    def _failed_lately(
+        self, module: str, newest_delta_s: float, retry_s: float, now: float
+    ) -> bool:
+        """The module's last consolidation failed (below the gate) less than `retry_s` ago
+        and no delta came since: the same facts would fail the same way, so an idle worker
+        does not retrain the module again every scan."""
+        last = self._redis.hget(keys.module(module), "consolidate_job")
+        if last is None:
+            return False
+        status, created = self._redis.hmget(keys.job(decode(last)), "status", "created_at_s")
+        if status is None or JobStatus(decode(status)) is not JobStatus.FAILED:
+            return False
+        started = float(created or 0)
+        return now - started < retry_s and newest_delta_s <= started
 
     def queue_consolidation(self, module: str, tenant: str) -> Job | None:
         """Queue the job that retrains `module` with its deltas' facts and retires them;

@@ -262,3 +262,36 @@ def test_a_consolidation_moves_out_a_fact_it_missed_and_folds_the_rest(
     assert follow_up.progress["moved_from"]["job_id"] == queued.id
     run_job(w, follow_up.id)  # its own job trains it alone
     assert set(one_active_version_each(deltas).values()) == {1}
+
+
+def test_a_failed_consolidation_waits_for_a_new_delta_or_the_retry_time(
+    settings: Settings, deltas: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consolidation below the gate fails, and its deltas keep serving; an idle worker
+    does not queue the same retrain again at its next scan (it used to, every ~15 s, for
+    ever), but does once a new delta comes or `consolidate_retry_s` has passed."""
+
+    def refuse_consolidations(ctx: TrainerContext, job: Job) -> Outcome:
+        if job.kind == "consolidate":
+            raise JobRefused("recall 0.50 below the gate 0.95")
+        return stand_in(ctx, job)
+
+    monkeypatch.setattr(handlers, "handle", refuse_consolidations)
+    w = make_worker(settings, deltas)
+    parent, delta, _fact = module_and_delta(w, deltas)
+    due = (1, 0.0, 3600.0)  # every delta due at once; a failure waits an hour
+    assert deltas.facts.consolidations_due(*due) == [(parent, "t")]
+    failed = deltas.facts.queue_consolidation(parent, "t")
+    assert failed is not None
+    assert w.run_once()
+    assert deltas.jobs.get(failed.id).status is JobStatus.FAILED
+    assert deltas.modules.get(delta).active_version == 1  # still serving its fact
+
+    assert deltas.facts.consolidations_due(*due) == []
+    later = time.time() + 3601
+    assert deltas.facts.consolidations_due(1, 0.0, 3600.0, now=later) == [(parent, "t")]
+    time.sleep(0.01)  # the new delta is made after the failed job
+    newer, _ = add(deltas, ["The colour of C is green."])
+    run_job(w, newer)
+    assert deltas.jobs.get(newer).module.startswith(parent + "-d")
+    assert deltas.facts.consolidations_due(*due) == [(parent, "t")]
