@@ -64,7 +64,8 @@ class TrainingKnobs(BaseModel):
     target_loss: float = Field(default=0.05, ge=0)  # stop once the answer loss is below
     batch_size: int = Field(default=16, ge=1, le=512)  # examples per optimizer step
     seed: int = 0  # same facts + knobs -> same adapter
-    questions_per_fact: int = Field(default=2, ge=1, le=5)  # phrasings of each fact
+    # Phrasings of each fact trained (loramem/fact_forms.py: the first that apply).
+    questions_per_fact: int = Field(default=2, ge=1, le=10)
     data_format: Literal["qa", "rewrite", "mixed"] = "qa"  # trainer/synth.py FORMATS
     # Recall on the module's own facts a version needs to be published; 0 publishes
     # whatever recall is reached (capacity experiments).
