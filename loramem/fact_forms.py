@@ -10,7 +10,7 @@ The first question is the one every training format trains and the recall gate a
 (trainer/synth.py), so it is the question a published module is known to answer: a
 question spanning modules asks each module that one (router/span.py). `questions_per_fact`
 takes the first phrasings of a list; the later ones make a module answer questions worded
-unlike its sentence (docs/RESULTS.md, "Questions phrased unlike the sentence"). None is
+unlike its sentence (docs/RESULTS.md, "Questions phrased unlike the stored sentence"). None is
 an evaluation's phrasing: tests/unit/test_fact_forms.py keeps them apart.
 """
 
@@ -159,8 +159,7 @@ class FactForm:
     def question_stem(self) -> str:
         """The prefix with the value's leading function words ("is", "in", "an"), which
         ask rather than answer; the value's last word always stays the answer."""
-        head, *rest = self.value.split() or [""]
-        words = [head, *rest]
+        words = self.value.split()
         stem = [self.prefix]
         while len(words) > 1 and words[0].lower() in _LEADING_FUNCTION_WORDS:
             stem.append(words.pop(0))
