@@ -59,6 +59,11 @@ def _common(sub: argparse.ArgumentParser, settings: Settings, trains: bool) -> N
     sub.add_argument("--max-steps", type=int, default=settings.training.max_steps)
     sub.add_argument("--top-layers", type=int, default=settings.training.top_layers)
     sub.add_argument("--targets", default=settings.training.targets)
+    sub.add_argument(
+        "--questions-per-fact",
+        type=int,
+        help=f"phrasings per fact (default: {settings.training.questions_per_fact})",
+    )
 
 
 def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> None:

@@ -28,6 +28,7 @@ from evaluation.data_evals import arm_request, ask_arms, training
 from evaluation.experiments import job_summary
 from evaluation.run import EvalRun, table
 from loramem.datasets import COUNTERFACT_SIZES, Edit, counterfact_edits
+from loramem.fact_forms import fact_form
 
 _VALUE_END = re.compile(r"[.,;:!?\n]")
 
@@ -48,6 +49,10 @@ class Questions:
     edits: list[Edit]
     paraphrases: list[str | None]  # None: the edit's relation is not known
     locality: list[LocalityPrompt]
+    # Whether the edit's question form is, word for word, one the module trained on (a
+    # sentence's own question, loramem/fact_forms.py `wh_question`, can be the relation's
+    # natural question): such edits are left out of "unseen" generalization.
+    trained: list[bool]
 
     @property
     def asked_paraphrases(self) -> list[str]:
@@ -61,7 +66,12 @@ def questions(run: EvalRun) -> Questions:
     # the larger, so the largest names them all).
     edited = {e.subject for e in counterfact_edits(data_dir, 0, size=COUNTERFACT_SIZES[-1])}
     count = run.flags["locality"] if run.flags["locality"] is not None else len(edits)
-    return Questions(edits, [paraphrase(e) for e in edits], locality_prompts(edits, count, edited))
+    asked = [paraphrase(e) for e in edits]
+    per_fact = run.flags.get("questions_per_fact") or run.settings.training.questions_per_fact
+    trained = [
+        q in fact_form(e.sentence).questions(per_fact) for e, q in zip(edits, asked, strict=True)
+    ]
+    return Questions(edits, asked, locality_prompts(edits, count, edited), trained)
 
 
 # ---------------------------------------------------------------------- ingest
@@ -160,6 +170,10 @@ def score_arm(
     targets = [e.target for e, p in zip(edits, asked.paraphrases, strict=True) if p is not None]
     row["generalization"] = _contains(paraphrased, targets)
     row["generalization_asked"] = len(targets)
+    asked_trained = [t for t, p in zip(asked.trained, asked.paraphrases, strict=True) if p]
+    unseen = [(a, t) for a, t, s in zip(paraphrased, targets, asked_trained, strict=True) if not s]
+    row["generalization_unseen"] = _contains([a for a, _ in unseen], [t for _, t in unseen])
+    row["generalization_unseen_asked"] = len(unseen)
     answers = iter(paraphrased)
     row["per_edit"] = [
         {"edit": e.sentence, "prefers_new": s, "answer": a.text, "module": a.module,
@@ -287,10 +301,12 @@ def report(results: dict[str, Any]) -> str:
         "",
         table(
             ["arm", "edits", "efficacy (logprob new > base's own)", "scored",
-             "greedy contains new", "paraphrase contains new", "locality: same as base",
+             "greedy contains new", "paraphrase contains new",
+             "paraphrase never trained: contains new", "locality: same as base",
              "locality: routed to base"],
             [[a["arm"], a["questions"], a["efficacy"], a["efficacy_scored"],
               a["contains_target"], a["generalization"],
+              f"{_share(a['generalization_unseen'])} of {a['generalization_unseen_asked']}",
               a.get("locality", {}).get("same_as_base"),
               a.get("locality", {}).get("routed_to_base")] for a in arms],
         ),

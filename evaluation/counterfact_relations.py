@@ -101,7 +101,7 @@ RELATIONS: tuple[Relation, ...] = (
         ("sushi", "pizza", "tango", "flamenco", "kimchi", "croissant"),
     ),
     Relation(
-        "occupation", "What is {s}'s profession?",
+        "occupation", "What does {s} do for a living?",
         ("{s}'s profession is an", "{s}'s occupation is", "{s} works as",
          "{s}, who works as", "The profession of {s} is", "The occupation of {s} is"),
         ("Albert Einstein", "Pablo Picasso", "Wolfgang Amadeus Mozart",
@@ -137,7 +137,7 @@ RELATIONS: tuple[Relation, ...] = (
          "Patrick Roy"),
     ),
     Relation(
-        "sport", "What does {s} play?",
+        "sport", "Which sport does {s} play?",
         ("{s} professionally plays the sport", "What sport does {s} play? They play",
          "{s} plays", "{s}, the"),
         ("Serena Williams", "Michael Jordan", "Tiger Woods", "Roger Federer", "Babe Ruth",
@@ -176,7 +176,7 @@ RELATIONS: tuple[Relation, ...] = (
          "Eminem"),
     ),
     Relation(
-        "named after", "What is {s} named after?",
+        "named after", "What was {s} named after?",
         ("{s}, which is named for", "{s}, named after"),
         ("Bolivia", "Nobel Prize", "Alexandria", "Pennsylvania", "Tasmania",
          "Hubble Space Telescope"),

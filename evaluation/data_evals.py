@@ -38,8 +38,13 @@ def ingest(run: EvalRun, client: EvalClient, post: Callable[[], dict]) -> list[d
 
 
 def training(run: EvalRun) -> dict[str, Any]:
-    """The system's own training, but for the flags given (--recall-gate: default unset)."""
-    knobs = {"max_steps": run.flags["max_steps"], "recall_gate": run.flags["recall_gate"]}
+    """The system's own training, but for the flags given (--recall-gate and
+    --questions-per-fact: default unset)."""
+    knobs = {
+        "max_steps": run.flags["max_steps"],
+        "recall_gate": run.flags["recall_gate"],
+        "questions_per_fact": run.flags.get("questions_per_fact"),
+    }
     return {k: v for k, v in knobs.items() if v is not None}
 
 

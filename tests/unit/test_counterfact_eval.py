@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from evaluation.cli import add_parser
 from evaluation.client import EvalClient
@@ -113,3 +114,24 @@ def test_a_resumed_run_posts_only_the_facts_its_tenant_lacks(tmp_path: Path) -> 
     results = counterfact_eval(run)["results"]
     assert len(gateway.posts) == 1 and len(gateway.posts[0]) == 1
     assert results["ingest"]["already_held"] == 2
+
+
+def test_an_edit_whose_question_was_trained_is_left_out_of_unseen_generalization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The trainer's phrasings and the relation questions are disjoint (test_fact_forms.py);
+    # make the first edit's question a trained one to see the eval count it apart.
+    from evaluation import counterfact
+    from loramem.fact_forms import fact_form
+
+    first = counterfact_edits(tmp_path, 1)[0]
+    real = counterfact.paraphrase
+    trained_question = fact_form(first.sentence).questions(2)[1]
+    monkeypatch.setattr(
+        counterfact, "paraphrase", lambda e: trained_question if e == first else real(e)
+    )
+    run, _ = run_for(tmp_path, ["--count", "5", "--arms", "base,lora", "--questions-per-fact", "2"])
+    lora = counterfact_eval(run)["results"]["arms"][1]
+    assert lora["generalization_asked"] == 5
+    assert lora["generalization_unseen_asked"] == 4
+    assert lora["generalization_unseen"] == 1.0
