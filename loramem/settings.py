@@ -198,17 +198,18 @@ class Settings(BaseSettings):
     router_lexical_pool: int = Field(default=32, ge=1, le=1024)
     # Subject check (router/lexical.py): a model=auto question goes into a module only when
     # it names the subject of a fact that clears the threshold; otherwise base (outcome
-    # unnamed_subject). On: with all 434 CounterFact 4K edits in one tenant, prompts of
-    # unedited subjects sent to base went from 0.74 to 0.97 while every edit's prompt and
-    # question form still reached its module, and PhoneBook's 1,000 facts kept top-1
-    # 1.000 on stored questions and paraphrases (`loramem eval subject`, docs/RESULTS.md).
+    # unnamed_subject). On: with all 434 CounterFact 4K edits in one tenant (7 modules),
+    # locality prompts of unedited subjects sent to base went from 235/317 to 305/317
+    # while every edit's prompt and question form still reached its module, and 1,000
+    # PhoneBook facts kept their stored questions and paraphrases (1.000, 4,999/5,000)
+    # (`loramem eval subject`, docs/RESULTS.md "A subject check before routing").
     router_subject_check: bool = True
     # Facts of more words than this are not checked: a document's sentences (a median
     # of 24 words) carry capitals of citations and openings, not of what they are about;
     # PhoneBook and CounterFact facts have 3-12. Of PaperQA's 400 questions the check
-    # sent 2 more to base at 12, 4 at 16, 14 at 24; CounterFact and PhoneBook were the
-    # same at all three (`loramem eval subject --max-words 12,16,24`). 16 leaves room
-    # for longer names in a one-subject fact.
+    # took 1 from its paper's module at 12, 2 at 16, 15 at 24; CounterFact and PhoneBook
+    # were the same at all three (`loramem eval subject --max-words 12,16,24`). 16 leaves
+    # room for longer names in a one-subject fact.
     router_subject_max_words: int = Field(default=16, ge=1)
     router_hnsw_m: int = Field(default=16, ge=2, le=128)  # graph degree
     router_hnsw_ef_construction: int = Field(default=200, ge=8)
