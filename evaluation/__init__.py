@@ -99,4 +99,13 @@ listed in `skipped`.
 each with `pairs` and `singles` (null where not asked): `asked`, `all` (answers holding
 every number), `share`, `numbers`, `spanned` (answers marked `span`), `request_errors`
 and `answers` (each question, its numbers, the answer, `found`, the outcome).
+
+`subject` (evaluation/subject.py; no gateway, no engine): `arms` (`off`, then `on` or one
+`on, <= N words` per `--max-words`) and `rows`, one per data set, question kind and arm:
+`data` (`counterfact`, `phonebook`, `paperqa`), `kind` (`edit prompt`, `question form`,
+`locality`, `locality question form`; `stored`, `paraphrase`, `surname`; `question`),
+`arm`, `questions`, `wanted` (`its module` or `base`), `right` (share routed where it
+must go), `to_base`, `outcomes` (counts of the router's outcomes); `misses`, per data
+set and arm, up to ten questions routed where they must not go, with the fact that drew
+them and its score.
 """

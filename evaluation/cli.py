@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, str] = {
     "counterfact": "CounterFact efficacy, generalization and locality, with the baselines",
     "paperqa": "PaperQA documents: BLEU, ROUGE-L and an LLM judge, with the baselines",
     "routing": "top-1 module accuracy among many look-alike PhoneBook modules (no gateway)",
+    "subject": "the router's subject check off and on: CounterFact, PhoneBook, PaperQA",
     "read-your-writes": "time from POST/PUT to the first right answer; interim answers",
     "ingest-held": "POST -> published for a few facts into tenants already holding some",
     "span": "questions naming people of two modules: compose, merged, context, rag, oracle",
@@ -85,6 +86,15 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
         sub.add_argument("--sizes", default="16,64,256", help="module counts")
         sub.add_argument("--weights", default="0,0.3", help="lexical weights (0: dense)")
         sub.add_argument("--people", type=int, default=200, help="people asked per size")
+    if name == "subject":
+        sub.add_argument("--edits", type=int, default=0, help="CounterFact 4K edits (0: all)")
+        sub.add_argument("--people", type=int, default=1000, help="PhoneBook facts")
+        sub.add_argument("--papers", type=int, default=10, help="PaperQA papers (0: none)")
+        sub.add_argument(
+            "--max-words",
+            default=str(settings.router_subject_max_words),
+            help="LORAMEM_ROUTER_SUBJECT_MAX_WORDS of the check's arms, comma-separated",
+        )
     _data_set_flags(sub, name)
 
 
@@ -160,6 +170,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         read_your_writes,
         routing,
         span,
+        subject,
     )
     from evaluation.run import EvalRun
 
@@ -174,6 +185,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "counterfact": counterfact.counterfact_eval,
         "paperqa": data_evals.paperqa_eval,
         "routing": routing.routing_eval,
+        "subject": subject.subject_eval,
         "read-your-writes": read_your_writes.read_your_writes,
         "ingest-held": ingest_held.ingest_held,
         "span": span.span_eval,

@@ -196,6 +196,21 @@ class Settings(BaseSettings):
     # router set to a module instead of 1 (tests/integration/test_router_real.py).
     router_lexical_weight: float = Field(default=0.0, ge=0.0, le=2.0)
     router_lexical_pool: int = Field(default=32, ge=1, le=1024)
+    # Subject check (router/lexical.py): a model=auto question goes into a module only when
+    # it names the subject of a fact that clears the threshold; otherwise base (outcome
+    # unnamed_subject). On: with all 434 CounterFact 4K edits in one tenant (7 modules),
+    # locality prompts of unedited subjects sent to base went from 235/317 to 305/317
+    # while every edit's prompt and question form still reached its module, and 1,000
+    # PhoneBook facts kept their stored questions and paraphrases (1.000, 4,999/5,000)
+    # (`loramem eval subject`, docs/RESULTS.md "A subject check before routing").
+    router_subject_check: bool = True
+    # Facts of more words than this are not checked: a document's sentences (a median
+    # of 24 words) carry capitals of citations and openings, not of what they are about;
+    # PhoneBook and CounterFact facts have 3-12. Of PaperQA's 400 questions the check
+    # took 1 from its paper's module at 12, 2 at 16, 15 at 24; CounterFact and PhoneBook
+    # were the same at all three (`loramem eval subject --max-words 12,16,24`). 16 leaves
+    # room for longer names in a one-subject fact.
+    router_subject_max_words: int = Field(default=16, ge=1)
     router_hnsw_m: int = Field(default=16, ge=2, le=128)  # graph degree
     router_hnsw_ef_construction: int = Field(default=200, ge=8)
     router_hnsw_ef_search: int = Field(default=64, ge=1)  # recall vs query time

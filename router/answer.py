@@ -17,7 +17,8 @@ mode: `rag` (the base model, the current texts in context) or `hybrid` (the fact
 module, when it serves a version, with them in context). A question routed to a module
 whose nearest fact was deleted since is answered by the base model with the other
 facts. The decision's outcome is then `pending`. In rag and hybrid the new texts join
-the context as well.
+the context as well. With the subject check (router/lexical.py), a new text whose
+subject the question does not name never wins (it may still be in the context).
 
 Plain functions on router decisions and request bodies; the serving layer calls them.
 """
@@ -81,13 +82,20 @@ def route(
     vector = router.embed([query])[0]  # once, for both indexes
     decision = router.decide(tenant, vector, merge=allowed, query=query)
     decision = for_mode(decision, mode, router.base_name)
+    fresh = pending.search(tenant, vector, router.top_k)
+    unnamed = {
+        h.fact_id
+        for h in fresh
+        if not router.names_subject(tenant, query, pending.text(tenant, h.fact_id))
+    }
     return with_pending(
         decision,
-        pending.search(tenant, vector, router.top_k),
+        fresh,
         pending.stale(tenant),
         mode,
         interim,
         Interim(router.threshold, router.top_k, router.base_name, router.active_targets(tenant)),
+        unnamed,
     )
 
 
@@ -108,17 +116,22 @@ def with_pending(
     mode: str,
     interim: str,
     router: Interim,
+    unnamed: set[str] | frozenset[str] = frozenset(),
 ) -> RouteDecision:
     """Fold the pending changes into a decision. `fresh`: nearest new texts (adds and
     edits) best first; `stale`: fact id -> "edit" | "delete" for facts whose active
-    version holds an old value."""
+    version holds an old value; `unnamed`: new texts whose subject the question does not
+    name (the subject check), which may be context but never win."""
     fresh = [hit for hit in fresh if hit.score >= router.threshold]
     context = _merged_hits(fresh, decision.candidates, stale, router.top_k)
     if mode != "lora":  # the facts are in context anyway: the current ones
         return replace(decision, candidates=context)
     own = [h for h in decision.candidates if decision.module and h.module == decision.module]
     routed_stale = bool(own) and own[0].fact_id in stale
-    fresh_wins = bool(fresh) and (decision.score is None or fresh[0].score >= decision.score)
+    fresh = [hit for hit in fresh if hit.fact_id not in unnamed]
+    # A decision sent to base for an unnamed subject has no routed score to beat.
+    routed = None if decision.outcome == "unnamed_subject" else decision.score
+    fresh_wins = bool(fresh) and (routed is None or fresh[0].score >= routed)
     if not (fresh_wins or routed_stale):
         return decision
     winner = fresh[0] if fresh_wins else own[0]

@@ -71,6 +71,7 @@ class PendingFacts:
         self.dim = dim
         self._new_index = new_index
         self._indexes: dict[str, FactIndex] = {}  # new texts (adds and edits)
+        self._texts: dict[str, dict[str, str]] = {}  # tenant -> fact id -> its new text
         self._changes: dict[str, dict[str, Change]] = {}  # tenant -> fact id -> change
         self._job_seq: OrderedDict[str, int] = OrderedDict()
         self._seq = 0
@@ -87,6 +88,11 @@ class PendingFacts:
         with self._lock:
             index = self._indexes.get(tenant)
             return index.search(vector, k) if index is not None and len(index) else []
+
+    def text(self, tenant: str, fact_id: str) -> str:
+        """The new text of an indexed change ("" if none): the subject check reads it."""
+        with self._lock:
+            return self._texts.get(tenant, {}).get(fact_id, "")
 
     def stale(self, tenant: str) -> dict[str, str]:
         """Facts whose active version holds an old value: fact id -> "edit" or "delete"."""
@@ -116,6 +122,7 @@ class PendingFacts:
             index = self._indexes.get(tenant)
             if index is None:
                 index = self._indexes[tenant] = self._new_index(self.dim)
+            texts = self._texts.setdefault(tenant, {})
             for fact_id in fact_ids:
                 before = changes.get(fact_id)
                 kind = _combined(before.change if before else None, change)
@@ -124,8 +131,10 @@ class PendingFacts:
                 # Index the text as stored now: a later change has its own event.
                 if kind == "delete" or fact is None or not fact.embedding:
                     index.remove(fact_id)
+                    texts.pop(fact_id, None)
                 else:
                     index.upsert(fact_id, fact.module, from_bytes(fact.embedding))
+                    texts[fact_id] = fact.text
 
     def apply_published(self, tenant: str, module: str, version: int, job_id: str) -> None:
         """A publish: clear the changes this version holds."""
@@ -150,6 +159,7 @@ class PendingFacts:
         with self._lock:
             self._indexes.clear()
             self._changes.clear()
+            self._texts.clear()
         for tenant in self.registry.modules.tenants():
             trained: set[str] = set()
             for info in self.registry.modules.active_versions(tenant):
@@ -163,8 +173,10 @@ class PendingFacts:
 
     def _clear(self, tenant: str, fact_ids: list[str]) -> None:
         changes, index = self._changes.get(tenant, {}), self._indexes.get(tenant)
+        texts = self._texts.get(tenant, {})
         for fact_id in fact_ids:
             changes.pop(fact_id, None)
+            texts.pop(fact_id, None)
             if index is not None:
                 index.remove(fact_id)
 

@@ -16,7 +16,10 @@ With the default weight (0.02) and k = 8, the support is worth at most about 0.1
 the gap between an exact and a near-miss hit on the paraphrase set (bench/router_latency.py).
 
 Only modules whose best fact clears the threshold may win, so the extra support can reorder
-eligible modules but never lift a module that holds no sufficiently close fact.
+eligible modules but never lift a module that holds no sufficiently close fact. With the
+subject check (router/lexical.py), only modules holding a fact over the threshold whose
+subject the question names may win; a question that clears the threshold only on facts
+about other subjects goes to base (outcome `unnamed_subject`).
 """
 
 from __future__ import annotations

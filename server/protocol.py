@@ -112,7 +112,7 @@ class RouteExplanation(BaseModel):
     served: str  # `<module>@v<N>` or "base"
     module: str | None
     version: int | None
-    outcome: str  # module, merged, span, pending, base, below_threshold
+    outcome: str  # module, merged, span, pending, base, below_threshold, unnamed_subject
     mode: str
     score: float | None  # the best fact's score, when the router decided
     threshold: float

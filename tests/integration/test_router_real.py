@@ -27,7 +27,7 @@ from evaluation.router_set import (
     distractor_texts,
     eval_set,
 )
-from loramem.datasets import WHERE_TO_GET
+from loramem.datasets import WHERE_TO_GET, counterfact_edits
 from loramem.names import module_id, module_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
@@ -331,3 +331,30 @@ def test_the_pq_index_trained_restored_and_changed_keeps_the_exact_top_k(
     for text in evalset.modules[PHONEBOOK][:2] + others[:3]:  # deleted, retired
         hits = {h.fact_id for h in held.search(embedder.embed([text])[0], 8)}
         assert not hits & (set(ids[:2]) | retired)
+
+
+def test_a_fact_template_about_another_subject_goes_to_base(
+    registry: Registry, embedder: SentenceEmbedder, settings: Settings
+) -> None:
+    """The 64 first CounterFact edits in one module, real embeddings: a prompt that
+    differs from an edit only in its subject clears the route threshold, and the subject
+    check (on by default) sends it to base; questions naming an edit's subject still
+    reach the module, and the PhoneBook paraphrase set still routes as before."""
+    if not (settings.data_dir / "counterfact" / "counterfact_edit_4K.csv").exists():
+        pytest.skip(f"needs the paper's CounterFact under {settings.data_dir} ({WHERE_TO_GET})")
+    edits = [e.sentence for e in counterfact_edits(settings.data_dir, 64, size="4K")]
+    assert "Chico Buarque has a citizenship from Canada" in edits
+    unchecked = settings.model_copy(update={"router_subject_check": False})
+    routers = {
+        "off": Router.from_settings(registry, embedder, unchecked),
+        "on": Router.from_settings(registry, embedder, settings),
+    }
+    publish(registry, routers["on"], "t", "edits", edits)
+    routers["off"].apply_published("t", module_id("t", "edits"), 1)
+    other = "Justin Trudeau has a citizenship from"
+    before, after = (routers[arm].route("t", "auto", other) for arm in ("off", "on"))
+    assert before.outcome == "module" and before.score is not None
+    assert before.score >= settings.route_threshold
+    assert (after.header, after.outcome, after.score) == ("base", "unnamed_subject", before.score)
+    for named in ("Which country is Chico Buarque a citizen of?", "Chico Buarque has a"):
+        assert routers["on"].route("t", "auto", named).outcome == "module", named

@@ -37,7 +37,9 @@ MakeRouter = Callable[..., Router]
 def make_router(
     request: pytest.FixtureRequest, registry: Registry, fake_embedder, tmp_path: Path
 ) -> MakeRouter:
-    def make(config: dict | None = None, lexical_weight: float = 0.0) -> Router:
+    def make(
+        config: dict | None = None, lexical_weight: float = 0.0, subject_check: bool = False
+    ) -> Router:
         return Router(
             registry,
             fake_embedder,
@@ -48,6 +50,7 @@ def make_router(
             index_config=config or {"backend": request.param},
             snapshot_scope="test",
             lexical_weight=lexical_weight,
+            subject_check=subject_check,
         )
 
     return make
@@ -184,3 +187,32 @@ def test_the_lexical_index_comes_back_with_the_snapshot(
     third = make_router(lexical_weight=0.3)
     third.load_all()
     assert reads == ["phones"] and len(third._lexical["t"]) == 4
+
+
+def test_the_subject_words_come_back_with_the_snapshot(
+    registry: Registry, make_router: MakeRouter, reads: list[str]
+) -> None:
+    """The subject check's words (capitals read from the fact's text) are saved beside
+    the lexical words: a restarted router checks subjects without rereading Redis, and a
+    snapshot saved without them is reread."""
+    first = make_router(subject_check=True)
+    phones = post(registry, first, "phones", PHONES)
+    publish(registry, "phones", 1, phones)
+    first.load_all()
+    first.save_snapshots()
+    reads.clear()
+    second = make_router(subject_check=True)
+    second.load_all()
+    assert reads == []
+    held = second._lexical["t"]
+    assert held.subject(phones[0]) == {"ann", "lee"}
+    assert held.subject(phones[2]) == {"dee", "fox"}
+    for path in first.snapshot_dir.glob("*.npz"):  # type: ignore[union-attr]
+        path.unlink()
+    without = make_router()  # neither lexical weight nor subject check: no words saved
+    without.load_all()
+    without.save_snapshots()
+    reads.clear()
+    third = make_router(subject_check=True)
+    third.load_all()
+    assert reads == ["phones"] and third._lexical["t"].subject(phones[1]) == {"bob", "stone"}

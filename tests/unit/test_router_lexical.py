@@ -27,7 +27,7 @@ def test_removal_and_replacement_keep_document_frequencies() -> None:
     index.remove("b")
     assert len(index) == 1
     assert index.weights("tea likes") == {}
-    assert index.texts() == (["a"], [" ".join(sorted(words("Ann drinks coffee")))])
+    assert index.texts() == (["a"], [" ".join(sorted(words("Ann drinks coffee")))], [""])
 
 
 class NameBlindEmbedder:
