@@ -91,7 +91,10 @@ def one_run(args: argparse.Namespace, backend: str, repeat: int) -> dict[str, An
     try:
         ready_s = time.monotonic() - started
         child_rss, child_pss = memory_mib(child)
-        people = phonebook(get_settings().data_dir, args.posts * args.batch, offset=repeat * 1000)
+        count = args.posts * args.batch  # new rows per repeat: no fact is posted twice
+        people = phonebook(get_settings().data_dir, count, offset=repeat * count)
+        if len(people) < count:
+            raise SystemExit(f"PhoneBook has no {count} rows from {repeat * count}: fewer --posts")
         headers = {"x-loramem-tenant": f"bench-embed-{uuid.uuid4().hex[:8]}"}
         before = ingest_seconds(args.gateway)
         writes_s = []
