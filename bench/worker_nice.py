@@ -72,26 +72,40 @@ class Held:
         self.file.close()
 
 
-def start_worker(nice: int, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LORAMEM_WORKER_NICE": str(nice)}
+def start_cli(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`loramem <command>` in a process group of its own, its output appended to `log`."""
     with log.open("ab") as output:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker"],
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", command],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # its metrics answer once the model is loaded
-        if worker.poll() is not None:
-            raise SystemExit(f"the worker exited ({worker.returncode}); see {log}")
+
+
+def start_worker(nice: int, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    worker = start_cli("worker", {**os.environ, "LORAMEM_WORKER_NICE": str(nice)}, log)
+    # its metrics answer once the model is loaded
+    wait_answering(worker, f"http://127.0.0.1:{metrics_port}/metrics", "worker", log)
+    return worker
+
+
+def wait_answering(
+    process: subprocess.Popen[bytes], url: str, name: str, log: Path, timeout_s: float = 300
+) -> None:
+    """Until `url` answers 200; stops early when the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the {name} exited ({process.returncode}); see {log}")
         try:
-            httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
-            return worker
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
-            time.sleep(1)
-    raise SystemExit(f"the worker did not start in 300 s; see {log}")
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the {name} did not start in {timeout_s:.0f} s; see {log}")
 
 
 def stop(worker: subprocess.Popen[bytes]) -> None:

@@ -76,6 +76,34 @@ class EvalClient:
     ) -> dict:
         return _accepted(lambda: self.api.add_facts(facts, module, training))
 
+    def post_batches(
+        self,
+        facts: Sequence[str],
+        size: int,
+        training: dict[str, Any] | None = None,
+        after_each: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """POST `facts` in batches of `size`, in order, naming no module (the gateway packs
+        them). Per batch: its index, how many facts, the job, the module the POST put them
+        in (a delta, or a new module) and `posted_s` (since the first POST). `after_each`
+        sees each batch before the next is posted (to wait for its job, or cancel it);
+        otherwise follow them all with `wait_jobs`."""
+        started = time.monotonic()
+        batches: list[dict[str, Any]] = []
+        for start in range(0, len(facts), size):
+            chunk = list(facts[start : start + size])
+            reply = self.post_facts(chunk, None, training)
+            batches.append({
+                "batch": len(batches),
+                "facts": len(chunk),
+                "job_id": reply["job_id"],
+                "module": reply["module"],
+                "posted_s": round(time.monotonic() - started, 1),
+            })  # fmt: skip
+            if after_each:
+                after_each(batches[-1])
+        return batches
+
     def post_document(
         self, text: str, module: str | None, training: dict[str, Any] | None = None
     ) -> dict:

@@ -82,9 +82,8 @@ def ingest_batches(run: EvalRun, client: EvalClient, facts: list[str]) -> dict[s
     started = time.monotonic()
     held = {f["text"] for f in client.api.facts()}
     missing = [f for f in facts if f not in held]
-    size = run.flags["batch"]
-    batches = [missing[i : i + size] for i in range(0, len(missing), size)]
-    job_ids = [client.post_facts(b, None, training(run))["job_id"] for b in batches]
+    batches = client.post_batches(missing, run.flags["batch"], training(run))
+    job_ids = [b["job_id"] for b in batches]
     posted_s = time.monotonic() - started
     jobs = client.wait_jobs(job_ids, desc=f"train {len(facts)} edits") if job_ids else []
     published_s = time.monotonic() - started

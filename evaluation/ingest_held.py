@@ -86,16 +86,19 @@ def ingest_held(run: EvalRun) -> dict[str, Any]:
 def fill_tenant(client: EvalClient, facts: list[str], fill: str) -> dict[str, Any]:
     """Post `facts` in batches; each batch published (train, cheap) or stored with its job
     cancelled (stored; a job that finished first is waited for)."""
-    started, failed, error = time.monotonic(), 0, None
-    for start in range(0, len(facts), FILL_BATCH):
-        training = CHEAP if fill == "cheap" else None
-        job_id = client.post_facts(facts[start : start + FILL_BATCH], None, training)["job_id"]
-        if fill == "stored" and _cancelled(client, job_id):
-            continue
-        job = client.api.wait_job(job_id, timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
+    started = time.monotonic()
+    failed: list[dict] = []
+
+    def settle(batch: dict[str, Any]) -> None:  # before the next batch is posted
+        if fill == "stored" and _cancelled(client, batch["job_id"]):
+            return
+        job = client.api.wait_job(batch["job_id"], timeout_s=JOB_TIMEOUT_S, poll_s=POLL_S)
         if job["status"] != "published":
-            failed, error = failed + 1, job.get("error")
-    return {"seconds": round(time.monotonic() - started, 1), "failed": failed, "error": error}
+            failed.append(job)
+
+    client.post_batches(facts, FILL_BATCH, CHEAP if fill == "cheap" else None, settle)
+    error = failed[-1].get("error") if failed else None
+    return {"seconds": round(time.monotonic() - started, 1), "failed": len(failed), "error": error}
 
 
 def _cancelled(client: EvalClient, job_id: str) -> bool:

@@ -70,17 +70,7 @@ def _ingest(run: EvalRun, client: EvalClient, people: list[PhoneEntry]) -> dict[
     def since() -> float:
         return round(time.monotonic() - started, 1)
 
-    batches: list[dict[str, Any]] = []
-    for start in range(0, len(people), size):
-        facts = [p.fact for p in people[start : start + size]]
-        reply = client.post_facts(facts, None, training(run))
-        batches.append({
-            "batch": len(batches),
-            "facts": len(facts),
-            "job_id": reply["job_id"],
-            "module": reply["module"],  # where the POST put them: a delta, or a new module
-            "posted_s": since(),
-        })  # fmt: skip
+    batches = client.post_batches([p.fact for p in people], size, training(run))
     finished_s: dict[str, float] = {}
 
     def record(job: dict) -> None:

@@ -2,7 +2,8 @@
 
 Each part is a child process in its own process group, writing its log to a file under
 `<run_dir>/logs/`; the terminal gets one line per phase (loramem/startup.py). Ctrl-C or
-SIGTERM stops everything this launcher started; a child that dies is started again.
+SIGTERM stops everything this launcher started; a child that dies is started again, and
+one that keeps dying ends the run with its name, its exit code and the end of its log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import httpx
@@ -31,12 +33,17 @@ from loramem.base_model import READY_MARKER, cache_folder, prepare_base_model
 from loramem.engine import engine_command, engine_env
 from loramem.redis_client import connect
 from loramem.settings import Settings
-from loramem.startup import StartupReport, last_line
+from loramem.startup import StartupReport, last_line, last_lines
 
 log = logging.getLogger("loramem.run")
 
 RESTART_MAX_DELAY_S = 30.0  # the longest wait before starting a dead child again
 RESTART_RESET_S = 60.0  # a child that ran this long starts its backoff from 1 s again
+# A child that exits this many times in a row, never up RESTART_RESET_S between, ends the
+# run: a port in use, a model that does not fit in memory or a bad setting does not mend
+# itself, and restarting it every 30 s for ever hid the reason in a log no one opened.
+EXITS_BEFORE_GIVING_UP = 5  # 4 restarts, 1 + 2 + 4 + 8 s of backoff
+LOG_TAIL_LINES = 15  # of a failed child's log, shown where the launcher says it failed
 CHILD_START_TIMEOUT_S = 300.0  # worker and gateway: loading torch and the embedder
 LOOPBACK = ("127.0.0.1", "localhost")  # where the Redis it starts listens
 
@@ -165,10 +172,7 @@ class Launcher:
         deadline = time.monotonic() + timeout_s
         while not ready():
             if process is not None and process.poll() is not None:
-                raise SystemExit(
-                    f"{name} exited with code {process.returncode} while starting; "
-                    f"see {self.log_path(name)}"
-                )
+                raise SystemExit(self.why_it_exited(name, process.returncode, "while starting"))
             if time.monotonic() > deadline:
                 raise SystemExit(
                     f"{name} did not become ready within {timeout_s:.0f} s; "
@@ -205,8 +209,9 @@ class Launcher:
     def wait(self) -> int:
         """Watch the children until Ctrl-C or SIGTERM: one that dies is started again after
         a backoff (1 s, doubling to RESTART_MAX_DELAY_S; back to 1 s after a child ran
-        RESTART_RESET_S), so one crash does not stop the system. Between exits and
-        restarts it sleeps in the kernel (`wait_for_exit`), not in a polling loop."""
+        RESTART_RESET_S), so one crash does not stop the system; EXITS_BEFORE_GIVING_UP in
+        a row do (`give_up`). Between exits and restarts it sleeps in the kernel
+        (`wait_for_exit`), not in a polling loop."""
         due: dict[str, float] = {}  # child -> when to start it again
         while True:
             if due:
@@ -222,12 +227,16 @@ class Launcher:
                 if now - self._started_at[name] > RESTART_RESET_S:
                     self._restarts[name] = 0
                 self._restarts[name] = self._restarts.get(name, 0) + 1
+                if self._restarts[name] >= EXITS_BEFORE_GIVING_UP:
+                    self.give_up(name, process.returncode)
                 delay_s = min(RESTART_MAX_DELAY_S, 2.0 ** (self._restarts[name] - 1))
                 log.error(
-                    "%s exited with code %s (its log: %s); restart %d in %.0f s",
+                    "%s exited with code %s%s (its log: %s, last line: %s); restart %d in %.0f s",
                     name,
                     process.returncode,
+                    _signal_note(process.returncode),
                     self.log_path(name),
+                    last_line(self.log_path(name)) or "none",
                     self._restarts[name],
                     delay_s,
                 )
@@ -236,6 +245,27 @@ class Launcher:
                 if now >= at:
                     del due[name]
                     self.spawn(name, *self._commands[name])
+
+    def give_up(self, name: str, returncode: int | None) -> NoReturn:
+        """The whole story in the launcher's log (which child, how often, the end of its
+        log), and a non-zero exit whose message names the child; `run` then stops the rest."""
+        exits = self._restarts[name]
+        when = f"(exit {exits} in a row: no restart stayed up {RESTART_RESET_S:.0f} s)"
+        log.error("%s", self.why_it_exited(name, returncode, when))
+        raise SystemExit(
+            f"loramem run stopped: {name} exited {exits} times in a row (last exit code "
+            f"{returncode}{_signal_note(returncode)}); the end of its log is above, all of "
+            f"it in {self.log_path(name)}"
+        )
+
+    def why_it_exited(self, name: str, returncode: int | None, when: str) -> str:
+        """`<name> exited with code N <when>`, and the last lines of its log (the reason)."""
+        path = self.log_path(name)
+        tail = last_lines(path, LOG_TAIL_LINES) or ["(nothing)"]
+        return (
+            f"{name} exited with code {returncode}{_signal_note(returncode)} {when}; "
+            f"the last lines of {path}:\n" + "\n".join(f"    {line}" for line in tail)
+        )
 
     def stop_all(self) -> None:
         """Each child's whole process group (its session: spawn starts one per child), so
@@ -250,6 +280,19 @@ class Launcher:
                 pass
             _signal_group(process, signal.SIGKILL)  # whatever of the group is left
             process.wait()
+
+
+def _signal_note(returncode: int | None) -> str:
+    """What a negative exit code means: the signal, and for SIGKILL its usual sender."""
+    if returncode is None or returncode >= 0:
+        return ""
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return ""
+    if -returncode == signal.SIGKILL:
+        return f" ({name}: often the kernel's OOM killer, see `dmesg | grep -i oom`)"
+    return f" ({name})"
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

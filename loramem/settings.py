@@ -217,9 +217,10 @@ class Settings(BaseSettings):
     # torch threads of the gateway's embedder. One: a query embeds in ~10-20 ms even while
     # the engine or trainer holds the other cores; two threads measured ~500 ms then.
     router_embed_threads: int | None = Field(default=1, ge=1)
-    # What runs the query's embedding: "onnx" (ONNX Runtime on its own threads, graph
-    # exported once into <cache_dir>/embedder; ~2.3x faster on one thread, same vectors
-    # to 1e-6) or "torch" (sentence-transformers as ingest uses it).
+    # What runs the embedding of queries and, in the ingest child, of facts: "onnx" (ONNX
+    # Runtime on its own threads, graph exported once into <cache_dir>/embedder; ~2.3x
+    # faster on one thread, same vectors to 1e-6, no torch in either process) or "torch"
+    # (sentence-transformers). One setting for both: the two must give the same vectors.
     router_embed_backend: Literal["onnx", "torch"] = "onnx"
     # Merged adapters for questions spanning modules (opt-in per request with
     # "loramem": {"merge": true}, or for every request with router_merge). A module is

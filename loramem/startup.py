@@ -74,14 +74,23 @@ class StartupReport:
 
 def last_line(path: Path, max_bytes: int = 4096) -> str:
     """The last non-empty line of a log file (what the engine is doing now), or ''."""
+    lines = last_lines(path, 1, max_bytes)
+    return lines[0].strip() if lines else ""
+
+
+def last_lines(path: Path, count: int, max_bytes: int = 16384) -> list[str]:
+    """The last `count` non-empty lines of a log file (why a child died: the OOM, the port
+    in use, the traceback), or [] when it is missing."""
     try:
         with path.open("rb") as log:
             log.seek(0, 2)
             log.seek(max(0, log.tell() - max_bytes))
-            lines = log.read().decode("utf-8", "replace").splitlines()
+            lines = log.read().decode("utf-8", "replace").split("\n")
     except OSError:
-        return ""
-    return next((x.strip() for x in reversed(lines) if x.strip()), "")
+        return []
+    # A progress bar rewrites its line with carriage returns: keep what it said last.
+    kept = [x.rstrip("\r").rsplit("\r", 1)[-1].rstrip() for x in lines]
+    return [x for x in kept if x.strip()][-count:]
 
 
 def _shorten(text: str, width: int) -> str:

@@ -15,7 +15,7 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -113,15 +113,30 @@ class OnnxEmbedder:
         return np.asarray(pooled / norms, dtype=np.float32)
 
 
-def query_embedder(settings: Settings) -> Embedder:
-    """The router's embedder: ONNX Runtime where the model allows it, else torch."""
-    threads = settings.router_embed_threads or 1
-    if settings.router_embed_backend == "onnx":
+EmbedBackend = Literal["onnx", "torch"]
+
+
+def local_embedder(
+    backend: EmbedBackend, cache_dir: Path, model: str | None, threads: int
+) -> Embedder:
+    """ONNX Runtime where the model allows it (graph cached in `<cache_dir>/embedder`),
+    else torch; the query's and the facts' embedders alike, so their vectors agree."""
+    if backend == "onnx":
         try:
-            return OnnxEmbedder(settings.cache_dir / "embedder", settings.embedding_model, threads)
+            return OnnxEmbedder(cache_dir / "embedder", model, threads)
         except (ValueError, OSError) as exc:  # another model's shape; no writable cache
-            log.warning("query embedding stays on torch: %s", exc)
-    return SentenceEmbedder(settings.embedding_model, threads=threads)
+            log.warning("embedding stays on torch: %s", exc)
+    return SentenceEmbedder(model, threads=threads)
+
+
+def query_embedder(settings: Settings) -> Embedder:
+    """The router's embedder (`router_embed_backend`)."""
+    return local_embedder(
+        settings.router_embed_backend,
+        settings.cache_dir,
+        settings.embedding_model,
+        settings.router_embed_threads or 1,
+    )
 
 
 def _mean_pooled_and_normalized(model: Any) -> bool:
@@ -203,22 +218,43 @@ CLOSE_TIMEOUT_S = 10.0  # a closed ProcessEmbedder's child has this long to exit
 
 
 class ProcessEmbedder:
-    """A SentenceEmbedder in a child process of lower CPU priority (`nice`), on one torch
-    thread: the gateway embeds facts at ingest with it, so that a flood of facts takes
-    only the cores that the engine and chat leave idle. In a thread of the gateway the
-    embedding would share its process's priority, and a thread niced alone would stall
-    chat on the GIL it holds while descheduled; a process has no GIL to share. Calls from
-    several threads queue for the one child."""
+    """The facts' embedder (`local_embedder`: ONNX Runtime, or torch) in a child process of
+    lower CPU priority (`nice`), on one thread: the gateway embeds facts at ingest with it,
+    so that a flood of facts takes only the cores that the engine and chat leave idle. In
+    a thread of the gateway the embedding would share its process's priority, and a thread
+    niced alone would stall chat on the GIL it holds while descheduled; a process has no
+    GIL to share. Calls from several threads queue for the one child. With "onnx" the
+    child imports no torch once the gateway's query embedder has exported the graph (the
+    gateway builds that first; memory and write times: docs/RESULTS.md, "A torch-free
+    ingest child")."""
 
-    def __init__(self, model: str | None = None, nice: int = 19) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        nice: int = 19,
+        backend: EmbedBackend = "torch",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if backend == "onnx" and cache_dir is None:
+            raise ValueError("the onnx backend needs the cache_dir its graph is exported into")
         self._pool = ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a threaded gateway
             initializer=_start_child,
-            initargs=(model, nice, os.getpid()),
+            initargs=(model, nice, os.getpid(), backend, cache_dir or Path()),
         )
-        # waits for the model to load
-        self.dim, self._child_pid = self._pool.submit(_child_ready).result()
+        # waits for the model to load; `kind`: the embedder the child runs (a fallback shows)
+        self.dim, self._child_pid, self.kind = self._pool.submit(_child_ready).result()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProcessEmbedder:
+        """The backend the router embeds queries with (`router_embed_backend`)."""
+        return cls(
+            settings.embedding_model,
+            settings.ingest_embed_nice,
+            settings.router_embed_backend,
+            settings.cache_dir,
+        )
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._pool.submit(_child_embed, texts).result()
@@ -240,14 +276,16 @@ class ProcessEmbedder:
             stopper.join()
 
 
-_child: SentenceEmbedder | None = None  # the ProcessEmbedder child's own embedder
+_child: Embedder | None = None  # the ProcessEmbedder child's own embedder
 
 
-def _start_child(model: str | None, nice: int, parent: int) -> None:
+def _start_child(
+    model: str | None, nice: int, parent: int, backend: EmbedBackend, cache_dir: Path
+) -> None:
     global _child
     os.nice(nice)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    _child = SentenceEmbedder(model, threads=1)
+    _child = local_embedder(backend, cache_dir, model, threads=1)
 
 
 def _exit_with(parent: int) -> None:
@@ -258,9 +296,9 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _child_ready() -> tuple[int, int]:
+def _child_ready() -> tuple[int, int, str]:
     assert _child is not None
-    return _child.dim, os.getpid()
+    return _child.dim, os.getpid(), type(_child).__name__
 
 
 def _child_embed(texts: list[str]) -> np.ndarray:

@@ -124,11 +124,14 @@ def create_app(
         app.state.metrics = metrics
         app.state.http = http
         app.state.completions = completions
+        # After the query embedder: with "onnx" it has exported the graph the child loads.
         ingest_embedder = (
-            ProcessEmbedder(settings.embedding_model, settings.ingest_embed_nice)
+            ProcessEmbedder.from_settings(settings)
             if settings.ingest_embed_process and embedder is None
             else query_embedder
         )
+        if isinstance(ingest_embedder, ProcessEmbedder):
+            log.info("facts are embedded by %s in a child process", ingest_embedder.kind)
         app.state.ingest = IngestPool(
             settings.ingest_threads, settings.ingest_max_queued, ingest_embedder, metrics=metrics
         )

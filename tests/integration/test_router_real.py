@@ -145,6 +145,44 @@ def test_a_closed_ingest_embedder_kills_a_child_that_does_not_leave() -> None:
     assert not _running(child._child_pid)
 
 
+def test_the_onnx_ingest_child_embeds_as_sentence_transformers_without_torch(
+    embedder: SentenceEmbedder,
+    onnx_embedder: OnnxEmbedder,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The gateway's ingest child on LORAMEM_ROUTER_EMBED_BACKEND=onnx (the default) loads
+    the graph its query embedder exported, imports no torch (a quarter of the memory,
+    docs/RESULTS.md), and stores the vectors sentence-transformers would have."""
+    cache_dir = tmp_path_factory.mktemp("cache")
+    (cache_dir / "embedder").symlink_to(tmp_path_factory.getbasetemp() / "embedder0")
+    texts = [
+        "The phone number of Jeffrey Buck is 603-556-7631.",
+        "Grass looks green.",
+        "Lenta.ru is written in Italian, and its editors " + "write at length " * 120,
+    ]
+    child = ProcessEmbedder(nice=19, backend="onnx", cache_dir=cache_dir)
+    try:
+        assert child.kind == "OnnxEmbedder"
+        # What the child imported, asked in the child (a builtin pickles by name).
+        imported = (
+            "[m for m in ('torch', 'sentence_transformers') if m in __import__('sys').modules]"
+        )
+        assert child._pool.submit(eval, imported).result() == []
+        assert child.dim == embedder.dim
+        vectors = child.embed(texts)
+        assert np.allclose(vectors, embedder.embed(texts), atol=1e-5)
+        assert np.allclose(vectors, onnx_embedder.embed(texts), atol=1e-6)
+        assert child._pool.submit(os.nice, 0).result() == 19
+    finally:
+        child.close()
+    assert not _running(child._child_pid)
+
+
+def test_an_onnx_ingest_child_needs_a_cache_dir() -> None:
+    with pytest.raises(ValueError, match="cache_dir"):
+        ProcessEmbedder(backend="onnx")
+
+
 CHILD_OF_A_GATEWAY = """
 import os, time
 from router.embedder import ProcessEmbedder
@@ -192,8 +230,9 @@ def test_the_ingest_embedder_child_leaves_when_its_gateway_is_killed() -> None:
 def test_the_onnx_query_embedder_gives_the_vectors_facts_were_stored_with(
     embedder: SentenceEmbedder, onnx_embedder: OnnxEmbedder
 ) -> None:
-    """Queries are embedded by ONNX Runtime, facts (at ingest) by sentence-transformers:
-    the two must agree, alone, in a padded batch, and past the model's 256 tokens."""
+    """Queries embedded by ONNX Runtime and facts stored by sentence-transformers (a
+    gateway on "torch", or before the ingest child ran ONNX) must agree: alone, in a
+    padded batch, and past the model's 256 tokens."""
     texts = [
         "What is the phone number of Orla Quenby?",
         "Grass looks green.",

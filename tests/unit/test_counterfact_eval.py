@@ -37,7 +37,8 @@ class FakeGateway:
             texts = [f if isinstance(f, str) else f["text"] for f in _body(request)["facts"]]
             self.posts.append(texts)
             self.facts += texts
-            return httpx.Response(202, json={"job_id": f"j{len(self.posts)}", "fact_ids": []})
+            reply = {"job_id": f"j{len(self.posts)}", "fact_ids": [], "module": "m"}
+            return httpx.Response(202, json=reply)  # the gateway's PostFactsResponse
         if path == "/facts":
             return httpx.Response(
                 200, json=[{"id": "f", "text": t, "module": "m"} for t in self.facts]

@@ -105,3 +105,31 @@ def test_following_jobs_outlasts_a_gateway_restart_but_not_a_long_outage(
     polls.clear()
     with pytest.raises(httpx.ConnectError):
         client.wait_jobs(["j1"], "test")
+
+
+def test_facts_are_posted_in_batches_in_order_each_seen_before_the_next() -> None:
+    """The evals' one batch poster (phonebook-scale, counterfact, ingest-held's fill)."""
+    events: list[str] = []
+    posted: list[dict] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        posted.append(body)
+        job_id = f"j{len(posted)}"
+        events.append(f"post {job_id}")
+        return httpx.Response(202, json={"job_id": job_id, "fact_ids": [], "module": "m-d1"})
+
+    client = EvalClient("http://gw", "t1", transport=httpx.MockTransport(gateway))
+    facts = [f"fact {i}" for i in range(7)]
+    batches = client.post_batches(
+        facts, 3, {"max_steps": 5}, after_each=lambda b: events.append(f"saw {b['job_id']}")
+    )
+    assert [b["facts"] for b in batches] == [3, 3, 1]
+    assert [b["batch"] for b in batches] == [0, 1, 2]
+    assert [b["job_id"] for b in batches] == ["j1", "j2", "j3"]
+    assert all(b["module"] == "m-d1" and b["posted_s"] >= 0 for b in batches)
+    assert [f for body in posted for f in body["facts"]] == facts
+    assert all(body.get("module") is None for body in posted)
+    assert all(body["training"] == {"max_steps": 5} for body in posted)
+    assert events == ["post j1", "saw j1", "post j2", "saw j2", "post j3", "saw j3"]
+    assert client.post_batches([], 3) == []

@@ -287,3 +287,48 @@ def test_the_supervisor_sleeps_until_a_child_exits_not_in_a_polling_loop() -> No
     wait_for_exit([other], 0.01)  # a timeout ends it too
     other.kill()
     other.wait()
+
+
+# A child that fails as a port in use does: a line of its own, then the error, at once.
+PORT_IN_USE = "echo 'INFO starting'; echo 'OSError: [Errno 98] Address already in use' >&2; exit 3"
+
+
+def test_a_child_that_keeps_dying_ends_the_run_saying_which_how_often_and_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(launcher_module, "RESTART_MAX_DELAY_S", 0.01)  # no real backoff
+    launcher = Launcher(Settings(run_dir=tmp_path), StartupReport(io.StringIO()))
+    launcher.spawn("worker", ["sleep", "600"])
+    launcher.spawn("engine", ["sh", "-c", PORT_IN_USE])
+    try:
+        with caplog.at_level("ERROR", logger="loramem.run"), pytest.raises(SystemExit) as stop:
+            launcher.wait()
+        worker = launcher.children[0][1]
+        assert worker.poll() is None  # only the failing child counted; stop_all ends the rest
+    finally:
+        launcher.stop_all()
+    message = str(stop.value.code)
+    log_path = tmp_path / "logs" / "engine.log"
+    assert message.startswith("loramem run stopped: engine exited 5 times in a row")
+    assert "last exit code 3" in message and str(log_path) in message
+    restarts = [r.getMessage() for r in caplog.records if "; restart" in r.getMessage()]
+    assert len(restarts) == launcher_module.EXITS_BEFORE_GIVING_UP - 1
+    assert all("last line: OSError: [Errno 98] Address already in use" in r for r in restarts)
+    story = caplog.records[-1].getMessage()
+    assert story.startswith("engine exited with code 3 (exit 5 in a row")
+    # the end of its log, every attempt's lines: the reason is there to read
+    assert story.count("    OSError: [Errno 98] Address already in use") == 5
+    assert story.splitlines()[-1] == "    OSError: [Errno 98] Address already in use"
+
+
+def test_a_child_that_dies_while_starting_says_why_and_a_kill_suggests_the_oom_killer(
+    tmp_path: Path,
+) -> None:
+    launcher = Launcher(Settings(run_dir=tmp_path), StartupReport(io.StringIO()))
+    launcher.spawn("engine", ["sh", "-c", "echo 'loading the model'; kill -9 $$"])
+    with pytest.raises(SystemExit) as stop:
+        launcher._wait("engine", lambda: False, 30)
+    message = str(stop.value.code)
+    assert message.startswith("engine exited with code -9 (SIGKILL: often the kernel's OOM")
+    assert "while starting" in message
+    assert message.endswith(f"{tmp_path / 'logs' / 'engine.log'}:\n    loading the model")
