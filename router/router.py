@@ -538,10 +538,12 @@ class Router:
         # Subject words are saved beside the words (older snapshots lack them: reread).
         if self._keeps_words and "lexical_subjects" in saved.arrays:
             ids = unpack_strings(saved.arrays["lexical_ids"])
+            # One empty string packs to nothing: a single fact with no words or subject.
+            blank = [""] * len(ids)
             for fact_id, text, subject in zip(
                 ids,
-                unpack_strings(saved.arrays["lexical_words"]),
-                unpack_strings(saved.arrays["lexical_subjects"]),
+                unpack_strings(saved.arrays["lexical_words"]) or blank,
+                unpack_strings(saved.arrays["lexical_subjects"]) or blank,
                 strict=True,
             ):
                 lexical.add(fact_id, text, frozenset(subject.split()))

@@ -216,3 +216,19 @@ def test_the_subject_words_come_back_with_the_snapshot(
     third = make_router(subject_check=True)
     third.load_all()
     assert reads == ["phones"] and third._lexical["t"].subject(phones[1]) == {"bob", "stone"}
+
+
+def test_a_snapshot_of_one_fact_without_words_restores(
+    registry: Registry, make_router: MakeRouter, reads: list[str]
+) -> None:
+    """One fact with the subject check on and no lexical weight saves one empty string of
+    words, which packs to nothing: the restart must read it as one empty entry (CI found
+    a gateway that could not start on such a snapshot)."""
+    first = make_router(subject_check=True)
+    publish(registry, "lone", 1, post(registry, first, "lone", ["the sea is calm today."]))
+    first.load_all()
+    first.save_snapshots()
+    reads.clear()
+    second = make_router(subject_check=True)
+    second.load_all()
+    assert reads == [] and len(second._lexical["t"]) == 1
