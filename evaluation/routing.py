@@ -22,6 +22,7 @@ from evaluation.router_set import PHONE_TEMPLATES, plain_name
 from evaluation.run import EvalRun, table
 from loramem import datasets
 from loramem.registry import Registry
+from loramem.settings import Settings
 from router.embedder import SentenceEmbedder
 from router.router import NO_ADAPTER, Router
 
@@ -62,7 +63,7 @@ def routing_eval(run: EvalRun) -> dict[str, Any]:
         ]
         query_vectors = embedder.embed([q for _i, _k, q in asked])
         for weight in weights:
-            router = _router(run, embedder, weight)
+            router = offline_router(run.settings, embedder, router_lexical_weight=weight)
             for m in range(size):
                 rows_of = range(m * per, (m + 1) * per)
                 router.index_module(
@@ -91,12 +92,11 @@ def routing_eval(run: EvalRun) -> dict[str, Any]:
     return {"results": {"rows": rows}, "report": _report(rows), "figures": _figures(rows)}
 
 
-def _router(run: EvalRun, embedder: SentenceEmbedder, weight: float) -> Router:
-    settings = run.settings.model_copy(
-        update={"router_lexical_weight": weight, "router_snapshot_interval_s": 0}
-    )
-    # Never contacted: modules are installed directly, as a publish would.
-    return Router.from_settings(Registry.from_url(settings.redis_url), embedder, settings)
+def offline_router(settings: Settings, embedder: SentenceEmbedder, **overrides: Any) -> Router:
+    """A router of `settings` with `overrides`, no snapshots, whose registry is never
+    contacted: an eval installs modules directly, as a publish would."""
+    config = settings.model_copy(update={**overrides, "router_snapshot_interval_s": 0})
+    return Router.from_settings(Registry.from_url(config.redis_url), embedder, config)
 
 
 def _report(rows: list[dict[str, Any]]) -> str:

@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from evaluation.counterfact_relations import locality_prompts, paraphrase, relation_of
-from evaluation.routing import questions_for
+from evaluation.routing import offline_router, questions_for
 from evaluation.run import EvalRun, table
 from loramem import datasets
 from loramem.documents import split_document
-from loramem.registry import Registry
 from loramem.settings import Settings
 from router.embedder import SentenceEmbedder
 from router.router import NO_ADAPTER, RouteDecision, Router
@@ -114,7 +113,12 @@ def subject_eval(run: EvalRun) -> dict[str, Any]:
         fact_vectors = embedder.embed(data.facts)
         query_vectors = embedder.embed([q for _k, q, _m in data.asked])
         for arm, check, max_words in arms:
-            router = _router(settings, embedder, check, max_words)
+            router = offline_router(
+                settings,
+                embedder,
+                router_subject_check=check,
+                router_subject_max_words=max_words,
+            )
             _index(router, data, fact_vectors)
             decisions = [
                 router.decide(TENANT, vector, query=question)
@@ -124,18 +128,6 @@ def subject_eval(run: EvalRun) -> dict[str, Any]:
             examples[f"{data.name}, {arm}"] = _misses(data, decisions)
     results = {"rows": rows, "misses": examples, "arms": [a[0] for a in arms]}
     return {"results": results, "report": _report(rows), "figures": {"subject": _figure(rows)}}
-
-
-def _router(settings: Settings, embedder: SentenceEmbedder, check: bool, words: int) -> Router:
-    config = settings.model_copy(
-        update={
-            "router_subject_check": check,
-            "router_subject_max_words": words,
-            "router_snapshot_interval_s": 0,
-        }
-    )
-    # Never contacted: modules are installed directly, as a publish would.
-    return Router.from_settings(Registry.from_url(config.redis_url), embedder, config)
 
 
 def _index(router: Router, data: DataSet, vectors: np.ndarray) -> None:
