@@ -98,7 +98,7 @@ class EvalClient:
                 "facts": len(chunk),
                 "job_id": reply["job_id"],
                 "module": reply["module"],
-                "posted_s": round(time.monotonic() - started, 1),
+                "posted_s": round(time.monotonic() - started, 3),
             })  # fmt: skip
             if after_each:
                 after_each(batches[-1])

@@ -94,7 +94,7 @@ def ingest_batches(run: EvalRun, client: EvalClient, facts: list[str]) -> dict[s
         "facts": len(facts),
         "already_held": len(facts) - len(missing),
         "batches": len(batches),
-        "post_seconds": round(posted_s, 1),
+        "post_seconds": round(posted_s, 3),  # a small POST takes tens of ms
         "post_to_published_seconds": round(published_s, 1),
         "jobs": [job_summary(j) | {"module": j["module"]} for j in jobs],
         "modules": [
