@@ -115,6 +115,22 @@ def engine_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+# vLLM's server closes a connection left idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), the
+# same time httpx keeps one for reuse: a request could go out on a connection the engine was
+# closing and fail with "Server disconnected"; the gateway then answered 503 "no engine is
+# reachable" and marked the engine down (seen in CI). Engine clients drop theirs first.
+ENGINE_KEEPALIVE_EXPIRY_S = 2.0
+
+
+def engine_http_limits() -> httpx.Limits:
+    """httpx's default pool, but idle connections are dropped before the engine drops them."""
+    return httpx.Limits(
+        max_connections=100,
+        max_keepalive_connections=20,
+        keepalive_expiry=ENGINE_KEEPALIVE_EXPIRY_S,
+    )
+
+
 def engine_headers(api_key: str | None) -> dict[str, str]:
     """What every request to an engine carries: its key, when it has one."""
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -126,7 +142,10 @@ class EngineClient:
     def __init__(self, base_url: str, timeout_s: float = 60.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(
-            base_url=self.base_url, timeout=timeout_s, headers=engine_headers(api_key)
+            base_url=self.base_url,
+            timeout=timeout_s,
+            headers=engine_headers(api_key),
+            limits=engine_http_limits(),
         )
 
     def healthy(self) -> bool:

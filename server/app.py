@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from loramem.adapter_store import AdapterStore
-from loramem.engine import EngineClient, engine_headers
+from loramem.engine import EngineClient, engine_headers, engine_http_limits
 from loramem.registry import Registry
 from loramem.registry.apikeys import VerifiedKeys
 from loramem.settings import Settings, get_settings
@@ -33,6 +33,7 @@ from server.placement import DemandMeter, ReplicaPolicy
 from server.reconcile import EventFollower, Reconciler
 
 log = logging.getLogger("loramem.gateway")
+GATEWAY_KEEP_ALIVE_S = 75  # idle seconds before the gateway closes a client connection
 
 
 def freeze_collector() -> None:
@@ -66,6 +67,7 @@ def create_app(
         http = httpx.AsyncClient(
             timeout=settings.engine_request_timeout_s,
             headers=engine_headers(settings.engine_api_key),
+            limits=engine_http_limits(),
         )
         pool = EnginePool(
             settings.engines,
@@ -203,4 +205,7 @@ def main(settings: Settings) -> None:
         port=settings.gateway_port,
         log_level="info",
         access_log=False,  # request counts and latencies are in /metrics
+        # Longer than clients keep idle connections (httpx and the OpenAI SDKs: 5 s; load
+        # balancers: 60 s), so that no client sends on a connection the gateway is closing.
+        timeout_keep_alive=GATEWAY_KEEP_ALIVE_S,
     )
