@@ -195,6 +195,10 @@ class Settings(BaseSettings):
     # modules (`loramem eval routing`), but sent 4 of 30 unrelated questions of the
     # router set to a module instead of 1 (tests/integration/test_router_real.py).
     router_lexical_weight: float = Field(default=0.0, ge=0.0, le=2.0)
+    # The score a fact needs to join a rag or hybrid context (default: route_threshold, so
+    # a question routed to base gets no facts and answers as base in every mode). Lower
+    # it to give documents' questions, phrased unlike their sentences, nearer context.
+    router_context_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     router_lexical_pool: int = Field(default=32, ge=1, le=1024)
     # Subject check (router/lexical.py): a model=auto question goes into a module only when
     # it names the subject of a fact that clears the threshold; otherwise base (outcome
@@ -234,6 +238,11 @@ class Settings(BaseSettings):
     # read-your-writes` gave CounterFact edits 3/4 right with rag, 1/4 with hybrid (the
     # module's old value won 3/4); PhoneBook 4/4 both (docs/RESULTS.md, Memory at scale).
     interim_mode: Literal["rag", "hybrid", "off"] = "rag"
+    # A request's answer mode when it names none ("loramem": {"mode": ...}; router/answer.py):
+    # "lora" (the routed module alone), "rag" (base, facts in context) or "hybrid" (the
+    # module, facts in context). Facts join the context only where they clear
+    # router_context_threshold, so all three answer unrelated questions as base does.
+    answer_mode: Literal["lora", "rag", "hybrid"] = "lora"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
     # Questions that span modules (router/span.py): a model=auto lora question whose top

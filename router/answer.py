@@ -18,7 +18,12 @@ module, when it serves a version, with them in context). A question routed to a 
 whose nearest fact was deleted since is answered by the base model with the other
 facts. The decision's outcome is then `pending`. In rag and hybrid the new texts join
 the context as well. With the subject check (router/lexical.py), a new text whose
-subject the question does not name never wins (it may still be in the context).
+subject the question does not name never wins, nor joins the context.
+
+Only facts that clear the context threshold (LORAMEM_ROUTER_CONTEXT_THRESHOLD, by default
+the route threshold) go into the context, and none when the question names none of their
+subjects (`trusted_hits`): below the threshold, rag and hybrid answer as the base model
+does, like lora.
 
 Plain functions on router decisions and request bodies; the serving layer calls them.
 """
@@ -94,7 +99,13 @@ def route(
         pending.stale(tenant),
         mode,
         interim,
-        Interim(router.threshold, router.top_k, router.base_name, router.active_targets(tenant)),
+        Interim(
+            router.threshold,
+            router.top_k,
+            router.base_name,
+            router.active_targets(tenant),
+            router.context_threshold,
+        ),
         unnamed,
     )
 
@@ -107,6 +118,7 @@ class Interim:
     top_k: int
     base_name: str
     active: dict[str, str]  # the tenant's modules and their active versions' served names
+    context_threshold: float  # what a fact needs to join the context
 
 
 def with_pending(
@@ -122,13 +134,15 @@ def with_pending(
     edits) best first; `stale`: fact id -> "edit" | "delete" for facts whose active
     version holds an old value; `unnamed`: new texts whose subject the question does not
     name (the subject check), which may be context but never win."""
-    fresh = [hit for hit in fresh if hit.score >= router.threshold]
-    context = _merged_hits(fresh, decision.candidates, stale, router.top_k)
+    fresh = [h for h in fresh if h.score >= router.threshold and h.fact_id not in unnamed]
+    trusted = trusted_hits(decision, router.context_threshold)
+    context = _merged_hits(fresh, trusted, stale, router.top_k)
     if mode != "lora":  # the facts are in context anyway: the current ones
+        if decision.outcome == "unnamed_subject" and fresh:  # a new text names it
+            return replace(decision, candidates=context, outcome="pending")
         return replace(decision, candidates=context)
     own = [h for h in decision.candidates if decision.module and h.module == decision.module]
     routed_stale = bool(own) and own[0].fact_id in stale
-    fresh = [hit for hit in fresh if hit.fact_id not in unnamed]
     # A decision sent to base for an unnamed subject has no routed score to beat.
     routed = None if decision.outcome == "unnamed_subject" else decision.score
     fresh_wins = bool(fresh) and (routed is None or fresh[0].score >= routed)
@@ -173,9 +187,22 @@ def effective_mode(decision: RouteDecision, mode: str) -> str:
     return "hybrid" if decision.module else "rag"
 
 
-def context_fact_ids(decision: RouteDecision, mode: str) -> list[str]:
-    """The facts to put in context: the top-k ones for rag and hybrid, none for lora."""
-    return [] if mode == "lora" else [hit.fact_id for hit in decision.candidates]
+def trusted_hits(decision: RouteDecision, threshold: float) -> list[Hit]:
+    """The facts a question may be answered from: those that clear the context threshold
+    (the route threshold unless set apart), none when the question names none of their
+    subjects. A question the router sends to base is about nothing the tenant stored, so
+    rag and hybrid answer it as base does (CounterFact locality: 0 of 62 unedited
+    subjects answered as base with every top-k fact in context, docs/RESULTS.md
+    "CounterFact edits through the system")."""
+    if decision.outcome == "unnamed_subject":
+        return []
+    return [hit for hit in decision.candidates if hit.score >= threshold]
+
+
+def context_fact_ids(decision: RouteDecision, mode: str, threshold: float) -> list[str]:
+    """The facts to put in context: the trusted top-k ones for rag and hybrid, none for
+    lora."""
+    return [] if mode == "lora" else [hit.fact_id for hit in trusted_hits(decision, threshold)]
 
 
 def quote_fact(text: str) -> str:

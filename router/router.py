@@ -122,11 +122,14 @@ class Router:
         text_cache_facts: int = 100_000,
         subject_check: bool = False,
         subject_max_words: int = 16,
+        context_threshold: float | None = None,
     ) -> None:
         self.registry = registry
         self.embedder = embedder
         self.base_name = base_name
         self.threshold = threshold
+        # The score a fact needs to be put in a rag/hybrid context (router/answer.py).
+        self.context_threshold = threshold if context_threshold is None else context_threshold
         self.top_k = top_k
         self.support_weight = support_weight
         self.max_candidates = max_candidates
@@ -196,6 +199,7 @@ class Router:
             text_cache_facts=settings.router_text_cache_facts,
             subject_check=settings.router_subject_check,
             subject_max_words=settings.router_subject_max_words,
+            context_threshold=settings.router_context_threshold,
         )
 
     # ------------------------------------------------------------- decisions

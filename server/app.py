@@ -106,6 +106,7 @@ def create_app(
             settings.interim_mode,
             settings.router_span,
             settings.router_span_question,
+            settings.answer_mode,
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(

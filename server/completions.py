@@ -60,8 +60,10 @@ class CompletionService:
         interim_mode: str = "off",
         span_method: str = "off",
         span_question: str = "trained",
+        answer_mode: str = "lora",
     ) -> None:
         self.router = router
+        self.answer_mode = answer_mode  # a request's mode when it names none
         self.span_method = span_method  # questions that span modules (server/span.py)
         self.span_question = span_question  # what each composed part is asked
         self.pending = pending  # changes no published version holds yet (read your writes)
@@ -83,14 +85,14 @@ class CompletionService:
         worker thread: one hand-off to a thread per request, not two."""
         started = time.perf_counter()
         decision = await run_in_threadpool(self._admit_and_decide, admit, tenant, request)
-        mode = answer.effective_mode(decision, request.loramem.mode)
+        mode = answer.effective_mode(decision, self._mode(request))
         if decision.score is not None:
             self.metrics.route_score.observe(decision.score)
         body = request.model_dump(exclude={"loramem"}, exclude_none=True)
         body["model"] = decision.target
         spanning = request.loramem.span or self.span_method
         compose = spanning in span.COMPOSING and bool(decision.span) and span.composable(body)
-        fact_ids = answer.context_fact_ids(decision, mode)
+        fact_ids = answer.context_fact_ids(decision, mode, self.router.context_threshold)
         if decision.span and not compose:  # "context", or a request compose cannot split
             fact_ids = span.context_fact_ids(decision)
         if fact_ids:
@@ -195,13 +197,13 @@ class CompletionService:
             tenant,
             request.model,
             request.query_text(),
-            request.loramem.mode,
+            self._mode(request),
             request.loramem.merge,
             self.pending,
             request.loramem.interim or self.interim_mode,
         )
         spanning = request.loramem.span or self.span_method
-        if spanning != "off" and request.loramem.mode == "lora" and request.model == "auto":
+        if spanning != "off" and self._mode(request) == "lora" and request.model == "auto":
             decision = self.router.with_span(
                 tenant, decision, request.query_text(), lambda ids: self._texts(tenant, ids)
             )
@@ -211,6 +213,9 @@ class CompletionService:
                 "merge request", lambda: self._request_merge(tenant, wanted), None
             )
         return decision
+
+    def _mode(self, request: ChatCompletionRequest | CompletionRequest) -> str:
+        return request.loramem.mode or self.answer_mode
 
     def _request_merge(self, tenant: str, modules: list[str]) -> None:
         """Queue the merge this request wanted (deduplicated in Redis); the best module

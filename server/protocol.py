@@ -124,7 +124,8 @@ class RouteExplanation(BaseModel):
 
 class LoramemOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["lora", "rag", "hybrid"] = "lora"
+    # How the answer is made (router/answer.py; default: LORAMEM_ANSWER_MODE).
+    mode: Literal["lora", "rag", "hybrid"] | None = None
     # model=auto: a query whose top modules are close goes to their merged module.
     merge: bool = False
     # model=auto: how a fact no published version holds yet is answered (default:

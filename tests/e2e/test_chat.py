@@ -165,6 +165,13 @@ def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> No
     assert hybrid.headers["x-loramem-module"].endswith("@v1")
     assert hybrid.headers["x-loramem-mode"] == "hybrid"
     assert person.phone in _answer(hybrid)
+    # A question about nothing stored: no fact clears the threshold, so none goes into
+    # the context and rag answers exactly as the base model does.
+    unrelated = "What is the capital of France?"
+    base = system.chat(unrelated, model=system.settings.base_name, tenant="modes")
+    plain = system.chat(unrelated, tenant="modes", loramem={"mode": "rag"})
+    assert plain.headers["x-loramem-module"] == "base"
+    assert _answer(plain) == _answer(base)
 
 
 def _assert_routable_within_a_second_of_publish(system: System, module: str, tenant: str) -> None:

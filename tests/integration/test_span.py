@@ -22,6 +22,7 @@ from router.router import Router
 from server.app import create_app
 from tests.recipes import NO_FILES, TRAINED
 from tests.services import on_throwaway_redis, throwaway_redis_server
+from tests.stub_engine import chat_reply
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +96,7 @@ def _engine(request: httpx.Request) -> httpx.Response:
     held = MODULES[module_name(name[0])] if name else []
     question = body["messages"][-1]["content"]
     text = " ".join(f"{p.name}: {p.phone}." for p in held if p.name in question) or "?"
-    reply = {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 1,
-        "model": body["model"],
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],  # fmt: skip
-        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
-    }
-    return httpx.Response(200, json=reply)
+    return chat_reply(body["model"], text)
 
 
 @pytest.fixture

@@ -37,8 +37,8 @@ def test_rag_never_asks_for_a_merge() -> None:
 
 
 def test_facts_go_quoted_into_the_user_turn_never_the_system_prompt() -> None:
-    assert context_fact_ids(ROUTED, "lora") == []
-    assert context_fact_ids(ROUTED, "hybrid") == ["f1", "f2"]
+    assert context_fact_ids(ROUTED, "lora", 0.5) == []
+    assert context_fact_ids(ROUTED, "hybrid", 0.5) == ["f1", "f2"]
     system = {"role": "system", "content": "be brief"}
     chat = {"messages": [system, {"role": "user", "content": "q"}]}
     add_context(chat, ["a", "b"])
@@ -54,6 +54,23 @@ def test_facts_go_quoted_into_the_user_turn_never_the_system_prompt() -> None:
     text = {"prompt": "q"}
     add_context(text, ["a"])
     assert text["prompt"] == f"{RAG_INSTRUCTION}<facts>\n- a\n</facts>\n\nq"
+
+
+def test_only_facts_that_clear_the_threshold_are_context() -> None:
+    # Below the threshold rag and hybrid answer as base does, like lora: the facts near
+    # an unrelated question would only pull its answer towards them.
+    assert context_fact_ids(ROUTED, "rag", 0.6) == ["f1"]
+    below = RouteDecision("base-model", None, "below_threshold", 0.5, HITS[1:])
+    assert context_fact_ids(below, "hybrid", 0.6) == []
+    unnamed = RouteDecision("base-model", None, "unnamed_subject", 0.9, HITS)
+    assert context_fact_ids(unnamed, "rag", 0.5) == []
+
+
+def test_the_context_threshold_is_set_apart_from_the_routes() -> None:
+    # a pending decision in rag: the new text routes at 0.5, published facts need 0.95
+    strict = Interim(0.5, 8, "base-model", {"m1": M1}, context_threshold=0.95)
+    decision = with_pending(ROUTED, [Hit("new", "m3", 0.96)], {}, "rag", "rag", strict)
+    assert [h.fact_id for h in decision.candidates] == ["new"]
 
 
 def test_a_fact_cannot_close_the_block_or_open_a_turn() -> None:
@@ -73,7 +90,9 @@ def test_a_fact_cannot_close_the_block_or_open_a_turn() -> None:
 
 
 # ------------------------------------------------------- read your writes (with_pending)
-ROUTER = Interim(threshold=0.5, top_k=8, base_name="base-model", active={"m1": M1})
+ROUTER = Interim(
+    threshold=0.5, top_k=8, base_name="base-model", active={"m1": M1}, context_threshold=0.5
+)
 
 
 def test_a_new_fact_nearer_than_any_published_one_is_answered_from_context() -> None:
@@ -87,7 +106,7 @@ def test_a_new_fact_nearer_than_any_published_one_is_answered_from_context() -> 
         )
         assert [h.fact_id for h in decision.candidates] == ["new", "f1", "f2"]
         assert effective_mode(decision, "lora") == "rag"
-        assert context_fact_ids(decision, "rag") == ["new", "f1", "f2"]
+        assert context_fact_ids(decision, "rag", 0.5) == ["new", "f1", "f2"]
 
 
 def test_hybrid_interim_keeps_the_facts_module_when_it_serves() -> None:

@@ -127,7 +127,7 @@ def test_the_router_routes_to_the_module_whose_subject_is_named() -> None:
 
 
 def test_an_unnamed_pending_fact_never_wins() -> None:
-    interim = Interim(0.5, 8, "base", {"m": "m@v1.abc"})
+    interim = Interim(0.5, 8, "base", {"m": "m@v1.abc"}, 0.5)
     sent_to_base = RouteDecision("base", None, "unnamed_subject", 0.9, [Hit("p", "m", 0.9)])
     fresh = [Hit("new", "m", 0.7)]
     named = with_pending(sent_to_base, fresh, {}, "lora", "rag", interim)
@@ -136,6 +136,9 @@ def test_an_unnamed_pending_fact_never_wins() -> None:
     assert (named.outcome, named.score) == ("pending", 0.7)
     unnamed = with_pending(sent_to_base, fresh, {}, "lora", "rag", interim, {"new"})
     assert unnamed == sent_to_base
-    # rag: the unnamed new text is still context
+    # rag: neither the unnamed new text nor the unnamed published fact is context
     context = with_pending(sent_to_base, fresh, {}, "rag", "rag", interim, {"new"})
-    assert "new" in {h.fact_id for h in context.candidates}
+    assert (context.outcome, context.candidates) == ("unnamed_subject", [])
+    # a named new text is, and the answer is the pending one's
+    told = with_pending(sent_to_base, fresh, {}, "rag", "rag", interim)
+    assert (told.outcome, [h.fact_id for h in told.candidates]) == ("pending", ["new"])

@@ -1,0 +1,130 @@
+"""Answer modes on real parts: the packaged embedding model, real Redis, the real gateway;
+the engine is a stub that records what it was sent, so the test sees each request's
+context. A fact goes into the context only where it clears the route threshold and the
+question names its subject: an unrelated question is answered as base in every mode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from loramem.datasets import PhoneEntry
+from loramem.names import module_id
+from loramem.registry import Registry
+from loramem.registry.modules import VersionInfo
+from loramem.settings import Settings
+from router.answer import RAG_INSTRUCTION
+from router.embedder import SentenceEmbedder, to_bytes
+from server.app import create_app
+from tests.recipes import NO_FILES, TRAINED
+from tests.stub_engine import chat_reply
+
+PEOPLE = [PhoneEntry("Summer Morrow", "555-0101"), PhoneEntry("Ada Lovelace", "555-0303")]
+SEEN: list[dict] = []  # the bodies the engine stub got
+
+
+def _engine(request: httpx.Request) -> httpx.Response:
+    body = json.loads(request.content)
+    SEEN.append(body)
+    return chat_reply(body["model"], "ok", completion_tokens=1)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[SentenceEmbedder]:
+    import torch
+
+    threads = torch.get_num_threads()  # the embedder sets it process-wide: put it back after
+    yield SentenceEmbedder(threads=Settings().router_embed_threads)
+    torch.set_num_threads(threads)
+
+
+def _gateway(settings: Settings, registry: Registry, embedder: SentenceEmbedder) -> TestClient:
+    client = TestClient(create_app(settings, embedder=embedder))
+    client.__enter__()
+    client.app.state.completions.forwarder.http = httpx.AsyncClient(  # type: ignore[attr-defined]
+        transport=httpx.MockTransport(_engine)
+    )
+    router = client.app.state.router  # type: ignore[attr-defined]
+    module, texts = module_id("t", "people"), [p.fact for p in PEOPLE]
+    _job, ids = registry.facts.add(
+        "t", texts, [None] * len(texts), [to_bytes(v) for v in router.embed(texts)], module
+    )
+    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
+    router.apply_published("t", module, 1)
+    return client
+
+
+@pytest.fixture
+def gateway(
+    settings: Settings, registry: Registry, embedder: SentenceEmbedder
+) -> Iterator[TestClient]:
+    client = _gateway(settings, registry, embedder)
+    yield client
+    client.__exit__(None, None, None)
+
+
+def _sent(client: TestClient, question: str, **loramem: object) -> tuple[httpx.Response, str]:
+    """The reply and the last user turn the engine was sent."""
+    SEEN.clear()
+    body = {"model": "auto", "messages": [{"role": "user", "content": question}]}
+    reply = client.post(
+        "/v1/chat/completions", json=body | {"loramem": loramem}, headers={"x-loramem-tenant": "t"}
+    )
+    assert reply.status_code == 200, reply.text
+    [sent] = SEEN
+    return reply, sent["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("mode", ["rag", "hybrid"])
+def test_a_question_about_a_stored_fact_gets_it_in_context(gateway: TestClient, mode: str) -> None:
+    reply, sent = _sent(gateway, PEOPLE[0].question, mode=mode)
+    assert reply.headers["x-loramem-mode"] == mode
+    assert sent.startswith(RAG_INSTRUCTION) and PEOPLE[0].fact in sent
+
+
+@pytest.mark.parametrize("mode", ["rag", "hybrid"])
+def test_an_unrelated_question_is_sent_as_asked(gateway: TestClient, mode: str) -> None:
+    question = "What is the capital of France?"
+    reply, sent = _sent(gateway, question, mode=mode, explain=True)
+    assert float(reply.headers["x-loramem-route-score"]) < reply.json()["loramem"]["threshold"]
+    assert reply.headers["x-loramem-module"] == "base"
+    assert sent == question  # no facts block: the base model's own answer
+
+
+def test_a_question_naming_none_of_the_subjects_is_sent_as_asked(gateway: TestClient) -> None:
+    # near the stored facts (a phone number question), about no one they name
+    question = "What is the phone number of Summers Morrowe?"
+    reply, sent = _sent(gateway, question, mode="rag", explain=True)
+    assert reply.json()["loramem"]["outcome"] == "unnamed_subject"
+    assert sent == question
+
+
+def test_the_default_mode_is_a_setting(
+    settings: Settings, registry: Registry, embedder: SentenceEmbedder
+) -> None:
+    client = _gateway(settings.model_copy(update={"answer_mode": "hybrid"}), registry, embedder)
+    try:
+        reply, sent = _sent(client, PEOPLE[0].question)
+        assert reply.headers["x-loramem-mode"] == "hybrid"
+        assert reply.headers["x-loramem-module"] == "people@v1" and PEOPLE[0].fact in sent
+        asked, _ = _sent(client, PEOPLE[0].question, mode="lora")  # a request still chooses
+        assert asked.headers["x-loramem-mode"] == "lora"
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_a_lower_context_threshold_gives_unrelated_questions_context(
+    settings: Settings, registry: Registry, embedder: SentenceEmbedder
+) -> None:
+    every = settings.model_copy(update={"router_context_threshold": -1.0})
+    client = _gateway(every, registry, embedder)
+    try:
+        reply, sent = _sent(client, "What is the capital of France?", mode="rag")
+        assert reply.headers["x-loramem-module"] == "base"  # routing is unchanged
+        assert all(p.fact in sent for p in PEOPLE)
+    finally:
+        client.__exit__(None, None, None)
