@@ -22,6 +22,8 @@ import openai
 from loramem.settings import Settings
 
 FINISHED = ("published", "failed", "cancelled")  # a job in one of these never changes again
+RETRIED_STATUSES = (429, 503)  # refused without a change: worth asking again
+MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is the caller's to wait for, not ours
 
 
 class GatewayError(Exception):
@@ -60,12 +62,13 @@ class Client:
         `http`: an httpx client to send through instead (FastAPI's TestClient in tests,
         connection limits for many threads); the headers are set on each request.
         `max_retries`: the openai package's retries of a chat on 429, 5xx and lost
-        connections."""
+        connections, and this client's of other calls on 429 and 503."""
         self.base_url = base_url.rstrip("/")
         self.headers = {"x-loramem-tenant": tenant} if tenant else {}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
         self.http = http or httpx.Client(timeout=timeout_s)
+        self.max_retries = max_retries
         self.openai = openai.OpenAI(
             base_url=self.base_url + "/v1",
             api_key=api_key or "none",  # required by the package; ignored with keys off
@@ -220,10 +223,24 @@ class Client:
         self.close()
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        reply = self.http.request(method, self.base_url + path, json=body, headers=self.headers)
-        if reply.is_success:
-            return reply.json()
+        """One API call; a 429 (over the key's rate) or 503 (Redis away, queue full) is
+        retried after its Retry-After, `max_retries` times, as the openai package does
+        for chat: the gateway refuses such a request without changing anything."""
+        for attempt in range(self.max_retries + 1):
+            reply = self.http.request(method, self.base_url + path, json=body, headers=self.headers)
+            if reply.is_success:
+                return reply.json()
+            if reply.status_code not in RETRIED_STATUSES or attempt == self.max_retries:
+                break
+            time.sleep(_retry_after_s(reply))
         raise _http_error(reply)
+
+
+def _retry_after_s(reply: httpx.Response) -> float:
+    try:
+        return min(max(float(reply.headers.get("retry-after", "1")), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return 1.0
 
 
 def _with(body: dict[str, Any], **optional: Any) -> dict[str, Any]:
