@@ -150,7 +150,9 @@ class EvalClient:
                         progress = job.get("progress") or {}
                         bar.set_postfix(module=job["module"], step=progress.get("step", 0))
                 if len(done) < len(job_ids):
-                    time.sleep(1.0)
+                    # about two polls a second in all: the jobs train one after another,
+                    # and the key's rate limit is shared with the eval's questions
+                    time.sleep(max(1.0, 0.5 * (len(job_ids) - len(done))))
         return [done[j] for j in job_ids]
 
     def wait_modules(self, settle_s: float = 120, timeout_s: float = 3600) -> list[dict]:
