@@ -95,6 +95,11 @@ def _specific(sub: argparse.ArgumentParser, name: str, settings: Settings) -> No
             default=str(settings.router_subject_max_words),
             help="LORAMEM_ROUTER_SUBJECT_MAX_WORDS of the check's arms, comma-separated",
         )
+        sub.add_argument(
+            "--thresholds",
+            default="",
+            help="route thresholds to sweep with the check on, comma-separated (default: none)",
+        )
     _data_set_flags(sub, name)
 
 

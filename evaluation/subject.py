@@ -13,6 +13,9 @@ routers that differ only in the check, as a publish would.
   the person's module (top-1 accuracy), and the share sent to base is told.
 - PaperQA: each paper's introduction split into facts as POST /documents splits it, one
   module per paper; its questions must reach that paper's module.
+
+`--thresholds` adds arms with the check on at other route thresholds: the trade that
+sets LORAMEM_ROUTE_THRESHOLD.
 """
 
 from __future__ import annotations
@@ -104,20 +107,28 @@ def subject_eval(run: EvalRun) -> dict[str, Any]:
     if flags["papers"]:
         sets.append(paperqa_set(settings, flags["papers"]))
     words = [int(w) for w in str(flags["max_words"]).split(",")]
-    arms: list[tuple[str, bool, int]] = [("off", False, settings.router_subject_max_words)]
-    arms += [(f"on, <= {w} words" if len(words) > 1 else "on", True, w) for w in words]
+    threshold = settings.route_threshold
+    arms: list[tuple[str, bool, int, float]] = [
+        ("off", False, settings.router_subject_max_words, threshold)
+    ]
+    arms += [(f"on, <= {w} words" if len(words) > 1 else "on", True, w, threshold) for w in words]
+    # The route threshold's trade: what must reach a module against what must go to base.
+    swept = [float(t) for t in str(flags.get("thresholds") or "").split(",") if t.strip()]
+    default_words = settings.router_subject_max_words
+    arms += [(f"on, threshold {t:.2f}", True, default_words, t) for t in swept]
     embedder = SentenceEmbedder(settings.embedding_model, threads=settings.router_embed_threads)
     rows: list[dict[str, Any]] = []
     examples: dict[str, list[dict[str, Any]]] = {}
     for data in sets:
         fact_vectors = embedder.embed(data.facts)
         query_vectors = embedder.embed([q for _k, q, _m in data.asked])
-        for arm, check, max_words in arms:
+        for arm, check, max_words, threshold in arms:
             router = offline_router(
                 settings,
                 embedder,
                 router_subject_check=check,
                 router_subject_max_words=max_words,
+                route_threshold=threshold,
             )
             _index(router, data, fact_vectors)
             decisions = [

@@ -21,9 +21,10 @@ def test_subject_eval_sends_unedited_subjects_to_base_and_keeps_the_rest(
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"), settings)
     flags = ["--edits", "64", "--people", "64", "--papers", "1", "--out", str(out)]
+    flags += ["--thresholds", "0.4,0.7"]
     assert run(parser.parse_args(["eval", "subject", *flags]), settings) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["arms"] == ["off", "on"]
+    assert results["arms"] == ["off", "on", "on, threshold 0.40", "on, threshold 0.70"]
     row = {(r["data"], r["kind"], r["arm"]): r for r in results["rows"]}
     for arm in ("off", "on"):
         # what must still reach its module does, with the check or without
@@ -41,6 +42,11 @@ def test_subject_eval_sends_unedited_subjects_to_base_and_keeps_the_rest(
         row[("paperqa", "question", "on")]["right"]
         >= row[("paperqa", "question", "off")]["right"] - 0.05
     )
+    # a higher route threshold sends more to base: locality up, documents' questions down
+    low, high = (row[("paperqa", "question", f"on, threshold {t}")] for t in ("0.40", "0.70"))
+    assert high["to_base"] > low["to_base"]
+    local = [row[("counterfact", "locality", f"on, threshold {t}")] for t in ("0.40", "0.70")]
+    assert local[1]["right"] >= local[0]["right"]
     report = (out / "report.md").read_text()
     assert "| counterfact | locality | 62 | base |" in report and "check on" in report
     assert (out / "subject.png").exists()
