@@ -172,6 +172,7 @@ def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> No
     base = system.chat(unrelated, model=system.settings.base_name, tenant="modes", max_tokens=8)
     plain = system.chat(unrelated, tenant="modes", loramem={"mode": "rag"}, max_tokens=8)
     assert plain.headers["x-loramem-module"] == "base"
+    assert plain.json()["usage"]["prompt_tokens"] == base.json()["usage"]["prompt_tokens"]
     assert _answer(plain) == _answer(base)
 
 
