@@ -75,6 +75,8 @@ ARMS = (
     Arm("rag", "mode: rag (base model + top facts)", {"mode": "rag"}, True),
     Arm("hybrid", "mode: hybrid, span off (chosen module + top facts)",
         {"mode": "hybrid", "span": "off"}, False),
+    Arm("hybrid-compose", "mode: hybrid, span: compose (parts composed, else module + facts)",
+        {"mode": "hybrid", "span": "compose"}, True),
     Arm("oracle", "oracle (each half asked of its module by name)", {}, False),
 )  # fmt: skip
 DEFAULT_ARMS = ",".join(a.name for a in ARMS)

@@ -249,7 +249,7 @@ class Settings(BaseSettings):
     answer_mode: Literal["lora", "rag", "hybrid"] = "lora"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
-    # Questions that span modules (router/span.py): a model=auto lora question whose top
+    # Questions that span modules (router/span.py): a model=auto lora or hybrid question whose top
     # facts name different things held by different modules ("the phone numbers of A and
     # B"). "compose": each module is asked its part (router_span_question) and the
     # answers are joined; "compose-hybrid": the same, each module

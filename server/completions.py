@@ -92,9 +92,11 @@ class CompletionService:
         body["model"] = decision.target
         spanning = request.loramem.span or self.span_method
         compose = spanning in span.COMPOSING and bool(decision.span) and span.composable(body)
-        fact_ids = answer.context_fact_ids(decision, mode, self.router.context_threshold)
-        if decision.span and not compose:  # "context", or a request compose cannot split
+        fact_ids: list[str] = []  # composed: each part's module asked its own question
+        if decision.span and not compose and mode == "lora":  # "context", or not composable
             fact_ids = span.context_fact_ids(decision)
+        elif not compose:
+            fact_ids = answer.context_fact_ids(decision, mode, self.router.context_threshold)
         if fact_ids:
             await run_in_threadpool(self._add_context, tenant, body, fact_ids)
         label = self.metrics.module_label(decision.module)
@@ -203,7 +205,11 @@ class CompletionService:
             request.loramem.interim or self.interim_mode,
         )
         spanning = request.loramem.span or self.span_method
-        if spanning != "off" and self._mode(request) == "lora" and request.model == "auto":
+        if (
+            spanning != "off"
+            and self._mode(request) in span.SPANNING_MODES
+            and request.model == "auto"
+        ):
             decision = self.router.with_span(
                 tenant, decision, request.query_text(), lambda ids: self._texts(tenant, ids)
             )

@@ -133,7 +133,7 @@ class LoramemOptions(BaseModel):
     interim: Literal["rag", "hybrid", "off"] | None = None
     # Add the routing decision to the response (`loramem`, RouteExplanation): the console.
     explain: bool = False
-    # model=auto, lora: how a question spanning modules is answered (server/span.py;
+    # model=auto, lora or hybrid: how a question spanning modules is answered (server/span.py;
     # default: LORAMEM_ROUTER_SPAN). "off" answers from the chosen module alone.
     span: Literal["compose", "compose-hybrid", "context", "off"] | None = None
     # What each composed part's module is asked (router/span.py; default:

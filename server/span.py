@@ -29,6 +29,8 @@ from server.forwarding import EngineForwarder, Upstream
 
 METHODS = ("compose", "compose-hybrid", "context", "off")
 COMPOSING = ("compose", "compose-hybrid")
+# Answer modes in which a question may span modules: rag serves no module to compose.
+SPANNING_MODES = ("lora", "hybrid")
 
 
 def applies(decision: RouteDecision, method: str) -> bool:

@@ -242,7 +242,7 @@ def test_span(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert [m["job"]["status"] for m in results["modules"]] == ["published"] * 2
     arms = {a["arm"]: a for a in results["arms"]}
     every = {"off", "merged", "wording", "compose", "compose-hybrid", "context", "rag",
-             "hybrid", "oracle"}  # fmt: skip
+             "hybrid", "hybrid-compose", "oracle"}  # fmt: skip
     skipped = {s["arm"] for s in results["skipped"]}
     assert arms.keys() | skipped == every and skipped <= {"merged"}
     for arm in arms.values():

@@ -17,6 +17,7 @@ from loramem.names import module_id, module_name, parse_served_name
 from loramem.registry import Registry
 from loramem.registry.modules import VersionInfo
 from loramem.settings import Settings
+from router.answer import RAG_INSTRUCTION
 from router.embedder import SentenceEmbedder, to_bytes
 from router.router import Router
 from server.app import create_app
@@ -148,6 +149,24 @@ def test_the_gateway_asks_each_module_its_part_and_joins_the_answers(gateway: Te
     single = _chat(gateway, ALICE.question)  # one person: no span
     assert single.headers["x-loramem-outcome"] == "module"
     assert "x-loramem-span" not in single.headers
+
+
+def test_hybrid_composes_a_spanning_question_and_gives_a_single_one_its_facts(
+    gateway: TestClient,
+) -> None:
+    SEEN.clear()
+    reply = _chat(gateway, PAIR, mode="hybrid")
+    assert reply.headers["x-loramem-outcome"] == "span"
+    assert reply.headers["x-loramem-mode"] == "hybrid"
+    text = reply.json()["choices"][0]["message"]["content"]
+    assert text == "Summer Morrow: 555-0101.\nBruce West: 555-0202."
+    assert len(SEEN) == 2 and not any(RAG_INSTRUCTION in b["messages"][-1]["content"] for b in SEEN)
+    SEEN.clear()
+    single = _chat(gateway, ALICE.question, mode="hybrid")
+    assert single.headers["x-loramem-outcome"] == "module"
+    [sent] = SEEN
+    assert sent["messages"][-1]["content"].startswith(RAG_INSTRUCTION)
+    assert ALICE.fact in sent["messages"][-1]["content"]
 
 
 def test_context_puts_the_other_parts_facts_before_the_question(gateway: TestClient) -> None:
