@@ -133,7 +133,7 @@ def with_pending(
     """Fold the pending changes into a decision. `fresh`: nearest new texts (adds and
     edits) best first; `stale`: fact id -> "edit" | "delete" for facts whose active
     version holds an old value; `unnamed`: new texts whose subject the question does not
-    name (the subject check), which may be context but never win."""
+    name (the subject check), which neither win nor join the context."""
     fresh = [h for h in fresh if h.score >= router.threshold and h.fact_id not in unnamed]
     trusted = trusted_hits(decision, router.context_threshold)
     context = _merged_hits(fresh, trusted, stale, router.top_k)
