@@ -13,10 +13,18 @@ from loramem.errors import InvalidRequest, NotFound
 from loramem.knobs import PartialTrainingKnobs
 from loramem.names import module_id, module_name, public_served_name
 from loramem.registry import Registry
+from loramem.registry.jobs import JobStatus
 from loramem.registry.limits import TenantQuotas
 from loramem.settings import Settings
 from router.embedder import to_bytes
-from server.deps import IngestDep, ReaderDep, RegistryDep, SettingsDep, WriterDep
+from server.deps import (
+    FollowerDep,
+    IngestDep,
+    ReaderDep,
+    RegistryDep,
+    SettingsDep,
+    WriterDep,
+)
 from server.limits import IngestPool
 from server.protocol import (
     ErrorResponse,
@@ -200,10 +208,14 @@ def list_jobs(caller: ReaderDep, registry: RegistryDep) -> list[JobOut]:
 
 
 @api.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, caller: ReaderDep, registry: RegistryDep) -> JobOut:
+def get_job(job_id: str, caller: ReaderDep, registry: RegistryDep, follower: FollowerDep) -> JobOut:
+    """A published job is told once this gateway routes with its version (a few ms after
+    the registry has it), so a question asked next is answered by it."""
     job = registry.jobs.get(job_id)
     if job.tenant != caller.tenant:
         raise NotFound(f"job not found: {job_id}")
+    if job.status is JobStatus.PUBLISHED and job.version:
+        follower.wait_routed(job.module, job.version)
     return JobOut(**job.public())
 
 

@@ -127,6 +127,7 @@ def create_app(
         app.state.metrics = metrics
         app.state.http = http
         app.state.completions = completions
+        app.state.follower = follower
         # After the query embedder: with "onnx" it has exported the graph the child loads.
         ingest_embedder = (
             ProcessEmbedder.from_settings(settings)

@@ -21,6 +21,7 @@ from server.completions import CompletionService
 from server.hits import HitCounter
 from server.limits import IngestPool
 from server.metrics import GatewayMetrics
+from server.reconcile import EventFollower
 from server.redis_outage import REDIS_DOWN, RedisOutage
 
 
@@ -56,6 +57,10 @@ async def _hits(request: Request) -> HitCounter:
     return request.app.state.hits  # type: ignore[no-any-return]
 
 
+async def _follower(request: Request) -> EventFollower:
+    return request.app.state.follower  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RouterDep = Annotated[Router, Depends(_router)]
@@ -64,6 +69,7 @@ CompletionsDep = Annotated[CompletionService, Depends(_completions)]
 IngestDep = Annotated[IngestPool, Depends(_ingest)]
 VerifiedKeysDep = Annotated[VerifiedKeys, Depends(_verified_keys)]
 HitsDep = Annotated[HitCounter, Depends(_hits)]
+FollowerDep = Annotated[EventFollower, Depends(_follower)]
 
 
 @dataclass(frozen=True)

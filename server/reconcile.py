@@ -32,6 +32,10 @@ from server.metrics import GatewayMetrics
 log = logging.getLogger("loramem.gateway")
 
 FORGOTTEN_RATE_PER_S = 1e-4  # about one request in three hours: demand that places nothing
+# How long GET /jobs/{id} holds a published job's reply until this gateway routes to its
+# version: the follower applies a publish within one read (tens of ms, 0.1 s polls on a
+# cluster), so this is only reached while it is retrying an error.
+ROUTED_WAIT_S = 5.0
 
 
 class EventFollower(threading.Thread):
@@ -63,6 +67,10 @@ class EventFollower(threading.Thread):
         self.snapshot_interval_s = snapshot_interval_s
         self._snapshot_due = time.monotonic() + snapshot_interval_s
         self.pending = pending  # facts changed since their module's version (read your writes)
+        # The newest version of each module whose publish this gateway has applied (to its
+        # router and its pending facts both), for wait_routed.
+        self._applied: dict[str, int] = {}
+        self._applied_changed = threading.Condition()
         self.cursor = registry.modules.last_event_id()  # first: no later event is missed
         self._load_all()
 
@@ -125,6 +133,35 @@ class EventFollower(threading.Thread):
         self.router.load_all()
         if self.pending is not None:
             self.pending.load_all()
+        for module, version in self.router.all_active().items():
+            self._mark_applied(module, version)
+
+    def _mark_applied(self, module: str, version: int) -> None:
+        with self._applied_changed:
+            if version > self._applied.get(module, 0):
+                self._applied[module] = version
+                self._applied_changed.notify_all()
+
+    def wait_routed(self, module: str, version: int, timeout_s: float = ROUTED_WAIT_S) -> bool:
+        """Wait until this gateway routes with `module@v<version>` (or a newer version).
+
+        A job is published in Redis a few milliseconds before this gateway's follower
+        applies the event, so a client that saw "published" and asked at once could still
+        be answered as before it. GET /jobs/{id} waits here, so a published job's version
+        is what this gateway answers with. A version no longer active (replaced by a
+        move or a split, or retired) is not waited for. False: not applied in time."""
+        with self._applied_changed:
+            if self._applied.get(module, 0) >= version:
+                return True
+        try:
+            if self.registry.modules.get(module).active_version < version:
+                return False  # never to be routed: the publish was superseded
+        except NotFound:
+            return False  # retired
+        with self._applied_changed:
+            return self._applied_changed.wait_for(
+                lambda: self._applied.get(module, 0) >= version, timeout_s
+            )
 
     def apply(self, event: dict[str, str]) -> None:
         kind = event.get("type")
@@ -137,6 +174,7 @@ class EventFollower(threading.Thread):
                     self.pending.apply_published(tenant, module, version, event.get("job_id", ""))
             except NotFound as exc:  # replaced and swept since: nothing left to serve
                 log.info("skipping a publish that is gone: %s", exc.message)
+            self._mark_applied(module, version)
         elif kind == "retired":
             self.router.apply_retired(event["module"])
             if self.pending is not None:

@@ -80,6 +80,9 @@ class FlakyRouter:
     def apply_retired(self, module: str) -> None:
         self.applied.append((module, 0))
 
+    def all_active(self) -> dict[str, int]:
+        return {}
+
 
 def published(module: str, version: int) -> dict[str, str]:
     return {"type": "published", "tenant": "t", "module": module, "version": str(version)}
@@ -105,6 +108,18 @@ def test_an_event_that_fails_is_retried_not_skipped() -> None:
     modules.events.append(("3-0", {"type": "retired", "tenant": "t", "module": "m"}))
     assert follow.step() == 2
     assert follow.cursor == {"00": "3-0"} and router.applied == [("m", 2), ("m", 0)]
+
+
+def test_a_version_is_told_as_routed_only_once_its_publish_was_applied() -> None:
+    modules = FakeModules([], {"m": 2})
+    follow = follower(modules, FlakyRouter(failures=1), GatewayMetrics())
+    modules.events.append(("1-0", published("m", 2)))
+    with pytest.raises(ConnectionError):
+        follow.step()
+    assert not follow.wait_routed("m", 2, timeout_s=0)
+    follow.step()
+    assert follow.wait_routed("m", 2, timeout_s=0) and follow.wait_routed("m", 1, timeout_s=0)
+    assert not follow.wait_routed("gone", 1, timeout_s=30)  # retired: not waited for
 
 
 def test_the_follower_loop_survives_errors_and_counts_them() -> None:
