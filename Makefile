@@ -34,7 +34,7 @@ test: $(VENV)/.installed
 	scripts/test-services.sh
 	$(BIN)/ruff check loramem server router trainer tests bench evaluation cli
 	$(BIN)/mypy
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=30
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.trainer_speed

@@ -172,14 +172,32 @@ class JobQueue:
                 except redis.WatchError:
                     continue  # a job was queued or read meanwhile; the next tidy looks again
 
+    def waiting_kinds(self, per_tenant: int = 20) -> set[str]:
+        """Kinds of the jobs queued and not yet handed to a worker, over every tenant in
+        the rotation (the first `per_tenant` of each); "add" for an entry queued before
+        entries named their kind."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in _READY_KEYS:
+            pipe.zrange(key, 0, -1)
+        tenants = {decode(t) for members in pipe.execute() for t in members}
+        kinds: set[str] = set()
+        for tenant in sorted(tenants):
+            try:
+                entries = self._undelivered(self._redis, keys.job_stream(tenant), per_tenant)
+            except redis.ResponseError:  # the stream went away (tidy): nothing waits there
+                continue
+            kinds.update(decode(data.get(b"kind", b"add")) for _id, data in entries)
+        return kinds
+
     @staticmethod
-    def _undelivered(client: redis.Redis | redis.client.Pipeline, stream: str) -> bool:
+    def _undelivered(
+        client: redis.Redis | redis.client.Pipeline, stream: str, count: int = 1
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The first `count` entries of `stream` no worker has read yet."""
         groups = {decode(g["name"]): g for g in client.xinfo_groups(stream)}
         group = groups.get(keys.TRAINER_GROUP)
-        if group is None:  # no worker has read it yet: all of it waits
-            return True
-        after = "(" + decode(group["last-delivered-id"])
-        return bool(client.xrange(stream, min=after, count=1))
+        after = "-" if group is None else "(" + decode(group["last-delivered-id"])
+        return client.xrange(stream, min=after, count=count)
 
     def heartbeat(self, consumer: str, claim: Claim) -> None:
         self._redis.xclaim(

@@ -329,7 +329,8 @@ class Settings(BaseSettings):
     # An idle worker queues the consolidation of a module (retrain it with its deltas' facts,
     # retire the deltas) once it has this many deltas or its oldest is this old: few deltas
     # keep routing among look-alike modules and engine slots in check, while a batch is
-    # never held back by it.
+    # never held back by it: a running consolidation yields to a user's job queued behind
+    # it unless its module has twice this many deltas (trainer/handlers.py consolidate).
     consolidate_deltas: int = Field(default=4, ge=1)
     consolidate_after_s: float = Field(default=300.0, ge=0)
     # A consolidation that failed (below the recall gate) is tried again after this long,

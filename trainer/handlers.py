@@ -6,7 +6,8 @@ covered  an earlier job already trained every fact this one sees
 move out a few facts missed (trainer/gate.py): they move to a module of their own, with a
          job of their own; the version publishes the facts it recalls
 split    below the gate: half the facts move to a new module with a job of its own
-consolidate  retrain a module with its deltas' facts (warm); the publish retires the deltas
+consolidate  retrain a module with its deltas' facts (warm); the publish retires the deltas;
+         it yields to a user's job queued meanwhile
 merge    combine published modules (trainer/merge.py)
 """
 
@@ -16,7 +17,7 @@ import time
 
 from loramem.names import module_name
 from loramem.registry.facts import Fact
-from loramem.registry.jobs import Job, JobStatus
+from loramem.registry.jobs import BACKGROUND_KINDS, Job, JobStatus
 from trainer.context import TrainerContext
 from trainer.gate import GateResult, Verdict
 from trainer.merge import build_merge
@@ -48,6 +49,11 @@ def consolidate(ctx: TrainerContext, job: Job) -> Outcome:
     facts += [fact for held in deltas.values() for fact in held]
     knobs = ctx.settings.training.with_overrides(job.training)
     run = TrainingRun(ctx, job, knobs)
+    # A user's job queued meanwhile goes first: this one stops and is queued again when
+    # the worker is idle. Past twice the deltas that make it due it runs through, so under
+    # steady load deltas stay bounded.
+    if len(deltas) < 2 * ctx.settings.consolidate_deltas:
+        run.should_yield = lambda: bool(ctx.registry.queue.waiting_kinds() - BACKGROUND_KINDS)
     try:
         gate = run.train_until_gate(facts, warm=True)
         if gate.verdict is Verdict.BELOW_GATE:

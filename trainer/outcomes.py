@@ -39,3 +39,8 @@ Outcome = Artifact | Retirement | Covered
 class JobRefused(Exception):
     """The job cannot succeed as asked (recall below the gate, a merge that does not fit):
     it fails at once instead of being retried."""
+
+
+class JobYielded(Exception):
+    """A background job stopped for a user's job queued behind it: it publishes nothing
+    and is queued again when a worker is idle (trainer/handlers.py consolidate)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from trainer import train as training
 from trainer import variants
 from trainer.context import TrainerContext
 from trainer.gate import GateResult, Verdict, judge
+from trainer.outcomes import JobYielded
+
+# How often a run that may yield looks for a user's job waiting behind it: a few Redis
+# reads, against steps of about a second on CPU.
+YIELD_CHECK_S = 2.0
 
 
 class TrainingRun:
@@ -24,6 +30,9 @@ class TrainingRun:
         self.done_steps = 0  # across rounds and splits, so progress only moves forward
         self.last_loss = float("inf")
         self.started = time.perf_counter()
+        # Set for background work: True when it should stop for a job waiting behind it.
+        self.should_yield: Callable[[], bool] | None = None
+        self._next_yield_check_s = 0.0
         self.peft_model: Any = None
         # PiSSA's initial adapter, which publishing converts against (trainer/variants.py).
         self.initial = tempfile.TemporaryDirectory(prefix="loramem-init-")
@@ -46,6 +55,10 @@ class TrainingRun:
         self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
         if not self.jobs.set_progress(self.job.id, self.progress):  # cancelled: stop here
             raise JobCancelled(self.job.id, "cancelled", "training")
+        if self.should_yield is not None and time.monotonic() >= self._next_yield_check_s:
+            self._next_yield_check_s = time.monotonic() + YIELD_CHECK_S
+            if self.should_yield():
+                raise JobYielded(f"{self.job.id} yielded at step {self.progress['step']}")
 
     def train_until_gate(self, facts: list[Fact], warm: bool) -> GateResult:
         """Train on `facts` in rounds until the gate's verdict is other than "train on"

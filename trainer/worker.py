@@ -39,12 +39,19 @@ from loramem.errors import LockLost, NotFound
 from loramem.priority import lower_priority
 from loramem.queue import Claim, JobQueue, ModuleLock
 from loramem.registry import Registry
-from loramem.registry.jobs import TERMINAL, Job, JobCancelled, JobStore
+from loramem.registry.jobs import (
+    TERMINAL,
+    InvalidTransition,
+    Job,
+    JobCancelled,
+    JobStatus,
+    JobStore,
+)
 from loramem.settings import Settings
 from trainer import handlers
 from trainer.context import TrainerContext
 from trainer.metrics import TrainerMetrics
-from trainer.outcomes import JobRefused
+from trainer.outcomes import JobRefused, JobYielded
 from trainer.publisher import Publisher
 from trainer.synth import make_generator
 
@@ -208,16 +215,8 @@ class Worker:
         while not lock.acquire():  # another worker is training this module right now
             self.queue.heartbeat(self.consumer, claim)
             time.sleep(1.0)
-        interval_s = self.settings.job_claim_idle_ms / 3000
-        jobs = self.registry.jobs
         try:
-            with Heartbeat(self.queue, jobs, self.consumer, claim, lock, interval_s) as beat:
-                outcome = handlers.handle(self.ctx, job)
-                if beat.lost.is_set():  # the publish would also refuse: say why here
-                    raise LockLost(f"lost the lock of {job.module} while training")
-                if beat.cancelled.is_set():  # so would it here
-                    raise JobCancelled(job.id, "cancelled", "publishing")
-                self.publisher.apply(job, outcome, lock=lock)
+            self._run(claim, job, lock)
             self._finished(claim, "published")
         except LockLost as exc:  # another worker holds the module: leave the job to it
             log.error("job %s abandoned: %s", job.id, exc)
@@ -226,6 +225,9 @@ class Worker:
             self._finished(claim, "cancelled")
         except JobRefused as exc:
             self._fail(claim, job, str(exc))
+        except JobYielded as exc:
+            log.info("%s; queued again when idle", exc)
+            self._yield(claim, job)
         except Exception as exc:
             log.exception("job %s failed", job.id)
             if deliveries >= self.settings.max_job_attempts:
@@ -233,6 +235,18 @@ class Worker:
             # else: left pending; it is reclaimed and retried after the idle time
         finally:
             lock.release()
+
+    def _run(self, claim: Claim, job: Job, lock: ModuleLock) -> None:
+        """Train and publish `job`, holding its claim and module lock alive meanwhile."""
+        interval_s = self.settings.job_claim_idle_ms / 3000
+        jobs = self.registry.jobs
+        with Heartbeat(self.queue, jobs, self.consumer, claim, lock, interval_s) as beat:
+            outcome = handlers.handle(self.ctx, job)
+            if beat.lost.is_set():  # the publish would also refuse: say why here
+                raise LockLost(f"lost the lock of {job.module} while training")
+            if beat.cancelled.is_set():  # so would it here
+                raise JobCancelled(job.id, "cancelled", "publishing")
+            self.publisher.apply(job, outcome, lock=lock)
 
     def _start(self, claim: Claim) -> tuple[Job, int] | None:
         """The job and its delivery count, when it is to run now; None when it is done
@@ -266,6 +280,17 @@ class Worker:
             self._finished(claim, "cancelled")
             return
         self._finished(claim, "failed")
+
+    def _yield(self, claim: Claim, job: Job) -> None:
+        """Ends a background job that stopped for a user's: cancelled, so an idle worker
+        queues it again (FactStore.queue_consolidation takes a finished one as none)."""
+        try:
+            self.registry.jobs.transition(
+                job.id, JobStatus.CANCELLED, error="yielded to a queued job; queued again when idle"
+            )
+        except InvalidTransition:  # cancelled or finished meanwhile: that is its end
+            pass
+        self._finished(claim, "yielded")
 
     def _finished(self, claim: Claim, status: str) -> None:
         self.queue.ack(claim)

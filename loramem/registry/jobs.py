@@ -41,6 +41,9 @@ TERMINAL = frozenset({JobStatus.PUBLISHED, JobStatus.FAILED, JobStatus.CANCELLED
 # Only these kinds may be cancelled: an "edit" or "delete" job is what makes the served
 # module forget the old or deleted fact, which is already gone from storage.
 CANCELLABLE_KINDS = frozenset({"add", "merge"})
+# Kinds a worker queues for itself when idle; a user's job queued meanwhile goes first
+# (trainer/handlers.py consolidate yields to it).
+BACKGROUND_KINDS = frozenset({"consolidate"})
 
 # A reclaimed job (its worker died) restarts training from any non-terminal state, and a
 # failed gate sends a job from validating back to training for more steps. Any unfinished
@@ -122,7 +125,9 @@ def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
     # already with its turn (loramem/queue.py).
     # The rotation and the list of streams are the tenant's bucket's: the same hash slot.
     bucket = keys.bucket(job.tenant)
-    pipe.xadd(keys.job_stream(job.tenant), {"job_id": job.id})
+    # The kind rides along so a worker can tell a user's waiting job from its own
+    # background work without reading the job (loramem/queue.py waiting_kinds).
+    pipe.xadd(keys.job_stream(job.tenant), {"job_id": job.id, "kind": job.kind})
     # EVAL by name: redis-py's cluster pipeline has no eval(), but passes the command on.
     pipe.execute_command("EVAL", _JOIN_ROTATION, 1, keys.jobs_ready(bucket), job.tenant)
     pipe.sadd(keys.job_streams(bucket), job.tenant)

@@ -120,6 +120,11 @@ def run_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         # paper's PhoneBook (99th percentile of 200 pairs); the default margin of 0.1 groups
         # only 3 in 4 of them, and the merge test must not depend on which names it drew.
         "LORAMEM_ROUTER_MERGE_MARGIN": "0.3",
+        # No background consolidation: between tests it would retrain on the cores the
+        # engine answers on (it held a test's job 180 steps in one CI run). Its own tests,
+        # with real training, are tests/integration/test_deltas.py.
+        "LORAMEM_CONSOLIDATE_DELTAS": "1000000",
+        "LORAMEM_CONSOLIDATE_AFTER_S": "1000000000",
     }
     env = {**os.environ, **overrides, "HF_HUB_OFFLINE": "1"}
     settings = Settings(**{k.removeprefix("LORAMEM_").lower(): v for k, v in overrides.items()})

@@ -112,6 +112,41 @@ def test_adds_train_alone_into_deltas_and_consolidation_folds_them_back(
     assert tail == [("published", parent)] + [("retired", d) for d in sorted(folded)]
 
 
+@pytest.mark.parametrize("consolidate_deltas", [2, 1])
+def test_a_consolidation_yields_to_a_users_job_queued_behind_it(
+    trainer_settings: Settings, deltas: Registry, consolidate_deltas: int
+) -> None:
+    """A user's add queued while a consolidation trains goes first: the consolidation
+    stops at its next step, publishes nothing, and an idle worker queues it again. With
+    twice the deltas that make it due (here 2 with `consolidate_deltas` 1) it runs
+    through, so deltas stay bounded under steady load."""
+    settings = trainer_settings.model_copy(update={"consolidate_deltas": consolidate_deltas})
+    people = [p.fact for p in phonebook(settings.data_dir, 4, offset=350)]
+    w = worker(settings, deltas)
+    first, _ = add(deltas, people[:1])
+    run_job(w, first)
+    parent = deltas.jobs.get(first).module
+    for text in people[1:3]:  # two deltas of it
+        run_job(w, add(deltas, [text])[0])
+    queued = deltas.facts.queue_consolidation(parent, "t")
+    assert queued is not None
+    users, _ = add(deltas, people[3:])  # queued behind the consolidation
+    assert w.run_once()
+    if consolidate_deltas == 1:  # 2 deltas, twice the due count: no yielding
+        assert deltas.jobs.get(queued.id).status is JobStatus.PUBLISHED
+        assert deltas.jobs.get(users).status is JobStatus.QUEUED
+        return
+    stopped = deltas.jobs.get(queued.id)
+    assert stopped.status is JobStatus.CANCELLED and "yielded" in (stopped.error or "")
+    assert deltas.modules.get(parent).active_version == 1  # nothing published
+    run_job(w, users)  # the user's add, next
+    assert w.run_once() is False  # idle: the consolidation is queued again
+    [again] = deltas.jobs.open_of_tenant("t")
+    assert (again.kind, again.module) == ("consolidate", parent)
+    run_job(w, again.id)
+    assert deltas.modules.get(parent).fact_count == 4  # all three deltas folded in
+
+
 def stand_in(ctx: TrainerContext, job: Job) -> Outcome:
     """What the real handlers return, without training: the facts it would train on."""
     ctx.registry.jobs.skip_to_publishing(job.id, {"phase": "stand-in"})

@@ -132,6 +132,27 @@ def test_an_empty_stream_is_dropped_and_made_again_by_the_next_job(
     assert again is not None and again.job_id == later.id
 
 
+def test_waiting_kinds_are_those_of_the_jobs_no_worker_has_read_yet(
+    registry: Registry, redis_client: redis.Redis
+) -> None:
+    """What a background job looks at between steps (trainer/handlers.py consolidate)."""
+    assert registry.queue.waiting_kinds() == set()
+    consolidation = registry.facts.queue_consolidation(module_id("a", "people"), "a")
+    assert consolidation is not None
+    assert registry.queue.waiting_kinds() == {"consolidate"}
+    add(registry, "b", "a user's fact")
+    assert registry.queue.waiting_kinds() == {"consolidate", "add"}
+    first = registry.queue.claim("w", block_ms=10)
+    assert first is not None and first.job_id == consolidation.id
+    assert registry.queue.waiting_kinds() == {"add"}  # the running one is not waiting
+    assert registry.queue.claim("w", block_ms=10) is not None
+    assert registry.queue.waiting_kinds() == set()
+    # An entry queued before entries named their kind is taken for a user's job.
+    redis_client.xadd(keys.job_stream("c"), {"job_id": "j-old"})
+    redis_client.zadd(keys.jobs_ready(keys.bucket("c")), {"c": 1})
+    assert registry.queue.waiting_kinds() == {"add"}
+
+
 @pytest.fixture
 def api(settings: Settings, registry: Registry, fake_embedder) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     with TestClient(create_app(settings, embedder=fake_embedder)) as gateway:
