@@ -332,6 +332,9 @@ class Settings(BaseSettings):
     # never held back by it: a running consolidation yields to a user's job queued behind
     # it unless its module has twice this many deltas (trainer/handlers.py consolidate).
     consolidate_deltas: int = Field(default=4, ge=1)
+    # False: a consolidation once started runs to its end, whatever waits behind it.
+    # `python -m bench.consolidation_yield` compares the two (docs/RESULTS.md).
+    consolidate_yield: bool = True
     consolidate_after_s: float = Field(default=300.0, ge=0)
     # A consolidation that failed (below the recall gate) is tried again after this long,
     # or as soon as a new delta comes: before, an idle worker retrained the module every

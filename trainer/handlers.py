@@ -52,7 +52,7 @@ def consolidate(ctx: TrainerContext, job: Job) -> Outcome:
     # A user's job queued meanwhile goes first: this one stops and is queued again when
     # the worker is idle. Past twice the deltas that make it due it runs through, so under
     # steady load deltas stay bounded.
-    if len(deltas) < 2 * ctx.settings.consolidate_deltas:
+    if ctx.settings.consolidate_yield and len(deltas) < 2 * ctx.settings.consolidate_deltas:
         run.should_yield = lambda: bool(ctx.registry.queue.waiting_kinds() - BACKGROUND_KINDS)
     try:
         gate = run.train_until_gate(facts, warm=True)
