@@ -8,7 +8,9 @@ once the heartbeat has stopped for `job_claim_idle_ms`.
 
 A cancelled job (DELETE /jobs/{id}) is abandoned at the next step's progress write, at
 the next heartbeat (checked before publishing), or at the latest by the publish
-transaction itself; nothing is published for it, and it is acknowledged.
+transaction itself; nothing is published for it, and it is acknowledged. A consolidation
+(background work) stops the same way when a user's job is queued behind it: it ends
+cancelled as "yielded", and the next idle scan queues it again (trainer/handlers.py).
 
 Attempts are counted at delivery (the stream's delivery count), not when an error is
 caught: a job that kills its worker (OOM, segfault) is delivered again and again, and
