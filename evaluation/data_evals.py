@@ -17,6 +17,8 @@ from evaluation.experiments import bars, job_summary, score_phonebook
 from evaluation.judge import Judge
 from evaluation.run import EvalRun, table
 from loramem.datasets import QAPair, paperqa, phonebook
+from loramem.documents import split_document
+from router.embedder import query_embedder
 
 ICL_INSTRUCTION = "Answer using these facts:\n"
 ARMS = ("base", "icl", "rag", "lora", "hybrid")
@@ -129,16 +131,23 @@ def paperqa_eval(run: EvalRun) -> dict[str, Any]:
             "arms": [_paperqa_scores(client, judge, arm, pairs, a) for arm, a in answers.items()],
         })  # fmt: skip
     arms = [_across_runs([r["arms"][i] for r in runs]) for i in range(len(runs[0]["arms"]))]
+    references = _reference_answers(run, texts, pairs)
     report = table(
         ["arm", "questions", "runs", "BLEU", "BLEU spread", "ROUGE-L", "ROUGE-L spread",
          "judge 0-10", "judge parse failures"],
         [[a["arm"], a["questions"], a["runs"], a["bleu"], a["bleu_spread"], a["rouge_l"],
           a["rouge_l_spread"], a["judge_score"], a["judge_parse_failures"]] for a in arms],
     )  # fmt: skip
+    report += "\n\nWhat answers that need no model would score (no engine asked):\n\n"
+    report += table(
+        ["reference answer", "BLEU", "ROUGE-L"],
+        [[r["reference"], r["bleu"], r["rouge_l"]] for r in references],
+    )
     if judge is not None:
         report += "\n\n" + judge.caveat
     figure = bars("PaperQA ROUGE-L", [a["arm"] for a in arms], [a["rouge_l"] for a in arms])
     results = {"jobs": [j for r in runs for j in r["jobs"]], "runs": runs, "arms": arms,
+               "references": references,
                "judge": judge.describe() if judge is not None else None}  # fmt: skip
     return {"results": results, "report": report, "figures": {"paperqa": figure}}
 
@@ -160,13 +169,40 @@ def _paperqa_scores(
     return {
         "arm": arm,
         "questions": len(pairs),
-        "bleu": metrics.corpus_bleu(hyps, refs),
-        "rouge_l": metrics.mean([metrics.rouge_l(h, r) for h, r in zip(hyps, refs, strict=True)]),
+        **_text_scores(hyps, refs),
         "judge_score": metrics.mean(scores),
         "judge_parse_failures": failures,
         "examples": [{"question": q.question, "reference": q.answer, "answer": a.text}
                      for q, a in list(zip(pairs, replies, strict=True))[:2]],
     }  # fmt: skip
+
+
+def _reference_answers(run: EvalRun, texts: list[str], pairs: list[QAPair]) -> list[dict]:
+    """Answers no model writes, scored like the arms: the question itself, the posted
+    sentence nearest the question by the router's embedder (all papers' sentences, split
+    as POST /documents splits them), and the sentence nearest the reference by ROUGE-L (the
+    best a one-sentence quote can do)."""
+    sentences = [s for text in texts for s in split_document(text, run.settings.max_fact_chars)]
+    embedder = query_embedder(run.settings)
+    nearest = (embedder.embed([q.question for q in pairs]) @ embedder.embed(sentences).T).argmax(1)
+    answers = {
+        "the question itself": [q.question for q in pairs],
+        "the sentence nearest the question": [sentences[int(i)] for i in nearest],
+        "the sentence nearest the reference": [_best_quote(sentences, q.answer) for q in pairs],
+    }
+    refs = [q.answer for q in pairs]
+    return [{"reference": name, **_text_scores(hyps, refs)} for name, hyps in answers.items()]
+
+
+def _best_quote(sentences: list[str], reference: str) -> str:
+    return max(sentences, key=lambda sentence: metrics.rouge_l(sentence, reference))
+
+
+def _text_scores(hyps: list[str], refs: list[str]) -> dict[str, Any]:
+    return {
+        "bleu": metrics.corpus_bleu(hyps, refs),
+        "rouge_l": metrics.mean([metrics.rouge_l(h, r) for h, r in zip(hyps, refs, strict=True)]),
+    }
 
 
 def _across_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from evaluation import data_evals
 from evaluation.cli import add_parser
 from evaluation.data_evals import paperqa_eval
 from evaluation.judge import Judge
@@ -21,6 +24,22 @@ from loramem.datasets import paperqa
 from loramem.settings import Settings
 
 UNRELATED = "Bananas are yellow."
+
+
+class WordsEmbedder:
+    """Bag of words, hashed: sentences that share words are near (no model loaded)."""
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        vectors = np.zeros((len(texts), 512))
+        for row, text in enumerate(texts):
+            for word in text.lower().strip("?.").split():
+                vectors[row, zlib.crc32(word.encode()) % 512] += 1
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture(autouse=True)
+def _words_embedder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_evals, "query_embedder", lambda settings: WordsEmbedder())
 
 
 class FakeGateway:
@@ -105,3 +124,14 @@ def test_one_run_with_the_judge_keeps_the_default_seed_and_counts_questions(
     (lora,) = results["arms"]
     assert lora["questions"] == 2 and lora["judge_score"] == 5.0 and gateway.judged == 2
     assert lora["rouge_l_spread"] == 0.0  # one run
+
+
+def test_answers_no_model_writes_are_scored_beside_the_arms(tmp_path: Path) -> None:
+    # The stand-in papers' references are their own sentences ("The phone number of X is
+    # N."), and each question shares its person's name with one sentence only.
+    run, _ = run_for(tmp_path, ["--papers", "0,1", "--arms", "base", "--no-judge"])
+    outcome = paperqa_eval(run)
+    echo, nearest, best = outcome["results"]["references"]
+    assert echo["reference"] == "the question itself" and 0 < echo["rouge_l"] < 1
+    assert nearest["rouge_l"] == best["rouge_l"] == 1.0
+    assert "| the sentence nearest the question | 100.000 | 1.000 |" in outcome["report"]
