@@ -52,8 +52,13 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
   and `ingest` instead of `jobs`: `facts`, `batches` (posted `--batch` at a time),
   `post_seconds`, `post_to_published_seconds`, `jobs`, `modules`.
 - paperqa: `bleu` (sacrebleu corpus BLEU, 0-100), `rouge_l` (mean F, 0-1), `judge_score`
-  (mean 0-10 over parsed verdicts), `judge_parse_failures` (count); top level `judge`
-  (`url`, `model`, `own_engine`, `caveat`).
+  (mean 0-10 over parsed verdicts), `judge_parse_failures` (count); each the mean over
+  `runs` (`--runs`: the whole run repeated into a fresh tenant, training seed + 1 each
+  time), with `bleu_spread` and `rouge_l_spread` (max - min over the runs); top level
+  `runs` (each run's `seed`, `jobs`, `modules` and `arms`), `references` (answers no
+  model writes, scored alike: the question itself, the posted sentence nearest the
+  question by the router's embedder, the sentence nearest the reference by ROUGE-L) and
+  `judge` (`url`, `model`, `own_engine`, `caveat`; null with `--no-judge`).
 
 `phonebook-scale` (evaluation/phonebook_scale.py): `--count` PhoneBook rows posted in
 batches of `--batch`, one `POST /facts` each (no module named), the next as soon as the

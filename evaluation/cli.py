@@ -130,8 +130,12 @@ def _data_set_flags(sub: argparse.ArgumentParser, name: str) -> None:
         )
     if name == "paperqa":
         sub.add_argument("--papers", default="1", help="paper numbers, comma-separated")
-        sub.add_argument("--questions", type=int, default=10, help="per paper")
+        sub.add_argument("--questions", type=int, default=0, help="per paper (0: all)")
         sub.add_argument("--sentences", type=int, default=0, help="cut the text (0: all)")
+        sub.add_argument(
+            "--runs", type=int, default=1, help="repeats into fresh tenants, seed + 1 each"
+        )
+        sub.add_argument("--no-judge", action="store_true", help="BLEU and ROUGE-L only")
 
 
 def _counterfact(sub: argparse.ArgumentParser, settings: Settings) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from evaluation import metrics
@@ -17,7 +16,9 @@ from evaluation.client import Answer, EvalClient
 from evaluation.experiments import bars, job_summary, score_phonebook
 from evaluation.judge import Judge
 from evaluation.run import EvalRun, table
-from loramem.datasets import paperqa, phonebook
+from loramem.datasets import QAPair, paperqa, phonebook
+from loramem.documents import split_document
+from router.embedder import query_embedder
 
 ICL_INSTRUCTION = "Answer using these facts:\n"
 ARMS = ("base", "icl", "rag", "lora", "hybrid")
@@ -104,45 +105,117 @@ def phonebook_eval(run: EvalRun) -> dict[str, Any]:
 
 # -------------------------------------------------------------------- PaperQA
 def paperqa_eval(run: EvalRun) -> dict[str, Any]:
-    client = run.client()
+    """Every paper posted as a document, then every arm asked the papers' questions; with
+    --runs N the whole run repeats into a fresh tenant with the training seed + 1 each time,
+    and each arm reports its mean and the spread (max - min) over the runs."""
     papers = [paperqa(run.settings.data_dir, int(n)) for n in run.flags["papers"].split(",")]
     texts = [_first_sentences(p.introduction, run.flags["sentences"]) for p in papers]
-    jobs: list[dict] = []
-    for text in texts:
-        jobs += ingest(run, client, partial(client.post_document, text, None, training(run)))
-    pairs = [qa for p in papers for qa in p.qa[: run.flags["questions"]]]
-    answers = ask_arms(run, client, [q.question for q in pairs], texts, max_tokens=64)
-    judge = Judge.from_settings(run.settings, run.gateway)
-    arms: list[dict[str, Any]] = []
-    for arm, replies in answers.items():
-        hyps, refs = [a.text for a in replies], [q.answer for q in pairs]
+    count = run.flags["questions"]
+    pairs = [qa for p in papers for qa in (p.qa[:count] if count else p.qa)]
+    judge = None if run.flags["no_judge"] else Judge.from_settings(run.settings, run.gateway)
+    if judge is None:
+        run.skip("judge", "--no-judge: answers scored by BLEU and ROUGE-L only")
+    runs: list[dict[str, Any]] = []
+    for index in range(run.flags["runs"]):
+        client = run.client(f"run{index}" if run.flags["runs"] > 1 else "")
+        knobs = {**training(run), "seed": run.settings.training.seed + index}
+        replies = [client.post_document(text, None, knobs) for text in texts]
+        finished = client.wait_jobs([r["job_id"] for r in replies], desc=f"train run {index}")
+        modules = client.wait_modules()
+        answers = ask_arms(run, client, [q.question for q in pairs], texts, max_tokens=64)
+        runs.append({
+            "seed": knobs["seed"],
+            "jobs": [job_summary(job) for job in finished],
+            "modules": [{"module": m["name"], "facts": m["fact_count"],
+                         "active_version": m["active_version"]} for m in modules],
+            "arms": [_paperqa_scores(client, judge, arm, pairs, a) for arm, a in answers.items()],
+        })  # fmt: skip
+    arms = [_across_runs([r["arms"][i] for r in runs]) for i in range(len(runs[0]["arms"]))]
+    references = _reference_answers(run, texts, pairs)
+    report = table(
+        ["arm", "questions", "runs", "BLEU", "BLEU spread", "ROUGE-L", "ROUGE-L spread",
+         "judge 0-10", "judge parse failures"],
+        [[a["arm"], a["questions"], a["runs"], a["bleu"], a["bleu_spread"], a["rouge_l"],
+          a["rouge_l_spread"], a["judge_score"], a["judge_parse_failures"]] for a in arms],
+    )  # fmt: skip
+    report += "\n\nWhat answers that need no model would score (no engine asked):\n\n"
+    report += table(
+        ["reference answer", "BLEU", "ROUGE-L"],
+        [[r["reference"], r["bleu"], r["rouge_l"]] for r in references],
+    )
+    if judge is not None:
+        report += "\n\n" + judge.caveat
+    figure = bars("PaperQA ROUGE-L", [a["arm"] for a in arms], [a["rouge_l"] for a in arms])
+    results = {"jobs": [j for r in runs for j in r["jobs"]], "runs": runs, "arms": arms,
+               "references": references,
+               "judge": judge.describe() if judge is not None else None}  # fmt: skip
+    return {"results": results, "report": report, "figures": {"paperqa": figure}}
+
+
+def _paperqa_scores(
+    client: EvalClient, judge: Judge | None, arm: str, pairs: list[QAPair], replies: list[Answer]
+) -> dict[str, Any]:
+    hyps, refs = [a.text for a in replies], [q.answer for q in pairs]
+    scores: list[float] = []
+    failures = 0
+    if judge is not None:
         verdicts = client.map(
             lambda item: judge.score(*item),
             [(q.question, q.answer, h) for q, h in zip(pairs, hyps, strict=True)],
             desc=f"judge {arm}",
         )
         scores = [v.score for v in verdicts if v is not None]
-        arms.append({
-            "arm": arm,
-            "questions": len(pairs),
-            "bleu": metrics.corpus_bleu(hyps, refs),
-            "rouge_l": metrics.mean(
-                [metrics.rouge_l(h, r) for h, r in zip(hyps, refs, strict=True)]
-            ),
-            "judge_score": metrics.mean(scores),
-            "judge_parse_failures": len(verdicts) - len(scores),
-            "examples": [{"question": q.question, "reference": q.answer, "answer": a.text}
-                         for q, a in list(zip(pairs, replies, strict=True))[:2]],
-        })  # fmt: skip
-    report = table(
-        ["arm", "questions", "BLEU", "ROUGE-L", "judge 0-10", "judge parse failures"],
-        [[a["arm"], a["questions"], a["bleu"], a["rouge_l"], a["judge_score"],
-          a["judge_parse_failures"]] for a in arms],
-    )  # fmt: skip
-    report += "\n\n" + judge.caveat
-    figure = bars("PaperQA ROUGE-L", [a["arm"] for a in arms], [a["rouge_l"] for a in arms])
-    return {"results": {"jobs": jobs, "arms": arms, "judge": judge.describe()},
-            "report": report, "figures": {"paperqa": figure}}  # fmt: skip
+        failures = len(verdicts) - len(scores)
+    return {
+        "arm": arm,
+        "questions": len(pairs),
+        **_text_scores(hyps, refs),
+        "judge_score": metrics.mean(scores),
+        "judge_parse_failures": failures,
+        "examples": [{"question": q.question, "reference": q.answer, "answer": a.text}
+                     for q, a in list(zip(pairs, replies, strict=True))[:2]],
+    }  # fmt: skip
+
+
+def _reference_answers(run: EvalRun, texts: list[str], pairs: list[QAPair]) -> list[dict]:
+    """Answers no model writes, scored like the arms: the question itself, the posted
+    sentence nearest the question by the router's embedder (all papers' sentences, split
+    as POST /documents splits them), and the sentence nearest the reference by ROUGE-L (the
+    best a one-sentence quote can do)."""
+    sentences = [s for text in texts for s in split_document(text, run.settings.max_fact_chars)]
+    embedder = query_embedder(run.settings)
+    nearest = (embedder.embed([q.question for q in pairs]) @ embedder.embed(sentences).T).argmax(1)
+    answers = {
+        "the question itself": [q.question for q in pairs],
+        "the sentence nearest the question": [sentences[int(i)] for i in nearest],
+        "the sentence nearest the reference": [_best_quote(sentences, q.answer) for q in pairs],
+    }
+    refs = [q.answer for q in pairs]
+    return [{"reference": name, **_text_scores(hyps, refs)} for name, hyps in answers.items()]
+
+
+def _best_quote(sentences: list[str], reference: str) -> str:
+    return max(sentences, key=lambda sentence: metrics.rouge_l(sentence, reference))
+
+
+def _text_scores(hyps: list[str], refs: list[str]) -> dict[str, Any]:
+    return {
+        "bleu": metrics.corpus_bleu(hyps, refs),
+        "rouge_l": metrics.mean([metrics.rouge_l(h, r) for h, r in zip(hyps, refs, strict=True)]),
+    }
+
+
+def _across_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm over the runs: each score's mean, BLEU's and ROUGE-L's max - min."""
+    summary: dict[str, Any] = {"arm": rows[0]["arm"], "questions": rows[0]["questions"],
+                               "runs": len(rows), "examples": rows[0]["examples"]}  # fmt: skip
+    for key in ("bleu", "rouge_l", "judge_score"):
+        values = [r[key] for r in rows if r[key] is not None]
+        summary[key] = metrics.mean(values)
+        if key != "judge_score":
+            summary[f"{key}_spread"] = max(values) - min(values) if values else None
+    summary["judge_parse_failures"] = sum(r["judge_parse_failures"] for r in rows)
+    return summary
 
 
 def _first_sentences(text: str, count: int) -> str:

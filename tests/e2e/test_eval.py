@@ -190,6 +190,8 @@ def test_paperqa(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
         assert (arm["judge_score"] is None) == (parsed == 0)
         assert arm["judge_score"] is None or 0 <= arm["judge_score"] <= 10
     assert results["judge"]["own_engine"] and "weak judge" in results["judge"]["caveat"]
+    assert len(results["references"]) == 3
+    assert all(in_unit(r["rouge_l"]) for r in results["references"])
     assert "weak judge" in (tmp_path / "report.md").read_text()
 
 
