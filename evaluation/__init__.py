@@ -62,11 +62,17 @@ split-off module that stayed below the gate) and `arms`, one per answer arm: `ba
 
 `phonebook-scale` (evaluation/phonebook_scale.py): `--count` PhoneBook rows posted in
 batches of `--batch`, one `POST /facts` each (no module named), the next as soon as the
-last is accepted; then each fact's stored question and five paraphrases via `model=auto`.
+last is accepted; then each fact's stored question, and its five paraphrases if it is in
+the `--paraphrases` share (drawn by the fact's text), via `model=auto`. With
+`--ask-while-training` each fact is asked once its module serves a version, 100 facts a
+round, while the rest trains; `--wait-s` stops waiting for training, and the facts not
+yet published are asked anyway (answered from context, `pending`).
 - `ingest`: `facts`, `batch`, `seconds` (first POST -> every batch job finished and every
-  module serving a version), `facts_per_hour`, `all_published`, `batches` (`batch`,
-  `facts`, `job_id`, `module` (the POST's: a new module or a delta), `posted_s`,
-  `finished_s` (since the first POST), `job` (as above), `split_into`).
+  module serving a version, or `--wait-s` ran out), `facts_published` (in a module serving
+  a version then), `facts_per_hour` (of those), `all_published`, `asked_while_training`,
+  `batches` (`batch`, `facts`, `job_id`, `module` (the POST's: a new module or a delta),
+  `posted_s`, `finished_s` (since the first POST; null if unfinished), `job` (as above),
+  `split_into`).
 - `modules`: `at_end` / `at_end_by_kind` (the registry at the end, by `made_as`: module,
   delta, split), `seen` / `seen_by_kind` (also the POSTs' and splits' modules since
   gone), `deltas_consolidated` (deltas seen, no longer in the registry),
@@ -77,7 +83,8 @@ last is accepted; then each fact's stored question and five paraphrases via `mod
   `answered_pending`, `request_errors`.
 - `per_module`: `module`, `made_as`, `facts`, `active_version`, `gate_recall` (the worker's
   own check at publish), `stored_exact_match`, `paraphrase_exact_match`, `router_top1`.
-- `moved_while_asked` (facts a consolidation moved meanwhile), `examples`.
+- `paraphrased_facts`, `moved_while_asked` (facts a consolidation moved while they were
+  asked), `examples`.
 
 `read-your-writes` (evaluation/read_your_writes.py): `sets`, per data set `facts`,
 `edits`, `modules` and `phases` (`add`, `edit`), each with `first_right_s` (seconds from

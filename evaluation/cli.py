@@ -114,6 +114,20 @@ def _data_set_flags(sub: argparse.ArgumentParser, name: str) -> None:
     if name == "phonebook-scale":
         sub.add_argument("--count", type=int, default=1000, help="facts (PhoneBook rows)")
         sub.add_argument("--batch", type=int, default=50, help="facts per POST /facts")
+        sub.add_argument(
+            "--paraphrases", type=float, default=1.0, help="share of facts asked in paraphrases"
+        )
+        sub.add_argument(
+            "--ask-while-training",
+            action="store_true",
+            help="ask each fact once its module is published, while the rest trains",
+        )
+        sub.add_argument(
+            "--wait-s",
+            type=float,
+            default=0,
+            help="stop waiting for training after this long, then ask every fact (0: no limit)",
+        )
     if name == "read-your-writes":
         sub.add_argument("--datasets", default="phonebook,counterfact")
         sub.add_argument("--count", type=int, default=20, help="facts per data set")

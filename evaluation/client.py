@@ -126,9 +126,12 @@ class EvalClient:
         desc: str,
         timeout_s: float = 7200,
         on_finished: Callable[[dict], None] | None = None,
+        between_polls: Callable[[], None] | None = None,
     ) -> list[dict]:
         """Poll until every job is published or failed; a bar counts finished jobs.
-        `on_finished` sees each job at the first poll that finds it finished."""
+        `on_finished` sees each job at the first poll that finds it finished;
+        `between_polls` runs after each round of polls while jobs are left (to ask what is
+        ready while the rest trains)."""
         done: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         with tqdm(total=len(job_ids), desc=desc, unit="job") as bar:
@@ -149,6 +152,8 @@ class EvalClient:
                     else:
                         progress = job.get("progress") or {}
                         bar.set_postfix(module=job["module"], step=progress.get("step", 0))
+                if len(done) < len(job_ids) and between_polls:
+                    between_polls()
                 if len(done) < len(job_ids):
                     # about two polls a second in all: the jobs train one after another,
                     # and the key's rate limit is shared with the eval's questions

@@ -2,14 +2,20 @@
 batches of `--batch`, each batch its own `POST /facts` naming no module (the system packs
 them into modules, deltas and splits), then every fact asked through `model=auto` in its
 stored form and in five paraphrases that no training job uses (evaluation/routing.py
-`questions_for`, on evaluation/router_set.py's templates).
+`questions_for`, on evaluation/router_set.py's templates); `--paraphrases` asks those of a
+share of the facts only, to fit a run of 1,000 into a session.
 
 A batch goes out as soon as the one before it is accepted (202: stored, its job queued),
 not once it is published: a user adding facts over time does not wait for training, and
 the worker trains the queue back to back either way, so waiting would add only the
 client's own idle gaps (and the consolidations an idle worker starts in them) to the time
 measured. The time runs from the first POST until every batch's job has finished and
-every module of the tenant serves a version (splits included).
+every module of the tenant serves a version (splits included), or until `--wait-s` ends
+the wait; the facts not published by then are asked anyway and answered from context.
+
+With `--ask-while-training`, a fact is asked as soon as its module serves a version, while
+later batches still train, as a user would ask: the questions then share the cores with
+training, so the ingest time is longer than the one measured alone.
 
 Which module holds a fact is read from `GET /facts` before and after the questions: a
 consolidation that publishes meanwhile moves a delta's facts into its module, and an
@@ -18,6 +24,7 @@ answer from either counts as routed to the module holding the fact.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -32,6 +39,7 @@ from loramem.datasets import PhoneEntry, phonebook
 from loramem.names import made_as
 
 ANSWER_TOKENS = 32  # a PhoneBook answer sentence is about 20 tokens
+ROUND_FACTS = 100  # facts asked per round while the rest trains (--ask-while-training)
 # Issue 15's exact-match targets: the stored question of every fact, and paraphrases.
 TARGETS = {"stored": 0.95, "paraphrase": 0.90}
 
@@ -39,57 +47,117 @@ TARGETS = {"stored": 0.95, "paraphrase": 0.90}
 def phonebook_scale(run: EvalRun) -> dict[str, Any]:
     client = run.client()
     people = phonebook(run.settings.data_dir, run.flags["count"], offset=run.flags["offset"])
-    ingest = _ingest(run, client, people)
-    holders_before = _holders(client)
-    asked = [(p, kind, q) for p in people for kind, q in questions_for(p, False)]
-    answers = client.map(
-        lambda item: client.chat(item[2], "auto", max_tokens=ANSWER_TOKENS), asked, desc="ask"
-    )
-    holders_after = _holders(client)
-    rows = [
-        _scored(person, kind, answer, holders_before, holders_after)
-        for (person, kind, _q), answer in zip(asked, answers, strict=True)
-    ]
+    asker = _Asker(client, people, paraphrased(people, run.flags["paraphrases"]))
+    ingest = _ingest(run, client, people, asker)
+    asker.ask(only_published=False)  # the rest; any still training is answered from context
+    rows = asker.rows
     modules = client.api.modules()
     results = {
         "ingest": ingest,
         "modules": _modules_made(ingest["batches"], modules),
         "kinds": [_kind(rows, kind) for kind in TARGETS],
         "per_module": [_module_row(m, rows) for m in modules],
-        "moved_while_asked": sum(holders_before[f] != holders_after.get(f) for f in holders_before),
-        "examples": _examples(asked, answers, rows),
+        "paraphrased_facts": len(asker.paraphrased),
+        "moved_while_asked": asker.moved,
+        "examples": _examples(asker.items, asker.answers, rows),
     }
     return {"results": results, "report": _report(results), "figures": _figures(results)}
 
 
+def paraphrased(people: list[PhoneEntry], share: float) -> set[str]:
+    """The facts whose paraphrases are asked: a share of them, drawn by each fact's text so
+    that every run (and every size) asks the same ones. 1.0: all."""
+    return {p.fact for p in people if random.Random(p.fact).random() < share}
+
+
+class _Asker:
+    """Asks each fact once through model=auto (its stored question, and its paraphrases if
+    sampled), in rounds, and scores each round's rows as it ends."""
+
+    def __init__(self, client: EvalClient, people: list[PhoneEntry], paraphrased: set[str]):
+        self.client, self.people, self.paraphrased = client, people, paraphrased
+        self.asked: set[str] = set()
+        self.items: list[tuple[PhoneEntry, str, str]] = []
+        self.answers: list[Answer] = []
+        self.rows: list[dict[str, Any]] = []
+        self.moved = 0  # facts whose module changed while they were asked (a consolidation)
+
+    def ask(self, only_published: bool, limit: int | None = None) -> None:
+        before = _holders(self.client)
+        modules = self.client.api.modules() if only_published else []
+        served = {m["name"] for m in modules if m["active_version"]}
+        ready = [
+            p for p in self.people
+            if p.fact not in self.asked and (not only_published or before.get(p.fact) in served)
+        ][:limit]  # fmt: skip
+        if not ready:
+            return
+        items = [(p, kind, question) for p in ready for kind, question in questions_for(p, False)
+                 if kind == "stored" or p.fact in self.paraphrased]  # fmt: skip
+        answers = self.client.map(
+            lambda item: self.client.chat(item[2], "auto", max_tokens=ANSWER_TOKENS), items, "ask"
+        )
+        after = _holders(self.client)
+        self.rows += [
+            _scored(person, kind, answer, before, after)
+            for (person, kind, _q), answer in zip(items, answers, strict=True)
+        ]
+        self.moved += sum(before.get(p.fact) != after.get(p.fact) for p in ready)
+        self.items += items
+        self.answers += answers
+        self.asked |= {p.fact for p in ready}
+
+
 # -------------------------------------------------------------------- ingest
-def _ingest(run: EvalRun, client: EvalClient, people: list[PhoneEntry]) -> dict[str, Any]:
-    size = run.flags["batch"]
+def _ingest(
+    run: EvalRun, client: EvalClient, people: list[PhoneEntry], asker: _Asker
+) -> dict[str, Any]:
+    size, wait_s = run.flags["batch"], run.flags["wait_s"] or float("inf")
+    ask_while_training = run.flags["ask_while_training"]
     started = time.monotonic()
 
     def since() -> float:
         return round(time.monotonic() - started, 1)
 
     batches = client.post_batches([p.fact for p in people], size, training(run))
-    finished_s: dict[str, float] = {}
+    finished: dict[str, tuple[dict, float]] = {}
 
     def record(job: dict) -> None:
-        finished_s[job["id"]] = since()
+        finished[job["id"]] = (job, since())
 
-    jobs = client.wait_jobs([b["job_id"] for b in batches], "train batches", on_finished=record)
-    modules = client.wait_modules()
-    seconds = since()
-    for batch, job in zip(batches, jobs, strict=True):
+    def ask_published() -> None:
+        # a round at a time, so that a module published meanwhile joins the next round
+        asker.ask(only_published=True, limit=ROUND_FACTS)
+
+    stopped_waiting = False
+    try:
+        client.wait_jobs([b["job_id"] for b in batches], "train batches", timeout_s=wait_s,
+                         on_finished=record,
+                         between_polls=ask_published if ask_while_training else None)  # fmt: skip
+        client.wait_modules(timeout_s=max(0.0, wait_s - since()))
+    except TimeoutError:
+        stopped_waiting = True
+    seconds = time.monotonic() - started
+    modules = client.api.modules()
+    stopped_waiting |= not all(m["active_version"] for m in modules)
+    for batch in batches:
+        job, finished_s = finished.get(batch["job_id"]) or (client.api.job(batch["job_id"]), None)
         batch["job"] = job_summary(job)
-        batch["finished_s"] = finished_s[job["id"]]
+        batch["finished_s"] = finished_s
         batch["split_into"] = (job.get("progress") or {}).get("split_into", [])
+    served = {m["name"] for m in modules if m["active_version"]}
+    holders = _holders(client)
+    published = sum(holders.get(p.fact) in served for p in people)
     return {
         "facts": len(people),
         "batch": size,
         "batches": batches,
-        "seconds": seconds,  # first POST -> every job finished and every module published
-        "all_published": bool(modules) and all(m["active_version"] for m in modules),
-        "facts_per_hour": len(people) / seconds * 3600 if seconds else None,
+        # first POST -> every job finished and every module published, or --wait-s ran out
+        "seconds": round(seconds, 1),
+        "all_published": bool(modules) and not stopped_waiting,
+        "facts_published": published,  # in a module serving a version when the wait ended
+        "facts_per_hour": published / seconds * 3600,
+        "asked_while_training": ask_while_training,  # questions shared the cores with training
     }
 
 
@@ -183,10 +251,12 @@ def _report(results: dict[str, Any]) -> str:
     ingest, made = results["ingest"], results["modules"]
     summary = table(
         ["facts", "batches", "modules at end", "by kind", "seen", "deltas consolidated",
-         "first POST -> all published (s)", "facts per hour", "all published"],
+         "first POST -> all published (s)", "facts published", "facts per hour", "all published",
+         "asked while training"],
         [[ingest["facts"], len(ingest["batches"]), made["at_end"], _kinds(made["at_end_by_kind"]),
           made["seen"], made["deltas_consolidated"], f"{ingest['seconds']:.0f}",
-          f"{ingest['facts_per_hour']:.0f}", ingest["all_published"]]],
+          ingest["facts_published"], f"{ingest['facts_per_hour']:.0f}", ingest["all_published"],
+          ingest["asked_while_training"]]],
     )  # fmt: skip
     kinds = table(
         ["question", "asked", "exact match (digits)", "target", "met", "router top-1",
@@ -212,7 +282,9 @@ def _report(results: dict[str, Any]) -> str:
     moved = results["moved_while_asked"]
     return "\n\n".join([
         summary,
-        "Asked through `model=auto`; router top-1: answered by the module holding the fact.",
+        "Asked through `model=auto`, every fact's stored question and the paraphrases of "
+        f"{results['paraphrased_facts']} facts; router top-1: answered by the module holding "
+        "the fact; answered pending: its module had no version yet (answered from context).",
         kinds,
         f"Per module, as the registry shows them at the end ({moved} facts changed module "
         "while the questions were asked).",
@@ -236,7 +308,8 @@ def _figures(results: dict[str, Any]) -> dict[str, Any]:
     from matplotlib import pyplot as plt
 
     figure, (timeline, recall) = plt.subplots(1, 2, figsize=(10, 3.5))
-    batches = sorted(results["ingest"]["batches"], key=lambda b: b["finished_s"])
+    batches = sorted((b for b in results["ingest"]["batches"] if b["finished_s"] is not None),
+                     key=lambda b: b["finished_s"])  # fmt: skip
     done = [0]
     for batch in batches:
         done.append(done[-1] + batch["facts"])
