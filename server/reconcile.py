@@ -133,7 +133,11 @@ class EventFollower(threading.Thread):
         self.router.load_all()
         if self.pending is not None:
             self.pending.load_all()
-        for module, version in self.router.all_active().items():
+        active = self.router.all_active()
+        with self._applied_changed:  # modules retired while the stream was lost
+            for gone in set(self._applied) - set(active):
+                del self._applied[gone]
+        for module, version in active.items():
             self._mark_applied(module, version)
 
     def _mark_applied(self, module: str, version: int) -> None:
@@ -179,6 +183,10 @@ class EventFollower(threading.Thread):
             self.router.apply_retired(event["module"])
             if self.pending is not None:
                 self.pending.apply_retired(event.get("tenant", ""), event["module"])
+            # Forgotten, so that the map stays as large as the modules served (versions
+            # only grow: a module that gets facts again is waited for as any other).
+            with self._applied_changed:
+                self._applied.pop(event["module"], None)
         elif kind == "facts_changed" and self.pending is not None:
             self.pending.apply_changed(
                 event["tenant"],

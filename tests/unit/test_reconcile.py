@@ -158,6 +158,24 @@ def test_a_follower_behind_the_trimmed_stream_resyncs_from_the_registry() -> Non
     assert metrics.registry.get_sample_value("loramem_event_follower_resyncs_total") == 1
 
 
+def test_the_wait_for_routing_forgets_modules_retired_or_gone_at_a_resync() -> None:
+    """The versions applied are kept for the modules served only: a retired one, or one
+    a resync no longer finds active, is dropped (and asked for, is read from Redis)."""
+    modules = FakeModules([], {"m": 1, "k": 1})
+    follow = follower(modules, FlakyRouter(failures=0), GatewayMetrics())
+    modules.events += [("1-0", published("m", 1)), ("2-0", published("k", 1))]
+    assert follow.step() == 2
+    assert follow.wait_routed("m", 1, timeout_s=0) and follow.wait_routed("k", 1, timeout_s=0)
+    modules.events.append(("3-0", {"type": "retired", "tenant": "t", "module": "m"}))
+    assert follow.step() == 1
+    assert not follow.wait_routed("m", 1, timeout_s=0)
+    assert follow.wait_routed("k", 1, timeout_s=0)
+    modules.events = [("9-0", published("x", 1))]
+    modules.lost_after = "4-0"  # the router's resync finds no module active (FlakyRouter)
+    assert follow.step() == 0
+    assert not follow.wait_routed("k", 1, timeout_s=0)
+
+
 class BrokenEngine:
     def healthy(self) -> bool:
         raise RuntimeError("engine client bug")
