@@ -35,7 +35,8 @@ facts, recall gate 0 so a point is published as learnt):
 Data-set evaluations (`phonebook`, `counterfact`, `paperqa`): `jobs` (the ingest job and
 every module of the tenant with its `active_version`, null where its job failed, e.g. a
 split-off module that stayed below the gate) and `arms`, one per answer arm: `base`,
-`icl` (all facts in the system prompt), `rag`, `lora` (model=auto), `hybrid` (model=auto):
+`icl` (all facts in the system prompt), `rag`, `lora` (model=auto), `hybrid` (model=auto);
+`rag@0.45`, `hybrid@0.45`: the mode with the request's own context threshold:
 - phonebook: `exact_match`, `strict_match`, `answered_by_module` (0-1).
 - counterfact: `efficacy` (0-1, share of edits where the arm gives the new target a higher
   log-probability than the base model's own value (its greedy continuation of the

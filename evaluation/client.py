@@ -203,11 +203,11 @@ class EvalClient:
         system: str | None = None,
         max_tokens: int = 32,
         interim: str | None = None,
-        **options: str,
+        **options: Any,
     ) -> Answer:
         """`interim`: how a fact no published version holds is answered (rag, hybrid,
         off; None: the gateway's default). `options`: more of the request's `loramem`
-        options (`span`, `span_question`)."""
+        options (`span`, `span_question`, `context_threshold`)."""
         wanted = {**options, "interim": interim} if interim else options
         extra = {"loramem": wanted} if wanted else {}
         try:

@@ -50,13 +50,18 @@ def training(run: EvalRun) -> dict[str, Any]:
 
 
 def arm_request(run: EvalRun, arm: str, facts: list[str]) -> dict[str, Any]:
-    """chat() arguments of one arm."""
+    """chat() arguments of one arm: base, icl, or a mode of model=auto (lora, rag, hybrid);
+    "rag@0.45" asks with that context threshold (the request's own, not the gateway's)."""
     base = run.settings.base_name
     if arm == "base":
         return {"model": base}
     if arm == "icl":
         return {"model": base, "system": ICL_INSTRUCTION + "\n".join(f"- {f}" for f in facts)}
-    return {"model": "auto", "mode": "lora" if arm == "lora" else arm}
+    mode, _, threshold = arm.partition("@")
+    request: dict[str, Any] = {"model": "auto", "mode": mode}
+    if threshold:
+        request["context_threshold"] = float(threshold)
+    return request
 
 
 def ask_arms(

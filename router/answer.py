@@ -71,9 +71,11 @@ def route(
     merge: bool,
     pending: PendingFacts | None = None,
     interim: str = "off",
+    context_threshold: float | None = None,
 ) -> RouteDecision:
     """The router's decision for this request, shaped by its answer mode and, with
-    `model=auto`, by the tenant's changes that no published version holds yet."""
+    `model=auto`, by the tenant's changes that no published version holds yet
+    (`context_threshold`: the request's own, else the router's)."""
     allowed = merge_allowed(mode, merge, router.merge_default)
     if (
         pending is None
@@ -104,7 +106,7 @@ def route(
             router.top_k,
             router.base_name,
             router.active_targets(tenant),
-            router.context_threshold,
+            router.context_threshold if context_threshold is None else context_threshold,
         ),
         unnamed,
     )

@@ -96,7 +96,7 @@ class CompletionService:
         if decision.span and not compose and mode == "lora":  # "context", or not composable
             fact_ids = span.context_fact_ids(decision)
         elif not compose:
-            fact_ids = answer.context_fact_ids(decision, mode, self.router.context_threshold)
+            fact_ids = answer.context_fact_ids(decision, mode, self._context_threshold(request))
         if fact_ids:
             await run_in_threadpool(self._add_context, tenant, body, fact_ids)
         label = self.metrics.module_label(decision.module)
@@ -203,6 +203,7 @@ class CompletionService:
             request.loramem.merge,
             self.pending,
             request.loramem.interim or self.interim_mode,
+            self._context_threshold(request),
         )
         spanning = request.loramem.span or self.span_method
         if (
@@ -222,6 +223,10 @@ class CompletionService:
 
     def _mode(self, request: ChatCompletionRequest | CompletionRequest) -> str:
         return request.loramem.mode or self.answer_mode
+
+    def _context_threshold(self, request: ChatCompletionRequest | CompletionRequest) -> float:
+        asked = request.loramem.context_threshold
+        return self.router.context_threshold if asked is None else asked
 
     def _request_merge(self, tenant: str, modules: list[str]) -> None:
         """Queue the merge this request wanted (deduplicated in Redis); the best module

@@ -131,6 +131,10 @@ class LoramemOptions(BaseModel):
     # model=auto: how a fact no published version holds yet is answered (default:
     # LORAMEM_INTERIM_MODE); "off" answers as if it had not been posted.
     interim: Literal["rag", "hybrid", "off"] | None = None
+    # rag and hybrid: the score a fact needs to join the context (default:
+    # LORAMEM_ROUTER_CONTEXT_THRESHOLD). Lower for documents, whose questions are phrased
+    # unlike their sentences; routing is unchanged.
+    context_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     # Add the routing decision to the response (`loramem`, RouteExplanation): the console.
     explain: bool = False
     # model=auto, lora or hybrid: how a question spanning modules is answered (server/span.py;

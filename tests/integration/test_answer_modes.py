@@ -128,3 +128,22 @@ def test_a_lower_context_threshold_gives_unrelated_questions_context(
         assert all(p.fact in sent for p in PEOPLE)
     finally:
         client.__exit__(None, None, None)
+
+
+def test_a_request_sets_its_own_context_threshold(gateway: TestClient) -> None:
+    """A user of documents lowers it per request; routing is unchanged, and a value
+    outside the score range is refused in the OpenAI error shape."""
+    question = "What is the capital of France?"
+    reply, sent = _sent(gateway, question, mode="rag", context_threshold=-1.0)
+    assert reply.headers["x-loramem-module"] == "base"
+    assert all(p.fact in sent for p in PEOPLE)
+    _reply, sent = _sent(gateway, question, mode="rag")  # the next request: the setting's
+    assert sent == question
+    body = {"model": "auto", "messages": [{"role": "user", "content": question}]}
+    refused = gateway.post(
+        "/v1/chat/completions",
+        json=body | {"loramem": {"context_threshold": 1.5}},
+        headers={"x-loramem-tenant": "t"},
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "loramem.context_threshold"

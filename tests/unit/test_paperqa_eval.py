@@ -47,6 +47,7 @@ class FakeGateway:
         self.references = references
         self.documents: list[tuple[str, dict[str, Any]]] = []  # (tenant, training knobs)
         self.judged = 0
+        self.options: list[dict[str, Any] | None] = []  # each question's `loramem` options
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, tenant = request.url.path, request.headers.get("x-loramem-tenant", "judge")
@@ -66,6 +67,7 @@ class FakeGateway:
             verdict = json.dumps({"score": 5, "explanation": "fine"})
             return httpx.Response(200, json={"choices": [{"message": {"content": verdict}}]})
         question = body["messages"][-1]["content"]
+        self.options.append(body.get("loramem"))
         right = body["model"] == "auto" and tenant.endswith("-run0-" + tenant.split("-")[-1])
         content = self.references[question] if right else UNRELATED
         return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
@@ -135,3 +137,14 @@ def test_answers_no_model_writes_are_scored_beside_the_arms(tmp_path: Path) -> N
     assert echo["reference"] == "the question itself" and 0 < echo["rouge_l"] < 1
     assert nearest["rouge_l"] == best["rouge_l"] == 1.0
     assert "| the sentence nearest the question | 100.000 | 1.000 |" in outcome["report"]
+
+
+def test_an_arm_may_name_its_own_context_threshold(tmp_path: Path) -> None:
+    run, gateway = run_for(
+        tmp_path, ["--papers", "0", "--questions", "2", "--arms", "rag,rag@0.45", "--no-judge"]
+    )
+    results = paperqa_eval(run)["results"]
+    assert [a["arm"] for a in results["arms"]] == ["rag", "rag@0.45"]
+    assert (
+        gateway.options == [{"mode": "rag"}] * 2 + [{"mode": "rag", "context_threshold": 0.45}] * 2
+    )
