@@ -89,7 +89,7 @@ def throwaway_redis_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         try:
             client.ping()
             break
-        except redis.ConnectionError:
+        except redis.RedisError:  # not yet listening, or slow to answer on busy cores
             time.sleep(0.05)
     try:
         yield server, url

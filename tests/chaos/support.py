@@ -86,9 +86,9 @@ class RedisServer:
             try:
                 client.ping()
                 return
-            except redis.BusyLoadingError:
-                pass
-            except redis.ConnectionError:
+            except redis.RedisError:
+                # Still loading its AOF, not yet listening, or too slow to answer the
+                # handshake in 0.5 s while the cores are busy training: ask again.
                 assert self.process.poll() is None, "redis-server exited"
             assert time.monotonic() < deadline, "redis-server did not answer"
             time.sleep(0.05)
