@@ -319,8 +319,9 @@ class Settings(BaseSettings):
     module_capacity_facts: int = Field(default=64, ge=1)
     job_claim_idle_ms: int = Field(default=60_000, ge=1000)
     worker_block_ms: int = Field(default=2000, ge=10)
-    # A fresh "add" job waits until it is this old before reading its module's facts, so
-    # facts posted back to back (a client sending batches) train in one job, not two.
+    # A fresh job from a user's write (add, edit, delete) waits until it is this old before
+    # reading its module's facts, so writes back to back (a client sending batches, two
+    # edits) train in one job, not two, and the first answer after a write has the cores.
     job_coalesce_ms: int = Field(default=1500, ge=0)
     # An add packed into an open module that already holds facts trains them alone into a
     # fresh delta module, so its cost does not grow with what the module holds (docs/RESULTS.md,

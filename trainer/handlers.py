@@ -78,9 +78,9 @@ def consolidate(ctx: TrainerContext, job: Job) -> Outcome:
 
 
 def train(ctx: TrainerContext, job: Job) -> Outcome:
-    if job.kind == "add":
-        # Batches posted right behind this one join it rather than queue a retrain of
-        # the module for just after; their own jobs then find them already covered.
+    if job.kind not in BACKGROUND_KINDS:  # a user's write: add, edit or delete
+        # Writes right behind this one join it rather than queue a retrain of the module
+        # for just after; their own jobs then find them already covered.
         coalesce_s = ctx.settings.job_coalesce_ms / 1000
         time.sleep(max(0.0, job.created_at_s + coalesce_s - time.time()))
     facts = ctx.registry.facts.of_module(job.module, job.tenant)
