@@ -1,4 +1,5 @@
-"""Read your writes while the trainer trains, with the worker at each niceness, side by side.
+"""Read your writes while the trainer trains, with the worker at each niceness and answer
+pause, side by side.
 
 Start an engine and a gateway (no worker: this starts its own, once per run):
 
@@ -8,16 +9,18 @@ Start an engine and a gateway (no worker: this starts its own, once per run):
         LORAMEM_TRAINER_METRICS_PORT=19142
     .venv/bin/python -m cli engine &      # wait until it answers
     .venv/bin/python -m cli gateway &
-    .venv/bin/python -m bench.worker_nice --nices 0,19 --repeats 2
+    .venv/bin/python -m bench.worker_nice --workers 0:0,0:3,19:0 --repeats 2
 
-For each repeat, for each niceness (so the settings alternate on the same engine and
-gateway): a worker is started with `LORAMEM_WORKER_NICE`, `loramem eval read-your-writes`
-runs against the gateway (`--lock`: holding that file's flock only while it runs), and the
-worker is stopped. Per run it records the eval's figures (write -> first right answer, of
-which the write and the answer; write -> published), the gateway's fact-write steps
+`--workers` lists each worker's setting as NICE or NICE:PAUSE (`LORAMEM_WORKER_NICE` and
+`LORAMEM_WORKER_ANSWER_PAUSE_S`; without PAUSE, the setting's default). For each repeat,
+for each worker setting (so the settings alternate on the same engine and gateway): a
+worker is started with it, `loramem eval read-your-writes` runs against the gateway
+(`--lock`: holding that file's flock only while it runs), and the worker is stopped.
+Per run it records the eval's figures (write -> first right answer, of which the write
+and the answer; write -> published), the gateway's fact-write steps
 (`loramem_ingest_stage_seconds`: wait, embed, store; summed over the run's writes) and
-the load average. Prints a table of every run and the median ratio of each figure,
-niceness against the first one given.
+the load average. Prints a table of every run and the median ratio of each figure, each
+worker setting against the first one given.
 """
 
 from __future__ import annotations
@@ -84,8 +87,17 @@ def start_cli(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
-def start_worker(nice: int, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
-    worker = start_cli("worker", {**os.environ, "LORAMEM_WORKER_NICE": str(nice)}, log)
+def worker_env(setting: str) -> dict[str, str]:
+    """NICE or NICE:PAUSE as the worker's environment."""
+    nice, _, pause = setting.partition(":")
+    env = {**os.environ, "LORAMEM_WORKER_NICE": str(int(nice))}
+    if pause:
+        env["LORAMEM_WORKER_ANSWER_PAUSE_S"] = str(float(pause))
+    return env
+
+
+def start_worker(setting: str, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    worker = start_cli("worker", worker_env(setting), log)
     # its metrics answer once the model is loaded
     wait_answering(worker, f"http://127.0.0.1:{metrics_port}/metrics", "worker", log)
     return worker
@@ -117,9 +129,9 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-def one_run(args: argparse.Namespace, nice: int, out: Path) -> list[dict[str, Any]]:
+def one_run(args: argparse.Namespace, setting: str, out: Path) -> list[dict[str, Any]]:
     metrics_port = get_settings().trainer_metrics_port
-    worker = start_worker(nice, out.parent / f"worker-{out.name}.log", metrics_port)
+    worker = start_worker(setting, out.parent / f"worker-{out.name}.log", metrics_port)
     lock: AbstractContextManager[Any] = Held(args.lock) if args.lock else nullcontext()
     try:
         with lock:
@@ -145,7 +157,7 @@ def one_run(args: argparse.Namespace, nice: int, out: Path) -> list[dict[str, An
             published = next(a for a in phase["arms"] if a["arm"] == "published")
             rows.append(
                 {
-                    "nice": nice,
+                    "worker": setting,
                     "data": name,
                     "phase": phase["phase"],
                     **{f: phase[f] for f in FIGURES},
@@ -162,7 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     settings = get_settings()
     parser.add_argument("--gateway", default=f"http://127.0.0.1:{settings.gateway_port}")
-    parser.add_argument("--nices", default="0,19", help="worker niceness per run, in turn")
+    parser.add_argument(
+        "--workers", "--nices", default="0,19", help="NICE or NICE:PAUSE per run, in turn"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--datasets", default="phonebook,counterfact")
     parser.add_argument("--count", type=int, default=10)
@@ -172,45 +186,48 @@ def main() -> None:
     parser.add_argument("--lock", type=Path, help="flock this file while each eval runs")
     parser.add_argument("--out", type=Path, default=Path("eval-results/worker-nice"))
     args = parser.parse_args()
-    nices = [int(n) for n in args.nices.split(",")]
+    settings = args.workers.split(",")
+    for setting in settings:
+        worker_env(setting)  # a typo fails here, not after the first run
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
-        for nice in nices:
-            rows += one_run(args, nice, args.out / f"nice{nice}-{repeat}")
+        for setting in settings:
+            folder = "nice" + setting.replace(":", "-pause")
+            rows += one_run(args, setting, args.out / f"{folder}-{repeat}")
             print(json.dumps(rows[-1]), flush=True)
     (args.out / "runs.json").write_text(json.dumps(rows, indent=1))
-    report(rows, nices)
+    report(rows, settings)
 
 
-def report(rows: list[dict[str, Any]], nices: list[int]) -> None:
-    print("| nice | data | phase | write -> right (s) | write (s) | answer (s) "
+def report(rows: list[dict[str, Any]], settings: list[str]) -> None:
+    print("| worker (nice:pause) | data | phase | write -> right (s) | write (s) | answer (s) "
           "| write -> published (s) | rag right | published right | load |")  # fmt: skip
     print("|---" * 10 + "|")
     for r in rows:
-        cells = [r["nice"], r["data"], r["phase"], *(r[f] for f in FIGURES),
+        cells = [r["worker"], r["data"], r["phase"], *(r[f] for f in FIGURES),
                  r["rag_right"], r["published_right"], r["load"]]  # fmt: skip
         print("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
-    first = nices[0]
-    for nice in nices[1:]:
+    first = settings[0]
+    for setting in settings[1:]:
         for figure in FIGURES:
             ratios = [
                 ours[figure] / theirs[figure]
-                for ours, theirs in _pairs(rows, nice, first)
+                for ours, theirs in _pairs(rows, setting, first)
                 if ours[figure] and theirs[figure]
             ]
             if ratios:
                 print(
-                    f"{figure}: nice {nice} / nice {first}, median of {len(ratios)}: "
+                    f"{figure}: worker {setting} / worker {first}, median of {len(ratios)}: "
                     f"{statistics.median(ratios):.2f}x"
                 )
 
 
-def _pairs(rows: list[dict[str, Any]], nice: int, first: int) -> list[tuple[dict, dict]]:
-    """Each (data, phase) of a run at `nice` against the same of the run just before or
-    after it at `first`, in the order they ran."""
-    ours = [r for r in rows if r["nice"] == nice]
-    theirs = [r for r in rows if r["nice"] == first]
+def _pairs(rows: list[dict[str, Any]], setting: str, first: str) -> list[tuple[dict, dict]]:
+    """Each (data, phase) of a run with `setting` against the same of the run just before
+    or after it with `first`, in the order they ran."""
+    ours = [r for r in rows if r["worker"] == setting]
+    theirs = [r for r in rows if r["worker"] == first]
     return list(zip(ours, theirs, strict=False))
 
 

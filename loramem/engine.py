@@ -47,6 +47,9 @@ def engine_command(settings: Settings, model_path: Path, port: int | None = None
         "--max-cpu-loras",
         str(settings.engine_max_cpu_loras),
         "--disable-log-stats",
+        # GET /load: the requests it is answering now, which a trainer on its cores reads
+        # to pause between steps (trainer/answer_pause.py); one counter, no stats.
+        "--enable-server-load-tracking",
         *_lora_target_args(settings, model_path),
     ]
 
@@ -188,6 +191,15 @@ class EngineClient:
         count = samples.get(f"{LOADS_METRIC}_total")
         seconds = samples.get(f"{LOAD_SECONDS_METRIC}_total")
         return None if count is None or seconds is None else (count, seconds)
+
+    def answering(self) -> int | None:
+        """The chat and completion requests the engine is answering now (vLLM's /load);
+        None when it does not say (an engine started without load tracking, or down)."""
+        try:
+            response = self.http.get("/load", timeout=1.0)
+            return int(response.json()["server_load"]) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     def unload_adapter(self, name: str) -> None:
         self._call("POST", "/v1/unload_lora_adapter", json={"lora_name": name})

@@ -299,6 +299,14 @@ class Settings(BaseSettings):
     # publish time alike. Default 0: under sustained chat load a worker at 19 gets ~1.5%
     # of a core and its job waits for a lull.
     worker_nice: int = Field(default=0, ge=0, le=19)
+    # Before a job trains and between its steps, the worker waits while an engine on this
+    # host answers (vLLM's GET /load; trainer/answer_pause.py), at most this long and never
+    # longer than the last step took, so steady chat traffic leaves training half its time.
+    # `python -m bench.worker_nice --workers 0:0,0:3,19:0` (docs/RESULTS.md, "Time to the
+    # first right answer"): at 3 s every write's first right answer took <= 1.85 s, at 0
+    # the PhoneBook edit 2.11 s; median 0.82x, publish times alike (0.93x).
+    # 0: train straight through (a trainer with cores of its own pauses for nothing anyway).
+    worker_answer_pause_s: float = Field(default=3.0, ge=0)
     data_generator: Literal["template", "llm"] = "template"
     generator_url: str | None = None  # OpenAI-compatible; default: our own engine
     generator_model: str | None = None  # default: the base model's served name

@@ -8,6 +8,7 @@ from pathlib import Path
 from loramem.adapter_store import AdapterStore
 from loramem.registry import Registry
 from loramem.settings import Settings
+from trainer.answer_pause import AnswerPause
 from trainer.metrics import TrainerMetrics
 from trainer.synth import Generator
 
@@ -20,3 +21,4 @@ class TrainerContext:
     metrics: TrainerMetrics
     generator: Generator
     model_path: Path  # the converted base model
+    answer_pause: AnswerPause | None = None  # None: train straight through

@@ -55,6 +55,11 @@ class TrainerMetrics:
         self.steps = Counter(
             "loramem_trainer_steps_total", "Optimizer steps taken.", registry=self.registry
         )
+        self.answer_pause_seconds = Counter(
+            "loramem_trainer_answer_pause_seconds_total",
+            "Time training waited for an engine on this host to answer (answer_pause.py).",
+            registry=self.registry,
+        )
         self.registry.register(QueueCollector(queue))
         for status in (
             "published",

@@ -33,6 +33,7 @@ class TrainingRun:
         # Set for background work: True when it should stop for a job waiting behind it.
         self.should_yield: Callable[[], bool] | None = None
         self._next_yield_check_s = 0.0
+        self._step_started_s = time.monotonic()
         self.peft_model: Any = None
         # PiSSA's initial adapter, which publishing converts against (trainer/variants.py).
         self.initial = tempfile.TemporaryDirectory(prefix="loramem-init-")
@@ -50,7 +51,15 @@ class TrainingRun:
     def seconds(self) -> float:
         return round(time.perf_counter() - self.started, 1)
 
+    def pause_for_answers(self, limit_s: float | None = None) -> None:
+        """Let an engine on this host finish its answers first (trainer/answer_pause.py)."""
+        if self.ctx.answer_pause is not None:
+            waited = self.ctx.answer_pause.wait(limit_s)
+            if waited:
+                self.ctx.metrics.answer_pause_seconds.inc(waited)
+
     def on_step(self, step: int, _total: int, loss: float) -> None:
+        step_s = time.monotonic() - self._step_started_s
         self.ctx.metrics.steps.inc()
         self.progress.update(step=self.done_steps + step, loss=round(loss, 5))
         if not self.jobs.set_progress(self.job.id, self.progress):  # cancelled: stop here
@@ -59,6 +68,8 @@ class TrainingRun:
             self._next_yield_check_s = time.monotonic() + YIELD_CHECK_S
             if self.should_yield():
                 raise JobYielded(f"{self.job.id} yielded at step {self.progress['step']}")
+        self.pause_for_answers(limit_s=step_s)  # at most as long as the step: half the time
+        self._step_started_s = time.monotonic()
 
     def train_until_gate(self, facts: list[Fact], warm: bool) -> GateResult:
         """Train on `facts` in rounds until the gate's verdict is other than "train on"
@@ -67,6 +78,8 @@ class TrainingRun:
         qas = [self.ctx.generator.fact_data(f.id, f.text, knobs.questions_per_fact) for f in facts]
         self.progress.update(facts=len(facts), phase="training")
         self.jobs.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
+        # A user's question often lands right after the write that started this job.
+        self.pause_for_answers()
         base, tokenizer = training.load_base(self.ctx.model_path)
         self.peft_model = training.make_peft_model(base, knobs)
         if knobs.variant == "pissa":
@@ -83,6 +96,7 @@ class TrainingRun:
                 self.jobs.transition(self.job.id, JobStatus.TRAINING, progress=self.progress)
                 lower = round_knobs.target_loss / 4
                 round_knobs = round_knobs.model_copy(update={"target_loss": lower})
+            self._step_started_s = time.monotonic()
             with metrics.phase_seconds.labels("training").time():
                 result = training.train(self.peft_model, prefix, round_knobs, self.on_step)
             self.done_steps += result.steps

@@ -51,6 +51,7 @@ from loramem.registry.jobs import (
 )
 from loramem.settings import Settings
 from trainer import handlers
+from trainer.answer_pause import AnswerPause
 from trainer.context import TrainerContext
 from trainer.metrics import TrainerMetrics
 from trainer.outcomes import JobRefused, JobYielded
@@ -127,6 +128,7 @@ class Worker:
                 settings.generator_model or settings.base_name,
             ),
             model_path=prepare_base_model(settings),
+            answer_pause=AnswerPause(engines, settings.worker_answer_pause_s),
         )
         self.metrics = self.ctx.metrics
         self.publisher = Publisher(self.ctx, engines)
