@@ -80,7 +80,8 @@ def consolidate(ctx: TrainerContext, job: Job) -> Outcome:
 def train(ctx: TrainerContext, job: Job) -> Outcome:
     if job.kind not in BACKGROUND_KINDS:  # a user's write: add, edit or delete
         # Writes right behind this one join it rather than queue a retrain of the module
-        # for just after; their own jobs then find them already covered.
+        # for just after (an add's own job then finds it covered; an edit's still trains:
+        # covering_version goes by fact id), and the first answer after it has the cores.
         coalesce_s = ctx.settings.job_coalesce_ms / 1000
         time.sleep(max(0.0, job.created_at_s + coalesce_s - time.time()))
     facts = ctx.registry.facts.of_module(job.module, job.tenant)
