@@ -186,18 +186,18 @@ def main() -> None:
     parser.add_argument("--lock", type=Path, help="flock this file while each eval runs")
     parser.add_argument("--out", type=Path, default=Path("eval-results/worker-nice"))
     args = parser.parse_args()
-    settings = args.workers.split(",")
-    for setting in settings:
-        worker_env(setting)  # a typo fails here, not after the first run
+    workers = args.workers.split(",")
+    for worker in workers:
+        worker_env(worker)  # a typo fails here, not after the first run
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
-        for setting in settings:
-            folder = "nice" + setting.replace(":", "-pause")
-            rows += one_run(args, setting, args.out / f"{folder}-{repeat}")
+        for worker in workers:
+            folder = "nice" + worker.replace(":", "-pause")
+            rows += one_run(args, worker, args.out / f"{folder}-{repeat}")
             print(json.dumps(rows[-1]), flush=True)
     (args.out / "runs.json").write_text(json.dumps(rows, indent=1))
-    report(rows, settings)
+    report(rows, workers)
 
 
 def report(rows: list[dict[str, Any]], settings: list[str]) -> None:
