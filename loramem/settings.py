@@ -200,8 +200,10 @@ class Settings(BaseSettings):
     # router set to a module instead of 1 (tests/integration/test_router_real.py).
     router_lexical_weight: float = Field(default=0.0, ge=0.0, le=2.0)
     # The score a fact needs to join a rag or hybrid context (default: route_threshold, so
-    # a question routed to base gets no facts and answers as base in every mode). Lower
-    # it to give documents' questions, phrased unlike their sentences, nearer context.
+    # a question routed to base gets no facts and answers as base in every mode). 0.35
+    # gave PaperQA's questions, phrased unlike their sentences, more context: rag ROUGE-L
+    # 0.172 -> 0.181, hybrid 0.203 -> 0.200, inside its runs' 0.016 spread (5 papers x 2
+    # runs, `loramem eval paperqa --runs 2`, docs/RESULTS.md), so the default stays.
     router_context_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     router_lexical_pool: int = Field(default=32, ge=1, le=1024)
     # Subject check (router/lexical.py): a model=auto question goes into a module only when
@@ -247,7 +249,8 @@ class Settings(BaseSettings):
     # module, facts in context). Facts join the context only where they clear
     # router_context_threshold, so all three answer unrelated questions as base does.
     # lora: single PhoneBook questions 32/32 against hybrid's 27/32 (`loramem eval span`);
-    # hybrid wins CounterFact question forms, 0.938 to 0.558 (docs/RESULTS.md).
+    # hybrid wins CounterFact question forms, 0.938 to 0.558, and PaperQA, ROUGE-L 0.203 to
+    # 0.170 (5 papers x 2 runs): ask documents with mode hybrid (docs/RESULTS.md).
     answer_mode: Literal["lora", "rag", "hybrid"] = "lora"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
