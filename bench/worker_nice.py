@@ -200,7 +200,7 @@ def main() -> None:
     report(rows, workers)
 
 
-def report(rows: list[dict[str, Any]], settings: list[str]) -> None:
+def report(rows: list[dict[str, Any]], workers: list[str]) -> None:
     print("| worker (nice:pause) | data | phase | write -> right (s) | write (s) | answer (s) "
           "| write -> published (s) | rag right | published right | load |")  # fmt: skip
     print("|---" * 10 + "|")
@@ -208,25 +208,25 @@ def report(rows: list[dict[str, Any]], settings: list[str]) -> None:
         cells = [r["worker"], r["data"], r["phase"], *(r[f] for f in FIGURES),
                  r["rag_right"], r["published_right"], r["load"]]  # fmt: skip
         print("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
-    first = settings[0]
-    for setting in settings[1:]:
+    first = workers[0]
+    for worker in workers[1:]:
         for figure in FIGURES:
             ratios = [
                 ours[figure] / theirs[figure]
-                for ours, theirs in _pairs(rows, setting, first)
+                for ours, theirs in _pairs(rows, worker, first)
                 if ours[figure] and theirs[figure]
             ]
             if ratios:
                 print(
-                    f"{figure}: worker {setting} / worker {first}, median of {len(ratios)}: "
+                    f"{figure}: worker {worker} / worker {first}, median of {len(ratios)}: "
                     f"{statistics.median(ratios):.2f}x"
                 )
 
 
-def _pairs(rows: list[dict[str, Any]], setting: str, first: str) -> list[tuple[dict, dict]]:
-    """Each (data, phase) of a run with `setting` against the same of the run just before
+def _pairs(rows: list[dict[str, Any]], worker: str, first: str) -> list[tuple[dict, dict]]:
+    """Each (data, phase) of a run with `worker` against the same of the run just before
     or after it with `first`, in the order they ran."""
-    ours = [r for r in rows if r["worker"] == setting]
+    ours = [r for r in rows if r["worker"] == worker]
     theirs = [r for r in rows if r["worker"] == first]
     return list(zip(ours, theirs, strict=False))
 
