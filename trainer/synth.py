@@ -18,6 +18,7 @@ from typing import Protocol
 import httpx
 
 from loramem.fact_forms import fact_form
+from loramem.settings import Settings
 
 _ATTRIBUTE_REWRITES: tuple[str, ...] = (
     "{subj}'s {attr} is {value}.",
@@ -84,8 +85,17 @@ class LLMGenerator:
         "of the fact. One per line; questions end with '?'. No numbering."
     )
 
-    def __init__(self, base_url: str, model: str, http: httpx.Client | None = None) -> None:
-        self.http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=60.0)
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = http or httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=60.0
+        )
         self.model = model
 
     def fact_data(self, fact_id: str, text: str, questions_per_fact: int) -> FactQA:
@@ -116,7 +126,14 @@ class LLMGenerator:
         )
 
 
-def make_generator(kind: str, base_url: str, model: str) -> Generator:
-    if kind == "llm":
-        return LLMGenerator(base_url, model)
-    return TemplateGenerator()
+def make_generator(settings: Settings) -> Generator:
+    """The settings' generator. Unset, the generator's endpoint is our own engine, asked
+    with the engines' key (every engine of `loramem run` requires it); another endpoint
+    gets generator_api_key."""
+    if settings.data_generator != "llm":
+        return TemplateGenerator()
+    if settings.generator_url is None:
+        url, key = settings.engine_url, settings.engine_api_key
+    else:
+        url, key = settings.generator_url, settings.generator_api_key
+    return LLMGenerator(url, settings.generator_model or settings.base_name, key)

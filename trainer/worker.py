@@ -122,11 +122,7 @@ class Worker:
             registry=registry,
             store=AdapterStore(settings.adapters_path, registry),
             metrics=TrainerMetrics(self.queue),
-            generator=make_generator(
-                settings.data_generator,
-                settings.generator_url or settings.engine_url,
-                settings.generator_model or settings.base_name,
-            ),
+            generator=make_generator(settings),
             model_path=prepare_base_model(settings),
             answer_pause=AnswerPause(engines, settings.worker_answer_pause_s),
         )

@@ -3,7 +3,8 @@ import json
 import httpx
 
 from loramem.fact_forms import split_prefix
-from trainer.synth import LLMGenerator, fact_qa
+from loramem.settings import Settings
+from trainer.synth import LLMGenerator, TemplateGenerator, fact_qa, make_generator
 
 
 def test_attribute_sentence_becomes_questions_about_the_attribute() -> None:
@@ -58,3 +59,26 @@ def test_llm_generator_keeps_the_gate_question_and_valid_paraphrases() -> None:
     assert qa.questions[1:] == ("How do I call Jeffrey Buck?", "What number is Jeffrey Buck's?")
     # a paraphrase without the value would teach something else: dropped
     assert qa.rewrites == ("Jeffrey Buck can be reached at 603-556-7631.",)
+
+
+def test_the_llm_generator_asks_our_engine_with_the_engines_key() -> None:
+    """`loramem run` gives every engine a key: a generator without it got 401 on every job."""
+    own = make_generator(
+        Settings(data_generator="llm", engine_url="http://engine:8100", engine_api_key="secret")
+    )
+    assert isinstance(own, LLMGenerator)
+    assert str(own.http.base_url) == "http://engine:8100"
+    assert own.http.headers["authorization"] == "Bearer secret"
+    elsewhere = make_generator(
+        Settings(
+            data_generator="llm",
+            engine_api_key="secret",
+            generator_url="http://writer:9000/",
+            generator_api_key="theirs",
+            generator_model="writer-1",
+        )
+    )
+    assert isinstance(elsewhere, LLMGenerator) and elsewhere.model == "writer-1"
+    assert str(elsewhere.http.base_url) == "http://writer:9000"
+    assert elsewhere.http.headers["authorization"] == "Bearer theirs"  # never our engine's key
+    assert isinstance(make_generator(Settings()), TemplateGenerator)
