@@ -249,9 +249,14 @@ class Settings(BaseSettings):
     # module, facts in context). Facts join the context only where they clear
     # router_context_threshold, so all three answer unrelated questions as base does.
     # lora: single PhoneBook questions 32/32 against hybrid's 27/32 (`loramem eval span`);
-    # hybrid wins CounterFact question forms, 0.938 to 0.558, and PaperQA, ROUGE-L 0.203 to
-    # 0.170 (5 papers x 2 runs): ask documents with mode hybrid (docs/RESULTS.md).
+    # hybrid wins CounterFact question forms, 0.938 to 0.558 (docs/RESULTS.md); documents
+    # take document_answer_mode.
     answer_mode: Literal["lora", "rag", "hybrid"] = "lora"
+    # The mode of a request that names none when the fact it routes to is a sentence of
+    # a document (more words than router_subject_max_words; PhoneBook and CounterFact
+    # facts have 3-12). hybrid: PaperQA ROUGE-L 0.203 against lora's 0.170 and rag's 0.172
+    # (5 papers x 2 runs, spreads <= 0.016, `loramem eval paperqa --runs 2`, docs/RESULTS.md).
+    document_answer_mode: Literal["lora", "rag", "hybrid"] = "hybrid"
     router_merge_margin: float = Field(default=0.1, ge=0.0, le=2.0)
     router_merge_max_modules: int = Field(default=3, ge=2, le=8)
     # Questions that span modules (router/span.py): a model=auto lora or hybrid question whose top
@@ -313,6 +318,8 @@ class Settings(BaseSettings):
     data_generator: Literal["template", "llm"] = "template"
     generator_url: str | None = None  # OpenAI-compatible; default: our own engine
     generator_model: str | None = None  # default: the base model's served name
+    # The key generator_url wants (Bearer); our own engine is asked with engine_api_key.
+    generator_api_key: str | None = Field(default=None, repr=False)
     gate_extra_rounds: int = Field(default=2, ge=0)  # more training before a job fails
     gate_split: bool = True  # still below the gate: move half the facts to a new module
     # The per-fact gate: when a round misses at most this share of a job's facts (at least

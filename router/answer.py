@@ -20,6 +20,10 @@ facts. The decision's outcome is then `pending`. In rag and hybrid the new texts
 the context as well. With the subject check (router/lexical.py), a new text whose
 subject the question does not name never wins, nor joins the context.
 
+A request that names no mode is answered in LORAMEM_ANSWER_MODE, or in
+LORAMEM_DOCUMENT_ANSWER_MODE when the fact it routes to (the chosen module's best) is a
+sentence of a document: more words than LORAMEM_ROUTER_SUBJECT_MAX_WORDS (`Modes`).
+
 Only facts that clear the context threshold (LORAMEM_ROUTER_CONTEXT_THRESHOLD, by default
 the route threshold) go into the context, and none when the question names none of their
 subjects (`trusted_hits`): below the threshold, rag and hybrid answer as the base model
@@ -31,9 +35,9 @@ Plain functions on router decisions and request bodies; the serving layer calls 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.index import Hit
 from router.pending import PendingFacts
@@ -50,6 +54,38 @@ RAG_INSTRUCTION = (
 _DELIMITER_LIKE = re.compile(r"<\s*/?\s*facts\s*>|<\||\|>", re.IGNORECASE)
 
 
+def _no_documents(_fact_id: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Modes:
+    """How a request is answered: the mode it names (`asked`), else `default`, or
+    `documents` when the fact it routes to is a sentence of a document (`is_document`,
+    by fact id: the gateway looks the text up)."""
+
+    asked: str | None = None
+    default: str = "lora"
+    documents: str | None = None  # None: as `default`
+    is_document: Callable[[str], bool] = _no_documents
+
+    def pick(self, decision: RouteDecision) -> str:
+        """The mode for the router's decision (before the mode shapes it)."""
+        if self.asked:
+            return self.asked
+        if self.documents in (None, self.default) or decision.module is None:
+            return self.default
+        routed = next((h.fact_id for h in decision.candidates if h.module == decision.module), None)
+        if routed is not None and self.is_document(routed):
+            return self.documents or self.default
+        return self.default
+
+
+class Routed(NamedTuple):
+    decision: RouteDecision
+    mode: str  # the mode it is answered in (`effective_mode`)
+
+
 def merge_allowed(mode: str, asked: bool, default: bool) -> bool:
     """LORAMEM_ROUTER_MERGE asks for every request; rag never serves a module anyway."""
     return (asked or default) and mode != "rag"
@@ -58,7 +94,7 @@ def merge_allowed(mode: str, asked: bool, default: bool) -> bool:
 def for_mode(decision: RouteDecision, mode: str, base_name: str) -> RouteDecision:
     """RAG answers from the base model with the facts in context, never a module."""
     if mode == "rag" and decision.module is not None:
-        return replace(decision, target=base_name, module=None, outcome="base")
+        return replace(decision, target=base_name, module=None, outcome="base", merge_wanted=[])
     return decision
 
 
@@ -67,16 +103,17 @@ def route(
     tenant: str,
     model: str,
     query: str,
-    mode: str,
+    modes: Modes,
     merge: bool,
     pending: PendingFacts | None = None,
     interim: str = "off",
     context_threshold: float | None = None,
-) -> RouteDecision:
-    """The router's decision for this request, shaped by its answer mode and, with
-    `model=auto`, by the tenant's changes that no published version holds yet
-    (`context_threshold`: the request's own, else the router's)."""
-    allowed = merge_allowed(mode, merge, router.merge_default)
+) -> Routed:
+    """The router's decision for this request and the mode it is answered in, shaped by
+    that mode and, with `model=auto`, by the tenant's changes that no published version
+    holds yet (`context_threshold`: the request's own, else the router's)."""
+    # A late switch to rag (a document's default) drops the merge in for_mode.
+    allowed = merge_allowed(modes.asked or modes.default, merge, router.merge_default)
     if (
         pending is None
         or interim == "off"
@@ -85,9 +122,11 @@ def route(
         or not pending.any(tenant)
     ):
         decision = router.route(tenant, model, query, merge=allowed)
-        return for_mode(decision, mode, router.base_name)
+        mode = modes.pick(decision)
+        return Routed(for_mode(decision, mode, router.base_name), mode)
     vector = router.embed([query])[0]  # once, for both indexes
     decision = router.decide(tenant, vector, merge=allowed, query=query)
+    mode = modes.pick(decision)
     decision = for_mode(decision, mode, router.base_name)
     fresh = pending.search(tenant, vector, router.top_k)
     unnamed = {
@@ -95,7 +134,7 @@ def route(
         for h in fresh
         if not router.names_subject(tenant, query, pending.text(tenant, h.fact_id))
     }
-    return with_pending(
+    decision = with_pending(
         decision,
         fresh,
         pending.stale(tenant),
@@ -110,6 +149,7 @@ def route(
         ),
         unnamed,
     )
+    return Routed(decision, effective_mode(decision, mode))
 
 
 @dataclass(frozen=True)

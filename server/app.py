@@ -107,6 +107,7 @@ def create_app(
             settings.router_span,
             settings.router_span_question,
             settings.answer_mode,
+            settings.document_answer_mode,
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(

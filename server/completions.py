@@ -23,6 +23,7 @@ from loramem.names import module_name
 from loramem.registry import Registry
 from loramem.registry.facts import Fact
 from router import answer
+from router.lexical import is_document_sentence
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 from server import span
@@ -61,9 +62,11 @@ class CompletionService:
         span_method: str = "off",
         span_question: str = "trained",
         answer_mode: str = "lora",
+        document_answer_mode: str | None = None,
     ) -> None:
         self.router = router
         self.answer_mode = answer_mode  # a request's mode when it names none
+        self.document_answer_mode = document_answer_mode  # ... and it routes to a document
         self.span_method = span_method  # questions that span modules (server/span.py)
         self.span_question = span_question  # what each composed part is asked
         self.pending = pending  # changes no published version holds yet (read your writes)
@@ -84,8 +87,7 @@ class CompletionService:
         """`admit` (blocking: the caller's token window) runs first, in the routing's
         worker thread: one hand-off to a thread per request, not two."""
         started = time.perf_counter()
-        decision = await run_in_threadpool(self._admit_and_decide, admit, tenant, request)
-        mode = answer.effective_mode(decision, self._mode(request))
+        decision, mode = await run_in_threadpool(self._admit_and_decide, admit, tenant, request)
         if decision.score is not None:
             self.metrics.route_score.observe(decision.score)
         body = request.model_dump(exclude={"loramem"}, exclude_none=True)
@@ -181,36 +183,32 @@ class CompletionService:
         admit: Callable[[], None] | None,
         tenant: str,
         request: ChatCompletionRequest | CompletionRequest,
-    ) -> RouteDecision:
+    ) -> answer.Routed:
         if admit is not None:
             admit()
         started = time.perf_counter()
-        decision = self._decide(tenant, request)
+        routed = self._decide(tenant, request)
         routed_s = time.perf_counter() - started
         self.metrics.route_seconds.observe(routed_s)
         self.metrics.stages["route"].observe(routed_s)
-        return decision
+        return routed
 
     def _decide(
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest
-    ) -> RouteDecision:
-        decision = answer.route(
+    ) -> answer.Routed:
+        decision, mode = answer.route(
             self.router,
             tenant,
             request.model,
             request.query_text(),
-            self._mode(request),
+            self._modes(tenant, request),
             request.loramem.merge,
             self.pending,
             request.loramem.interim or self.interim_mode,
             self._context_threshold(request),
         )
         spanning = request.loramem.span or self.span_method
-        if (
-            spanning != "off"
-            and self._mode(request) in span.SPANNING_MODES
-            and request.model == "auto"
-        ):
+        if spanning != "off" and mode in span.SPANNING_MODES and request.model == "auto":
             decision = self.router.with_span(
                 tenant, decision, request.query_text(), lambda ids: self._texts(tenant, ids)
             )
@@ -219,10 +217,23 @@ class CompletionService:
             self.redis_outage.optional(
                 "merge request", lambda: self._request_merge(tenant, wanted), None
             )
-        return decision
+        return answer.Routed(decision, mode)
 
-    def _mode(self, request: ChatCompletionRequest | CompletionRequest) -> str:
-        return request.loramem.mode or self.answer_mode
+    def _modes(
+        self, tenant: str, request: ChatCompletionRequest | CompletionRequest
+    ) -> answer.Modes:
+        """The request's mode, else the defaults: the documents' one where the fact it
+        routes to is a sentence of a document (its text from the router's cache)."""
+        return answer.Modes(
+            request.loramem.mode,
+            self.answer_mode,
+            self.document_answer_mode,
+            lambda fact_id: self._is_document(tenant, fact_id),
+        )
+
+    def _is_document(self, tenant: str, fact_id: str) -> bool:
+        text = self._texts(tenant, [fact_id]).get(fact_id)
+        return text is not None and is_document_sentence(text, self.router.subject_max_words)
 
     def _context_threshold(self, request: ChatCompletionRequest | CompletionRequest) -> float:
         asked = request.loramem.context_threshold

@@ -176,6 +176,34 @@ def test_rag_answers_without_a_module_and_hybrid_uses_both(system: System) -> No
     assert _answer(plain) == _answer(base)
 
 
+def test_a_question_about_a_document_is_answered_in_hybrid_unasked(system: System) -> None:
+    """POST /documents stores sentences longer than LORAMEM_ROUTER_SUBJECT_MAX_WORDS: a
+    question routed to one is answered by its module with the sentence in context."""
+    text = (
+        "The Lindqvist reactor at Harrow Point was cooled by a loop of molten tin salts "
+        "that its designers pumped through ceramic channels beneath the core. It was shut "
+        "down in the winter of 1987 after inspectors found cracks in three of the channels."
+    )
+    reply = system.gateway.post(
+        "/documents",
+        # Gate 0: a document's sentence need not be recalled word for word to be served.
+        json={"text": text, "training": {"recall_gate": 0.0, "max_steps": 8}},
+        headers={"x-loramem-tenant": "docs"},
+    )
+    assert reply.status_code == 202, reply.text
+    accepted = reply.json()
+    system.wait_job(accepted["job_id"], tenant="docs")
+    _assert_routable_within_a_second_of_publish(system, accepted["module"], "docs")
+    question = "How was the Lindqvist reactor at Harrow Point cooled beneath its core?"
+    unasked = system.chat(question, tenant="docs", max_tokens=8)
+    assert unasked.headers["x-loramem-module"] == f"{accepted['module']}@v1"
+    assert unasked.headers["x-loramem-mode"] == "hybrid"
+    lora = system.chat(question, tenant="docs", max_tokens=8, loramem={"mode": "lora"})
+    assert lora.headers["x-loramem-mode"] == "lora"
+    # the sentences went into the context: a longer prompt than the question alone
+    assert unasked.json()["usage"]["prompt_tokens"] > lora.json()["usage"]["prompt_tokens"] + 20
+
+
 def _assert_routable_within_a_second_of_publish(system: System, module: str, tenant: str) -> None:
     """The gateway lists the module (so routes to it) within 1 s of the publish event."""
     events = Registry.from_url(E2E_REDIS_URL).modules.events_after("0-0", block_ms=10)

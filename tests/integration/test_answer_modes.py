@@ -25,6 +25,13 @@ from tests.stub_engine import chat_reply
 
 PEOPLE = [PhoneEntry("Summer Morrow", "555-0101"), PhoneEntry("Ada Lovelace", "555-0303")]
 SEEN: list[dict] = []  # the bodies the engine stub got
+# A sentence of a document, as POST /documents stores it: more words than
+# LORAMEM_ROUTER_SUBJECT_MAX_WORDS (16).
+SENTENCE = (
+    "Diffusion models have been used in planning to generate complex trajectories by "
+    "iteratively denoising a sequence of states and actions over many steps."
+)
+ASK_SENTENCE = "How have diffusion models been used in planning to generate trajectories?"
 
 
 def _engine(request: httpx.Request) -> httpx.Response:
@@ -49,12 +56,13 @@ def _gateway(settings: Settings, registry: Registry, embedder: SentenceEmbedder)
         transport=httpx.MockTransport(_engine)
     )
     router = client.app.state.router  # type: ignore[attr-defined]
-    module, texts = module_id("t", "people"), [p.fact for p in PEOPLE]
-    _job, ids = registry.facts.add(
-        "t", texts, [None] * len(texts), [to_bytes(v) for v in router.embed(texts)], module
-    )
-    registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
-    router.apply_published("t", module, 1)
+    for name, texts in (("people", [p.fact for p in PEOPLE]), ("paper", [SENTENCE])):
+        module = module_id("t", name)
+        _job, ids = registry.facts.add(
+            "t", texts, [None] * len(texts), [to_bytes(v) for v in router.embed(texts)], module
+        )
+        registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
+        router.apply_published("t", module, 1)
     return client
 
 
@@ -113,6 +121,33 @@ def test_the_default_mode_is_a_setting(
         assert reply.headers["x-loramem-module"] == "people@v1" and PEOPLE[0].fact in sent
         asked, _ = _sent(client, PEOPLE[0].question, mode="lora")  # a request still chooses
         assert asked.headers["x-loramem-mode"] == "lora"
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_a_question_routed_to_a_document_is_answered_in_hybrid(gateway: TestClient) -> None:
+    """No mode named: a document's sentence gets LORAMEM_DOCUMENT_ANSWER_MODE (hybrid),
+    a PhoneBook fact LORAMEM_ANSWER_MODE (lora); a request still chooses."""
+    reply, sent = _sent(gateway, ASK_SENTENCE)
+    assert reply.headers["x-loramem-module"] == "paper@v1"
+    assert reply.headers["x-loramem-mode"] == "hybrid"
+    assert sent.startswith(RAG_INSTRUCTION) and SENTENCE in sent
+    reply, sent = _sent(gateway, PEOPLE[0].question)
+    assert reply.headers["x-loramem-module"] == "people@v1"
+    assert reply.headers["x-loramem-mode"] == "lora" and sent == PEOPLE[0].question
+    asked, sent = _sent(gateway, ASK_SENTENCE, mode="lora")
+    assert asked.headers["x-loramem-mode"] == "lora" and sent == ASK_SENTENCE
+
+
+def test_the_documents_mode_is_a_setting(
+    settings: Settings, registry: Registry, embedder: SentenceEmbedder
+) -> None:
+    rag = settings.model_copy(update={"document_answer_mode": "rag"})
+    client = _gateway(rag, registry, embedder)
+    try:
+        reply, sent = _sent(client, ASK_SENTENCE)
+        assert reply.headers["x-loramem-mode"] == "rag"
+        assert reply.headers["x-loramem-module"] == "base" and SENTENCE in sent
     finally:
         client.__exit__(None, None, None)
 

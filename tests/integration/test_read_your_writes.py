@@ -43,7 +43,9 @@ def system(
 
 
 def ask(router: Router, pending: PendingFacts, query: str, interim: str = "rag") -> RouteDecision:
-    return answer.route(router, "t", "auto", query, "lora", False, pending, interim)
+    return answer.route(
+        router, "t", "auto", query, answer.Modes("lora"), False, pending, interim
+    ).decision
 
 
 def post(registry: Registry, router: Router, texts: list[str], module: str) -> tuple[str, list]:
@@ -71,7 +73,9 @@ def test_a_posted_fact_is_answered_from_context_until_its_version_is_published(
     assert answer.effective_mode(decision, "lora") == "rag"
     assert ask(router, pending, ASK_ANN, interim="off").outcome == "below_threshold"
     # Another tenant never sees it.
-    other = answer.route(router, "u", "auto", ASK_ANN, "lora", False, pending, "rag")
+    other = answer.route(
+        router, "u", "auto", ASK_ANN, answer.Modes("lora"), False, pending, "rag"
+    ).decision
     assert other.outcome == "below_threshold"
 
     publish(registry, PHONES, 1, ids, job)

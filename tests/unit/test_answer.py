@@ -6,6 +6,7 @@ from loramem.names import served_name
 from router.answer import (
     RAG_INSTRUCTION,
     Interim,
+    Modes,
     add_context,
     context_fact_ids,
     effective_mode,
@@ -34,6 +35,23 @@ def test_rag_never_asks_for_a_merge() -> None:
     assert merge_allowed("lora", True, False) and merge_allowed("hybrid", False, True)
     assert not merge_allowed("rag", True, True)
     assert not merge_allowed("lora", False, False)
+
+
+def test_a_request_routed_to_a_document_sentence_takes_the_documents_mode() -> None:
+    documents = {"f1"}  # m1's best fact is a document's sentence; m2's is not
+    modes = Modes(None, "lora", "hybrid", documents.__contains__)
+    assert modes.pick(ROUTED) == "hybrid"
+    to_m2 = RouteDecision("m2@v1", "m2", "module", 0.5, HITS)
+    assert modes.pick(to_m2) == "lora"  # judged by the routed module's fact, not the top hit
+    assert modes.pick(RouteDecision("base-model", None, "below_threshold", 0.3, HITS)) == "lora"
+    assert Modes("lora", "lora", "hybrid", documents.__contains__).pick(ROUTED) == "lora"
+    assert Modes("rag", "lora", "hybrid").pick(ROUTED) == "rag"  # a request still chooses
+    assert Modes(None, "lora").pick(ROUTED) == "lora"  # no documents' mode set
+
+
+def test_a_late_switch_to_rag_drops_the_merge_it_wanted() -> None:
+    wanting = RouteDecision(M1, "m1", "module", 0.9, HITS, merge_wanted=["m1", "m2"])
+    assert for_mode(wanting, "rag", "base-model").merge_wanted == []
 
 
 def test_facts_go_quoted_into_the_user_turn_never_the_system_prompt() -> None:
