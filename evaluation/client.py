@@ -199,15 +199,16 @@ class EvalClient:
         self,
         question: str,
         model: str,
-        mode: str = "lora",
+        mode: str | None = "lora",
         system: str | None = None,
         max_tokens: int = 32,
         interim: str | None = None,
         **options: Any,
     ) -> Answer:
-        """`interim`: how a fact no published version holds is answered (rag, hybrid,
-        off; None: the gateway's default). `options`: more of the request's `loramem`
-        options (`span`, `span_question`, `context_threshold`)."""
+        """`mode` None: the gateway's default. `interim`: how a fact no published
+        version holds is answered (rag, hybrid, off; None: the gateway's default).
+        `options`: more of the request's `loramem` options (`span`, `span_question`,
+        `context_threshold`)."""
         wanted = {**options, "interim": interim} if interim else options
         extra = {"loramem": wanted} if wanted else {}
         try:

@@ -2,7 +2,9 @@
 
 Arms: `base` (the base model alone), `icl` (every fact in the prompt, while they fit the
 engine's context), `rag` (mode rag: retrieved facts in context, base model), `lora` (mode
-lora, model=auto: the routed module) and `hybrid` (mode hybrid, model=auto).
+lora, model=auto: the routed module), `hybrid` (mode hybrid, model=auto) and `auto`
+(model=auto naming no mode: the gateway's LORAMEM_ANSWER_MODE, or LORAMEM_DOCUMENT_ANSWER_MODE
+for a question routed to a document's sentence).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from loramem.documents import split_document
 from router.embedder import query_embedder
 
 ICL_INSTRUCTION = "Answer using these facts:\n"
-ARMS = ("base", "icl", "rag", "lora", "hybrid")
+ARMS = ("base", "icl", "rag", "lora", "hybrid", "auto")
 
 
 def ingest(run: EvalRun, client: EvalClient, post: Callable[[], dict]) -> list[dict]:
@@ -50,11 +52,14 @@ def training(run: EvalRun) -> dict[str, Any]:
 
 
 def arm_request(run: EvalRun, arm: str, facts: list[str]) -> dict[str, Any]:
-    """chat() arguments of one arm: base, icl, or a mode of model=auto (lora, rag, hybrid);
-    "rag@0.45" asks with that context threshold (the request's own, not the gateway's)."""
+    """chat() arguments of one arm: base, icl, a mode of model=auto (lora, rag, hybrid),
+    or auto (no mode named: the gateway's default); "rag@0.45" asks with that context
+    threshold (the request's own, not the gateway's)."""
     base = run.settings.base_name
     if arm == "base":
         return {"model": base}
+    if arm == "auto":
+        return {"model": "auto", "mode": None}
     if arm == "icl":
         return {"model": base, "system": ICL_INSTRUCTION + "\n".join(f"- {f}" for f in facts)}
     mode, _, threshold = arm.partition("@")
@@ -150,7 +155,14 @@ def paperqa_eval(run: EvalRun) -> dict[str, Any]:
     )
     if judge is not None:
         report += "\n\n" + judge.caveat
-    figure = bars("PaperQA ROUGE-L", [a["arm"] for a in arms], [a["rouge_l"] for a in arms])
+    per_run = [[r["arms"][i]["rouge_l"] for r in runs] for i in range(len(arms))]
+    figure = bars(
+        f"PaperQA, {len(runs)} run(s): mean and min-max",
+        [a["arm"] for a in arms],
+        [a["rouge_l"] for a in arms],
+        ylabel="ROUGE-L",
+        ranges=[(min(scores), max(scores)) for scores in per_run],
+    )
     results = {"jobs": [j for r in runs for j in r["jobs"]], "runs": runs, "arms": arms,
                "references": references,
                "judge": judge.describe() if judge is not None else None}  # fmt: skip

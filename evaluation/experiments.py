@@ -230,16 +230,30 @@ def _curve(summary: list[dict], counts: list[int]) -> Any:
     return figure
 
 
-def bars(title: str, labels: list[str], values: list[float | None]) -> Any:
+def bars(
+    title: str,
+    labels: list[str],
+    values: list[float | None],
+    ylabel: str = "exact match",
+    ranges: list[tuple[float, float]] | None = None,
+) -> Any:
+    """Bars of scores in [0, 1]; `ranges`: each bar's (min, max) over runs, drawn as
+    error bars around it."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
+    heights = [v if v is not None else 0.0 for v in values]
     figure, axes = pyplot.subplots(figsize=(5, 3))
-    axes.bar(labels, [v if v is not None else 0.0 for v in values])
+    if ranges is None:
+        axes.bar(labels, heights)
+    else:
+        below = [max(h - low, 0.0) for h, (low, _high) in zip(heights, ranges, strict=True)]
+        above = [max(high - h, 0.0) for h, (_low, high) in zip(heights, ranges, strict=True)]
+        axes.bar(labels, heights, yerr=[below, above], capsize=4)
     axes.set_ylim(0, 1.02)
-    axes.set_ylabel("exact match")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     return figure
 

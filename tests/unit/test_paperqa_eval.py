@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
 
 from evaluation import data_evals
 from evaluation.cli import add_parser
@@ -96,7 +97,8 @@ def test_two_runs_post_every_paper_with_their_own_seed_and_report_the_spread(
     run, gateway = run_for(
         tmp_path, ["--papers", "0,1", "--runs", "2", "--arms", "base,lora", "--no-judge"]
     )
-    results = paperqa_eval(run)["results"]
+    outcome = paperqa_eval(run)
+    results = outcome["results"]
     tenants = sorted({tenant for tenant, _ in gateway.documents})
     assert len(gateway.documents) == 4 and len(tenants) == 2
     assert sorted(knobs["seed"] for _, knobs in gateway.documents) == [0, 0, 1, 1]
@@ -112,6 +114,13 @@ def test_two_runs_post_every_paper_with_their_own_seed_and_report_the_spread(
     assert lora["rouge_l_spread"] == first["rouge_l"] - second["rouge_l"]
     assert lora["bleu_spread"] > 50
     assert len(results["jobs"]) == 4
+    axes = outcome["figures"]["paperqa"].axes[0]  # each arm's mean, its runs' min-max
+    assert axes.get_ylabel() == "ROUGE-L"
+    (errorbars,) = [c for c in axes.containers if isinstance(c, ErrorbarContainer)]
+    (whiskers,) = errorbars.lines[2]
+    drawn = [y for low, high in whiskers.get_segments() for y in (low[1], high[1])]
+    lows_highs = [base["rouge_l"], base["rouge_l"], second["rouge_l"], first["rouge_l"]]
+    assert drawn == pytest.approx(lows_highs)
 
 
 def test_one_run_with_the_judge_keeps_the_default_seed_and_counts_questions(
@@ -148,3 +157,12 @@ def test_an_arm_may_name_its_own_context_threshold(tmp_path: Path) -> None:
     assert (
         gateway.options == [{"mode": "rag"}] * 2 + [{"mode": "rag", "context_threshold": 0.45}] * 2
     )
+
+
+def test_the_auto_arm_names_no_mode_so_the_gateway_chooses(tmp_path: Path) -> None:
+    run, gateway = run_for(
+        tmp_path, ["--papers", "0", "--questions", "2", "--arms", "hybrid,auto", "--no-judge"]
+    )
+    results = paperqa_eval(run)["results"]
+    assert [a["arm"] for a in results["arms"]] == ["hybrid", "auto"]
+    assert gateway.options == [{"mode": "hybrid"}] * 2 + [None] * 2
