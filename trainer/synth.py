@@ -17,6 +17,7 @@ from typing import Protocol
 
 import httpx
 
+from loramem.engine import engine_headers
 from loramem.fact_forms import fact_form
 from loramem.settings import Settings
 
@@ -92,9 +93,8 @@ class LLMGenerator:
         api_key: str | None = None,
         http: httpx.Client | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = http or httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=60.0
+            base_url=base_url.rstrip("/"), headers=engine_headers(api_key), timeout=60.0
         )
         self.model = model
 
