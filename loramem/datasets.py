@@ -53,6 +53,79 @@ _LAST = [
     "Copperfield",
     "Duskwater",
 ]
+# More of each for the larger evals (2,304 names in all); none is in the lists above.
+_MORE_FIRST = [
+    "Aldous",
+    "Briar",
+    "Cordelia",
+    "Dashiell",
+    "Evander",
+    "Florian",
+    "Greer",
+    "Honora",
+    "Ignatius",
+    "Juniper",
+    "Leopold",
+    "Mireille",
+    "Octavia",
+    "Philippa",
+    "Quentin",
+    "Rosalind",
+    "Severin",
+    "Tamsin",
+    "Ulric",
+    "Viveca",
+    "Wilhelmina",
+    "Xavier",
+    "Yvaine",
+    "Zephyrine",
+    "Ambrose",
+    "Beatrix",
+    "Cyprian",
+    "Dorothea",
+    "Eulalia",
+    "Ferris",
+    "Gwendolyn",
+    "Hesper",
+]
+_MORE_LAST = [
+    "Ambergate",
+    "Brackenridge",
+    "Calloway",
+    "Dunmore",
+    "Eldridge",
+    "Fairweather",
+    "Galloway",
+    "Hawthorne",
+    "Ironside",
+    "Kettleburn",
+    "Larkspur",
+    "Merriweather",
+    "Northcote",
+    "Oakenshaw",
+    "Pendragon",
+    "Redgrave",
+    "Saltmarsh",
+    "Tennyson",
+    "Umberfield",
+    "Westbrook",
+    "Ashcombe",
+    "Birchwood",
+    "Coldharbour",
+    "Drayton",
+    "Elmstead",
+    "Foxhollow",
+    "Greystoke",
+    "Holloway",
+    "Kingsley",
+    "Lindqvist",
+    "Marchbank",
+    "Nethercott",
+    "Ormsby",
+    "Pemberton",
+    "Rookwood",
+    "Sherwood",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +162,19 @@ def generated_phonebook(count: int, seed: int = 0) -> list[PhoneEntry]:
     rng = random.Random(seed)
     names = [f"{f} {last}" for f in _FIRST for last in _LAST]
     rng.shuffle(names)
+    if count > len(names):
+        # Past those, more first names and surnames: the evals ask for up to 2,000 people.
+        # A second generator keeps the first 192 rows (and their numbers) as they were.
+        more = [
+            f"{f} {last}"
+            for f in _FIRST + _MORE_FIRST
+            for last in _LAST + _MORE_LAST
+            if f in _MORE_FIRST or last in _MORE_LAST
+        ]
+        random.Random(seed + 1).shuffle(more)
+        names += more
+    if count > len(names):
+        raise ValueError(f"{count} generated names asked for; there are {len(names)}")
     return [
         PhoneEntry(
             name, f"{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}"
