@@ -334,6 +334,8 @@ class Settings(BaseSettings):
     # Facts packed into one module. A rank-8 module of the default shape held 128 PhoneBook
     # facts at 100% when trained to convergence (201 steps); 64 converge in 114 steps,
     # inside a from-scratch retrain's default budget of 3 x 60 (docs/RESULTS.md, capacity).
+    # PhoneBook 1,000 through the system at this value: 20 modules of 50 at 60-120 steps,
+    # stored questions 1.000, paraphrases 0.930 (docs/RESULTS.md, Memory at scale).
     module_capacity_facts: int = Field(default=64, ge=1)
     job_claim_idle_ms: int = Field(default=60_000, ge=1000)
     worker_block_ms: int = Field(default=2000, ge=10)
