@@ -118,6 +118,11 @@ def _data_set_flags(sub: argparse.ArgumentParser, name: str) -> None:
             "--paraphrases", type=float, default=1.0, help="share of facts asked in paraphrases"
         )
         sub.add_argument(
+            "--modes",
+            default="auto",
+            help="answer modes, each asked every question (auto: none named; lora, rag, hybrid)",
+        )
+        sub.add_argument(
             "--ask-while-training",
             action="store_true",
             help="ask each fact once its module is published, while the rest trains",

@@ -13,6 +13,10 @@ measured. The time runs from the first POST until every batch's job has finished
 every module of the tenant serves a version (splits included), or until `--wait-s` ends
 the wait; the facts not published by then are asked anyway and answered from context.
 
+`--modes` asks every question once per answer mode, side by side on the same modules:
+`auto` names none (the gateway's default), `lora`, `rag` and `hybrid` name theirs. The
+per-module figures and the examples are the first mode's.
+
 With `--ask-while-training`, a fact is asked as soon as its module serves a version, while
 later batches still train, as a user would ask: the questions then share the cores with
 training, so the ingest time is longer than the one measured alone.
@@ -38,6 +42,7 @@ from evaluation.run import EvalRun, table
 from loramem.datasets import PhoneEntry, phonebook
 from loramem.names import made_as
 
+MODES = ("auto", "lora", "rag", "hybrid")  # auto: the request names none
 ANSWER_TOKENS = 32  # a PhoneBook answer sentence is about 20 tokens
 ROUND_FACTS = 100  # facts asked per round while the rest trains (--ask-while-training)
 # Issue 15's exact-match targets: the stored question of every fact, and paraphrases.
@@ -47,7 +52,8 @@ TARGETS = {"stored": 0.95, "paraphrase": 0.90}
 def phonebook_scale(run: EvalRun) -> dict[str, Any]:
     client = run.client()
     people = phonebook(run.settings.data_dir, run.flags["count"], offset=run.flags["offset"])
-    asker = _Asker(client, people, paraphrased(people, run.flags["paraphrases"]))
+    modes = answer_modes(run.flags["modes"])  # an unknown one fails before anything is posted
+    asker = _Asker(client, people, paraphrased(people, run.flags["paraphrases"]), modes)
     ingest = _ingest(run, client, people, asker)
     asker.ask(only_published=False)  # the rest; any still training is answered from context
     rows = asker.rows
@@ -55,13 +61,22 @@ def phonebook_scale(run: EvalRun) -> dict[str, Any]:
     results = {
         "ingest": ingest,
         "modules": _modules_made(ingest["batches"], modules),
-        "kinds": [_kind(rows, kind) for kind in TARGETS],
-        "per_module": [_module_row(m, rows) for m in modules],
+        "modes": modes,
+        "kinds": [_kind(rows, kind, mode) for mode in modes for kind in TARGETS],
+        "per_module": [_module_row(m, [r for r in rows if r["mode"] == modes[0]]) for m in modules],
         "paraphrased_facts": len(asker.paraphrased),
         "moved_while_asked": asker.moved,
         "examples": _examples(asker.items, asker.answers, rows),
     }
     return {"results": results, "report": _report(results), "figures": _figures(results)}
+
+
+def answer_modes(flag: str) -> list[str]:
+    modes = [m.strip() for m in flag.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown or not modes:
+        raise ValueError(f"unknown modes {sorted(unknown)}; known: {', '.join(MODES)}")
+    return modes
 
 
 def paraphrased(people: list[PhoneEntry], share: float) -> set[str]:
@@ -71,13 +86,20 @@ def paraphrased(people: list[PhoneEntry], share: float) -> set[str]:
 
 
 class _Asker:
-    """Asks each fact once through model=auto (its stored question, and its paraphrases if
-    sampled), in rounds, and scores each round's rows as it ends."""
+    """Asks each fact once through model=auto in each mode (its stored question, and its
+    paraphrases if sampled), in rounds, and scores each round's rows as it ends."""
 
-    def __init__(self, client: EvalClient, people: list[PhoneEntry], paraphrased: set[str]):
+    def __init__(
+        self,
+        client: EvalClient,
+        people: list[PhoneEntry],
+        paraphrased: set[str],
+        modes: list[str],
+    ) -> None:
         self.client, self.people, self.paraphrased = client, people, paraphrased
+        self.modes = modes
         self.asked: set[str] = set()
-        self.items: list[tuple[PhoneEntry, str, str]] = []
+        self.items: list[tuple[PhoneEntry, str, str, str]] = []  # person, kind, question, mode
         self.answers: list[Answer] = []
         self.rows: list[dict[str, Any]] = []
         self.moved = 0  # facts whose module changed while they were asked (a consolidation)
@@ -92,20 +114,24 @@ class _Asker:
         ][:limit]  # fmt: skip
         if not ready:
             return
-        items = [(p, kind, question) for p in ready for kind, question in questions_for(p, False)
+        items = [(p, kind, question, mode) for mode in self.modes for p in ready
+                 for kind, question in questions_for(p, False)
                  if kind == "stored" or p.fact in self.paraphrased]  # fmt: skip
-        answers = self.client.map(
-            lambda item: self.client.chat(item[2], "auto", max_tokens=ANSWER_TOKENS), items, "ask"
-        )
+        answers = self.client.map(self._ask, items, "ask")
         after = _holders(self.client)
         self.rows += [
-            _scored(person, kind, answer, before, after)
-            for (person, kind, _q), answer in zip(items, answers, strict=True)
+            _scored(person, kind, mode, answer, before, after)
+            for (person, kind, _q, mode), answer in zip(items, answers, strict=True)
         ]
         self.moved += sum(before.get(p.fact) != after.get(p.fact) for p in ready)
         self.items += items
         self.answers += answers
         self.asked |= {p.fact for p in ready}
+
+    def _ask(self, item: tuple[PhoneEntry, str, str, str]) -> Answer:
+        _person, _kind, question, mode = item
+        named = None if mode == "auto" else mode
+        return self.client.chat(question, "auto", named, max_tokens=ANSWER_TOKENS)
 
 
 # -------------------------------------------------------------------- ingest
@@ -186,9 +212,12 @@ def _modules_made(batches: list[dict[str, Any]], modules: list[dict]) -> dict[st
 
 # ------------------------------------------------------------------- scoring
 def _examples(asked: list, answers: list[Answer], rows: list[dict[str, Any]]) -> list[dict]:
-    """The first fact's questions, and up to five wrong answers of each kind."""
+    """The first mode's: the first fact's questions, and up to five wrong answers of each
+    kind."""
     examples, wrong = [], Counter[str]()
-    for (person, kind, question), answer, row in zip(asked, answers, rows, strict=True):
+    for (person, kind, question, mode), answer, row in zip(asked, answers, rows, strict=True):
+        if mode != asked[0][3]:
+            continue
         first = person == asked[0][0]
         if first or (not row["right"] and wrong[kind] < 5):
             wrong[kind] += not row["right"]
@@ -198,11 +227,17 @@ def _examples(asked: list, answers: list[Answer], rows: list[dict[str, Any]]) ->
 
 
 def _scored(
-    person: PhoneEntry, kind: str, answer: Answer, before: dict[str, str], after: dict[str, str]
+    person: PhoneEntry,
+    kind: str,
+    mode: str,
+    answer: Answer,
+    before: dict[str, str],
+    after: dict[str, str],
 ) -> dict[str, Any]:
     answered_by = answer.module.split("@")[0]
     return {
         "kind": kind,
+        "mode": mode,
         "holder": after.get(person.fact, before.get(person.fact)),
         "right": metrics.phone_exact(answer.text, person.phone),
         "by_module": answered_by not in ("", "base"),
@@ -216,11 +251,12 @@ def _share(rows: list[dict[str, Any]], key: str) -> float | None:
     return metrics.mean([float(r[key]) for r in rows])
 
 
-def _kind(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    mine = [r for r in rows if r["kind"] == kind]
+def _kind(rows: list[dict[str, Any]], kind: str, mode: str) -> dict[str, Any]:
+    mine = [r for r in rows if r["kind"] == kind and r["mode"] == mode]
     exact = _share(mine, "right")
     return {
         "kind": kind,
+        "mode": mode,
         "questions": len(mine),
         "exact_match": exact,
         "target": TARGETS[kind],
@@ -259,9 +295,10 @@ def _report(results: dict[str, Any]) -> str:
           ingest["asked_while_training"]]],
     )  # fmt: skip
     kinds = table(
-        ["question", "asked", "exact match (digits)", "target", "met", "router top-1",
+        ["mode", "question", "asked", "exact match (digits)", "target", "met", "router top-1",
          "answered by a module", "answered pending", "request errors"],
-        [[k["kind"], k["questions"], k["exact_match"], k["target"], k["met"], k["router_top1"],
+        [[k["mode"], k["kind"], k["questions"], k["exact_match"], k["target"], k["met"],
+          k["router_top1"],
           k["answered_by_module"], k["answered_pending"], k["request_errors"]]
          for k in results["kinds"]],
     )  # fmt: skip
@@ -282,7 +319,8 @@ def _report(results: dict[str, Any]) -> str:
     moved = results["moved_while_asked"]
     return "\n\n".join([
         summary,
-        "Asked through `model=auto`, every fact's stored question and the paraphrases of "
+        "Asked through `model=auto` (mode `auto`: none named), every fact's stored question "
+        "and the paraphrases of "
         f"{results['paraphrased_facts']} facts; router top-1: answered by the module holding "
         "the fact; answered pending: its module had no version yet (answered from context).",
         kinds,
@@ -290,7 +328,8 @@ def _report(results: dict[str, Any]) -> str:
         "while the questions were asked).",
         modules,
         batches,
-        "Wrong answers (up to five of each kind) and the first fact's answers:",
+        f"Wrong answers in mode {results['modes'][0]} (up to five of each kind) and the first "
+        "fact's answers:",
         table(["question", "expected", "answer", "module"],
               [[e["question"], e["expected"], e["answer"].replace("|", "/").replace("\n", " "),
                 e["module"]] for e in results["examples"]]),

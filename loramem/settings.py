@@ -245,13 +245,14 @@ class Settings(BaseSettings):
     # module's old value won 3/4); PhoneBook 4/4 both (docs/RESULTS.md, Memory at scale).
     interim_mode: Literal["rag", "hybrid", "off"] = "rag"
     # A request's answer mode when it names none ("loramem": {"mode": ...}; router/answer.py):
-    # "lora" (the routed module alone), "rag" (base, facts in context) or "hybrid" (the
-    # module, facts in context). Facts join the context only where they clear
-    # router_context_threshold, so all three answer unrelated questions as base does.
-    # lora: single PhoneBook questions 32/32 against hybrid's 27/32 (`loramem eval span`);
-    # hybrid wins CounterFact question forms, 0.938 to 0.558 (docs/RESULTS.md); documents
-    # take document_answer_mode.
-    answer_mode: Literal["lora", "rag", "hybrid"] = "lora"
+    # "lora" (the routed module alone), "rag" (base, facts in context), "hybrid" (the
+    # module, facts in context) or "auto": lora for a question the routed fact's module
+    # trained (one of its questions_per_fact phrasings), hybrid for any other wording.
+    # Facts join the context only where they clear router_context_threshold, so every
+    # mode answers unrelated questions as base does. lora: single PhoneBook questions
+    # 32/32 against hybrid's 27/32 (`loramem eval span`); hybrid wins CounterFact question
+    # forms, 0.938 to 0.558 (docs/RESULTS.md). Documents take document_answer_mode.
+    answer_mode: Literal["auto", "lora", "rag", "hybrid"] = "lora"
     # The mode of a request that names none when the fact it routes to is a sentence of
     # a document (more words than router_subject_max_words; PhoneBook and CounterFact
     # facts have 3-12). hybrid: PaperQA ROUGE-L 0.203 against lora's 0.170 and rag's 0.172

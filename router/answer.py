@@ -39,7 +39,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+from loramem.fact_forms import fact_form
 from router.index import Hit
+from router.lexical import is_document_sentence
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 
@@ -54,31 +56,53 @@ RAG_INSTRUCTION = (
 _DELIMITER_LIKE = re.compile(r"<\s*/?\s*facts\s*>|<\||\|>", re.IGNORECASE)
 
 
-def _no_documents(_fact_id: str) -> bool:
-    return False
+def _no_text(_fact_id: str) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
 class Modes:
     """How a request is answered: the mode it names (`asked`), else `default`, or
-    `documents` when the fact it routes to is a sentence of a document (`is_document`,
-    by fact id: the gateway looks the text up)."""
+    `documents` when the fact it routes to is a sentence of a document. `default` "auto"
+    is lora for a question the routed fact's module was trained on (one of its first
+    `trained_questions` phrasings, loramem/fact_forms.py) and hybrid for any other
+    wording. The routed fact's text comes from `text_of` (the gateway's cache)."""
 
     asked: str | None = None
     default: str = "lora"
     documents: str | None = None  # None: as `default`
-    is_document: Callable[[str], bool] = _no_documents
+    text_of: Callable[[str], str | None] = _no_text
+    max_words: int = 16  # a fact of more words is a document's sentence
+    query: str = ""
+    trained_questions: int = 10
 
     def pick(self, decision: RouteDecision) -> str:
         """The mode for the router's decision (before the mode shapes it)."""
         if self.asked:
             return self.asked
-        if self.documents in (None, self.default) or decision.module is None:
-            return self.default
+        plain = "lora" if self.default == "auto" else self.default
+        if decision.module is None or (self.default != "auto" and self.documents in (None, plain)):
+            return plain
         routed = next((h.fact_id for h in decision.candidates if h.module == decision.module), None)
-        if routed is not None and self.is_document(routed):
-            return self.documents or self.default
-        return self.default
+        text = self.text_of(routed) if routed is not None else None
+        if text is None:
+            return plain
+        if self.documents is not None and is_document_sentence(text, self.max_words):
+            return self.documents
+        if self.default != "auto":
+            return self.default
+        return "lora" if self._trained_on(text) else "hybrid"
+
+    def _trained_on(self, text: str) -> bool:
+        """Is the query, up to case, spacing and end punctuation, a question the fact's
+        module trained? CounterFact question forms: lora 0.558, hybrid 0.938; the trained
+        prompts: lora 0.975, hybrid 0.991 (docs/RESULTS.md)."""
+        asked = _plain(self.query)
+        return any(_plain(q) == asked for q in fact_form(text).questions(self.trained_questions))
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.casefold().split()).rstrip(" ?.!")
 
 
 class Routed(NamedTuple):
@@ -179,17 +203,19 @@ def with_pending(
     fresh = [h for h in fresh if h.score >= router.threshold and h.fact_id not in unnamed]
     trusted = trusted_hits(decision, router.context_threshold)
     context = _merged_hits(fresh, trusted, stale, router.top_k)
-    if mode != "lora":  # the facts are in context anyway: the current ones
+    if mode == "rag":  # base answers with the facts in context anyway: the current ones
         if decision.outcome == "unnamed_subject" and fresh:  # a new text names it
             return replace(decision, candidates=context, outcome="pending")
         return replace(decision, candidates=context)
+    # lora and hybrid serve a module, which may hold an old value: as for lora below,
+    # hybrid's module never answers a changed fact but in the interim mode.
     own = [h for h in decision.candidates if decision.module and h.module == decision.module]
     routed_stale = bool(own) and own[0].fact_id in stale
     # A decision sent to base for an unnamed subject has no routed score to beat.
     routed = None if decision.outcome == "unnamed_subject" else decision.score
     fresh_wins = bool(fresh) and (routed is None or fresh[0].score >= routed)
     if not (fresh_wins or routed_stale):
-        return decision
+        return decision if mode == "lora" else replace(decision, candidates=context)
     winner = fresh[0] if fresh_wins else own[0]
     served = router.active.get(winner.module)
     if interim == "hybrid" and served and stale.get(winner.fact_id) != "delete":

@@ -108,6 +108,7 @@ def create_app(
             settings.router_span_question,
             settings.answer_mode,
             settings.document_answer_mode,
+            settings.training.questions_per_fact,
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(

@@ -23,7 +23,6 @@ from loramem.names import module_name
 from loramem.registry import Registry
 from loramem.registry.facts import Fact
 from router import answer
-from router.lexical import is_document_sentence
 from router.pending import PendingFacts
 from router.router import RouteDecision, Router
 from server import span
@@ -63,10 +62,12 @@ class CompletionService:
         span_question: str = "trained",
         answer_mode: str = "lora",
         document_answer_mode: str | None = None,
+        trained_questions: int = 10,
     ) -> None:
         self.router = router
         self.answer_mode = answer_mode  # a request's mode when it names none
         self.document_answer_mode = document_answer_mode  # ... and it routes to a document
+        self.trained_questions = trained_questions  # phrasings a job trains per fact
         self.span_method = span_method  # questions that span modules (server/span.py)
         self.span_question = span_question  # what each composed part is asked
         self.pending = pending  # changes no published version holds yet (read your writes)
@@ -222,18 +223,18 @@ class CompletionService:
     def _modes(
         self, tenant: str, request: ChatCompletionRequest | CompletionRequest
     ) -> answer.Modes:
-        """The request's mode, else the defaults: the documents' one where the fact it
-        routes to is a sentence of a document (its text from the router's cache)."""
+        """The request's mode, else the defaults, which look at the fact it routes to
+        (its text from the router's cache): a document's sentence, and in "auto" whether
+        the question is one the module trained."""
         return answer.Modes(
             request.loramem.mode,
             self.answer_mode,
             self.document_answer_mode,
-            lambda fact_id: self._is_document(tenant, fact_id),
+            lambda fact_id: self._texts(tenant, [fact_id]).get(fact_id),
+            self.router.subject_max_words,
+            request.query_text(),
+            self.trained_questions,
         )
-
-    def _is_document(self, tenant: str, fact_id: str) -> bool:
-        text = self._texts(tenant, [fact_id]).get(fact_id)
-        return text is not None and is_document_sentence(text, self.router.subject_max_words)
 
     def _context_threshold(self, request: ChatCompletionRequest | CompletionRequest) -> float:
         asked = request.loramem.context_threshold

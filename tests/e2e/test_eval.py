@@ -26,7 +26,7 @@ RUNS = {
     # Two batches of 5: the second lands in a delta of the first batch's module.
     # Each fact asked once its module is published; half of them in paraphrases.
     "phonebook-scale": ["--count", "10", "--batch", "5", "--offset", "60", "--ask-while-training"]
-    + ["--paraphrases", "0.5"],
+    + ["--paraphrases", "0.5", "--modes", "auto,hybrid"],
     # Two batches of one: the second packs into the first's module (a delta of it).
     "counterfact": ["--count", "2", "--file", "4K", "--batch", "1", "--locality", "2"],
     # Gate 0: some document sentences are never recalled as the gate asks them, and the
@@ -133,7 +133,8 @@ def test_phonebook(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-d
 def test_phonebook_scale(system, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Ten facts in two POSTs, packed by the system, asked through model=auto in their
     stored form and (half of them, drawn by text) in five paraphrases, each fact once its
-    module serves a version."""
+    module serves a version; each question once with no mode named (auto) and once in
+    hybrid."""
     results = run_eval(system, tmp_path, "phonebook-scale")
     ingest, made = results["ingest"], results["modules"]
     assert [b["facts"] for b in ingest["batches"]] == [5, 5]
@@ -143,13 +144,16 @@ def test_phonebook_scale(system, tmp_path: Path) -> None:  # type: ignore[no-unt
     assert second.startswith(first + "-d")  # packed: the second batch is a delta of the first
     assert made["seen_by_kind"]["delta"] >= 1 and made["at_end"] >= 1
     assert sum(m["facts"] for m in results["per_module"]) == 10
-    kinds = {k["kind"]: k for k in results["kinds"]}
-    assert kinds["stored"]["questions"] == 10 and 0 < results["paraphrased_facts"] < 10
-    assert kinds["paraphrase"]["questions"] == 5 * results["paraphrased_facts"]
+    assert results["modes"] == ["auto", "hybrid"] and 0 < results["paraphrased_facts"] < 10
+    for mode in results["modes"]:
+        mine = {k["kind"]: k for k in results["kinds"] if k["mode"] == mode}
+        assert mine["stored"]["questions"] == 10
+        assert mine["paraphrase"]["questions"] == 5 * results["paraphrased_facts"]
+        for kind in mine.values():
+            assert in_unit(kind["exact_match"]) and in_unit(kind["router_top1"])
+            assert kind["request_errors"] == 0
     assert ingest["asked_while_training"] and ingest["facts_published"] == 10
-    for kind in kinds.values():
-        assert in_unit(kind["exact_match"]) and in_unit(kind["router_top1"])
-        assert kind["request_errors"] == 0
+    kinds = {k["kind"]: k for k in results["kinds"] if k["mode"] == "auto"}
     # Every module published past the gate on its stored questions: asked the same way,
     # the router sends them to the module holding the fact and it answers the number.
     assert kinds["stored"]["router_top1"] >= 0.9, kinds["stored"]

@@ -6,6 +6,7 @@ question names its subject: an unrelated question is answered as base in every m
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -63,6 +64,13 @@ def _gateway(settings: Settings, registry: Registry, embedder: SentenceEmbedder)
         )
         registry.modules.publish(VersionInfo(module, 1, "t", ids, 1.0, NO_FILES, TRAINED), {})
         router.apply_published("t", module, 1)
+    # The gateway's event follower sees each add, then its publish: until it has, the
+    # facts are pending (read your writes) and lora and hybrid answer them from context.
+    pending = client.app.state.completions.pending  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while pending.any("t") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pending.any("t")
     return client
 
 
@@ -127,7 +135,7 @@ def test_the_default_mode_is_a_setting(
 
 def test_a_question_routed_to_a_document_is_answered_in_hybrid(gateway: TestClient) -> None:
     """No mode named: a document's sentence gets LORAMEM_DOCUMENT_ANSWER_MODE (hybrid),
-    a PhoneBook fact LORAMEM_ANSWER_MODE (lora); a request still chooses."""
+    a PhoneBook fact's trained question lora; a request still chooses."""
     reply, sent = _sent(gateway, ASK_SENTENCE)
     assert reply.headers["x-loramem-module"] == "paper@v1"
     assert reply.headers["x-loramem-mode"] == "hybrid"
@@ -137,6 +145,28 @@ def test_a_question_routed_to_a_document_is_answered_in_hybrid(gateway: TestClie
     assert reply.headers["x-loramem-mode"] == "lora" and sent == PEOPLE[0].question
     asked, sent = _sent(gateway, ASK_SENTENCE, mode="lora")
     assert asked.headers["x-loramem-mode"] == "lora" and sent == ASK_SENTENCE
+
+
+def test_auto_answers_a_trained_question_alone_and_another_wording_with_the_fact(
+    settings: Settings, registry: Registry, embedder: SentenceEmbedder
+) -> None:
+    """auto: the module alone for a question it trained (the gate's question, or another
+    of its phrasings), the module with the fact for any other wording."""
+    client = _gateway(settings.model_copy(update={"answer_mode": "auto"}), registry, embedder)
+    person = PEOPLE[0]
+    try:
+        for trained in (person.question, f"Which phone number does {person.name} have?"):
+            reply, sent = _sent(client, trained)
+            assert reply.headers["x-loramem-mode"] == "lora" and sent == trained
+        worded = f"Could {person.name} be reached on which number?"
+        reply, sent = _sent(client, worded)
+        assert reply.headers["x-loramem-module"] == "people@v1"
+        assert reply.headers["x-loramem-mode"] == "hybrid"
+        assert sent.startswith(RAG_INSTRUCTION) and person.fact in sent and sent.endswith(worded)
+        reply, sent = _sent(client, ASK_SENTENCE)  # a document's sentence: its own mode
+        assert reply.headers["x-loramem-mode"] == "hybrid" and SENTENCE in sent
+    finally:
+        client.__exit__(None, None, None)
 
 
 def test_the_documents_mode_is_a_setting(

@@ -171,7 +171,9 @@ def test_hybrid_composes_a_spanning_question_and_gives_a_single_one_its_facts(
 
 def test_context_puts_the_other_parts_facts_before_the_question(gateway: TestClient) -> None:
     SEEN.clear()
-    reply = _chat(gateway, PAIR, span="context")
+    # lora: hybrid (and auto's choice for a wording no module trained) puts every
+    # trusted fact in context anyway
+    reply = _chat(gateway, PAIR, span="context", mode="lora")
     assert reply.headers["x-loramem-outcome"] == "span"
     [sent] = SEEN  # one request: the chosen module's
     chosen = module_name(parse_served_name(sent["model"])[0])  # type: ignore[index]

@@ -37,16 +37,40 @@ def test_rag_never_asks_for_a_merge() -> None:
     assert not merge_allowed("lora", False, False)
 
 
+SENTENCE = (
+    "Diffusion models have been used in planning to generate complex trajectories by "
+    "iteratively denoising a sequence of states and actions."
+)
+TEXTS = {"f1": SENTENCE, "f2": "The phone number of Ann Lee is 555-0101."}
+
+
 def test_a_request_routed_to_a_document_sentence_takes_the_documents_mode() -> None:
-    documents = {"f1"}  # m1's best fact is a document's sentence; m2's is not
-    modes = Modes(None, "lora", "hybrid", documents.__contains__)
+    # m1's best fact is a document's sentence; m2's is not
+    modes = Modes(None, "lora", "hybrid", TEXTS.get)
     assert modes.pick(ROUTED) == "hybrid"
     to_m2 = RouteDecision("m2@v1", "m2", "module", 0.5, HITS)
     assert modes.pick(to_m2) == "lora"  # judged by the routed module's fact, not the top hit
     assert modes.pick(RouteDecision("base-model", None, "below_threshold", 0.3, HITS)) == "lora"
-    assert Modes("lora", "lora", "hybrid", documents.__contains__).pick(ROUTED) == "lora"
+    assert Modes("lora", "lora", "hybrid", TEXTS.get).pick(ROUTED) == "lora"
     assert Modes("rag", "lora", "hybrid").pick(ROUTED) == "rag"  # a request still chooses
     assert Modes(None, "lora").pick(ROUTED) == "lora"  # no documents' mode set
+
+
+def test_auto_answers_a_trained_question_from_the_module_and_any_other_in_hybrid() -> None:
+    to_m2 = RouteDecision("m2@v1", "m2", "module", 0.5, HITS)
+
+    def auto(query: str, trained: int = 10) -> str:
+        return Modes(None, "auto", "hybrid", TEXTS.get, 16, query, trained).pick(to_m2)
+
+    assert auto("What is the phone number of Ann Lee?") == "lora"  # the gate's question
+    assert auto("  what is the phone number of ann lee ") == "lora"  # case, spaces, no "?"
+    assert auto("Which phone number does Ann Lee have?") == "lora"  # a trained phrasing
+    assert auto("Which phone number does Ann Lee have?", trained=2) == "hybrid"  # not trained
+    assert auto("How can I reach Ann Lee by phone?") == "hybrid"  # worded unlike any
+    assert Modes(None, "auto", "hybrid", TEXTS.get).pick(ROUTED) == "hybrid"  # a document
+    below = RouteDecision("base-model", None, "below_threshold", 0.3, HITS)
+    assert Modes(None, "auto", "hybrid", TEXTS.get, query="q").pick(below) == "lora"
+    assert Modes("rag", "auto", "hybrid", TEXTS.get).pick(to_m2) == "rag"  # asked
 
 
 def test_a_late_switch_to_rag_drops_the_merge_it_wanted() -> None:
@@ -165,10 +189,29 @@ def test_a_deleted_fact_is_answered_by_base_without_it() -> None:
 
 
 def test_rag_and_hybrid_requests_get_the_new_texts_in_context() -> None:
-    fresh = [Hit("new", "m3", 0.95)]
-    for mode in ("rag", "hybrid"):
-        shaped = for_mode(ROUTED, mode, "base-model")
-        decision = with_pending(shaped, fresh, {"f2": "delete"}, mode, "rag", ROUTER)
-        assert decision.outcome == shaped.outcome and decision.target == shaped.target
-        assert [h.fact_id for h in decision.candidates] == ["new", "f1"]
-        assert effective_mode(decision, mode) == mode
+    rag = for_mode(ROUTED, "rag", "base-model")
+    decision = with_pending(rag, [Hit("new", "m3", 0.95)], {"f2": "delete"}, "rag", "rag", ROUTER)
+    assert (decision.outcome, decision.target) == (rag.outcome, rag.target)
+    assert [h.fact_id for h in decision.candidates] == ["new", "f1"]
+    assert effective_mode(decision, "rag") == "rag"
+    # hybrid keeps its module where no change is nearer than the module's own fact
+    fresh = [Hit("new", "m3", 0.6)]
+    decision = with_pending(ROUTED, fresh, {"f2": "delete"}, "hybrid", "rag", ROUTER)
+    assert (decision.outcome, decision.target) == ("module", M1)
+    assert [h.fact_id for h in decision.candidates] == ["f1", "new"]
+    assert effective_mode(decision, "hybrid") == "hybrid"
+
+
+def test_a_hybrid_module_never_answers_a_changed_fact_but_in_the_interim_mode() -> None:
+    # hybrid serves the module too, which holds the old value of an edited or deleted
+    # fact, and knows nothing of a new one: as in lora, the interim mode answers.
+    for fresh, stale in (([Hit("new", "m3", 0.95)], {}), ([], {"f1": "delete"})):
+        decision = with_pending(ROUTED, fresh, stale, "hybrid", "rag", ROUTER)
+        assert (decision.target, decision.module, decision.outcome) == (
+            "base-model",
+            None,
+            "pending",
+        )
+        assert effective_mode(decision, "hybrid") == "rag"
+    edited = with_pending(ROUTED, [Hit("f1", "m1", 0.7)], {"f1": "edit"}, "hybrid", "rag", ROUTER)
+    assert (edited.module, edited.outcome) == (None, "pending")

@@ -29,6 +29,7 @@ class FakeGateway:
         self.holders: dict[str, str] = {}
         self.second_polls = 0
         self.asked: list[tuple[str, bool]] = []  # (question, batch 1 published then)
+        self.modes: list[str | None] = []  # the mode each question named
 
     def published(self, module: str) -> bool:
         return module == "m-a" or (
@@ -57,7 +58,9 @@ class FakeGateway:
                         "active_version": 1 if self.published(m) else None}
                        for m in ("m-a", "m-b")]  # fmt: skip
             return httpx.Response(200, json=modules)
-        question = json.loads(request.content)["messages"][-1]["content"]
+        body = json.loads(request.content)
+        question = body["messages"][-1]["content"]
+        self.modes.append(body.get("loramem", {}).get("mode"))
         self.asked.append((question, self.published("m-b")))
         person = next(p for p in self.people if p.name.split()[-1] in question)
         module = self.holders[person.fact]
@@ -137,3 +140,17 @@ def test_the_paraphrase_share_is_drawn_by_fact_and_asks_five_per_fact(tmp_path: 
     assert stored["questions"] == 4
     assert paraphrase["questions"] == 5 * results["paraphrased_facts"]
     assert len(gateway.asked) == 4 + 5 * results["paraphrased_facts"]
+
+
+def test_each_mode_asks_every_question_and_is_scored_apart(tmp_path: Path) -> None:
+    run, gateway = run_for(tmp_path, ["--modes", "auto,hybrid"], polls_to_publish=0)
+    results = phonebook_scale(run)["results"]
+    assert len(gateway.asked) == 2 * 4 * 6  # each question once per mode
+    assert [(k["mode"], k["kind"]) for k in results["kinds"]] == [
+        ("auto", "stored"), ("auto", "paraphrase"), ("hybrid", "stored"), ("hybrid", "paraphrase")
+    ]  # fmt: skip
+    assert all(k["questions"] in (4, 20) for k in results["kinds"])
+    assert sorted(gateway.modes, key=str) == [None] * 24 + ["hybrid"] * 24  # auto names none
+    bad, _gateway = run_for(tmp_path, ["--modes", "auto,lorra"], polls_to_publish=0)
+    with pytest.raises(ValueError, match="lorra"):
+        phonebook_scale(bad)
