@@ -205,6 +205,11 @@ class Settings(BaseSettings):
     # 0.172 -> 0.181, hybrid 0.203 -> 0.200, inside its runs' 0.016 spread (5 papers x 2
     # runs, `loramem eval paperqa --runs 2`, docs/RESULTS.md), so the default stays.
     router_context_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # Of those, only facts whose subject the question names (the subject check's test,
+    # router/lexical.py; facts without subject words, a document's sentences, always
+    # pass; off with router_subject_check). PhoneBook paraphrases had 2.7 facts above
+    # the threshold on average, 65% of them another person's (100 facts); TODO measure.
+    router_context_named_only: bool = True
     router_lexical_pool: int = Field(default=32, ge=1, le=1024)
     # Subject check (router/lexical.py): a model=auto question goes into a module only when
     # it names the subject of a fact that clears the threshold; otherwise base (outcome

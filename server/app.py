@@ -109,6 +109,7 @@ def create_app(
             settings.answer_mode,
             settings.document_answer_mode,
             settings.training.questions_per_fact,
+            settings.router_context_named_only,
         )
         reconciler.in_flight = forwarder.in_flight
         follower = EventFollower(

@@ -63,11 +63,13 @@ class CompletionService:
         answer_mode: str = "lora",
         document_answer_mode: str | None = None,
         trained_questions: int = 10,
+        context_named_only: bool = True,
     ) -> None:
         self.router = router
         self.answer_mode = answer_mode  # a request's mode when it names none
         self.document_answer_mode = document_answer_mode  # ... and it routes to a document
         self.trained_questions = trained_questions  # phrasings a job trains per fact
+        self.context_named_only = context_named_only  # context: facts whose subject is named
         self.span_method = span_method  # questions that span modules (server/span.py)
         self.span_question = span_question  # what each composed part is asked
         self.pending = pending  # changes no published version holds yet (read your writes)
@@ -101,7 +103,8 @@ class CompletionService:
         elif not compose:
             fact_ids = answer.context_fact_ids(decision, mode, self._context_threshold(request))
         if fact_ids:
-            await run_in_threadpool(self._add_context, tenant, body, fact_ids)
+            query = request.query_text()
+            await run_in_threadpool(self._add_context, tenant, body, fact_ids, query)
         label = self.metrics.module_label(decision.module)
         self.metrics.requests.labels(label, decision.outcome, mode).inc()
         self.hits.record(tenant, module_name(decision.module) if decision.module else None)
@@ -271,13 +274,19 @@ class CompletionService:
             )
         return found
 
-    def _add_context(self, tenant: str, body: dict[str, Any], fact_ids: list[str]) -> None:
+    def _add_context(
+        self, tenant: str, body: dict[str, Any], fact_ids: list[str], query: str
+    ) -> None:
         with self.metrics.stage("context"):
             texts: list[str] = self.redis_outage.optional(
                 "facts in context",
                 lambda: [f.text for f in self.registry.facts.by_id(tenant, fact_ids)],
                 [],
             )
+        if self.context_named_only:
+            # Another subject's fact is no evidence, only a value to mix up: PhoneBook's
+            # look-alike facts put 2.7 others above the threshold beside a paraphrase's own.
+            texts = [t for t in texts if self.router.names_subject(tenant, query, t)]
         if texts:
             answer.add_context(body, texts)
 

@@ -190,7 +190,18 @@ def test_a_lower_context_threshold_gives_unrelated_questions_context(
     try:
         reply, sent = _sent(client, "What is the capital of France?", mode="rag")
         assert reply.headers["x-loramem-module"] == "base"  # routing is unchanged
-        assert all(p.fact in sent for p in PEOPLE)
+        # a document's sentence has no subject to name; a person's fact is left out
+        # unless the question names the person (LORAMEM_ROUTER_CONTEXT_NAMED_ONLY)
+        assert SENTENCE in sent and not any(p.fact in sent for p in PEOPLE)
+        _reply, sent = _sent(client, f"Who is {PEOPLE[1].name}?", mode="rag")
+        assert PEOPLE[1].fact in sent and PEOPLE[0].fact not in sent
+    finally:
+        client.__exit__(None, None, None)
+    every = every.model_copy(update={"router_context_named_only": False})
+    client = _gateway(every, registry, embedder)
+    try:
+        _reply, sent = _sent(client, "What is the capital of France?", mode="rag")
+        assert SENTENCE in sent and all(p.fact in sent for p in PEOPLE)
     finally:
         client.__exit__(None, None, None)
 
@@ -201,7 +212,7 @@ def test_a_request_sets_its_own_context_threshold(gateway: TestClient) -> None:
     question = "What is the capital of France?"
     reply, sent = _sent(gateway, question, mode="rag", context_threshold=-1.0)
     assert reply.headers["x-loramem-module"] == "base"
-    assert all(p.fact in sent for p in PEOPLE)
+    assert SENTENCE in sent  # a document's sentence: no subject to name
     _reply, sent = _sent(gateway, question, mode="rag")  # the next request: the setting's
     assert sent == question
     body = {"model": "auto", "messages": [{"role": "user", "content": question}]}
