@@ -208,7 +208,9 @@ class Settings(BaseSettings):
     # Of those, only facts whose subject the question names (the subject check's test,
     # router/lexical.py; facts without subject words, a document's sentences, always
     # pass; off with router_subject_check). PhoneBook paraphrases had 2.7 facts above
-    # the threshold on average, 65% of them another person's (100 facts); TODO measure.
+    # the threshold on average, 65% with another person's beside their own (100 facts);
+    # hybrid's PhoneBook answers did not improve with them left out (paraphrases 0.630 ->
+    # 0.622, docs/RESULTS.md), but nothing argues for quoting another subject's value.
     router_context_named_only: bool = True
     router_lexical_pool: int = Field(default=32, ge=1, le=1024)
     # Subject check (router/lexical.py): a model=auto question goes into a module only when
@@ -251,13 +253,15 @@ class Settings(BaseSettings):
     interim_mode: Literal["rag", "hybrid", "off"] = "rag"
     # A request's answer mode when it names none ("loramem": {"mode": ...}; router/answer.py):
     # "lora" (the routed module alone), "rag" (base, facts in context), "hybrid" (the
-    # module, facts in context) or "auto": lora for a question the routed fact's module
-    # trained (one of its questions_per_fact phrasings), hybrid for any other wording.
-    # Facts join the context only where they clear router_context_threshold, so every
-    # mode answers unrelated questions as base does. lora: single PhoneBook questions
-    # 32/32 against hybrid's 27/32 (`loramem eval span`); hybrid wins CounterFact question
-    # forms, 0.938 to 0.558 (docs/RESULTS.md). Documents take document_answer_mode.
-    answer_mode: Literal["auto", "lora", "rag", "hybrid"] = "lora"
+    # module, facts in context) or "auto": lora for an attribute fact ("The phone number
+    # of X is N", whose module trains ten questions) and for a statement asked as its
+    # module trained it, hybrid for a statement worded otherwise. Facts join the context
+    # only where they clear router_context_threshold, so every mode answers unrelated
+    # questions as base does. auto, from side-by-side runs on the same modules
+    # (docs/RESULTS.md, "One default mode for facts and edits"): PhoneBook paraphrases
+    # lora 0.952, hybrid 0.622 (100 facts); CounterFact question forms lora 0.558,
+    # hybrid 0.938 (434 edits). Documents take document_answer_mode.
+    answer_mode: Literal["auto", "lora", "rag", "hybrid"] = "auto"
     # The mode of a request that names none when the fact it routes to is a sentence of
     # a document (more words than router_subject_max_words; PhoneBook and CounterFact
     # facts have 3-12). hybrid: PaperQA ROUGE-L 0.203 against lora's 0.170 and rag's 0.172

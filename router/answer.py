@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from loramem.fact_forms import fact_form
+from loramem.fact_forms import FactForm, fact_form
 from router.index import Hit
 from router.lexical import is_document_sentence
 from router.pending import PendingFacts
@@ -64,9 +64,10 @@ def _no_text(_fact_id: str) -> str | None:
 class Modes:
     """How a request is answered: the mode it names (`asked`), else `default`, or
     `documents` when the fact it routes to is a sentence of a document. `default` "auto"
-    is lora for a question the routed fact's module was trained on (one of its first
-    `trained_questions` phrasings, loramem/fact_forms.py) and hybrid for any other
-    wording. The routed fact's text comes from `text_of` (the gateway's cache)."""
+    is lora for an attribute fact and for a question the routed fact's module was
+    trained on (one of its first `trained_questions` phrasings, loramem/fact_forms.py),
+    and hybrid for any other wording of a statement. The routed fact's text comes from
+    `text_of` (the gateway's cache)."""
 
     asked: str | None = None
     default: str = "lora"
@@ -91,14 +92,18 @@ class Modes:
             return self.documents
         if self.default != "auto":
             return self.default
-        return "lora" if self._trained_on(text) else "hybrid"
+        form = fact_form(text)
+        # An attribute ("The phone number of X is N") trains ten questions about it, and
+        # a module answers others alone best (PhoneBook paraphrases lora 0.952, hybrid
+        # 0.622); a statement trains its completion: another wording needs the fact
+        # beside it (CounterFact question forms lora 0.558, hybrid 0.938; docs/RESULTS.md).
+        return "lora" if form.attr is not None or self._trained_on(form) else "hybrid"
 
-    def _trained_on(self, text: str) -> bool:
+    def _trained_on(self, form: FactForm) -> bool:
         """Is the query, up to case, spacing and end punctuation, a question the fact's
-        module trained? CounterFact question forms: lora 0.558, hybrid 0.938; the trained
-        prompts: lora 0.975, hybrid 0.991 (docs/RESULTS.md)."""
+        module trained?"""
         asked = _plain(self.query)
-        return any(_plain(q) == asked for q in fact_form(text).questions(self.trained_questions))
+        return any(_plain(q) == asked for q in form.questions(self.trained_questions))
 
 
 def _plain(text: str) -> str:

@@ -33,6 +33,7 @@ SENTENCE = (
     "iteratively denoising a sequence of states and actions over many steps."
 )
 ASK_SENTENCE = "How have diffusion models been used in planning to generate trajectories?"
+EDIT = "Lenta.ru is written in Italian."  # a statement, as CounterFact's edits are
 
 
 def _engine(request: httpx.Request) -> httpx.Response:
@@ -57,7 +58,8 @@ def _gateway(settings: Settings, registry: Registry, embedder: SentenceEmbedder)
         transport=httpx.MockTransport(_engine)
     )
     router = client.app.state.router  # type: ignore[attr-defined]
-    for name, texts in (("people", [p.fact for p in PEOPLE]), ("paper", [SENTENCE])):
+    modules = (("people", [p.fact for p in PEOPLE]), ("paper", [SENTENCE]), ("edits", [EDIT]))
+    for name, texts in modules:
         module = module_id("t", name)
         _job, ids = registry.facts.add(
             "t", texts, [None] * len(texts), [to_bytes(v) for v in router.embed(texts)], module
@@ -147,22 +149,26 @@ def test_a_question_routed_to_a_document_is_answered_in_hybrid(gateway: TestClie
     assert asked.headers["x-loramem-mode"] == "lora" and sent == ASK_SENTENCE
 
 
-def test_auto_answers_a_trained_question_alone_and_another_wording_with_the_fact(
+def test_auto_answers_a_statement_alone_only_as_trained(
     settings: Settings, registry: Registry, embedder: SentenceEmbedder
 ) -> None:
-    """auto: the module alone for a question it trained (the gate's question, or another
-    of its phrasings), the module with the fact for any other wording."""
+    """auto: a statement's module alone for a prompt it trained, with the fact for any
+    other wording; an attribute fact's module alone for every wording."""
     client = _gateway(settings.model_copy(update={"answer_mode": "auto"}), registry, embedder)
-    person = PEOPLE[0]
     try:
-        for trained in (person.question, f"Which phone number does {person.name} have?"):
+        for trained in ("Lenta.ru is written in", "What is Lenta.ru written in?"):
             reply, sent = _sent(client, trained)
+            assert reply.headers["x-loramem-module"] == "edits@v1"
             assert reply.headers["x-loramem-mode"] == "lora" and sent == trained
-        worded = f"Could {person.name} be reached on which number?"
+        worded = "In which language do the journalists of Lenta.ru write?"
         reply, sent = _sent(client, worded)
-        assert reply.headers["x-loramem-module"] == "people@v1"
+        assert reply.headers["x-loramem-module"] == "edits@v1"
         assert reply.headers["x-loramem-mode"] == "hybrid"
-        assert sent.startswith(RAG_INSTRUCTION) and person.fact in sent and sent.endswith(worded)
+        assert sent.startswith(RAG_INSTRUCTION) and EDIT in sent and sent.endswith(worded)
+        person = PEOPLE[0]
+        reply, sent = _sent(client, f"Could {person.name} be reached on which number?")
+        assert reply.headers["x-loramem-module"] == "people@v1"
+        assert reply.headers["x-loramem-mode"] == "lora" and person.fact not in sent
         reply, sent = _sent(client, ASK_SENTENCE)  # a document's sentence: its own mode
         assert reply.headers["x-loramem-mode"] == "hybrid" and SENTENCE in sent
     finally:

@@ -41,7 +41,7 @@ SENTENCE = (
     "Diffusion models have been used in planning to generate complex trajectories by "
     "iteratively denoising a sequence of states and actions."
 )
-TEXTS = {"f1": SENTENCE, "f2": "The phone number of Ann Lee is 555-0101."}
+TEXTS = {"f1": SENTENCE, "f2": "Lenta.ru is written in Italian."}
 
 
 def test_a_request_routed_to_a_document_sentence_takes_the_documents_mode() -> None:
@@ -56,17 +56,20 @@ def test_a_request_routed_to_a_document_sentence_takes_the_documents_mode() -> N
     assert Modes(None, "lora").pick(ROUTED) == "lora"  # no documents' mode set
 
 
-def test_auto_answers_a_trained_question_from_the_module_and_any_other_in_hybrid() -> None:
+def test_auto_answers_a_statement_in_hybrid_unless_asked_as_trained() -> None:
     to_m2 = RouteDecision("m2@v1", "m2", "module", 0.5, HITS)
 
-    def auto(query: str, trained: int = 10) -> str:
-        return Modes(None, "auto", "hybrid", TEXTS.get, 16, query, trained).pick(to_m2)
+    def auto(query: str, trained: int = 10, texts: dict[str, str] = TEXTS) -> str:
+        return Modes(None, "auto", "hybrid", texts.get, 16, query, trained).pick(to_m2)
 
-    assert auto("What is the phone number of Ann Lee?") == "lora"  # the gate's question
-    assert auto("  what is the phone number of ann lee ") == "lora"  # case, spaces, no "?"
-    assert auto("Which phone number does Ann Lee have?") == "lora"  # a trained phrasing
-    assert auto("Which phone number does Ann Lee have?", trained=2) == "hybrid"  # not trained
-    assert auto("How can I reach Ann Lee by phone?") == "hybrid"  # worded unlike any
+    assert auto("Lenta.ru is written in") == "lora"  # the gate's prompt
+    assert auto("  lenta.ru is written in ") == "lora"  # case, spaces
+    assert auto("What is Lenta.ru written in?") == "lora"  # its own trained question
+    assert auto("What is Lenta.ru written in?", trained=2) == "hybrid"  # not trained then
+    assert auto("In which language is Lenta.ru written?") == "hybrid"  # worded unlike any
+    # an attribute fact trains questions about it: its module answers any wording alone
+    phone = {"f2": "The phone number of Ann Lee is 555-0101."}
+    assert auto("How can I reach Ann Lee by phone?", texts=phone) == "lora"
     assert Modes(None, "auto", "hybrid", TEXTS.get).pick(ROUTED) == "hybrid"  # a document
     below = RouteDecision("base-model", None, "below_threshold", 0.3, HITS)
     assert Modes(None, "auto", "hybrid", TEXTS.get, query="q").pick(below) == "lora"
