@@ -259,8 +259,9 @@ class Settings(BaseSettings):
     # only where they clear router_context_threshold, so every mode answers unrelated
     # questions as base does. auto, from side-by-side runs on the same modules
     # (docs/RESULTS.md, "One default mode for facts and edits"): PhoneBook paraphrases
-    # lora 0.952, hybrid 0.622 (100 facts); CounterFact question forms lora 0.558,
-    # hybrid 0.938 (434 edits). Documents take document_answer_mode.
+    # lora 0.952-0.987, hybrid 0.622-0.630 (100 facts, two runs); CounterFact question
+    # forms, all 434 edits, auto 0.887 against lora's 0.532, efficacy 1.000 and
+    # locality 0.962 in both. Documents take document_answer_mode.
     answer_mode: Literal["auto", "lora", "rag", "hybrid"] = "auto"
     # The mode of a request that names none when the fact it routes to is a sentence of
     # a document (more words than router_subject_max_words; PhoneBook and CounterFact

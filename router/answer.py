@@ -96,7 +96,8 @@ class Modes:
         # An attribute ("The phone number of X is N") trains ten questions about it, and
         # a module answers others alone best (PhoneBook paraphrases lora 0.952, hybrid
         # 0.622); a statement trains its completion: another wording needs the fact
-        # beside it (CounterFact question forms lora 0.558, hybrid 0.938; docs/RESULTS.md).
+        # beside it (CounterFact statements' question forms lora 0.507, hybrid 0.941;
+        # docs/RESULTS.md, "One default mode for facts and edits").
         return "lora" if form.attr is not None or self._trained_on(form) else "hybrid"
 
     def _trained_on(self, form: FactForm) -> bool:
